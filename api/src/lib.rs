@@ -1,0 +1,27 @@
+//! CRMessenger's API: the three custom resources (`MessengerAccount`, `CrmBinding`,
+//! `SyncPolicy`) in group `crmessenger.io`, version `v1alpha1`.
+//!
+//! This crate does no IO. Everything the API server can check is expressed in the
+//! schema (CEL rules, defaults, bounds), so a bad object is rejected at admission
+//! with a message naming the field.
+
+// kube's derive attributes repeat `type_ = "string"` once per printer column, which
+// clippy mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod account;
+pub mod binding;
+pub mod common;
+pub mod crd;
+pub mod policy;
+
+pub use account::{MessengerAccount, MessengerAccountSpec, MessengerAccountStatus};
+pub use binding::{CrmBinding, CrmBindingSpec, CrmBindingStatus};
+pub use policy::{SyncPolicy, SyncPolicySpec, SyncPolicyStatus};
+
+/// The API group of every CRMessenger resource.
+pub const GROUP: &str = "crmessenger.io";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// The `kubectl get` category that lists all three kinds.
+pub const CATEGORY: &str = "crmessenger";

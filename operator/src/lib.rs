@@ -1,0 +1,3 @@
+//! The CRMessenger operator.
+
+pub mod crdgen;

@@ -1,0 +1,15 @@
+//! Test support for CRMessenger: a real Kubernetes control plane on loopback
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok as a
+//! fake kubelet), a test certificate authority, and child processes that never
+//! outlive the test process.
+//!
+//! The suite runs under `cargo test`: every test binary is one process, so
+//! [`ControlPlane::shared`] starts one control plane per test binary and each test
+//! takes a namespace of its own with [`ControlPlane::namespace`].
+
+pub mod certs;
+pub mod controlplane;
+pub mod process;
+
+pub use certs::TestCa;
+pub use controlplane::ControlPlane;

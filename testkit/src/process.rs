@@ -1,0 +1,104 @@
+//! Child processes that die with the test process, however it ends.
+//!
+//! Two mechanisms, because a `static` is never dropped:
+//! - every child is spawned from one long-lived thread with a parent-death signal
+//!   (`PR_SET_PDEATHSIG` fires when the *thread* that forked exits, so the spawning
+//!   thread must outlive all tests; it lives until the process exits);
+//! - a detached watchdog shell polls the test process and, once it is gone, kills
+//!   any child still listed and removes the scratch directory.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+type Request = (Command, mpsc::Sender<io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // The sender lives in a static, so this point is only reached at exit;
+                // park rather than return so the children's parent thread stays alive.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the testkit spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns `cmd` so that it receives SIGKILL when this process exits. Its pid is
+/// appended to `pid_file`, which the watchdog reads.
+pub fn spawn_tied(mut cmd: Command, pid_file: &Path) -> io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and _exit are async-signal-safe; nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner()
+        .lock()
+        .map_err(|_| io::Error::other("spawner lock poisoned"))?
+        .send((cmd, tx))
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    let child = rx
+        .recv()
+        .map_err(|_| io::Error::other("spawner thread is gone"))??;
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pid_file)?;
+    writeln!(f, "{}", child.id())?;
+    Ok(child)
+}
+
+/// Starts the watchdog for `dir`: once this process is gone it kills every pid in
+/// `dir/pids` and, unless `keep` is set, removes `dir`.
+pub fn start_watchdog(dir: &Path, keep: bool) -> io::Result<()> {
+    const SCRIPT: &str = r#"
+while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
+if [ -f "$2/pids" ]; then kill -9 $(cat "$2/pids") 2>/dev/null; fi
+sleep 0.5
+if [ "$3" != keep ]; then rm -rf "$2"; fi
+"#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg("testkit-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .arg(if keep { "keep" } else { "remove" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe. A new session keeps the watchdog out of
+    // the terminal's process group, so Ctrl-C on the test run does not stop it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map(drop)
+}
