@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
     shortname = "msgacct",
     category = "crmessenger",
     doc = "One messenger identity (a Telegram user account or bot, or a WhatsApp number) served by one connector.",
+    validation = Rule::new("size(self.metadata.name) <= 51").message("metadata.name must be at most 51 characters: the connector pod is named NAME-connector-0, and pod names are DNS labels (63 characters)"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(

@@ -12,6 +12,7 @@
 pub mod account;
 pub mod binding;
 pub mod common;
+pub mod config;
 pub mod crd;
 pub mod policy;
 

@@ -275,6 +275,17 @@ fn invalid_objects() -> Vec<Case> {
             "spec.whatsapp.cloudApi.phoneNumberId",
             "Too long",
         ),
+        case(
+            "account name too long for its pod",
+            {
+                let mut a = account(json!({ "provider": "telegram", "telegram": tg() }));
+                a["metadata"]["name"] = json!("a".repeat(52));
+                a
+            },
+            // A root rule has no field path, so its message names the field.
+            "<nil>",
+            "metadata.name must be at most 51 characters",
+        ),
         // CrmBinding
         case(
             "accounts by name and by selector",
@@ -503,8 +514,14 @@ async fn invalid_objects_are_rejected_naming_the_field() {
     let mut failures = Vec::new();
     for (i, case) in cases.into_iter().enumerate() {
         let name = format!("c{i}");
+        // Each case gets its own name, except one whose name is what is wrong.
         let named = |mut v: Value| {
-            v["metadata"]["name"] = json!(name);
+            if v["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.len() <= 51)
+            {
+                v["metadata"]["name"] = json!(name);
+            }
             v.to_string()
         };
         if let Some(before) = case.before {

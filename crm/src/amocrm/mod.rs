@@ -1,0 +1,214 @@
+//! The amoCRM / Kommo adapter: REST API v4 (contacts, leads, notes, tasks, reply
+//! polling), OAuth, and the Chats API. Everything amoCRM-specific is in here.
+
+mod chats;
+mod contacts;
+mod leads;
+mod notes;
+pub mod oauth;
+mod replies;
+mod tasks;
+mod transport;
+pub mod webhook;
+
+pub use chats::{ChatsChannel, connect, sign_request, verify_hook_signature};
+pub use oauth::{OAuthClient, TokenPair};
+pub use transport::{StaticToken, TokenSource, Transport};
+
+use crate::clock::Clock;
+use crate::model::*;
+use crate::{Crm, CrmError};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Lead statuses amoCRM uses for closed leads in every pipeline.
+pub const STATUS_WON: i64 = 142;
+/// See [`STATUS_WON`].
+pub const STATUS_LOST: i64 = 143;
+
+/// Custom fields of contacts that hold messenger identities (from the binding).
+#[derive(Debug, Clone, Default)]
+pub struct IdentityFields {
+    /// Field id for the Telegram user id.
+    pub telegram_user_id: Option<i64>,
+    /// Field id for the Telegram username.
+    pub telegram_username: Option<i64>,
+    /// Field id for the WhatsApp id.
+    pub whatsapp_id: Option<i64>,
+}
+
+/// Identity of an amoCRM account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Account id.
+    pub id: i64,
+    /// Account name.
+    pub name: String,
+    /// Subdomain.
+    pub subdomain: String,
+    /// Chat-service id (for the Chats API).
+    pub amojo_id: Option<String>,
+}
+
+/// How the adapter talks to one amoCRM account.
+#[derive(Debug, Clone)]
+pub struct AmoConfig {
+    /// `https://SUBDOMAIN.amocrm.ru` or `https://SUBDOMAIN.kommo.com`.
+    pub base_url: String,
+    /// Extra CA certificate (PEM) to trust.
+    pub ca_pem: Option<String>,
+    /// Identity fields of contacts.
+    pub identity_fields: IdentityFields,
+    /// A note starting with this is a reply to send.
+    pub reply_prefix: String,
+    /// Per-request timeout; past it a write is in doubt.
+    pub request_timeout: Duration,
+    /// The Chats API channel, when messages go to the CRM's chat.
+    pub chats: Option<ChatsChannel>,
+}
+
+/// The amoCRM adapter.
+#[derive(Debug)]
+pub struct AmoCrm {
+    rest: Transport,
+    config: AmoConfig,
+    clock: Arc<dyn Clock>,
+    chats: Option<chats::ChatsClient>,
+    /// Chats already linked to a contact (chat id → contact id), to skip the lookup.
+    linked_chats: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl AmoCrm {
+    /// An adapter over `rest` (which carries the budget and the token source).
+    pub fn new(
+        config: AmoConfig,
+        rest: Transport,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CrmError> {
+        let chats = match &config.chats {
+            Some(channel) => Some(chats::ChatsClient::new(
+                channel.clone(),
+                clock.clone(),
+                config.ca_pem.as_deref(),
+                config.request_timeout,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            rest,
+            config,
+            clock,
+            chats,
+            linked_chats: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The REST transport (for calls outside the [`Crm`] trait, e.g. account info).
+    pub fn rest(&self) -> &Transport {
+        &self.rest
+    }
+
+    /// The CRM account behind the token: id, name, subdomain and chat-service id.
+    pub async fn account(&self) -> Result<AccountInfo, CrmError> {
+        let v = self
+            .rest
+            .get("/api/v4/account", &[("with", "amojo_id".into())])
+            .await?
+            .ok_or_else(|| CrmError::Protocol("account: empty answer".into()))?;
+        Ok(AccountInfo {
+            id: v
+                .get("id")
+                .and_then(serde_json::Value::as_i64)
+                .ok_or_else(|| CrmError::Protocol("account without id".into()))?,
+            name: v
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            subdomain: v
+                .get("subdomain")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            amojo_id: v
+                .get("amojo_id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    fn chats(&self) -> Result<&chats::ChatsClient, CrmError> {
+        self.chats.as_ref().ok_or_else(|| {
+            CrmError::Config("no Chats API channel is configured for this binding".into())
+        })
+    }
+}
+
+#[async_trait]
+impl Crm for AmoCrm {
+    async fn find_or_create_contact(
+        &self,
+        person: &Person,
+        dedup: &[DedupKey],
+    ) -> Result<ContactRef, CrmError> {
+        contacts::find_or_create(self, person, dedup).await
+    }
+
+    async fn find_or_create_lead(
+        &self,
+        contact: &ContactRef,
+        request: &LeadRequest,
+    ) -> Result<LeadRef, CrmError> {
+        leads::find_or_create(self, contact.id, request).await
+    }
+
+    async fn add_notes(
+        &self,
+        lead_id: i64,
+        notes: &[NoteRequest],
+    ) -> Result<Vec<NoteRef>, CrmError> {
+        notes::add(self, lead_id, notes).await
+    }
+
+    async fn add_task(&self, task: &TaskRequest) -> Result<TaskRef, CrmError> {
+        tasks::add(self, task).await
+    }
+
+    async fn complete_task(&self, task_id: i64, result: &str) -> Result<(), CrmError> {
+        tasks::complete(self, task_id, result).await
+    }
+
+    async fn poll_replies(
+        &self,
+        cursor: &ReplyCursor,
+    ) -> Result<(Vec<Reply>, ReplyCursor), CrmError> {
+        replies::poll(self, cursor).await
+    }
+
+    async fn read_reply(&self, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError> {
+        replies::read(self, lead_id, note_id).await
+    }
+
+    async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError> {
+        chats::post(self, message).await
+    }
+
+    async fn set_delivery_status(
+        &self,
+        crm_message_id: &str,
+        status: DeliveryStatus,
+    ) -> Result<(), CrmError> {
+        self.chats()?.delivery_status(crm_message_id, &status).await
+    }
+
+    async fn chat_history(
+        &self,
+        conversation_id: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<ChatHistoryEntry>, CrmError> {
+        self.chats()?.history(conversation_id, offset, limit).await
+    }
+}

@@ -1,0 +1,124 @@
+//! Notes: each message as a note on the lead, batched up to amoCRM's documented
+//! 250 entities per request. After an in-doubt write, the lead's recent notes are
+//! searched for the markers before anything is written again.
+
+use super::AmoCrm;
+use super::transport::{created_ids, embedded, has_next};
+use crate::CrmError;
+use crate::model::{NoteRef, NoteRequest};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// amoCRM's per-request entity limit.
+pub(super) const MAX_BATCH: usize = 250;
+const ATTEMPTS: usize = 3;
+
+pub(super) async fn add(
+    amo: &AmoCrm,
+    lead_id: i64,
+    notes: &[NoteRequest],
+) -> Result<Vec<NoteRef>, CrmError> {
+    let mut written = Vec::with_capacity(notes.len());
+    for batch in notes.chunks(MAX_BATCH) {
+        written.extend(add_batch(amo, lead_id, batch).await?);
+    }
+    Ok(written)
+}
+
+async fn add_batch(
+    amo: &AmoCrm,
+    lead_id: i64,
+    batch: &[NoteRequest],
+) -> Result<Vec<NoteRef>, CrmError> {
+    let mut done: HashMap<String, i64> = HashMap::new();
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let pending: Vec<&NoteRequest> = batch
+            .iter()
+            .filter(|n| !done.contains_key(&n.marker))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let started = amo.clock.now_secs();
+        let items: Vec<Value> = pending
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": n.text }, "request_id": i.to_string() }))
+            .collect();
+        match amo
+            .rest
+            .post("/api/v4/leads/notes", &Value::Array(items))
+            .await
+        {
+            Ok(created) => {
+                let ids = created_ids(&created, "notes", pending.len())?;
+                for (n, id) in pending.iter().zip(ids) {
+                    done.insert(n.marker.clone(), id);
+                }
+            }
+            Err(e @ CrmError::InDoubt(_)) => {
+                tracing::warn!(lead_id, "note write in doubt, looking for its markers: {e}");
+                done.extend(find_markers(amo, lead_id, started - 5, &pending).await?);
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    batch
+        .iter()
+        .map(|n| match done.get(&n.marker) {
+            Some(&id) => Ok(NoteRef {
+                id,
+                marker: n.marker.clone(),
+            }),
+            None => Err(last
+                .take()
+                .unwrap_or_else(|| CrmError::Protocol("note write did not settle".into()))),
+        })
+        .collect()
+}
+
+/// Notes on the lead updated since `since` whose text contains a pending marker.
+async fn find_markers(
+    amo: &AmoCrm,
+    lead_id: i64,
+    since: i64,
+    pending: &[&NoteRequest],
+) -> Result<HashMap<String, i64>, CrmError> {
+    let mut found = HashMap::new();
+    let mut page = 1;
+    loop {
+        let query = [
+            ("filter[note_type]", "common".to_string()),
+            ("filter[updated_at][from]", since.to_string()),
+            ("limit", MAX_BATCH.to_string()),
+            ("page", page.to_string()),
+        ];
+        let Some(list) = amo
+            .rest
+            .get(&format!("/api/v4/leads/{lead_id}/notes"), &query)
+            .await?
+        else {
+            break;
+        };
+        for note in embedded(&list, "notes") {
+            let text = note
+                .get("params")
+                .and_then(|p| p.get("text"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if let (Some(n), Some(id)) = (
+                pending.iter().find(|n| text.contains(&n.marker)),
+                note.get("id").and_then(Value::as_i64),
+            ) {
+                found.insert(n.marker.clone(), id);
+            }
+        }
+        if !has_next(&list) {
+            break;
+        }
+        page += 1;
+    }
+    Ok(found)
+}

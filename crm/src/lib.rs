@@ -1,0 +1,88 @@
+//! The CRM side of CRMessenger.
+//!
+//! - [`Crm`]: what the bridge needs from a CRM, independent of the product;
+//! - [`budget`]: request budgets (token buckets) with pluggable storage, so every
+//!   connector of one CRM integration shares one documented rate limit;
+//! - [`amocrm`]: the amoCRM / Kommo adapter (REST v4, OAuth, Chats API). Everything
+//!   amoCRM-specific lives there; another CRM is another module.
+
+pub mod amocrm;
+pub mod assign;
+pub mod budget;
+pub mod clock;
+pub mod error;
+pub mod model;
+pub mod phone;
+pub mod tls;
+
+pub use error::{CrmError, ErrorClass};
+pub use model::*;
+
+use async_trait::async_trait;
+
+/// What the bridge needs from a CRM. Every write either happens once or is reported
+/// as an error; an in-doubt write (a timeout after the request was sent) is resolved
+/// by the adapter (it looks for what it wrote) before it writes again.
+#[async_trait]
+pub trait Crm: Send + Sync {
+    /// Finds the contact for `person` by the identities in `dedup` (in that order),
+    /// adding identities it lacks, or creates it.
+    async fn find_or_create_contact(
+        &self,
+        person: &Person,
+        dedup: &[DedupKey],
+    ) -> Result<ContactRef, CrmError>;
+
+    /// Returns the contact's open lead when `request.reuse_open` is set and one
+    /// exists, or creates a lead linked to the contact.
+    async fn find_or_create_lead(
+        &self,
+        contact: &ContactRef,
+        request: &LeadRequest,
+    ) -> Result<LeadRef, CrmError>;
+
+    /// Adds notes to a lead, in order, batched as the CRM allows. Notes whose
+    /// marker is already on the lead are not written again.
+    async fn add_notes(
+        &self,
+        lead_id: i64,
+        notes: &[NoteRequest],
+    ) -> Result<Vec<NoteRef>, CrmError>;
+
+    /// Creates a task (unanswered-message escalation).
+    async fn add_task(&self, task: &TaskRequest) -> Result<TaskRef, CrmError>;
+
+    /// Marks a task done with a result text.
+    async fn complete_task(&self, task_id: i64, result: &str) -> Result<(), CrmError>;
+
+    /// Manager replies written since `cursor`, oldest first, and the cursor to poll
+    /// from next.
+    async fn poll_replies(
+        &self,
+        cursor: &ReplyCursor,
+    ) -> Result<(Vec<Reply>, ReplyCursor), CrmError>;
+
+    /// Re-reads one note (e.g. named by an unsigned webhook) and returns it as a
+    /// reply if it is one.
+    async fn read_reply(&self, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError>;
+
+    /// Posts a customer's message into the CRM's chat (Chats API), creating and
+    /// linking the chat to the contact first.
+    async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError>;
+
+    /// Reports delivery or read status of a manager's chat message.
+    async fn set_delivery_status(
+        &self,
+        crm_message_id: &str,
+        status: DeliveryStatus,
+    ) -> Result<(), CrmError>;
+
+    /// Messages of a chat conversation, newest first, to recover manager replies
+    /// sent while nothing was listening.
+    async fn chat_history(
+        &self,
+        conversation_id: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<ChatHistoryEntry>, CrmError>;
+}

@@ -1,0 +1,724 @@
+//! The amoCRM adapter against the contract-enforcing fake, over TLS with a test CA.
+
+use crmessenger_crm::amocrm::{
+    AmoConfig, AmoCrm, ChatsChannel, IdentityFields, OAuthClient, StaticToken, Transport, connect,
+    sign_request,
+};
+use crmessenger_crm::budget::{Budget, Limit};
+use crmessenger_crm::clock::{Clock, SystemClock};
+use crmessenger_crm::*;
+use crmessenger_fake_amocrm::{
+    ChatsChannel as FakeChannel, FakeAmo, FakeConfig, Fault, FaultKind, TlsIdentity,
+};
+use crmessenger_testkit::TestCa;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCOPE_SECRET: &str = "channel-secret-for-tests";
+
+struct Setup {
+    fake: FakeAmo,
+    crm: AmoCrm,
+    ca_pem: String,
+}
+
+/// A fake over TLS and an adapter for it. With `chats`, the channel is connected to
+/// the account first, as an installation does once.
+async fn setup(config: FakeConfig, chats: bool) -> Setup {
+    let ca = TestCa::new("fake-amocrm-ca").unwrap();
+    let cert = ca
+        .issue_server("fake-amocrm", &["127.0.0.1", "localhost"])
+        .unwrap();
+    let fake = FakeAmo::start(FakeConfig {
+        tls: Some(TlsIdentity {
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+        }),
+        ..config
+    })
+    .await
+    .unwrap();
+    let scope = if chats {
+        let amojo_id = fake.config().amojo_id.clone();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let scope = connect(
+            &fake.base_url(),
+            "chan-1",
+            SCOPE_SECRET,
+            &amojo_id,
+            "CRMessenger",
+            Some(ca.cert_pem()),
+            clock,
+        )
+        .await
+        .unwrap();
+        assert_eq!(scope, format!("chan-1_{amojo_id}"));
+        Some(scope)
+    } else {
+        None
+    };
+    let crm = adapter(&fake, ca.cert_pem(), scope, Limit::AMOCRM_REST);
+    Setup {
+        fake,
+        crm,
+        ca_pem: ca.cert_pem().to_string(),
+    }
+}
+
+fn adapter(fake: &FakeAmo, ca_pem: &str, scope: Option<String>, limit: Limit) -> AmoCrm {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let token = fake.issue_token_pair().access_token;
+    let budget = Budget::in_memory(clock.clone(), "amocrm-rest:test", limit);
+    let rest = Transport::new(
+        &fake.base_url(),
+        Some(ca_pem),
+        budget,
+        Arc::new(StaticToken(token)),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let chats = scope.map(|scope_id| ChatsChannel {
+        base_url: fake.base_url(),
+        channel_id: "chan-1".into(),
+        secret: SCOPE_SECRET.into(),
+        scope_id,
+        limit: Limit {
+            rate: 20.0,
+            burst: 1,
+        },
+    });
+    let config = AmoConfig {
+        base_url: fake.base_url(),
+        ca_pem: Some(ca_pem.to_string()),
+        identity_fields: IdentityFields {
+            telegram_user_id: Some(201),
+            telegram_username: Some(202),
+            whatsapp_id: Some(203),
+        },
+        reply_prefix: ">>".into(),
+        request_timeout: Duration::from_secs(2),
+        chats,
+    };
+    AmoCrm::new(config, rest, clock).unwrap()
+}
+
+fn chats_config() -> FakeConfig {
+    FakeConfig {
+        chats: Some(FakeChannel {
+            channel_id: "chan-1".into(),
+            secret: SCOPE_SECRET.into(),
+            hook_url: None,
+            bot_id: "bot-1".into(),
+        }),
+        ..FakeConfig::default()
+    }
+}
+
+fn telegram_person() -> Person {
+    Person {
+        name: "Ivan Petrov".into(),
+        phone: Some("+7 999 123-45-67".into()),
+        telegram_user_id: Some(555_001),
+        telegram_username: Some("IvanP".into()),
+        whatsapp_id: None,
+    }
+}
+
+fn all_keys() -> Vec<DedupKey> {
+    vec![
+        DedupKey::TelegramUserId,
+        DedupKey::TelegramUsername,
+        DedupKey::WhatsappId,
+        DedupKey::Phone,
+    ]
+}
+
+fn lead_request() -> LeadRequest {
+    LeadRequest {
+        name: "Telegram: Ivan Petrov".into(),
+        tags: vec!["Telegram".into()],
+        reuse_open: true,
+        ..LeadRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn one_person_on_two_messengers_is_one_contact_with_one_open_lead() {
+    let s = setup(FakeConfig::default(), false).await;
+    let tg = s
+        .crm
+        .find_or_create_contact(&telegram_person(), &all_keys())
+        .await
+        .unwrap();
+    assert!(tg.created);
+    let lead = s
+        .crm
+        .find_or_create_lead(&tg, &lead_request())
+        .await
+        .unwrap();
+    assert!(lead.created);
+
+    // The same person writes from WhatsApp: another name, the phone in another spelling.
+    let wa_person = Person {
+        name: "Ivan".into(),
+        phone: Some("89991234567".into()),
+        whatsapp_id: Some("79991234567".into()),
+        ..Person::default()
+    };
+    let wa = s
+        .crm
+        .find_or_create_contact(&wa_person, &all_keys())
+        .await
+        .unwrap();
+    assert_eq!((wa.id, wa.created), (tg.id, false));
+    let wa_lead = s
+        .crm
+        .find_or_create_lead(
+            &wa,
+            &LeadRequest {
+                name: "WhatsApp: Ivan".into(),
+                ..lead_request()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((wa_lead.id, wa_lead.created), (lead.id, false));
+
+    // Found by phone, the contact learnt its WhatsApp id: the next lookup needs no phone.
+    let by_id = Person {
+        whatsapp_id: Some("79991234567".into()),
+        ..Person::default()
+    };
+    assert_eq!(
+        s.crm
+            .find_or_create_contact(&by_id, &[DedupKey::WhatsappId])
+            .await
+            .unwrap()
+            .id,
+        tg.id
+    );
+
+    let snap = s.fake.snapshot();
+    assert_eq!(snap.contacts.len(), 1, "{:#?}", snap.contacts);
+    assert_eq!(snap.leads.len(), 1);
+    assert_eq!(snap.leads[0].tags, vec!["Telegram".to_string()]);
+    assert_eq!(snap.leads[0].contact_ids, vec![tg.id]);
+}
+
+#[tokio::test]
+async fn a_phone_typed_by_a_manager_is_found_and_a_closed_lead_is_not_reused() {
+    let s = setup(FakeConfig::default(), false).await;
+    let seeded = s.fake.add_contact(
+        "Maria (from the website)",
+        serde_json::json!([{ "field_code": "PHONE", "values": [{ "value": "8 (916) 765-43-21", "enum_code": "WORK" }] }]),
+    );
+    let person = Person {
+        name: "Maria".into(),
+        phone: Some("+79167654321".into()),
+        telegram_user_id: Some(42),
+        ..Person::default()
+    };
+    // The search matches stored text verbatim, so "+79167654321" alone would miss
+    // this spelling; the adapter searches the spellings people type.
+    let found = s
+        .crm
+        .find_or_create_contact(&person, &all_keys())
+        .await
+        .unwrap();
+    assert_eq!((found.id, found.created), (seeded, false));
+    assert_eq!(s.fake.snapshot().contacts.len(), 1);
+
+    let first = s
+        .crm
+        .find_or_create_lead(&found, &lead_request())
+        .await
+        .unwrap();
+    s.fake.set_lead_status(first.id, 142);
+    let second = s
+        .crm
+        .find_or_create_lead(&found, &lead_request())
+        .await
+        .unwrap();
+    assert!(
+        second.created && second.id != first.id,
+        "a won lead must not be reused"
+    );
+}
+
+#[tokio::test]
+async fn notes_are_batched_at_250_and_keep_their_order() {
+    let s = setup(FakeConfig::default(), false).await;
+    let contact = s
+        .crm
+        .find_or_create_contact(&telegram_person(), &all_keys())
+        .await
+        .unwrap();
+    let lead = s
+        .crm
+        .find_or_create_lead(&contact, &lead_request())
+        .await
+        .unwrap();
+    let notes: Vec<NoteRequest> = (0..300)
+        .map(|i| NoteRequest {
+            marker: format!("#tg-1-{i}"),
+            text: format!("Ivan: message {i}\n#tg-1-{i}"),
+        })
+        .collect();
+    let before = s.fake.snapshot().requests.len();
+    let written = s.crm.add_notes(lead.id, &notes).await.unwrap();
+    assert_eq!(written.len(), 300);
+    let snap = s.fake.snapshot();
+    let posts = snap.requests[before..]
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v4/leads/notes")
+        .count();
+    assert_eq!(posts, 2, "300 notes should take two requests (250 + 50)");
+    let mut on_lead: Vec<_> = snap
+        .notes
+        .iter()
+        .filter(|n| n.entity_id == lead.id)
+        .collect();
+    on_lead.sort_by_key(|n| n.id);
+    assert_eq!(on_lead.len(), 300);
+    for (i, n) in on_lead.iter().enumerate() {
+        assert!(
+            n.params["text"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("#tg-1-{i}"))
+        );
+        assert_eq!(written[i].id, n.id);
+    }
+}
+
+#[tokio::test]
+async fn tasks_are_created_and_completed() {
+    let s = setup(FakeConfig::default(), false).await;
+    let contact = s
+        .crm
+        .find_or_create_contact(&telegram_person(), &all_keys())
+        .await
+        .unwrap();
+    let lead = s
+        .crm
+        .find_or_create_lead(&contact, &lead_request())
+        .await
+        .unwrap();
+    let due = SystemClock.now_secs() + 3600;
+    let task = s
+        .crm
+        .add_task(&TaskRequest {
+            lead_id: lead.id,
+            text: "A customer is waiting".into(),
+            complete_till: due,
+            responsible_user_id: Some(1002),
+        })
+        .await
+        .unwrap();
+    s.crm.complete_task(task.id, "Answered").await.unwrap();
+    let snap = s.fake.snapshot();
+    let t = snap
+        .tasks
+        .iter()
+        .find(|t| t.id == task.id)
+        .expect("task exists");
+    assert_eq!(
+        (t.entity_id, t.complete_till, t.is_completed),
+        (lead.id, due, true)
+    );
+    assert_eq!(t.responsible_user_id, 1002);
+}
+
+#[tokio::test]
+async fn replies_are_polled_once_and_re_read_by_id() {
+    let s = setup(FakeConfig::default(), false).await;
+    let contact = s
+        .crm
+        .find_or_create_contact(&telegram_person(), &all_keys())
+        .await
+        .unwrap();
+    let lead = s
+        .crm
+        .find_or_create_lead(&contact, &lead_request())
+        .await
+        .unwrap();
+    let start = ReplyCursor {
+        updated_since: SystemClock.now_secs() - 5,
+        seen_at_cursor: vec![],
+    };
+    let reply_id = s
+        .fake
+        .add_manager_note(lead.id, 1001, ">> We open at 9, see you!");
+    s.fake
+        .add_manager_note(lead.id, 1001, "internal: call him tomorrow");
+    let (replies, cursor) = s.crm.poll_replies(&start).await.unwrap();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].text, "We open at 9, see you!");
+    assert_eq!((replies[0].lead_id, replies[0].author_id), (lead.id, 1001));
+    let (again, _) = s.crm.poll_replies(&cursor).await.unwrap();
+    assert!(again.is_empty(), "a reply must be reported once: {again:?}");
+    let read = s
+        .crm
+        .read_reply(lead.id, reply_id)
+        .await
+        .unwrap()
+        .expect("re-read");
+    assert_eq!(read.source_id, format!("note:{reply_id}"));
+}
+
+#[tokio::test]
+async fn the_budget_keeps_requests_under_seven_per_second() {
+    let s = setup(FakeConfig::default(), false).await;
+    for i in 0..30 {
+        let person = Person {
+            name: format!("p{i}"),
+            telegram_user_id: Some(9000 + i),
+            ..Person::default()
+        };
+        s.crm
+            .find_or_create_contact(&person, &[DedupKey::TelegramUserId])
+            .await
+            .unwrap();
+    }
+    let times: Vec<i64> = s
+        .fake
+        .snapshot()
+        .requests
+        .iter()
+        .map(|r| r.real_ms as i64)
+        .collect();
+    assert!(times.len() >= 60);
+    for (i, &t) in times.iter().enumerate() {
+        let in_window = times[i..].iter().take_while(|&&u| u - t < 1000).count();
+        assert!(
+            in_window <= 7,
+            "{in_window} requests within one second from {t}"
+        );
+    }
+    assert!(
+        !s.fake.snapshot().requests.iter().any(|r| r.status == 429),
+        "the fake had to refuse a request"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_classified() {
+    let s = setup(FakeConfig::default(), false).await;
+    let person = telegram_person();
+    let keys = all_keys();
+
+    s.fake.inject(Fault {
+        method: None,
+        path_prefix: "/api/v4/contacts".into(),
+        kind: FaultKind::Status(429),
+        times: 1,
+    });
+    let e = s
+        .crm
+        .find_or_create_contact(&person, &keys)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+    assert!(
+        matches!(
+            e,
+            CrmError::RateLimited {
+                retry_after: Some(_)
+            }
+        ),
+        "{e:?}"
+    );
+
+    s.fake.inject(Fault {
+        method: None,
+        path_prefix: "/api/v4/contacts".into(),
+        kind: FaultKind::Status(503),
+        times: 1,
+    });
+    let e = s
+        .crm
+        .find_or_create_contact(&person, &keys)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+
+    let contact = s.crm.find_or_create_contact(&person, &keys).await.unwrap();
+    let bad = LeadRequest {
+        pipeline_id: Some(987_654),
+        ..lead_request()
+    };
+    let e = s
+        .crm
+        .find_or_create_lead(
+            &contact,
+            &LeadRequest {
+                reuse_open: false,
+                ..bad
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
+    assert!(matches!(e, CrmError::Rejected { status: 400, .. }), "{e:?}");
+
+    s.fake.inject(Fault {
+        method: None,
+        path_prefix: "/api/v4/".into(),
+        kind: FaultKind::Status(403),
+        times: 1,
+    });
+    let e = s
+        .crm
+        .find_or_create_contact(&person, &keys)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Fatal, "{e}");
+}
+
+#[tokio::test]
+async fn repeated_abuse_blocks_the_integration_and_that_is_fatal() {
+    // A client with no budget hammers the fake until it answers 403 to everything.
+    let s = setup(
+        FakeConfig {
+            abuse_threshold: 3,
+            ..FakeConfig::default()
+        },
+        false,
+    )
+    .await;
+    let greedy = adapter(
+        &s.fake,
+        &s.ca_pem,
+        None,
+        Limit {
+            rate: 10_000.0,
+            burst: 1000,
+        },
+    );
+    let mut last = None;
+    for i in 0..80 {
+        let person = Person {
+            telegram_user_id: Some(i),
+            ..Person::default()
+        };
+        if let Err(e) = greedy
+            .find_or_create_contact(&person, &[DedupKey::TelegramUserId])
+            .await
+        {
+            last = Some(e);
+            if last
+                .as_ref()
+                .is_some_and(|e| e.class() == ErrorClass::Fatal)
+            {
+                break;
+            }
+        }
+    }
+    let e = last.expect("the fake must push back");
+    assert!(matches!(e, CrmError::Blocked { status: 403, .. }), "{e:?}");
+    assert!(s.fake.snapshot().requests.iter().any(|r| r.status == 429));
+}
+
+#[tokio::test]
+async fn in_doubt_creates_are_found_instead_of_duplicated() {
+    let s = setup(FakeConfig::default(), false).await;
+    s.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/contacts".into(),
+        kind: FaultKind::DropResponse,
+        times: 1,
+    });
+    let contact = s
+        .crm
+        .find_or_create_contact(&telegram_person(), &all_keys())
+        .await
+        .unwrap();
+    s.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/leads".into(),
+        kind: FaultKind::DropResponse,
+        times: 1,
+    });
+    let lead = s
+        .crm
+        .find_or_create_lead(
+            &contact,
+            &LeadRequest {
+                reuse_open: false,
+                ..lead_request()
+            },
+        )
+        .await
+        .unwrap();
+    s.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/leads/notes".into(),
+        kind: FaultKind::DropResponse,
+        times: 1,
+    });
+    let notes = vec![
+        NoteRequest {
+            marker: "#m1".into(),
+            text: "hello #m1".into(),
+        },
+        NoteRequest {
+            marker: "#m2".into(),
+            text: "again #m2".into(),
+        },
+    ];
+    let written = s.crm.add_notes(lead.id, &notes).await.unwrap();
+    s.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/tasks".into(),
+        kind: FaultKind::DropResponse,
+        times: 1,
+    });
+    let task = TaskRequest {
+        lead_id: lead.id,
+        text: "call back".into(),
+        complete_till: SystemClock.now_secs() + 600,
+        responsible_user_id: None,
+    };
+    s.crm.add_task(&task).await.unwrap();
+
+    let snap = s.fake.snapshot();
+    assert_eq!(snap.contacts.len(), 1, "contact duplicated");
+    assert_eq!(snap.leads.len(), 1, "lead duplicated");
+    assert_eq!(
+        snap.notes.iter().filter(|n| n.entity_id == lead.id).count(),
+        2,
+        "notes duplicated"
+    );
+    assert_eq!(written.len(), 2);
+    assert_eq!(snap.tasks.len(), 1, "task duplicated");
+}
+
+#[tokio::test]
+async fn oauth_refresh_tokens_are_single_use() {
+    let s = setup(FakeConfig::default(), false).await;
+    let defaults = s.fake.config().clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let oauth = OAuthClient::new(
+        &s.fake.base_url(),
+        Some(&s.ca_pem),
+        &defaults.client_id,
+        &defaults.client_secret,
+        &defaults.redirect_uri,
+        clock.clone(),
+    )
+    .unwrap();
+    let code = s.fake.issue_authorization_code();
+    let pair = oauth.exchange_code(&code).await.unwrap();
+    assert!(pair.expires_at > clock.now_secs());
+    let reused = oauth.exchange_code(&code).await.unwrap_err();
+    assert!(
+        matches!(reused, CrmError::ReauthorizationRequired(_)),
+        "{reused:?}"
+    );
+
+    let refresh = pair.refresh_token.clone().unwrap();
+    let next = oauth.refresh(&refresh).await.unwrap();
+    assert_ne!(next.access_token, pair.access_token);
+    let spent = oauth.refresh(&refresh).await.unwrap_err();
+    assert!(
+        matches!(spent, CrmError::ReauthorizationRequired(_)),
+        "{spent:?}"
+    );
+    assert_eq!(spent.class(), ErrorClass::Fatal);
+    assert_eq!(s.fake.snapshot().refreshes, 1);
+
+    let wrong = OAuthClient::new(
+        &s.fake.base_url(),
+        Some(&s.ca_pem),
+        &defaults.client_id,
+        "wrong-secret",
+        &defaults.redirect_uri,
+        clock,
+    )
+    .unwrap();
+    let e = wrong
+        .refresh(next.refresh_token.as_deref().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CrmError::Config(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn chats_link_the_contact_before_the_first_message() {
+    let s = setup(chats_config(), true).await;
+    let post = |i: u32| ChatPost {
+        person: telegram_person(),
+        dedup: all_keys(),
+        conversation_id: "tg-555001".into(),
+        user_id: "tg-user-555001".into(),
+        message_id: format!("tg-555001-{i}"),
+        sent_at_ms: SystemClock.now_ms(),
+        text: format!("hello {i}"),
+        media: None,
+        silent: false,
+    };
+    let first = s.crm.post_chat_message(&post(1)).await.unwrap();
+    let second = s.crm.post_chat_message(&post(2)).await.unwrap();
+    assert_eq!(first.chat_id, second.chat_id);
+    assert_ne!(first.crm_message_id, second.crm_message_id);
+    let snap = s.fake.snapshot();
+    assert_eq!(
+        snap.contacts.len(),
+        1,
+        "amoCRM made a second contact: {:#?}",
+        snap.contacts
+    );
+    assert!(
+        snap.unsorted.is_empty(),
+        "amoCRM made an unsorted lead: {:#?}",
+        snap.unsorted
+    );
+    assert_eq!(snap.chats.len(), 1);
+    assert_eq!(snap.chats[0].contact_id, Some(first.contact_id));
+    assert_eq!(snap.chat_messages.len(), 2);
+
+    let reply_id = s
+        .fake
+        .manager_chat_reply("tg-555001", 1001, "Hi Ivan")
+        .await
+        .unwrap();
+    let history = s.crm.chat_history("tg-555001", 0, 50).await.unwrap();
+    let reply = history
+        .iter()
+        .find(|h| h.crm_message_id == reply_id)
+        .expect("reply in history");
+    assert!(reply.from_manager);
+    assert_eq!(reply.text, "Hi Ivan");
+    s.crm
+        .set_delivery_status(&reply_id, DeliveryStatus::Read)
+        .await
+        .unwrap();
+    let e = s
+        .crm
+        .set_delivery_status("no-such-message", DeliveryStatus::Delivered)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CrmError::Rejected { status: 404, .. }), "{e:?}");
+}
+
+#[test]
+fn chats_signature_matches_an_independently_computed_vector() {
+    use hmac::{Hmac, Mac};
+    use md5::{Digest, Md5};
+    let body = br#"{"event_type":"new_message"}"#;
+    let date = "Mon, 03 Oct 2020 15:11:21 +0000";
+    let path = "/v2/origin/custom/chan-1_acc";
+    let md5 = hex::encode(Md5::digest(body));
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"secret").unwrap();
+    mac.update(format!("POST\n{md5}\napplication/json\n{date}\n{path}").as_bytes());
+    let expected = hex::encode(mac.finalize().into_bytes());
+    assert_eq!(
+        sign_request("secret", "post", body, date, &format!("{path}?x=1")),
+        (md5, expected)
+    );
+    // GET bodies are empty: the documented MD5 of "".
+    assert_eq!(
+        sign_request("secret", "GET", b"", date, path).0,
+        "d41d8cd98f00b204e9800998ecf8427e"
+    );
+}

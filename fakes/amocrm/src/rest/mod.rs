@@ -1,0 +1,269 @@
+//! amoCRM REST API v4 (`/api/v4/...`): routing plus the read-only account data.
+
+mod chats_link;
+mod complex;
+pub(crate) mod contacts;
+pub(crate) mod fields;
+pub(crate) mod leads;
+pub(crate) mod notes;
+mod query;
+mod tasks;
+mod webhooks;
+
+use http::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::account::{self, CONTACT_FIELDS, MAIN_PIPELINE_ID, STATUSES, TOKEN_USER_ID};
+use crate::respond::{self, FieldError, Resp};
+use crate::state::{Shared, State};
+use query::Query;
+
+/// Whether `id` is a user of the account.
+pub(crate) fn user_known(shared: &Shared, id: i64) -> bool {
+    shared.users.iter().any(|u| u.id == id)
+}
+
+/// Tag names from `_embedded.tags` and `tags_to_add` (`[{"name": ..}]`).
+pub(crate) fn tags_of(item: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Vec<String> {
+    let embedded = item.get("_embedded").and_then(|e| e.get("tags"));
+    let to_add = item.get("tags_to_add");
+    let mut names = Vec::new();
+    for (path, list) in [("_embedded.tags", embedded), ("tags_to_add", to_add)] {
+        let Some(list) = list else { continue };
+        let Some(list) = list.as_array() else {
+            errors.push(FieldError::new(
+                "InvalidType",
+                path,
+                "tags must be an array",
+            ));
+            continue;
+        };
+        for (i, t) in list.iter().enumerate() {
+            match t.get("name").and_then(Value::as_str) {
+                Some(n) if !n.trim().is_empty() => {
+                    if !names.iter().any(|x: &String| x == n) {
+                        names.push(n.to_string());
+                    }
+                }
+                _ if t.get("id").and_then(Value::as_i64).is_some() => {}
+                _ => errors.push(FieldError::new(
+                    "NotBlank",
+                    format!("{path}.{i}.name"),
+                    "tag name or id is required",
+                )),
+            }
+        }
+    }
+    names
+}
+
+/// Renders tags as `[{id, name, color}]`.
+pub(crate) fn tags_json(state: &State, names: &[String]) -> Value {
+    Value::Array(
+        names
+            .iter()
+            .map(|n| json!({"id": state.tags.get(n).copied().unwrap_or(0), "name": n, "color": null}))
+            .collect(),
+    )
+}
+
+/// Handles an authorized REST call; `path` starts with `/api/v4`.
+pub(crate) fn handle(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    raw_query: Option<&str>,
+    body: &[u8],
+) -> Resp {
+    let q = Query::parse(raw_query);
+    let rest = path
+        .strip_prefix("/api/v4")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    route(shared, method, rest, &q, body)
+        .unwrap_or_else(|| respond::problem(StatusCode::NOT_FOUND, "Not found"))
+}
+
+fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Resp> {
+    let get = method == Method::GET;
+    match rest {
+        "/account" if get => return Some(account_info(shared, q)),
+        "/users" if get => return Some(users(shared, q)),
+        "/leads/pipelines" if get => return Some(pipelines(shared)),
+        "/contacts/custom_fields" if get => return Some(custom_fields(shared)),
+        "/leads/unsorted" if get => return Some(unsorted(shared, q)),
+        "/leads/complex" if method == Method::POST => return Some(complex::create(shared, body)),
+        "/webhooks" => return webhooks::route(shared, method, q, body),
+        _ => {}
+    }
+    if let Some(r) = rest.strip_prefix("/users/") {
+        let id: i64 = r.parse().ok()?;
+        let user = shared.users.iter().find(|u| u.id == id);
+        return Some(match user {
+            Some(u) if get => respond::hal(StatusCode::OK, &user_json(shared, u, q)),
+            None if get => respond::empty(StatusCode::NO_CONTENT),
+            _ => return None,
+        });
+    }
+    for entity in ["leads", "contacts"] {
+        let Some(r) = rest.strip_prefix("/").and_then(|r| r.strip_prefix(entity)) else {
+            continue;
+        };
+        if !(r.is_empty() || r.starts_with('/')) {
+            continue;
+        }
+        if r.contains("/notes") || r == "/notes" {
+            return notes::route(shared, method, entity, r, q, body);
+        }
+        return match entity {
+            "leads" => leads::route(shared, method, r, q, body),
+            _ => contacts::route(shared, method, r, q, body),
+        };
+    }
+    if let Some(r) = rest.strip_prefix("/tasks")
+        && (r.is_empty() || r.starts_with('/'))
+    {
+        return tasks::route(shared, method, r, q, body);
+    }
+    None
+}
+
+fn account_info(shared: &Shared, q: &Query) -> Resp {
+    let cfg = &shared.config;
+    let mut doc = json!({
+        "id": cfg.account_id,
+        "name": format!("{} (fake)", cfg.subdomain),
+        "subdomain": cfg.subdomain,
+        "created_at": 1_600_000_000,
+        "created_by": TOKEN_USER_ID,
+        "updated_at": 1_600_000_000,
+        "updated_by": TOKEN_USER_ID,
+        "current_user_id": TOKEN_USER_ID,
+        "country": "RU",
+        "customers_mode": "disabled",
+        "is_unsorted_on": true,
+        "is_loss_reason_enabled": false,
+        "is_helpbot_enabled": false,
+        "is_technical_account": false,
+        "contact_name_display_order": 1,
+        "_links": {"self": {"href": shared.url("/api/v4/account")}},
+    });
+    if q.with("amojo_id") {
+        doc["amojo_id"] = json!(cfg.amojo_id);
+    }
+    if q.with("task_types") {
+        doc["_embedded"] = json!({"task_types": [
+            {"id": 1, "name": "Связаться", "color": null, "icon_id": null, "code": "FOLLOW_UP"},
+            {"id": 2, "name": "Встреча", "color": null, "icon_id": null, "code": "MEETING"},
+        ]});
+    }
+    respond::hal(StatusCode::OK, &doc)
+}
+
+fn user_json(shared: &Shared, u: &account::User, q: &Query) -> Value {
+    let mut doc = json!({
+        "id": u.id,
+        "name": u.name,
+        "email": u.email,
+        "lang": "ru",
+        "rights": {"is_admin": u.is_admin, "is_free": false, "is_active": true, "group_id": null},
+        "_links": {"self": {"href": shared.url(&format!("/api/v4/users/{}", u.id))}},
+    });
+    if q.with("amojo_id") {
+        doc["amojo_id"] = json!(u.amojo_id);
+    }
+    doc
+}
+
+fn users(shared: &Shared, q: &Query) -> Resp {
+    let (page, limit) = match q.paging() {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let (items, info) = query::paginate(shared.users.iter().collect(), page, limit);
+    let items = items.into_iter().map(|u| user_json(shared, u, q)).collect();
+    query::list_reply(shared, "/api/v4/users", q, "users", items, info)
+}
+
+fn pipelines(shared: &Shared) -> Resp {
+    let statuses: Vec<Value> = STATUSES
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id, "name": s.name, "sort": s.sort, "is_editable": s.kind == 0 && s.id > 143,
+                "pipeline_id": MAIN_PIPELINE_ID, "color": "#99ccff", "type": s.kind,
+                "account_id": shared.config.account_id,
+                "_links": {"self": {"href": shared.url(&format!("/api/v4/leads/pipelines/{MAIN_PIPELINE_ID}/statuses/{}", s.id))}},
+            })
+        })
+        .collect();
+    respond::hal(
+        StatusCode::OK,
+        &json!({
+            "_total_items": 1,
+            "_links": {"self": {"href": shared.url("/api/v4/leads/pipelines")}},
+            "_embedded": {"pipelines": [{
+                "id": MAIN_PIPELINE_ID, "name": "Воронка", "sort": 1, "is_main": true,
+                "is_unsorted_on": true, "is_archive": false, "account_id": shared.config.account_id,
+                "_links": {"self": {"href": shared.url(&format!("/api/v4/leads/pipelines/{MAIN_PIPELINE_ID}"))}},
+                "_embedded": {"statuses": statuses},
+            }]},
+        }),
+    )
+}
+
+fn custom_fields(shared: &Shared) -> Resp {
+    let items: Vec<Value> = CONTACT_FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let enums: Value = if f.enums.is_empty() {
+                Value::Null
+            } else {
+                f.enums
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| json!({"id": e.id, "value": e.code, "sort": (j + 1) * 2, "code": e.code}))
+                    .collect()
+            };
+            json!({
+                "id": f.id, "name": f.name, "code": f.code, "sort": (i + 1) * 10, "type": f.kind,
+                "entity_type": "contacts", "is_predefined": f.code.is_some(), "is_deletable": f.code.is_none(),
+                "is_api_only": false, "enums": enums, "account_id": shared.config.account_id,
+                "_links": {"self": {"href": shared.url(&format!("/api/v4/contacts/custom_fields/{}", f.id))}},
+            })
+        })
+        .collect();
+    respond::hal(
+        StatusCode::OK,
+        &json!({
+            "_total_items": items.len(), "_page": 1, "_page_count": 1,
+            "_links": {"self": {"href": shared.url("/api/v4/contacts/custom_fields")}},
+            "_embedded": {"custom_fields": items},
+        }),
+    )
+}
+
+fn unsorted(shared: &Shared, q: &Query) -> Resp {
+    let (page, limit) = match q.paging() {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let category = q.all("filter[category]");
+    let state = shared.state();
+    let found: Vec<Value> = state
+        .unsorted
+        .iter()
+        .filter(|u| category.is_empty() || category.contains(&u.category.as_str()))
+        .map(|u| {
+            json!({
+                "uid": u.uid, "source_uid": u.conversation_id, "source_name": "Chats API",
+                "category": u.category, "pipeline_id": u.pipeline_id, "created_at": u.created_at,
+                "metadata": {"from": "chat"}, "account_id": shared.config.account_id,
+                "_embedded": {"leads": [{"id": u.lead_id}], "contacts": [{"id": u.contact_id}], "companies": []},
+            })
+        })
+        .collect();
+    let (items, info) = query::paginate(found, page, limit);
+    query::list_reply(shared, "/api/v4/leads/unsorted", q, "unsorted", items, info)
+}
