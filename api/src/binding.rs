@@ -20,39 +20,17 @@ use serde::{Deserialize, Serialize};
     category = "crmessenger",
     doc = "Joins messenger accounts to one CRM account under a SyncPolicy.",
     printcolumn(name = "CRM", type_ = "string", json_path = ".spec.crm.type"),
-    printcolumn(
-        name = "Host",
-        type_ = "string",
-        json_path = ".spec.crm.amocrm.baseUrl",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Accounts",
-        type_ = "integer",
-        json_path = ".status.boundAccountCount"
-    ),
-    printcolumn(
-        name = "Policy",
-        type_ = "string",
-        json_path = ".spec.policyRef.name",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Host", type_ = "string", json_path = ".spec.crm.amocrm.baseUrl", priority = "1"),
+    printcolumn(name = "Accounts", type_ = "integer", json_path = ".status.boundAccountCount"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name", priority = "1"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = "1"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("has(self.accountNames) != has(self.accountSelector)").message("name the accounts either in accountNames or with accountSelector: exactly one of the two")

@@ -6,15 +6,13 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// CEL rule: the string is a Kubernetes object name (an RFC 1123 DNS subdomain).
-pub(crate) const NAME_RULE: &str =
-    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+pub(crate) const NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 /// Message for [`NAME_RULE`] on a Secret name.
 pub(crate) const SECRET_NAME_MSG: &str = "must be the name of a Secret in this namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit";
 /// CEL rule: the string is a valid Secret data key.
 pub(crate) const SECRET_KEY_RULE: &str = "self.matches('^[-._a-zA-Z0-9]+$')";
 /// Message for [`SECRET_KEY_RULE`].
-pub(crate) const SECRET_KEY_MSG: &str =
-    "must be a Secret data key: letters, digits, '-', '_' or '.'";
+pub(crate) const SECRET_KEY_MSG: &str = "must be a Secret data key: letters, digits, '-', '_' or '.'";
 
 /// A key in a Secret that the connector or the operator reads.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -116,23 +114,9 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let mut list = vec![cond("True", 100)];
         upsert(&mut list, cond("True", 200));
-        assert_eq!(
-            find(&list, "Ready")
-                .unwrap()
-                .last_transition_time
-                .0
-                .as_second(),
-            100
-        );
+        assert_eq!(find(&list, "Ready").unwrap().last_transition_time.0.as_second(), 100);
         upsert(&mut list, cond("False", 300));
-        assert_eq!(
-            find(&list, "Ready")
-                .unwrap()
-                .last_transition_time
-                .0
-                .as_second(),
-            300
-        );
+        assert_eq!(find(&list, "Ready").unwrap().last_transition_time.0.as_second(), 300);
         assert_eq!(list.len(), 1);
     }
 }

@@ -131,10 +131,7 @@ fn id_of(
     what: &'static str,
 ) -> Result<ObjectId, RenderError> {
     match (&meta.namespace, &meta.name) {
-        (Some(namespace), Some(name)) => Ok(ObjectId {
-            namespace: namespace.clone(),
-            name: name.clone(),
-        }),
+        (Some(namespace), Some(name)) => Ok(ObjectId { namespace: namespace.clone(), name: name.clone() }),
         _ => Err(RenderError::Unnamed(what)),
     }
 }
@@ -148,33 +145,20 @@ pub fn render(
 ) -> Result<ConnectorConfig, RenderError> {
     let spec = &account.spec;
     let telegram = match spec.provider {
-        Provider::Telegram => Some(
-            spec.telegram
-                .clone()
-                .ok_or(RenderError::MissingProviderSettings(Provider::Telegram))?,
-        ),
+        Provider::Telegram => {
+            Some(spec.telegram.clone().ok_or(RenderError::MissingProviderSettings(Provider::Telegram))?)
+        }
         Provider::Whatsapp => None,
     };
     let whatsapp = match spec.provider {
         Provider::Whatsapp => {
-            let w = spec
-                .whatsapp
-                .clone()
-                .ok_or(RenderError::MissingProviderSettings(Provider::Whatsapp))?;
-            Some(WhatsAppConfig {
-                login_method: w.login_method,
-                cloud_api: w.cloud_api,
-            })
+            let w = spec.whatsapp.clone().ok_or(RenderError::MissingProviderSettings(Provider::Whatsapp))?;
+            Some(WhatsAppConfig { login_method: w.login_method, cloud_api: w.cloud_api })
         }
         Provider::Telegram => None,
     };
     let binding_id = id_of(&binding.metadata, "binding")?;
-    let amocrm = binding
-        .spec
-        .crm
-        .amocrm
-        .clone()
-        .ok_or(RenderError::MissingCrmSettings)?;
+    let amocrm = binding.spec.crm.amocrm.clone().ok_or(RenderError::MissingCrmSettings)?;
     Ok(ConnectorConfig {
         account: id_of(&account.metadata, "account")?,
         provider: spec.provider,
@@ -183,10 +167,7 @@ pub fn render(
         crm: CrmConfig {
             type_: binding.spec.crm.type_,
             amocrm,
-            token: SecretKeyRef {
-                name: token_secret_name(&binding_id.name),
-                key: ACCESS_TOKEN_KEY.into(),
-            },
+            token: SecretKeyRef { name: token_secret_name(&binding_id.name), key: ACCESS_TOKEN_KEY.into() },
         },
         binding: binding_id,
         policy: policy.spec.clone(),
@@ -267,57 +248,22 @@ mod tests {
     fn renders_secret_references_never_values() {
         let (a, b, p) = example("telegram-bot.yaml");
         let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
-        assert_eq!(
-            config.account,
-            ObjectId {
-                namespace: "shop".into(),
-                name: "shop-bot".into()
-            }
-        );
-        assert_eq!(
-            config.crm.token,
-            SecretKeyRef {
-                name: "shop-crm-token".into(),
-                key: "access_token".into()
-            }
-        );
+        assert_eq!(config.account, ObjectId { namespace: "shop".into(), name: "shop-bot".into() });
+        assert_eq!(config.crm.token, SecretKeyRef { name: "shop-crm-token".into(), key: "access_token".into() });
         let text = serde_json::to_string(&config).unwrap();
-        assert!(
-            !text.contains("replace-with"),
-            "a Secret value leaked into the config: {text}"
-        );
-        let names: Vec<String> = config
-            .secret_refs()
-            .iter()
-            .map(|r| format!("{}/{}", r.name, r.key))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "shop-bot/api_hash",
-                "shop-bot/api_id",
-                "shop-bot/token",
-                "shop-crm-token/access_token"
-            ]
-        );
+        assert!(!text.contains("replace-with"), "a Secret value leaked into the config: {text}");
+        let names: Vec<String> = config.secret_refs().iter().map(|r| format!("{}/{}", r.name, r.key)).collect();
+        assert_eq!(names, ["shop-bot/api_hash", "shop-bot/api_id", "shop-bot/token", "shop-crm-token/access_token"]);
     }
 
     #[test]
     fn the_hash_ignores_runtime_settings_and_follows_the_policy() {
         let (a, b, mut p) = example("telegram-qr.yaml");
         let base = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
-        let runtime = RuntimeSettings {
-            crm_requests_per_second: 3.0,
-            token_version: Some("42".into()),
-        };
+        let runtime = RuntimeSettings { crm_requests_per_second: 3.0, token_version: Some("42".into()) };
         assert_eq!(render(&a, &b, &p, runtime).unwrap().hash(), base.hash());
         p.spec.media.max_size_mib = 5;
-        assert_ne!(
-            render(&a, &b, &p, RuntimeSettings::default())
-                .unwrap()
-                .hash(),
-            base.hash()
-        );
+        assert_ne!(render(&a, &b, &p, RuntimeSettings::default()).unwrap().hash(), base.hash());
         assert_eq!(base.hash().len(), 16);
     }
 

@@ -52,10 +52,7 @@ mod tests {
 
     #[test]
     fn paragraphs_are_unwrapped_but_kept_apart() {
-        assert_eq!(
-            unwrap_paragraphs("one\ntwo\n\nthree\n four"),
-            "one two\n\nthree four"
-        );
+        assert_eq!(unwrap_paragraphs("one\ntwo\n\nthree\n four"), "one two\n\nthree four");
     }
 
     #[test]
@@ -65,12 +62,7 @@ mod tests {
                 for (name, sub) in props {
                     let p = format!("{path}.{name}");
                     let top = matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
-                    if !top
-                        && sub
-                            .get("description")
-                            .and_then(Value::as_str)
-                            .is_none_or(str::is_empty)
-                    {
+                    if !top && sub.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
                         missing.push(p.clone());
                     }
                     check(&p, sub, missing);
@@ -85,9 +77,6 @@ mod tests {
             let v = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
             check(file, &v["openAPIV3Schema"], &mut missing);
         }
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:#?}"
-        );
+        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
     }
 }

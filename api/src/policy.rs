@@ -21,37 +21,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     shortname = "syncpol",
     category = "crmessenger",
     doc = "How messages flow between the messengers and the CRM.",
-    printcolumn(
-        name = "Assignment",
-        type_ = "string",
-        json_path = ".spec.assignment.strategy"
-    ),
-    printcolumn(
-        name = "Escalate-After",
-        type_ = "string",
-        json_path = ".spec.escalation.after"
-    ),
+    printcolumn(name = "Assignment", type_ = "string", json_path = ".spec.assignment.strategy"),
+    printcolumn(name = "Escalate-After", type_ = "string", json_path = ".spec.escalation.after"),
     printcolumn(
         name = "Send/min",
         type_ = "integer",
         json_path = ".spec.rateLimits.messagesPerMinute",
         priority = "1"
     ),
-    printcolumn(
-        name = "Bindings",
-        type_ = "integer",
-        json_path = ".status.bindingCount"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Bindings", type_ = "integer", json_path = ".status.bindingCount"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SyncPolicySpec {
@@ -113,20 +93,12 @@ pub struct ChatFilter {
 
 impl Default for ChatFilter {
     fn default() -> Self {
-        Self {
-            private: true,
-            groups: false,
-            channels: false,
-            allow: vec![],
-            deny: vec![],
-        }
+        Self { private: true, groups: false, channels: false, allow: vec![], deny: vec![] }
     }
 }
 
 /// A way to recognise the same person across messengers.
-#[derive(
-    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
-)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub enum DedupKey {
     /// Phone number, normalised to E.164.
@@ -232,10 +204,7 @@ pub struct MediaSettings {
 
 impl Default for MediaSettings {
     fn default() -> Self {
-        Self {
-            mode: MediaMode::default(),
-            max_size_mib: default_media_size(),
-        }
+        Self { mode: MediaMode::default(), max_size_mib: default_media_size() }
     }
 }
 
@@ -311,10 +280,7 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self {
-            messages_per_minute: default_per_minute(),
-            per_chat_per_minute: default_per_chat(),
-        }
+        Self { messages_per_minute: default_per_minute(), per_chat_per_minute: default_per_chat() }
     }
 }
 
@@ -366,12 +332,7 @@ fn yes() -> bool {
     true
 }
 fn default_dedup() -> Vec<DedupKey> {
-    vec![
-        DedupKey::Phone,
-        DedupKey::TelegramUserId,
-        DedupKey::TelegramUsername,
-        DedupKey::WhatsappId,
-    ]
+    vec![DedupKey::Phone, DedupKey::TelegramUserId, DedupKey::TelegramUsername, DedupKey::WhatsappId]
 }
 fn default_lead_name() -> String {
     "{channel}: {name}".into()

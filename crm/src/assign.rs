@@ -46,14 +46,7 @@ mod tests {
         let rr = Assigner::new(&Assignment::default(), &[1, 2, 3], 0);
         let picks: Vec<_> = (0..5).map(|_| rr.next()).collect();
         assert_eq!(picks, [Some(1), Some(2), Some(3), Some(1), Some(2)]);
-        let fixed = Assigner::new(
-            &Assignment {
-                strategy: AssignmentStrategy::Fixed,
-                user_id: Some(9),
-            },
-            &[1, 2],
-            0,
-        );
+        let fixed = Assigner::new(&Assignment { strategy: AssignmentStrategy::Fixed, user_id: Some(9) }, &[1, 2], 0);
         assert_eq!((fixed.next(), fixed.next()), (Some(9), Some(9)));
         assert_eq!(Assigner::new(&Assignment::default(), &[], 0).next(), None);
     }

@@ -24,10 +24,7 @@ pub struct Limit {
 impl Limit {
     /// amoCRM's REST limit: 7 requests per second per integration, with a 5%
     /// margin for clock and network jitter, and no burst.
-    pub const AMOCRM_REST: Limit = Limit {
-        rate: 7.0 / 1.05,
-        burst: 1,
-    };
+    pub const AMOCRM_REST: Limit = Limit { rate: 7.0 / 1.05, burst: 1 };
 
     fn interval_ms(&self) -> f64 {
         1000.0 / self.rate.max(0.001)
@@ -39,12 +36,7 @@ impl Limit {
 pub trait BudgetStore: Send + Sync + std::fmt::Debug {
     /// Takes one request from `key` at `now_ms` under `limit`: `Ok(())` when it may
     /// go now, `Err(wait)` when it must wait that long first (nothing is taken).
-    async fn take(
-        &self,
-        key: &str,
-        limit: Limit,
-        now_ms: i64,
-    ) -> Result<Result<(), Duration>, String>;
+    async fn take(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Result<(), Duration>, String>;
     /// Blocks `key` until `until_ms` (the CRM said `retry_after`).
     async fn block_until(&self, key: &str, until_ms: i64) -> Result<(), String>;
 }
@@ -58,9 +50,7 @@ pub fn gcra(tat_ms: Option<f64>, limit: Limit, now_ms: i64) -> Result<f64, Durat
     let tat = tat_ms.unwrap_or(now).max(now);
     let allowed_at = tat - tolerance;
     if allowed_at > now {
-        return Err(Duration::from_micros(
-            ((allowed_at - now) * 1000.0).ceil() as u64
-        ));
+        return Err(Duration::from_micros(((allowed_at - now) * 1000.0).ceil() as u64));
     }
     Ok(tat + interval)
 }
@@ -73,16 +63,8 @@ pub struct MemoryBudgetStore {
 
 #[async_trait]
 impl BudgetStore for MemoryBudgetStore {
-    async fn take(
-        &self,
-        key: &str,
-        limit: Limit,
-        now_ms: i64,
-    ) -> Result<Result<(), Duration>, String> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "budget state poisoned".to_string())?;
+    async fn take(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Result<(), Duration>, String> {
+        let mut state = self.state.lock().map_err(|_| "budget state poisoned".to_string())?;
         match gcra(state.get(key).copied(), limit, now_ms) {
             Ok(tat) => {
                 state.insert(key.to_string(), tat);
@@ -93,10 +75,7 @@ impl BudgetStore for MemoryBudgetStore {
     }
 
     async fn block_until(&self, key: &str, until_ms: i64) -> Result<(), String> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "budget state poisoned".to_string())?;
+        let mut state = self.state.lock().map_err(|_| "budget state poisoned".to_string())?;
         let tat = state.entry(key.to_string()).or_insert(0.0);
         *tat = tat.max(until_ms as f64);
         Ok(())
@@ -114,18 +93,8 @@ pub struct Budget {
 
 impl Budget {
     /// A budget for `key` under `limit`, kept in `store`, timed by `clock`.
-    pub fn new(
-        store: Arc<dyn BudgetStore>,
-        clock: Arc<dyn Clock>,
-        key: impl Into<String>,
-        limit: Limit,
-    ) -> Self {
-        Self {
-            store,
-            clock,
-            key: key.into(),
-            limit,
-        }
+    pub fn new(store: Arc<dyn BudgetStore>, clock: Arc<dyn Clock>, key: impl Into<String>, limit: Limit) -> Self {
+        Self { store, clock, key: key.into(), limit }
     }
 
     /// An unshared in-memory budget.
@@ -136,11 +105,7 @@ impl Budget {
     /// Waits until one request may be made, then takes it.
     pub async fn acquire(&self) -> Result<(), String> {
         loop {
-            match self
-                .store
-                .take(&self.key, self.limit, self.clock.now_ms())
-                .await?
-            {
+            match self.store.take(&self.key, self.limit, self.clock.now_ms()).await? {
                 Ok(()) => return Ok(()),
                 Err(wait) => self.clock.sleep(wait).await,
             }
@@ -149,13 +114,9 @@ impl Budget {
 
     /// Stops everyone sharing this budget for `d` (the CRM's `retry_after`).
     pub async fn pause(&self, d: Duration) -> Result<(), String> {
-        let interval = self.limit.interval_ms() as i64;
-        self.store
-            .block_until(
-                &self.key,
-                self.clock.now_ms() + d.as_millis() as i64 - interval,
-            )
-            .await
+        // The next request may go once the theoretical arrival time is reached.
+        let until = self.clock.now_ms() + d.as_millis() as i64;
+        self.store.block_until(&self.key, until).await
     }
 
     /// The key this budget is kept under.
@@ -170,10 +131,7 @@ mod tests {
 
     #[test]
     fn gcra_spaces_requests_and_never_exceeds_the_rate_in_any_window() {
-        let limit = Limit {
-            rate: 7.0,
-            burst: 1,
-        };
+        let limit = Limit { rate: 7.0, burst: 1 };
         let mut tat = None;
         let mut now = 0i64;
         let mut sent = Vec::new();
@@ -188,24 +146,36 @@ mod tests {
         }
         for (i, &t) in sent.iter().enumerate() {
             let in_window = sent[i..].iter().take_while(|&&u| u - t < 1000).count();
-            assert!(
-                in_window <= 7,
-                "{in_window} requests within 1 s starting at {t} ms"
-            );
+            assert!(in_window <= 7, "{in_window} requests within 1 s starting at {t} ms");
         }
     }
 
     #[test]
     fn burst_allows_back_to_back_requests_then_spacing() {
-        let limit = Limit {
-            rate: 10.0,
-            burst: 3,
-        };
+        let limit = Limit { rate: 10.0, burst: 3 };
         let mut tat = None;
         for _ in 0..3 {
             tat = Some(gcra(tat, limit, 0).expect("burst"));
         }
         let wait = gcra(tat, limit, 0).expect_err("fourth must wait");
         assert_eq!(wait, Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    #[tokio::test]
+    async fn pause_holds_every_holder_of_the_budget() {
+        let clock = Arc::new(SystemClock);
+        let budget = Budget::in_memory(clock.clone(), "k", Limit { rate: 10.0, burst: 1 });
+        let other = budget.clone();
+        budget.acquire().await.unwrap();
+        budget.pause(Duration::from_millis(300)).await.unwrap();
+        let start = clock.now_ms();
+        other.acquire().await.unwrap();
+        assert!(clock.now_ms() - start >= 298, "waited {} ms", clock.now_ms() - start);
     }
 }

@@ -42,8 +42,7 @@ pub struct OffsetClock {
 impl OffsetClock {
     /// Moves this clock (and every clone of it) forward by `d`.
     pub fn advance(&self, d: Duration) {
-        self.offset_ms
-            .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+        self.offset_ms.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
     }
 }
 

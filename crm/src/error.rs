@@ -71,9 +71,7 @@ impl CrmError {
             | CrmError::Unauthorized(_)
             | CrmError::Protocol(_) => ErrorClass::Retryable,
             CrmError::Rejected { .. } => ErrorClass::Permanent,
-            CrmError::Blocked { .. }
-            | CrmError::ReauthorizationRequired(_)
-            | CrmError::Config(_) => ErrorClass::Fatal,
+            CrmError::Blocked { .. } | CrmError::ReauthorizationRequired(_) | CrmError::Config(_) => ErrorClass::Fatal,
         }
     }
 

@@ -27,27 +27,15 @@ use async_trait::async_trait;
 pub trait Crm: Send + Sync {
     /// Finds the contact for `person` by the identities in `dedup` (in that order),
     /// adding identities it lacks, or creates it.
-    async fn find_or_create_contact(
-        &self,
-        person: &Person,
-        dedup: &[DedupKey],
-    ) -> Result<ContactRef, CrmError>;
+    async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError>;
 
     /// Returns the contact's open lead when `request.reuse_open` is set and one
     /// exists, or creates a lead linked to the contact.
-    async fn find_or_create_lead(
-        &self,
-        contact: &ContactRef,
-        request: &LeadRequest,
-    ) -> Result<LeadRef, CrmError>;
+    async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError>;
 
     /// Adds notes to a lead, in order, batched as the CRM allows. Notes whose
     /// marker is already on the lead are not written again.
-    async fn add_notes(
-        &self,
-        lead_id: i64,
-        notes: &[NoteRequest],
-    ) -> Result<Vec<NoteRef>, CrmError>;
+    async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError>;
 
     /// Creates a task (unanswered-message escalation).
     async fn add_task(&self, task: &TaskRequest) -> Result<TaskRef, CrmError>;
@@ -57,10 +45,7 @@ pub trait Crm: Send + Sync {
 
     /// Manager replies written since `cursor`, oldest first, and the cursor to poll
     /// from next.
-    async fn poll_replies(
-        &self,
-        cursor: &ReplyCursor,
-    ) -> Result<(Vec<Reply>, ReplyCursor), CrmError>;
+    async fn poll_replies(&self, cursor: &ReplyCursor) -> Result<(Vec<Reply>, ReplyCursor), CrmError>;
 
     /// Re-reads one note (e.g. named by an unsigned webhook) and returns it as a
     /// reply if it is one.
@@ -71,11 +56,7 @@ pub trait Crm: Send + Sync {
     async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError>;
 
     /// Reports delivery or read status of a manager's chat message.
-    async fn set_delivery_status(
-        &self,
-        crm_message_id: &str,
-        status: DeliveryStatus,
-    ) -> Result<(), CrmError>;
+    async fn set_delivery_status(&self, crm_message_id: &str, status: DeliveryStatus) -> Result<(), CrmError>;
 
     /// Messages of a chat conversation, newest first, to recover manager replies
     /// sent while nothing was listening.

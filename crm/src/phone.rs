@@ -8,10 +8,7 @@ pub fn normalize(raw: &str) -> Option<String> {
     let trimmed = raw.trim();
     let explicit_plus = trimmed.starts_with('+');
     let mut digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
-    if trimmed
-        .chars()
-        .any(|c| !(c.is_ascii_digit() || " +-().\u{a0}".contains(c)))
-    {
+    if trimmed.chars().any(|c| !(c.is_ascii_digit() || " +-().\u{a0}".contains(c))) {
         return None;
     }
     if !explicit_plus {
@@ -66,14 +63,8 @@ mod tests {
 
     #[test]
     fn other_countries_keep_their_code() {
-        assert_eq!(
-            normalize("+44 20 7946 0958").as_deref(),
-            Some("+442079460958")
-        );
-        assert_eq!(
-            normalize("+1 (415) 555-2671").as_deref(),
-            Some("+14155552671")
-        );
+        assert_eq!(normalize("+44 20 7946 0958").as_deref(), Some("+442079460958"));
+        assert_eq!(normalize("+1 (415) 555-2671").as_deref(), Some("+14155552671"));
     }
 
     #[test]
@@ -85,18 +76,10 @@ mod tests {
 
     #[test]
     fn search_keys_cover_common_spellings() {
-        assert_eq!(
-            search_keys("+79991234567"),
-            ["9991234567", "123-45-67", "123 45 67"]
-        );
+        assert_eq!(search_keys("+79991234567"), ["9991234567", "123-45-67", "123 45 67"]);
         assert_eq!(search_keys("+442079460958"), ["2079460958"]);
         for typed in ["8 (999) 123-45-67", "+7 999 123 45 67", "89991234567"] {
-            assert!(
-                search_keys("+79991234567")
-                    .iter()
-                    .any(|k| typed.contains(k.as_str())),
-                "{typed}"
-            );
+            assert!(search_keys("+79991234567").iter().any(|k| typed.contains(k.as_str())), "{typed}");
         }
     }
 }

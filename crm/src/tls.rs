@@ -14,22 +14,18 @@ pub fn client_builder(extra_ca_pem: Option<&str>) -> Result<reqwest::ClientBuild
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             let cert = cert.map_err(|e| format!("extra CA certificate: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("extra CA certificate: {e}"))?;
+            roots.add(cert).map_err(|e| format!("extra CA certificate: {e}"))?;
             added += 1;
         }
         if added == 0 {
             return Err("extra CA certificate: no PEM certificate found".into());
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .connect_timeout(Duration::from_secs(5))

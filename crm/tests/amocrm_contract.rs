@@ -1,15 +1,12 @@
 //! The amoCRM adapter against the contract-enforcing fake, over TLS with a test CA.
 
 use crmessenger_crm::amocrm::{
-    AmoConfig, AmoCrm, ChatsChannel, IdentityFields, OAuthClient, StaticToken, Transport, connect,
-    sign_request,
+    AmoConfig, AmoCrm, ChatsChannel, IdentityFields, OAuthClient, StaticToken, Transport, connect, sign_request,
 };
 use crmessenger_crm::budget::{Budget, Limit};
 use crmessenger_crm::clock::{Clock, SystemClock};
 use crmessenger_crm::*;
-use crmessenger_fake_amocrm::{
-    ChatsChannel as FakeChannel, FakeAmo, FakeConfig, Fault, FaultKind, TlsIdentity,
-};
+use crmessenger_fake_amocrm::{ChatsChannel as FakeChannel, FakeAmo, FakeConfig, Fault, FaultKind, TlsIdentity};
 use crmessenger_testkit::TestCa;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,14 +23,9 @@ struct Setup {
 /// the account first, as an installation does once.
 async fn setup(config: FakeConfig, chats: bool) -> Setup {
     let ca = TestCa::new("fake-amocrm-ca").unwrap();
-    let cert = ca
-        .issue_server("fake-amocrm", &["127.0.0.1", "localhost"])
-        .unwrap();
+    let cert = ca.issue_server("fake-amocrm", &["127.0.0.1", "localhost"]).unwrap();
     let fake = FakeAmo::start(FakeConfig {
-        tls: Some(TlsIdentity {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-        }),
+        tls: Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem }),
         ..config
     })
     .await
@@ -41,51 +33,32 @@ async fn setup(config: FakeConfig, chats: bool) -> Setup {
     let scope = if chats {
         let amojo_id = fake.config().amojo_id.clone();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let scope = connect(
-            &fake.base_url(),
-            "chan-1",
-            SCOPE_SECRET,
-            &amojo_id,
-            "CRMessenger",
-            Some(ca.cert_pem()),
-            clock,
-        )
-        .await
-        .unwrap();
+        let scope =
+            connect(&fake.base_url(), "chan-1", SCOPE_SECRET, &amojo_id, "CRMessenger", Some(ca.cert_pem()), clock)
+                .await
+                .unwrap();
         assert_eq!(scope, format!("chan-1_{amojo_id}"));
         Some(scope)
     } else {
         None
     };
     let crm = adapter(&fake, ca.cert_pem(), scope, Limit::AMOCRM_REST);
-    Setup {
-        fake,
-        crm,
-        ca_pem: ca.cert_pem().to_string(),
-    }
+    Setup { fake, crm, ca_pem: ca.cert_pem().to_string() }
 }
 
 fn adapter(fake: &FakeAmo, ca_pem: &str, scope: Option<String>, limit: Limit) -> AmoCrm {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let token = fake.issue_token_pair().access_token;
     let budget = Budget::in_memory(clock.clone(), "amocrm-rest:test", limit);
-    let rest = Transport::new(
-        &fake.base_url(),
-        Some(ca_pem),
-        budget,
-        Arc::new(StaticToken(token)),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let rest =
+        Transport::new(&fake.base_url(), Some(ca_pem), budget, Arc::new(StaticToken(token)), Duration::from_secs(2))
+            .unwrap();
     let chats = scope.map(|scope_id| ChatsChannel {
         base_url: fake.base_url(),
         channel_id: "chan-1".into(),
         secret: SCOPE_SECRET.into(),
         scope_id,
-        limit: Limit {
-            rate: 20.0,
-            burst: 1,
-        },
+        limit: Limit { rate: 20.0, burst: 1 },
     });
     let config = AmoConfig {
         base_url: fake.base_url(),
@@ -125,12 +98,14 @@ fn telegram_person() -> Person {
 }
 
 fn all_keys() -> Vec<DedupKey> {
-    vec![
-        DedupKey::TelegramUserId,
-        DedupKey::TelegramUsername,
-        DedupKey::WhatsappId,
-        DedupKey::Phone,
-    ]
+    vec![DedupKey::TelegramUserId, DedupKey::TelegramUsername, DedupKey::WhatsappId, DedupKey::Phone]
+}
+
+/// The Telegram person's contact and open lead.
+async fn contact_and_lead(s: &Setup) -> (ContactRef, LeadRef) {
+    let contact = s.crm.find_or_create_contact(&telegram_person(), &all_keys()).await.unwrap();
+    let lead = s.crm.find_or_create_lead(&contact, &lead_request()).await.unwrap();
+    (contact, lead)
 }
 
 fn lead_request() -> LeadRequest {
@@ -145,17 +120,9 @@ fn lead_request() -> LeadRequest {
 #[tokio::test]
 async fn one_person_on_two_messengers_is_one_contact_with_one_open_lead() {
     let s = setup(FakeConfig::default(), false).await;
-    let tg = s
-        .crm
-        .find_or_create_contact(&telegram_person(), &all_keys())
-        .await
-        .unwrap();
+    let tg = s.crm.find_or_create_contact(&telegram_person(), &all_keys()).await.unwrap();
     assert!(tg.created);
-    let lead = s
-        .crm
-        .find_or_create_lead(&tg, &lead_request())
-        .await
-        .unwrap();
+    let lead = s.crm.find_or_create_lead(&tg, &lead_request()).await.unwrap();
     assert!(lead.created);
 
     // The same person writes from WhatsApp: another name, the phone in another spelling.
@@ -165,38 +132,15 @@ async fn one_person_on_two_messengers_is_one_contact_with_one_open_lead() {
         whatsapp_id: Some("79991234567".into()),
         ..Person::default()
     };
-    let wa = s
-        .crm
-        .find_or_create_contact(&wa_person, &all_keys())
-        .await
-        .unwrap();
+    let wa = s.crm.find_or_create_contact(&wa_person, &all_keys()).await.unwrap();
     assert_eq!((wa.id, wa.created), (tg.id, false));
-    let wa_lead = s
-        .crm
-        .find_or_create_lead(
-            &wa,
-            &LeadRequest {
-                name: "WhatsApp: Ivan".into(),
-                ..lead_request()
-            },
-        )
-        .await
-        .unwrap();
+    let wa_lead =
+        s.crm.find_or_create_lead(&wa, &LeadRequest { name: "WhatsApp: Ivan".into(), ..lead_request() }).await.unwrap();
     assert_eq!((wa_lead.id, wa_lead.created), (lead.id, false));
 
     // Found by phone, the contact learnt its WhatsApp id: the next lookup needs no phone.
-    let by_id = Person {
-        whatsapp_id: Some("79991234567".into()),
-        ..Person::default()
-    };
-    assert_eq!(
-        s.crm
-            .find_or_create_contact(&by_id, &[DedupKey::WhatsappId])
-            .await
-            .unwrap()
-            .id,
-        tg.id
-    );
+    let by_id = Person { whatsapp_id: Some("79991234567".into()), ..Person::default() };
+    assert_eq!(s.crm.find_or_create_contact(&by_id, &[DedupKey::WhatsappId]).await.unwrap().id, tg.id);
 
     let snap = s.fake.snapshot();
     assert_eq!(snap.contacts.len(), 1, "{:#?}", snap.contacts);
@@ -220,73 +164,35 @@ async fn a_phone_typed_by_a_manager_is_found_and_a_closed_lead_is_not_reused() {
     };
     // The search matches stored text verbatim, so "+79167654321" alone would miss
     // this spelling; the adapter searches the spellings people type.
-    let found = s
-        .crm
-        .find_or_create_contact(&person, &all_keys())
-        .await
-        .unwrap();
+    let found = s.crm.find_or_create_contact(&person, &all_keys()).await.unwrap();
     assert_eq!((found.id, found.created), (seeded, false));
     assert_eq!(s.fake.snapshot().contacts.len(), 1);
 
-    let first = s
-        .crm
-        .find_or_create_lead(&found, &lead_request())
-        .await
-        .unwrap();
+    let first = s.crm.find_or_create_lead(&found, &lead_request()).await.unwrap();
     s.fake.set_lead_status(first.id, 142);
-    let second = s
-        .crm
-        .find_or_create_lead(&found, &lead_request())
-        .await
-        .unwrap();
-    assert!(
-        second.created && second.id != first.id,
-        "a won lead must not be reused"
-    );
+    let second = s.crm.find_or_create_lead(&found, &lead_request()).await.unwrap();
+    assert!(second.created && second.id != first.id, "a won lead must not be reused");
 }
 
 #[tokio::test]
 async fn notes_are_batched_at_250_and_keep_their_order() {
     let s = setup(FakeConfig::default(), false).await;
-    let contact = s
-        .crm
-        .find_or_create_contact(&telegram_person(), &all_keys())
-        .await
-        .unwrap();
-    let lead = s
-        .crm
-        .find_or_create_lead(&contact, &lead_request())
-        .await
-        .unwrap();
+    let (_, lead) = contact_and_lead(&s).await;
     let notes: Vec<NoteRequest> = (0..300)
-        .map(|i| NoteRequest {
-            marker: format!("#tg-1-{i}"),
-            text: format!("Ivan: message {i}\n#tg-1-{i}"),
-        })
+        .map(|i| NoteRequest { marker: format!("#tg-1-{i}"), text: format!("Ivan: message {i}\n#tg-1-{i}") })
         .collect();
     let before = s.fake.snapshot().requests.len();
     let written = s.crm.add_notes(lead.id, &notes).await.unwrap();
     assert_eq!(written.len(), 300);
     let snap = s.fake.snapshot();
-    let posts = snap.requests[before..]
-        .iter()
-        .filter(|r| r.method == "POST" && r.path == "/api/v4/leads/notes")
-        .count();
+    let posts =
+        snap.requests[before..].iter().filter(|r| r.method == "POST" && r.path == "/api/v4/leads/notes").count();
     assert_eq!(posts, 2, "300 notes should take two requests (250 + 50)");
-    let mut on_lead: Vec<_> = snap
-        .notes
-        .iter()
-        .filter(|n| n.entity_id == lead.id)
-        .collect();
+    let mut on_lead: Vec<_> = snap.notes.iter().filter(|n| n.entity_id == lead.id).collect();
     on_lead.sort_by_key(|n| n.id);
     assert_eq!(on_lead.len(), 300);
     for (i, n) in on_lead.iter().enumerate() {
-        assert!(
-            n.params["text"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("#tg-1-{i}"))
-        );
+        assert!(n.params["text"].as_str().unwrap().ends_with(&format!("#tg-1-{i}")));
         assert_eq!(written[i].id, n.id);
     }
 }
@@ -294,16 +200,7 @@ async fn notes_are_batched_at_250_and_keep_their_order() {
 #[tokio::test]
 async fn tasks_are_created_and_completed() {
     let s = setup(FakeConfig::default(), false).await;
-    let contact = s
-        .crm
-        .find_or_create_contact(&telegram_person(), &all_keys())
-        .await
-        .unwrap();
-    let lead = s
-        .crm
-        .find_or_create_lead(&contact, &lead_request())
-        .await
-        .unwrap();
+    let (_, lead) = contact_and_lead(&s).await;
     let due = SystemClock.now_secs() + 3600;
     let task = s
         .crm
@@ -317,52 +214,25 @@ async fn tasks_are_created_and_completed() {
         .unwrap();
     s.crm.complete_task(task.id, "Answered").await.unwrap();
     let snap = s.fake.snapshot();
-    let t = snap
-        .tasks
-        .iter()
-        .find(|t| t.id == task.id)
-        .expect("task exists");
-    assert_eq!(
-        (t.entity_id, t.complete_till, t.is_completed),
-        (lead.id, due, true)
-    );
+    let t = snap.tasks.iter().find(|t| t.id == task.id).expect("task exists");
+    assert_eq!((t.entity_id, t.complete_till, t.is_completed), (lead.id, due, true));
     assert_eq!(t.responsible_user_id, 1002);
 }
 
 #[tokio::test]
 async fn replies_are_polled_once_and_re_read_by_id() {
     let s = setup(FakeConfig::default(), false).await;
-    let contact = s
-        .crm
-        .find_or_create_contact(&telegram_person(), &all_keys())
-        .await
-        .unwrap();
-    let lead = s
-        .crm
-        .find_or_create_lead(&contact, &lead_request())
-        .await
-        .unwrap();
-    let start = ReplyCursor {
-        updated_since: SystemClock.now_secs() - 5,
-        seen_at_cursor: vec![],
-    };
-    let reply_id = s
-        .fake
-        .add_manager_note(lead.id, 1001, ">> We open at 9, see you!");
-    s.fake
-        .add_manager_note(lead.id, 1001, "internal: call him tomorrow");
+    let (_, lead) = contact_and_lead(&s).await;
+    let start = ReplyCursor { updated_since: SystemClock.now_secs() - 5, seen_at_cursor: vec![] };
+    let reply_id = s.fake.add_manager_note(lead.id, 1001, ">> We open at 9, see you!");
+    s.fake.add_manager_note(lead.id, 1001, "internal: call him tomorrow");
     let (replies, cursor) = s.crm.poll_replies(&start).await.unwrap();
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies[0].text, "We open at 9, see you!");
     assert_eq!((replies[0].lead_id, replies[0].author_id), (lead.id, 1001));
     let (again, _) = s.crm.poll_replies(&cursor).await.unwrap();
     assert!(again.is_empty(), "a reply must be reported once: {again:?}");
-    let read = s
-        .crm
-        .read_reply(lead.id, reply_id)
-        .await
-        .unwrap()
-        .expect("re-read");
+    let read = s.crm.read_reply(lead.id, reply_id).await.unwrap().expect("re-read");
     assert_eq!(read.source_id, format!("note:{reply_id}"));
 }
 
@@ -370,35 +240,16 @@ async fn replies_are_polled_once_and_re_read_by_id() {
 async fn the_budget_keeps_requests_under_seven_per_second() {
     let s = setup(FakeConfig::default(), false).await;
     for i in 0..30 {
-        let person = Person {
-            name: format!("p{i}"),
-            telegram_user_id: Some(9000 + i),
-            ..Person::default()
-        };
-        s.crm
-            .find_or_create_contact(&person, &[DedupKey::TelegramUserId])
-            .await
-            .unwrap();
+        let person = Person { name: format!("p{i}"), telegram_user_id: Some(9000 + i), ..Person::default() };
+        s.crm.find_or_create_contact(&person, &[DedupKey::TelegramUserId]).await.unwrap();
     }
-    let times: Vec<i64> = s
-        .fake
-        .snapshot()
-        .requests
-        .iter()
-        .map(|r| r.real_ms as i64)
-        .collect();
+    let times: Vec<i64> = s.fake.snapshot().requests.iter().map(|r| r.real_ms as i64).collect();
     assert!(times.len() >= 60);
     for (i, &t) in times.iter().enumerate() {
         let in_window = times[i..].iter().take_while(|&&u| u - t < 1000).count();
-        assert!(
-            in_window <= 7,
-            "{in_window} requests within one second from {t}"
-        );
+        assert!(in_window <= 7, "{in_window} requests within one second from {t}");
     }
-    assert!(
-        !s.fake.snapshot().requests.iter().any(|r| r.status == 429),
-        "the fake had to refuse a request"
-    );
+    assert!(!s.fake.snapshot().requests.iter().any(|r| r.status == 429), "the fake had to refuse a request");
 }
 
 #[tokio::test]
@@ -413,21 +264,9 @@ async fn errors_are_classified() {
         kind: FaultKind::Status(429),
         times: 1,
     });
-    let e = s
-        .crm
-        .find_or_create_contact(&person, &keys)
-        .await
-        .unwrap_err();
+    let e = s.crm.find_or_create_contact(&person, &keys).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
-    assert!(
-        matches!(
-            e,
-            CrmError::RateLimited {
-                retry_after: Some(_)
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, CrmError::RateLimited { retry_after: Some(_) }), "{e:?}");
 
     s.fake.inject(Fault {
         method: None,
@@ -435,81 +274,31 @@ async fn errors_are_classified() {
         kind: FaultKind::Status(503),
         times: 1,
     });
-    let e = s
-        .crm
-        .find_or_create_contact(&person, &keys)
-        .await
-        .unwrap_err();
+    let e = s.crm.find_or_create_contact(&person, &keys).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
 
     let contact = s.crm.find_or_create_contact(&person, &keys).await.unwrap();
-    let bad = LeadRequest {
-        pipeline_id: Some(987_654),
-        ..lead_request()
-    };
-    let e = s
-        .crm
-        .find_or_create_lead(
-            &contact,
-            &LeadRequest {
-                reuse_open: false,
-                ..bad
-            },
-        )
-        .await
-        .unwrap_err();
+    let bad = LeadRequest { pipeline_id: Some(987_654), ..lead_request() };
+    let e = s.crm.find_or_create_lead(&contact, &LeadRequest { reuse_open: false, ..bad }).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
     assert!(matches!(e, CrmError::Rejected { status: 400, .. }), "{e:?}");
 
-    s.fake.inject(Fault {
-        method: None,
-        path_prefix: "/api/v4/".into(),
-        kind: FaultKind::Status(403),
-        times: 1,
-    });
-    let e = s
-        .crm
-        .find_or_create_contact(&person, &keys)
-        .await
-        .unwrap_err();
+    s.fake.inject(Fault { method: None, path_prefix: "/api/v4/".into(), kind: FaultKind::Status(403), times: 1 });
+    let e = s.crm.find_or_create_contact(&person, &keys).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Fatal, "{e}");
 }
 
 #[tokio::test]
 async fn repeated_abuse_blocks_the_integration_and_that_is_fatal() {
     // A client with no budget hammers the fake until it answers 403 to everything.
-    let s = setup(
-        FakeConfig {
-            abuse_threshold: 3,
-            ..FakeConfig::default()
-        },
-        false,
-    )
-    .await;
-    let greedy = adapter(
-        &s.fake,
-        &s.ca_pem,
-        None,
-        Limit {
-            rate: 10_000.0,
-            burst: 1000,
-        },
-    );
+    let s = setup(FakeConfig { abuse_threshold: 3, ..FakeConfig::default() }, false).await;
+    let greedy = adapter(&s.fake, &s.ca_pem, None, Limit { rate: 10_000.0, burst: 1000 });
     let mut last = None;
     for i in 0..80 {
-        let person = Person {
-            telegram_user_id: Some(i),
-            ..Person::default()
-        };
-        if let Err(e) = greedy
-            .find_or_create_contact(&person, &[DedupKey::TelegramUserId])
-            .await
-        {
+        let person = Person { telegram_user_id: Some(i), ..Person::default() };
+        if let Err(e) = greedy.find_or_create_contact(&person, &[DedupKey::TelegramUserId]).await {
             last = Some(e);
-            if last
-                .as_ref()
-                .is_some_and(|e| e.class() == ErrorClass::Fatal)
-            {
+            if last.as_ref().is_some_and(|e| e.class() == ErrorClass::Fatal) {
                 break;
             }
         }
@@ -528,28 +317,14 @@ async fn in_doubt_creates_are_found_instead_of_duplicated() {
         kind: FaultKind::DropResponse,
         times: 1,
     });
-    let contact = s
-        .crm
-        .find_or_create_contact(&telegram_person(), &all_keys())
-        .await
-        .unwrap();
+    let contact = s.crm.find_or_create_contact(&telegram_person(), &all_keys()).await.unwrap();
     s.fake.inject(Fault {
         method: Some(http::Method::POST),
         path_prefix: "/api/v4/leads".into(),
         kind: FaultKind::DropResponse,
         times: 1,
     });
-    let lead = s
-        .crm
-        .find_or_create_lead(
-            &contact,
-            &LeadRequest {
-                reuse_open: false,
-                ..lead_request()
-            },
-        )
-        .await
-        .unwrap();
+    let lead = s.crm.find_or_create_lead(&contact, &LeadRequest { reuse_open: false, ..lead_request() }).await.unwrap();
     s.fake.inject(Fault {
         method: Some(http::Method::POST),
         path_prefix: "/api/v4/leads/notes".into(),
@@ -557,14 +332,8 @@ async fn in_doubt_creates_are_found_instead_of_duplicated() {
         times: 1,
     });
     let notes = vec![
-        NoteRequest {
-            marker: "#m1".into(),
-            text: "hello #m1".into(),
-        },
-        NoteRequest {
-            marker: "#m2".into(),
-            text: "again #m2".into(),
-        },
+        NoteRequest { marker: "#m1".into(), text: "hello #m1".into() },
+        NoteRequest { marker: "#m2".into(), text: "again #m2".into() },
     ];
     let written = s.crm.add_notes(lead.id, &notes).await.unwrap();
     s.fake.inject(Fault {
@@ -584,11 +353,7 @@ async fn in_doubt_creates_are_found_instead_of_duplicated() {
     let snap = s.fake.snapshot();
     assert_eq!(snap.contacts.len(), 1, "contact duplicated");
     assert_eq!(snap.leads.len(), 1, "lead duplicated");
-    assert_eq!(
-        snap.notes.iter().filter(|n| n.entity_id == lead.id).count(),
-        2,
-        "notes duplicated"
-    );
+    assert_eq!(snap.notes.iter().filter(|n| n.entity_id == lead.id).count(), 2, "notes duplicated");
     assert_eq!(written.len(), 2);
     assert_eq!(snap.tasks.len(), 1, "task duplicated");
 }
@@ -611,19 +376,13 @@ async fn oauth_refresh_tokens_are_single_use() {
     let pair = oauth.exchange_code(&code).await.unwrap();
     assert!(pair.expires_at > clock.now_secs());
     let reused = oauth.exchange_code(&code).await.unwrap_err();
-    assert!(
-        matches!(reused, CrmError::ReauthorizationRequired(_)),
-        "{reused:?}"
-    );
+    assert!(matches!(reused, CrmError::ReauthorizationRequired(_)), "{reused:?}");
 
     let refresh = pair.refresh_token.clone().unwrap();
     let next = oauth.refresh(&refresh).await.unwrap();
     assert_ne!(next.access_token, pair.access_token);
     let spent = oauth.refresh(&refresh).await.unwrap_err();
-    assert!(
-        matches!(spent, CrmError::ReauthorizationRequired(_)),
-        "{spent:?}"
-    );
+    assert!(matches!(spent, CrmError::ReauthorizationRequired(_)), "{spent:?}");
     assert_eq!(spent.class(), ErrorClass::Fatal);
     assert_eq!(s.fake.snapshot().refreshes, 1);
 
@@ -636,10 +395,7 @@ async fn oauth_refresh_tokens_are_single_use() {
         clock,
     )
     .unwrap();
-    let e = wrong
-        .refresh(next.refresh_token.as_deref().unwrap())
-        .await
-        .unwrap_err();
+    let e = wrong.refresh(next.refresh_token.as_deref().unwrap()).await.unwrap_err();
     assert!(matches!(e, CrmError::Config(_)), "{e:?}");
 }
 
@@ -662,42 +418,19 @@ async fn chats_link_the_contact_before_the_first_message() {
     assert_eq!(first.chat_id, second.chat_id);
     assert_ne!(first.crm_message_id, second.crm_message_id);
     let snap = s.fake.snapshot();
-    assert_eq!(
-        snap.contacts.len(),
-        1,
-        "amoCRM made a second contact: {:#?}",
-        snap.contacts
-    );
-    assert!(
-        snap.unsorted.is_empty(),
-        "amoCRM made an unsorted lead: {:#?}",
-        snap.unsorted
-    );
+    assert_eq!(snap.contacts.len(), 1, "amoCRM made a second contact: {:#?}", snap.contacts);
+    assert!(snap.unsorted.is_empty(), "amoCRM made an unsorted lead: {:#?}", snap.unsorted);
     assert_eq!(snap.chats.len(), 1);
     assert_eq!(snap.chats[0].contact_id, Some(first.contact_id));
     assert_eq!(snap.chat_messages.len(), 2);
 
-    let reply_id = s
-        .fake
-        .manager_chat_reply("tg-555001", 1001, "Hi Ivan")
-        .await
-        .unwrap();
+    let reply_id = s.fake.manager_chat_reply("tg-555001", 1001, "Hi Ivan").await.unwrap();
     let history = s.crm.chat_history("tg-555001", 0, 50).await.unwrap();
-    let reply = history
-        .iter()
-        .find(|h| h.crm_message_id == reply_id)
-        .expect("reply in history");
+    let reply = history.iter().find(|h| h.crm_message_id == reply_id).expect("reply in history");
     assert!(reply.from_manager);
     assert_eq!(reply.text, "Hi Ivan");
-    s.crm
-        .set_delivery_status(&reply_id, DeliveryStatus::Read)
-        .await
-        .unwrap();
-    let e = s
-        .crm
-        .set_delivery_status("no-such-message", DeliveryStatus::Delivered)
-        .await
-        .unwrap_err();
+    s.crm.set_delivery_status(&reply_id, DeliveryStatus::Read).await.unwrap();
+    let e = s.crm.set_delivery_status("no-such-message", DeliveryStatus::Delivered).await.unwrap_err();
     assert!(matches!(e, CrmError::Rejected { status: 404, .. }), "{e:?}");
 }
 
@@ -712,13 +445,102 @@ fn chats_signature_matches_an_independently_computed_vector() {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"secret").unwrap();
     mac.update(format!("POST\n{md5}\napplication/json\n{date}\n{path}").as_bytes());
     let expected = hex::encode(mac.finalize().into_bytes());
-    assert_eq!(
-        sign_request("secret", "post", body, date, &format!("{path}?x=1")),
-        (md5, expected)
-    );
+    assert_eq!(sign_request("secret", "post", body, date, &format!("{path}?x=1")), (md5, expected));
     // GET bodies are empty: the documented MD5 of "".
-    assert_eq!(
-        sign_request("secret", "GET", b"", date, path).0,
-        "d41d8cd98f00b204e9800998ecf8427e"
+    assert_eq!(sign_request("secret", "GET", b"", date, path).0, "d41d8cd98f00b204e9800998ecf8427e");
+}
+
+#[tokio::test]
+async fn the_account_behind_the_token_is_identified() {
+    let s = setup(FakeConfig::default(), false).await;
+    let info = s.crm.account().await.unwrap();
+    let config = s.fake.config();
+    assert_eq!((info.id, info.subdomain.as_str()), (config.account_id, config.subdomain.as_str()));
+    assert_eq!(info.amojo_id.as_deref(), Some(config.amojo_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_budget_for_retry_after() {
+    let s = setup(FakeConfig::default(), false).await;
+    s.fake.inject(Fault {
+        method: None,
+        path_prefix: "/api/v4/account".into(),
+        kind: FaultKind::Status(429),
+        times: 1,
+    });
+    assert!(
+        matches!(s.crm.account().await, Err(CrmError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(1))
     );
+    s.crm.account().await.unwrap();
+    let requests = s.fake.snapshot().requests;
+    let refused = requests.iter().find(|r| r.status == 429).expect("the 429 is logged");
+    let next = requests.iter().find(|r| r.real_ms > refused.real_ms).expect("a request after the 429");
+    assert!(
+        next.real_ms - refused.real_ms >= 900,
+        "the next request came {} ms after the 429",
+        next.real_ms - refused.real_ms
+    );
+}
+
+#[tokio::test]
+async fn an_in_doubt_chat_message_is_found_in_the_history_not_sent_twice() {
+    let s = setup(chats_config(), true).await;
+    let post = ChatPost {
+        person: telegram_person(),
+        dedup: all_keys(),
+        conversation_id: "tg-777".into(),
+        user_id: "tg-user-777".into(),
+        message_id: "tg-777-1".into(),
+        sent_at_ms: SystemClock.now_ms(),
+        text: "are you open?".into(),
+        media: None,
+        silent: false,
+    };
+    // Create the chat first, so the dropped request is the message itself.
+    let first = s.crm.post_chat_message(&ChatPost { message_id: "tg-777-0".into(), ..post.clone() }).await.unwrap();
+    let scope = s.fake.scope_id().unwrap();
+    s.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: format!("/v2/origin/custom/{scope}"),
+        kind: FaultKind::DropResponse,
+        times: 1,
+    });
+    let second = s.crm.post_chat_message(&post).await.unwrap();
+    assert_eq!(second.chat_id, first.chat_id);
+    let snap = s.fake.snapshot();
+    assert_eq!(snap.chat_messages.iter().filter(|m| m.msgid == "tg-777-1").count(), 1, "sent twice");
+    assert_eq!(
+        snap.chat_messages.iter().find(|m| m.msgid == "tg-777-1").map(|m| m.id.clone()),
+        Some(second.crm_message_id)
+    );
+}
+
+#[tokio::test]
+async fn a_note_webhook_from_amocrm_names_a_reply_that_is_re_read() {
+    use axum::{Router, body::Bytes, routing::post};
+    let s = setup(FakeConfig::default(), false).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let app = Router::new().route(
+        "/hooks/amocrm/token-123",
+        post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    s.crm.subscribe_webhook(&format!("http://{addr}/hooks/amocrm/token-123"), &["note_lead"]).await.unwrap();
+
+    let (_, lead) = contact_and_lead(&s).await;
+    let note = s.fake.add_manager_note(lead.id, 1002, ">> Your order is ready");
+    let body = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a webhook within 10 s").unwrap();
+    let hook = crmessenger_crm::amocrm::webhook::parse(&body).unwrap();
+    assert_eq!(hook.account_id, Some(s.fake.config().account_id));
+    assert_eq!(hook.lead_notes, vec![(lead.id, note)]);
+    let reply = s.crm.read_reply(lead.id, note).await.unwrap().expect("the note is a reply");
+    assert_eq!((reply.text.as_str(), reply.author_id), ("Your order is ready", 1002));
 }

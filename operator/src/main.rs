@@ -4,11 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "crmessenger-operator",
-    version,
-    about = "The CRMessenger Kubernetes operator"
-)]
+#[command(name = "crmessenger-operator", version, about = "The CRMessenger Kubernetes operator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

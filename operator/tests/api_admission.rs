@@ -86,29 +86,11 @@ struct Case {
 }
 
 fn case(what: &'static str, object: Value, field: &'static str, message: &'static str) -> Case {
-    Case {
-        what,
-        before: None,
-        object,
-        field,
-        message,
-    }
+    Case { what, before: None, object, field, message }
 }
 
-fn change(
-    what: &'static str,
-    before: Value,
-    object: Value,
-    field: &'static str,
-    message: &'static str,
-) -> Case {
-    Case {
-        what,
-        before: Some(before),
-        object,
-        field,
-        message,
-    }
+fn change(what: &'static str, before: Value, object: Value, field: &'static str, message: &'static str) -> Case {
+    Case { what, before: Some(before), object, field, message }
 }
 
 fn invalid_objects() -> Vec<Case> {
@@ -182,9 +164,7 @@ fn invalid_objects() -> Vec<Case> {
         change(
             "user account turned into a bot",
             tg_acct(json!({})),
-            tg_acct(
-                json!({ "loginMethod": "botToken", "botToken": { "name": "bot", "key": "token" } }),
-            ),
+            tg_acct(json!({ "loginMethod": "botToken", "botToken": { "name": "bot", "key": "token" } })),
             "spec.telegram.loginMethod",
             "cannot switch between a bot and a user account",
         ),
@@ -293,12 +273,7 @@ fn invalid_objects() -> Vec<Case> {
             "spec",
             "exactly one of the two",
         ),
-        case(
-            "no accounts at all",
-            binding(json!({ "accountNames": null })),
-            "spec",
-            "exactly one of the two",
-        ),
+        case("no accounts at all", binding(json!({ "accountNames": null })), "spec", "exactly one of the two"),
         case(
             "account name",
             binding(json!({ "accountNames": ["Sales_Bot"] })),
@@ -465,17 +440,13 @@ fn invalid_objects() -> Vec<Case> {
         ),
         case(
             "template name",
-            policy(
-                json!({ "whatsapp": { "outsideWindowTemplate": { "name": "Follow-Up", "language": "en_US" } } }),
-            ),
+            policy(json!({ "whatsapp": { "outsideWindowTemplate": { "name": "Follow-Up", "language": "en_US" } } })),
             "spec.whatsapp.outsideWindowTemplate.name",
             "template names have lowercase letters",
         ),
         case(
             "template language",
-            policy(
-                json!({ "whatsapp": { "outsideWindowTemplate": { "name": "follow_up", "language": "english" } } }),
-            ),
+            policy(json!({ "whatsapp": { "outsideWindowTemplate": { "name": "follow_up", "language": "english" } } })),
             "spec.whatsapp.outsideWindowTemplate.language",
             "must be a language code",
         ),
@@ -492,16 +463,11 @@ async fn crds_install_and_become_established() {
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
         for wanted in ["Established", "NamesAccepted"] {
             assert!(
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == wanted && c.status == "True"),
+                conditions.iter().any(|c| c.type_ == wanted && c.status == "True"),
                 "{name}: {wanted} is not True: {conditions:?}"
             );
         }
-        assert_eq!(
-            crd.spec.names.categories,
-            Some(vec!["crmessenger".to_string()])
-        );
+        assert_eq!(crd.spec.names.categories, Some(vec!["crmessenger".to_string()]));
     }
 }
 
@@ -516,18 +482,13 @@ async fn invalid_objects_are_rejected_naming_the_field() {
         let name = format!("c{i}");
         // Each case gets its own name, except one whose name is what is wrong.
         let named = |mut v: Value| {
-            if v["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.len() <= 51)
-            {
+            if v["metadata"]["name"].as_str().is_some_and(|n| n.len() <= 51) {
                 v["metadata"]["name"] = json!(name);
             }
             v.to_string()
         };
         if let Some(before) = case.before {
-            let out = cp
-                .kubectl_apply_output(&named(before), &["-n", &ns])
-                .unwrap();
+            let out = cp.kubectl_apply_output(&named(before), &["-n", &ns]).unwrap();
             assert!(
                 out.status.success(),
                 "{}: the valid object was refused: {}",
@@ -535,15 +496,10 @@ async fn invalid_objects_are_rejected_naming_the_field() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let out = cp
-            .kubectl_apply_output(&named(case.object), &["-n", &ns, "--dry-run=server"])
-            .unwrap();
+        let out = cp.kubectl_apply_output(&named(case.object), &["-n", &ns, "--dry-run=server"]).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
-            failures.push(format!(
-                "{}: accepted, expected {}: {}",
-                case.what, case.field, case.message
-            ));
+            failures.push(format!("{}: accepted, expected {}: {}", case.what, case.field, case.message));
         } else if !stderr.contains(&format!("{}: ", case.field)) || !stderr.contains(case.message) {
             failures.push(format!(
                 "{}: expected `{}: …{}…`, got: {}",
@@ -554,12 +510,7 @@ async fn invalid_objects_are_rejected_naming_the_field() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} case(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[tokio::test]
@@ -575,24 +526,13 @@ async fn examples_apply_with_server_dry_run_and_for_real() {
     for file in files {
         let ns = cp.namespace("example").await.unwrap();
         let f = file.display().to_string();
-        cp.kubectl_ok(&["apply", "-n", &ns, "--dry-run=server", "-f", &f])
-            .unwrap();
-        let listed = cp
-            .kubectl_ok(&["get", "crmessenger,secrets", "-n", &ns, "-o", "name"])
-            .unwrap();
-        assert!(
-            !listed.contains("crmessenger.io"),
-            "{f}: a dry run persisted objects: {listed}"
-        );
+        cp.kubectl_ok(&["apply", "-n", &ns, "--dry-run=server", "-f", &f]).unwrap();
+        let listed = cp.kubectl_ok(&["get", "crmessenger,secrets", "-n", &ns, "-o", "name"]).unwrap();
+        assert!(!listed.contains("crmessenger.io"), "{f}: a dry run persisted objects: {listed}");
         cp.kubectl_ok(&["apply", "-n", &ns, "-f", &f]).unwrap();
-        let listed = cp
-            .kubectl_ok(&["get", "crmessenger", "-n", &ns, "-o", "name"])
-            .unwrap();
+        let listed = cp.kubectl_ok(&["get", "crmessenger", "-n", &ns, "-o", "name"]).unwrap();
         for kind in ["messengeraccount", "crmbinding", "syncpolicy"] {
-            assert!(
-                listed.contains(&format!("{kind}.crmessenger.io/")),
-                "{f}: no {kind} in {listed}"
-            );
+            assert!(listed.contains(&format!("{kind}.crmessenger.io/")), "{f}: no {kind} in {listed}");
         }
     }
 }
@@ -611,21 +551,11 @@ async fn defaults_are_applied_by_the_api_server() {
         ),
     ];
     for o in objects {
-        let out = cp
-            .kubectl_apply_output(&o.to_string(), &["-n", &ns])
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = cp.kubectl_apply_output(&o.to_string(), &["-n", &ns]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let get = |what: &str| -> Value {
-        serde_json::from_str(
-            &cp.kubectl_ok(&["get", what, "-n", &ns, "-o", "json"])
-                .unwrap(),
-        )
-        .unwrap()
+        serde_json::from_str(&cp.kubectl_ok(&["get", what, "-n", &ns, "-o", "json"]).unwrap()).unwrap()
     };
     let p = get("syncpolicy/p");
     assert_eq!(p["spec"]["chats"]["private"], json!(true));
@@ -634,26 +564,14 @@ async fn defaults_are_applied_by_the_api_server() {
     assert_eq!(p["spec"]["assignment"]["strategy"], json!("roundRobin"));
     assert_eq!(p["spec"]["rateLimits"]["messagesPerMinute"], json!(30));
     assert_eq!(p["spec"]["media"]["maxSizeMiB"], json!(20));
-    assert_eq!(
-        p["spec"]["leads"]["deduplicateBy"].as_array().map(Vec::len),
-        Some(4)
-    );
+    assert_eq!(p["spec"]["leads"]["deduplicateBy"].as_array().map(Vec::len), Some(4));
     let a = get("messengeraccount/a");
     assert_eq!(a["spec"]["telegram"]["loginMethod"], json!("qr"));
-    assert_eq!(
-        a["spec"]["telegram"]["apiCredentials"]["apiIdKey"],
-        json!("api_id")
-    );
+    assert_eq!(a["spec"]["telegram"]["apiCredentials"]["apiIdKey"], json!("api_id"));
     assert_eq!(a["spec"]["suspend"], json!(false));
     let b = get("crmbinding/b");
-    assert_eq!(
-        b["spec"]["crm"]["amocrm"]["replies"]["detection"],
-        json!("poll")
-    );
-    assert_eq!(
-        b["spec"]["crm"]["amocrm"]["replies"]["pollInterval"],
-        json!("10s")
-    );
+    assert_eq!(b["spec"]["crm"]["amocrm"]["replies"]["detection"], json!("poll"));
+    assert_eq!(b["spec"]["crm"]["amocrm"]["replies"]["pollInterval"], json!("10s"));
     assert_eq!(b["spec"]["crm"]["amocrm"]["chatsChannel"], json!(false));
 }
 
@@ -663,11 +581,8 @@ async fn kubectl_explain_shows_the_field_docs() {
     // The API server publishes a new CRD's OpenAPI a moment after it is Established.
     let mut last = String::new();
     for _ in 0..100 {
-        let out = cp
-            .kubectl_output(&["explain", "messengeraccount.spec"])
-            .unwrap();
-        last = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let out = cp.kubectl_output(&["explain", "messengeraccount.spec"]).unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             break;
         }
@@ -679,25 +594,12 @@ async fn kubectl_explain_shows_the_field_docs() {
         "suspend\t<boolean>",
         "Stops the connector (scales it to zero)",
     ] {
-        assert!(
-            last.contains(expected),
-            "`kubectl explain messengeraccount.spec` lacks {expected:?}:\n{last}"
-        );
+        assert!(last.contains(expected), "`kubectl explain messengeraccount.spec` lacks {expected:?}:\n{last}");
     }
-    let nested = cp
-        .kubectl_ok(&["explain", "crmbinding.spec.crm.amocrm.replies.notePrefix"])
-        .unwrap();
-    assert!(
-        nested.contains("A lead note that starts with this prefix is sent to the customer"),
-        "{nested}"
-    );
-    let policy = cp
-        .kubectl_ok(&["explain", "syncpolicy.spec.escalation.after"])
-        .unwrap();
-    assert!(
-        policy.contains("How long a customer's message may stay unanswered"),
-        "{policy}"
-    );
+    let nested = cp.kubectl_ok(&["explain", "crmbinding.spec.crm.amocrm.replies.notePrefix"]).unwrap();
+    assert!(nested.contains("A lead note that starts with this prefix is sent to the customer"), "{nested}");
+    let policy = cp.kubectl_ok(&["explain", "syncpolicy.spec.escalation.after"]).unwrap();
+    assert!(policy.contains("How long a customer's message may stay unanswered"), "{policy}");
 }
 
 #[tokio::test]
@@ -705,18 +607,15 @@ async fn kubectl_get_shows_the_printer_columns() {
     let cp = cp();
     let ns = cp.namespace("columns").await.unwrap();
     let acct = account(json!({ "provider": "telegram", "telegram": tg() }));
-    cp.kubectl_apply_output(&acct.to_string(), &["-n", &ns])
-        .unwrap();
+    cp.kubectl_apply_output(&acct.to_string(), &["-n", &ns]).unwrap();
     let pol = policy(json!({ "escalation": { "enabled": true, "after": "20m" } }));
-    cp.kubectl_apply_output(&pol.to_string(), &["-n", &ns])
-        .unwrap();
+    cp.kubectl_apply_output(&pol.to_string(), &["-n", &ns]).unwrap();
     let bind = object(
         "CrmBinding",
         "b",
         json!({ "accountNames": ["a"], "policyRef": { "name": "p" }, "crm": { "type": "amocrm", "amocrm": amocrm() } }),
     );
-    cp.kubectl_apply_output(&bind.to_string(), &["-n", &ns])
-        .unwrap();
+    cp.kubectl_apply_output(&bind.to_string(), &["-n", &ns]).unwrap();
     let status = json!({ "status": {
         "phase": "Running",
         "identity": { "summary": "@ivan (+7******4567)" },
@@ -749,100 +648,47 @@ async fn kubectl_get_shows_the_printer_columns() {
 
     let accounts = cp.kubectl_ok(&["get", "msgacct", "-n", &ns]).unwrap();
     let mut lines = accounts.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        ["NAME", "PROVIDER", "PHASE", "READY", "IDENTITY", "AGE"],
-        "{accounts}"
-    );
-    let row: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        &row[..6],
-        [
-            "a",
-            "telegram",
-            "Running",
-            "True",
-            "@ivan",
-            "(+7******4567)"
-        ],
-        "{accounts}"
-    );
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PROVIDER", "PHASE", "READY", "IDENTITY", "AGE"], "{accounts}");
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(&row[..6], ["a", "telegram", "Running", "True", "@ivan", "(+7******4567)"], "{accounts}");
 
     let bindings = cp.kubectl_ok(&["get", "crmbind", "-n", &ns]).unwrap();
     assert!(
-        bindings
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .eq(["NAME", "CRM", "ACCOUNTS", "READY", "AGE"]),
+        bindings.lines().next().unwrap_or_default().split_whitespace().eq(["NAME", "CRM", "ACCOUNTS", "READY", "AGE"]),
         "{bindings}"
     );
     assert!(
-        bindings
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .eq(["b", "amocrm", "1"]),
+        bindings.lines().nth(1).unwrap_or_default().split_whitespace().take(3).eq(["b", "amocrm", "1"]),
         "{bindings}"
     );
 
     let policies = cp.kubectl_ok(&["get", "syncpol", "-n", &ns]).unwrap();
     assert!(
-        policies
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .eq([
-                "NAME",
-                "ASSIGNMENT",
-                "ESCALATE-AFTER",
-                "BINDINGS",
-                "READY",
-                "AGE"
-            ]),
+        policies.lines().next().unwrap_or_default().split_whitespace().eq([
+            "NAME",
+            "ASSIGNMENT",
+            "ESCALATE-AFTER",
+            "BINDINGS",
+            "READY",
+            "AGE"
+        ]),
         "{policies}"
     );
     assert!(
-        policies
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .eq(["p", "roundRobin", "20m"]),
+        policies.lines().nth(1).unwrap_or_default().split_whitespace().take(3).eq(["p", "roundRobin", "20m"]),
         "{policies}"
     );
 
-    let wide = cp
-        .kubectl_ok(&["get", "crmbind", "-n", &ns, "-o", "wide"])
-        .unwrap();
+    let wide = cp.kubectl_ok(&["get", "crmbind", "-n", &ns, "-o", "wide"]).unwrap();
     assert!(wide.contains("https://example.amocrm.ru"), "{wide}");
 
-    let all = cp
-        .kubectl_ok(&["get", "crmessenger", "-n", &ns, "-o", "name"])
-        .unwrap();
+    let all = cp.kubectl_ok(&["get", "crmessenger", "-n", &ns, "-o", "name"]).unwrap();
     let mut names: Vec<&str> = all.lines().collect();
     names.sort();
     assert_eq!(
         names,
-        [
-            "crmbinding.crmessenger.io/b",
-            "messengeraccount.crmessenger.io/a",
-            "syncpolicy.crmessenger.io/p"
-        ]
+        ["crmbinding.crmessenger.io/b", "messengeraccount.crmessenger.io/a", "syncpolicy.crmessenger.io/p"]
     );
 }
 
@@ -869,18 +715,11 @@ async fn a_pod_is_scheduled_onto_the_kwok_node_and_becomes_ready() {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready {
-            assert_eq!(
-                node.as_deref(),
-                Some(crmessenger_testkit::controlplane::NODE_NAME)
-            );
+            assert_eq!(node.as_deref(), Some(crmessenger_testkit::controlplane::NODE_NAME));
             assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Running"));
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pod never became Ready: {:?}",
-            p.status
-        );
+        assert!(std::time::Instant::now() < deadline, "pod never became Ready: {:?}", p.status);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -2,8 +2,8 @@
 //! server and for the TLS fakes of external services.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// A certificate authority whose key lives only in memory.
@@ -29,19 +29,12 @@ impl TestCa {
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(Self {
-            cert_pem: cert.pem(),
-            key_pem,
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Self { cert_pem: cert.pem(), key_pem, issuer: Issuer::new(params, key) })
     }
 
     /// The CA certificate, PEM-encoded, for clients to trust.
@@ -56,22 +49,13 @@ impl TestCa {
 
     /// Issues a serving certificate for `names` (DNS names or IP addresses).
     pub fn issue_server(&self, common_name: &str, names: &[&str]) -> anyhow::Result<IssuedCert> {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 

@@ -44,10 +44,7 @@ impl ControlPlane {
     pub fn start() -> anyhow::Result<Self> {
         let bin = binaries()?;
         let keep = std::env::var_os("CRMESSENGER_KEEP_CONTROLPLANE").is_some();
-        let dir = tempfile::Builder::new()
-            .prefix("crmessenger-cp-")
-            .tempdir()?
-            .keep();
+        let dir = tempfile::Builder::new().prefix("crmessenger-cp-").tempdir()?.keep();
         start_watchdog(&dir, keep)?;
         std::fs::create_dir_all(dir.join("logs"))?;
 
@@ -72,20 +69,12 @@ impl ControlPlane {
         let (sa_key, sa_pub) = key_pair_pem()?;
         write(&dir, "sa.key", &sa_key)?;
         write(&dir, "sa.pub", &sa_pub)?;
-        write(
-            &dir,
-            "tokens.csv",
-            &format!("{token},admin,admin-uid,\"system:masters\"\n"),
-        )?;
+        write(&dir, "tokens.csv", &format!("{token},admin,admin-uid,\"system:masters\"\n"))?;
 
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
-        write(
-            &dir,
-            "admin.kubeconfig",
-            &kubeconfig_yaml(&server, ca.cert_pem(), &token),
-        )?;
+        write(&dir, "admin.kubeconfig", &kubeconfig_yaml(&server, ca.cert_pem(), &token))?;
 
         let cp = ControlPlane {
             dir: dir.clone(),
@@ -143,10 +132,7 @@ impl ControlPlane {
             ],
         )?;
         self.wait_for("the API server's /readyz", Duration::from_secs(90), || {
-            Ok(self
-                .kubectl_output(&["get", "--raw=/readyz"])?
-                .status
-                .success())
+            Ok(self.kubectl_output(&["get", "--raw=/readyz"])?.status.success())
         })
     }
 
@@ -185,16 +171,9 @@ impl ControlPlane {
         )?;
         // The service-account controller creating `default` proves the
         // controller-manager works; pods cannot be admitted without it.
-        self.wait_for(
-            "the controller-manager (default ServiceAccount)",
-            Duration::from_secs(60),
-            || {
-                Ok(self
-                    .kubectl_output(&["get", "serviceaccount", "default", "-n", "default"])?
-                    .status
-                    .success())
-            },
-        )
+        self.wait_for("the controller-manager (default ServiceAccount)", Duration::from_secs(60), || {
+            Ok(self.kubectl_output(&["get", "serviceaccount", "default", "-n", "default"])?.status.success())
+        })
     }
 
     fn start_kwok(&self) -> anyhow::Result<()> {
@@ -211,20 +190,16 @@ impl ControlPlane {
             ],
         )?;
         self.kubectl_apply_str(&node_yaml())?;
-        self.wait_for(
-            "kwok to mark the node Ready",
-            Duration::from_secs(60),
-            || {
-                let out = self.kubectl_output(&[
-                    "get",
-                    "node",
-                    NODE_NAME,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ])?;
-                Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
-            },
-        )
+        self.wait_for("kwok to mark the node Ready", Duration::from_secs(60), || {
+            let out = self.kubectl_output(&[
+                "get",
+                "node",
+                NODE_NAME,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
+        })
     }
 
     /// Installs the CRDs from the repository's `crds/` (server-side apply) and waits
@@ -292,11 +267,7 @@ impl ControlPlane {
     /// and returns its path.
     pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
         let file = format!("{name}.kubeconfig");
-        write(
-            &self.dir,
-            &file,
-            &kubeconfig_yaml(&self.server, &self.ca_pem, token),
-        )?;
+        write(&self.dir, &file, &kubeconfig_yaml(&self.server, &self.ca_pem, token))?;
         Ok(self.dir.join(file))
     }
 
@@ -317,11 +288,7 @@ impl ControlPlane {
     pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl_output(args)?;
         if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -337,21 +304,14 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(yaml.as_bytes())?;
+        child.stdin.take().context("kubectl stdin")?.write_all(yaml.as_bytes())?;
         Ok(child.wait_with_output()?)
     }
 
     fn kubectl_apply_str(&self, yaml: &str) -> anyhow::Result<()> {
         let out = self.kubectl_apply_output(yaml, &[])?;
         if !out.status.success() {
-            bail!(
-                "kubectl apply failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -360,11 +320,7 @@ impl ControlPlane {
     pub fn helm(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("helm"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
-        for (var, sub) in [
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
+        for (var, sub) in [("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")] {
             cmd.env(var, self.dir.join("helm").join(sub));
         }
         cmd.stdin(Stdio::null());
@@ -383,9 +339,7 @@ impl ControlPlane {
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": { "name": name, "labels": { "crmessenger.io/test": "true" } }
         }))?;
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, &name);
         let deadline = Instant::now() + Duration::from_secs(30);
         while sas.get_opt("default").await?.is_none() {
@@ -399,8 +353,7 @@ impl ControlPlane {
 
     /// The last `lines` lines of a component's log (e.g. `kube-apiserver`).
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log")))
-            .unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log"))).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -414,12 +367,8 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child =
-            spawn_tied(cmd, &self.dir.join("pids")).with_context(|| format!("start {name}"))?;
-        self.children
-            .lock()
-            .expect("children lock")
-            .push((name.to_string(), child));
+        let child = spawn_tied(cmd, &self.dir.join("pids")).with_context(|| format!("start {name}"))?;
+        self.children.lock().expect("children lock").push((name.to_string(), child));
         Ok(())
     }
 
@@ -437,23 +386,16 @@ impl ControlPlane {
             let mut children = self.children.lock().expect("children lock");
             for (name, child) in children.iter_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "{name} exited ({status}) while waiting for {what}:\n{}",
-                        self.log_tail(name, 30)
-                    );
+                    bail!("{name} exited ({status}) while waiting for {what}:\n{}", self.log_tail(name, 30));
                 }
             }
             drop(children);
             if Instant::now() > deadline {
-                let logs: Vec<String> =
-                    ["etcd", "kube-apiserver", "kube-controller-manager", "kwok"]
-                        .iter()
-                        .map(|c| format!("--- {c}:\n{}", self.log_tail(c, 15)))
-                        .collect();
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    logs.join("\n")
-                );
+                let logs: Vec<String> = ["etcd", "kube-apiserver", "kube-controller-manager", "kwok"]
+                    .iter()
+                    .map(|c| format!("--- {c}:\n{}", self.log_tail(c, 15)))
+                    .collect();
+                bail!("timed out after {timeout:?} waiting for {what}\n{}", logs.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -480,10 +422,7 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
 
 /// The root of the CRMessenger repository (for `crds/`, `examples/`, `charts/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {

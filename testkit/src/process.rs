@@ -61,14 +61,9 @@ pub fn spawn_tied(mut cmd: Command, pid_file: &Path) -> io::Result<Child> {
         .map_err(|_| io::Error::other("spawner lock poisoned"))?
         .send((cmd, tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    let child = rx
-        .recv()
-        .map_err(|_| io::Error::other("spawner thread is gone"))??;
+    let child = rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))??;
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pid_file)?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(pid_file)?;
     writeln!(f, "{}", child.id())?;
     Ok(child)
 }

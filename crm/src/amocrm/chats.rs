@@ -46,19 +46,10 @@ impl std::fmt::Debug for ChatsChannel {
 /// Headers of a signed Chats API request: `(Content-MD5, X-Signature)`.
 /// The signed string is `METHOD\nContent-MD5\nContent-Type\nDate\npath`, the path
 /// without host or query.
-pub fn sign_request(
-    secret: &str,
-    method: &str,
-    body: &[u8],
-    date: &str,
-    path: &str,
-) -> (String, String) {
+pub fn sign_request(secret: &str, method: &str, body: &[u8], date: &str, path: &str) -> (String, String) {
     let md5 = hex::encode(Md5::digest(body));
     let path = path.split('?').next().unwrap_or(path);
-    let payload = format!(
-        "{}\n{md5}\n{CONTENT_TYPE}\n{date}\n{path}",
-        method.to_uppercase()
-    );
+    let payload = format!("{}\n{md5}\n{CONTENT_TYPE}\n{date}\n{path}", method.to_uppercase());
     (md5, hmac_sha1_hex(secret, payload.as_bytes()))
 }
 
@@ -76,8 +67,7 @@ pub fn verify_hook_signature(secret: &str, body: &[u8], signature_hex: &str) -> 
 
 fn hmac_sha1_hex(secret: &str, data: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(data);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -109,18 +99,8 @@ impl ChatsClient {
         let http = crate::tls::client_builder(ca_pem)
             .and_then(|b| b.build().map_err(|e| e.to_string()))
             .map_err(CrmError::Config)?;
-        let budget = Budget::in_memory(
-            clock.clone(),
-            format!("amojo:{}", channel.scope_id),
-            channel.limit,
-        );
-        Ok(Self {
-            http,
-            channel,
-            clock,
-            budget,
-            timeout,
-        })
+        let budget = Budget::in_memory(clock.clone(), format!("amojo:{}", channel.scope_id), channel.limit);
+        Ok(Self { http, channel, clock, budget, timeout })
     }
 
     async fn call(
@@ -136,8 +116,7 @@ impl ChatsClient {
             None => Vec::new(),
         };
         let date = rfc2822(self.clock.now_ms());
-        let (md5, signature) =
-            sign_request(&self.channel.secret, method.as_str(), &bytes, &date, path);
+        let (md5, signature) = sign_request(&self.channel.secret, method.as_str(), &bytes, &date, path);
         let base = self.channel.base_url.trim_end_matches('/');
         let mut req = self
             .http
@@ -162,10 +141,7 @@ impl ChatsClient {
             }
         })?;
         let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| CrmError::Unavailable(format!("{path}: {e}")))?;
+        let text = response.text().await.map_err(|e| CrmError::Unavailable(format!("{path}: {e}")))?;
         let body: Option<Value> = serde_json::from_str(&text).ok();
         let detail = || {
             body.as_ref()
@@ -182,18 +158,9 @@ impl ChatsClient {
             200..=299 => Ok(body),
             429 => Err(CrmError::RateLimited { retry_after: None }),
             // A bad signature is our configuration's fault (wrong secret or clock).
-            403 => Err(CrmError::Config(format!(
-                "Chats API refused the signature: {}",
-                detail()
-            ))),
-            500..=599 => Err(CrmError::Unavailable(format!(
-                "{path}: {status}: {}",
-                detail()
-            ))),
-            s => Err(CrmError::Rejected {
-                status: s,
-                detail: format!("{path}: {}", detail()),
-            }),
+            403 => Err(CrmError::Config(format!("Chats API refused the signature: {}", detail()))),
+            500..=599 => Err(CrmError::Unavailable(format!("{path}: {status}: {}", detail()))),
+            s => Err(CrmError::Rejected { status: s, detail: format!("{path}: {}", detail()) }),
         }
     }
 
@@ -207,9 +174,7 @@ impl ChatsClient {
             "conversation_id": message.conversation_id,
             "user": user_json(message),
         });
-        let created = self
-            .call(Method::POST, &self.scope_path("/chats"), &[], Some(&body))
-            .await?;
+        let created = self.call(Method::POST, &self.scope_path("/chats"), &[], Some(&body)).await?;
         created
             .as_ref()
             .and_then(|c| c.get("id"))
@@ -258,11 +223,7 @@ impl ChatsClient {
         }
     }
 
-    pub(super) async fn delivery_status(
-        &self,
-        crm_message_id: &str,
-        status: &DeliveryStatus,
-    ) -> Result<(), CrmError> {
+    pub(super) async fn delivery_status(&self, crm_message_id: &str, status: &DeliveryStatus) -> Result<(), CrmError> {
         let mut body = json!({ "msgid": crm_message_id });
         match status {
             DeliveryStatus::Delivered => body["delivery_status"] = json!(1),
@@ -273,13 +234,8 @@ impl ChatsClient {
                 body["error"] = json!(reason);
             }
         }
-        self.call(
-            Method::POST,
-            &self.scope_path(&format!("/{crm_message_id}/delivery_status")),
-            &[],
-            Some(&body),
-        )
-        .await?;
+        self.call(Method::POST, &self.scope_path(&format!("/{crm_message_id}/delivery_status")), &[], Some(&body))
+            .await?;
         Ok(())
     }
 
@@ -289,24 +245,12 @@ impl ChatsClient {
         offset: u32,
         limit: u32,
     ) -> Result<Vec<ChatHistoryEntry>, CrmError> {
-        let query = [
-            ("offset", offset.to_string()),
-            ("limit", limit.clamp(1, 50).to_string()),
-        ];
+        let query = [("offset", offset.to_string()), ("limit", limit.clamp(1, 50).to_string())];
         let answer = self
-            .call(
-                Method::GET,
-                &self.scope_path(&format!("/chats/{conversation_id}/history")),
-                &query,
-                None,
-            )
+            .call(Method::GET, &self.scope_path(&format!("/chats/{conversation_id}/history")), &query, None)
             .await?;
-        let messages = answer
-            .as_ref()
-            .and_then(|a| a.get("messages"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let messages =
+            answer.as_ref().and_then(|a| a.get("messages")).and_then(Value::as_array).cloned().unwrap_or_default();
         Ok(messages
             .iter()
             .filter_map(|m| {
@@ -323,11 +267,7 @@ impl ChatsClient {
                         .and_then(|r| r.get("client_id"))
                         .and_then(Value::as_str)
                         .is_some_and(|s| !s.is_empty()),
-                    text: inner
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
+                    text: inner.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
                     timestamp: m.get("timestamp").and_then(Value::as_i64).unwrap_or(0),
                 })
             })
@@ -352,21 +292,13 @@ pub async fn connect(
         channel_id: channel_id.into(),
         secret: secret.into(),
         scope_id: String::new(),
-        limit: Limit {
-            rate: 1.0,
-            burst: 1,
-        },
+        limit: Limit { rate: 1.0, burst: 1 },
     };
     let client = ChatsClient::new(channel, clock, ca_pem, Duration::from_secs(20))?;
-    let body = json!({ "account_id": amojo_id, "hook_api_version": "v2", "title": title, "is_time_window_disabled": false });
-    let answer = client
-        .call(
-            Method::POST,
-            &format!("/v2/origin/custom/{channel_id}/connect"),
-            &[],
-            Some(&body),
-        )
-        .await?;
+    let body =
+        json!({ "account_id": amojo_id, "hook_api_version": "v2", "title": title, "is_time_window_disabled": false });
+    let answer =
+        client.call(Method::POST, &format!("/v2/origin/custom/{channel_id}/connect"), &[], Some(&body)).await?;
     answer
         .as_ref()
         .and_then(|a| a.get("scope_id"))
@@ -377,12 +309,7 @@ pub async fn connect(
 
 fn user_json(message: &ChatPost) -> Value {
     let mut user = json!({ "id": message.user_id, "name": if message.person.name.is_empty() { "Customer" } else { &message.person.name } });
-    if let Some(phone) = message
-        .person
-        .phone
-        .as_deref()
-        .and_then(crate::phone::normalize)
-    {
+    if let Some(phone) = message.person.phone.as_deref().and_then(crate::phone::normalize) {
         user["profile"] = json!({ "phone": phone });
     }
     user
@@ -394,48 +321,27 @@ fn user_json(message: &ChatPost) -> Value {
 pub(super) async fn post(amo: &AmoCrm, message: &ChatPost) -> Result<ChatPostRef, CrmError> {
     let chats = amo.chats()?;
     let contact = contacts::find_or_create(amo, &message.person, &message.dedup).await?;
-    let linked = amo
-        .linked_chats
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&message.conversation_id).cloned());
+    let linked = amo.linked_chats.lock().ok().and_then(|m| m.get(&message.conversation_id).cloned());
     let chat_id = match linked {
         Some((chat_id, contact_id)) if contact_id == contact.id => chat_id,
         _ => {
             let chat_id = chats.create_chat(message).await?;
             link(amo, &chat_id, contact.id).await?;
             if let Ok(mut m) = amo.linked_chats.lock() {
-                m.insert(
-                    message.conversation_id.clone(),
-                    (chat_id.clone(), contact.id),
-                );
+                m.insert(message.conversation_id.clone(), (chat_id.clone(), contact.id));
             }
             chat_id
         }
     };
     let crm_message_id = chats.send(message).await?;
-    Ok(ChatPostRef {
-        crm_message_id,
-        chat_id,
-        contact_id: contact.id,
-    })
+    Ok(ChatPostRef { crm_message_id, chat_id, contact_id: contact.id })
 }
 
 /// Links the chat to the contact unless it already is (one contact per chat).
 async fn link(amo: &AmoCrm, chat_id: &str, contact_id: i64) -> Result<(), CrmError> {
-    let existing = amo
-        .rest
-        .get(
-            "/api/v4/contacts/chats",
-            &[("chat_id[]", chat_id.to_string())],
-        )
-        .await?;
-    let linked_to = existing
-        .as_ref()
-        .map(|v| super::transport::embedded(v, "chats"))
-        .unwrap_or_default()
-        .iter()
-        .find_map(|c| {
+    let existing = amo.rest.get("/api/v4/contacts/chats", &[("chat_id[]", chat_id.to_string())]).await?;
+    let linked_to =
+        existing.as_ref().map(|v| super::transport::embedded(v, "chats")).unwrap_or_default().iter().find_map(|c| {
             (c.get("chat_id").and_then(Value::as_str) == Some(chat_id))
                 .then(|| c.get("contact_id").and_then(Value::as_i64))
                 .flatten()
@@ -443,21 +349,11 @@ async fn link(amo: &AmoCrm, chat_id: &str, contact_id: i64) -> Result<(), CrmErr
     match linked_to {
         Some(id) if id == contact_id => Ok(()),
         Some(other) => {
-            tracing::warn!(
-                chat_id,
-                contact_id,
-                other,
-                "chat already linked to another contact; keeping that link"
-            );
+            tracing::warn!(chat_id, contact_id, other, "chat already linked to another contact; keeping that link");
             Ok(())
         }
         None => {
-            amo.rest
-                .post(
-                    "/api/v4/contacts/chats",
-                    &json!([{ "chat_id": chat_id, "contact_id": contact_id }]),
-                )
-                .await?;
+            amo.rest.post("/api/v4/contacts/chats", &json!([{ "chat_id": chat_id, "contact_id": contact_id }])).await?;
             Ok(())
         }
     }
@@ -469,10 +365,7 @@ mod tests {
 
     #[test]
     fn rfc2822_dates_use_numeric_utc_offset() {
-        assert_eq!(
-            rfc2822(1_601_737_881_000),
-            "Sat, 03 Oct 2020 15:11:21 +0000"
-        );
+        assert_eq!(rfc2822(1_601_737_881_000), "Sat, 03 Oct 2020 15:11:21 +0000");
     }
 
     #[test]

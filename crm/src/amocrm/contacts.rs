@@ -12,11 +12,7 @@ const PHONE: &str = "PHONE";
 /// How often an in-doubt create is resolved and retried within one call.
 const CREATE_ATTEMPTS: usize = 3;
 
-pub(super) async fn find_or_create(
-    amo: &AmoCrm,
-    person: &Person,
-    dedup: &[DedupKey],
-) -> Result<ContactRef, CrmError> {
+pub(super) async fn find_or_create(amo: &AmoCrm, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError> {
     let phone = person.phone.as_deref().and_then(phone::normalize);
     let mut last = None;
     for _ in 0..CREATE_ATTEMPTS {
@@ -51,10 +47,7 @@ async fn find(
                 (Some(f), Some(id)) => by_field(amo, f, &id.to_string()).await?,
                 _ => None,
             },
-            DedupKey::TelegramUsername => match (
-                fields.telegram_username,
-                person.telegram_username.as_deref(),
-            ) {
+            DedupKey::TelegramUsername => match (fields.telegram_username, person.telegram_username.as_deref()) {
                 (Some(f), Some(u)) if !u.is_empty() => by_field(amo, f, &u.to_lowercase()).await?,
                 _ => None,
             },
@@ -76,39 +69,23 @@ async fn find(
 
 /// Contacts matching `query` (amoCRM searches every filled field as text).
 async fn search(amo: &AmoCrm, query: &str) -> Result<Vec<Value>, CrmError> {
-    let found = amo
-        .rest
-        .get(
-            "/api/v4/contacts",
-            &[("query", query.to_string()), ("limit", "50".into())],
-        )
-        .await?;
-    Ok(found
-        .map(|v| embedded(&v, "contacts").to_vec())
-        .unwrap_or_default())
+    let found = amo.rest.get("/api/v4/contacts", &[("query", query.to_string()), ("limit", "50".into())]).await?;
+    Ok(found.map(|v| embedded(&v, "contacts").to_vec()).unwrap_or_default())
 }
 
 async fn by_field(amo: &AmoCrm, field_id: i64, value: &str) -> Result<Option<Value>, CrmError> {
     let matches = |c: &Value| {
-        field_values(c, |f| {
-            f.get("field_id").and_then(Value::as_i64) == Some(field_id)
-        })
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case(value))
+        field_values(c, |f| f.get("field_id").and_then(Value::as_i64) == Some(field_id))
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case(value))
     };
-    Ok(oldest(
-        search(amo, value).await?.into_iter().filter(matches),
-    ))
+    Ok(oldest(search(amo, value).await?.into_iter().filter(matches)))
 }
 
 async fn by_phone(amo: &AmoCrm, e164: &str) -> Result<Option<Value>, CrmError> {
     // The search matches stored text, and people store phones in many spellings:
     // search by the last ten digits, then compare normalised numbers.
-    let matches = |c: &Value| {
-        phones(c)
-            .iter()
-            .any(|p| phone::normalize(p).as_deref() == Some(e164))
-    };
+    let matches = |c: &Value| phones(c).iter().any(|p| phone::normalize(p).as_deref() == Some(e164));
     for key in phone::search_keys(e164) {
         if let Some(found) = oldest(search(amo, &key).await?.into_iter().filter(matches)) {
             return Ok(Some(found));
@@ -120,18 +97,12 @@ async fn by_phone(amo: &AmoCrm, e164: &str) -> Result<Option<Value>, CrmError> {
 /// When duplicates already exist, the oldest contact is the canonical one.
 fn oldest(found: impl Iterator<Item = Value>) -> Option<Value> {
     found
-        .filter(|c| {
-            !c.get("is_deleted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-        })
+        .filter(|c| !c.get("is_deleted").and_then(Value::as_bool).unwrap_or(false))
         .min_by_key(|c| c.get("id").and_then(Value::as_i64).unwrap_or(i64::MAX))
 }
 
 fn phones(contact: &Value) -> Vec<String> {
-    field_values(contact, |f| {
-        f.get("field_code").and_then(Value::as_str) == Some(PHONE)
-    })
+    field_values(contact, |f| f.get("field_code").and_then(Value::as_str) == Some(PHONE))
 }
 
 fn field_values(contact: &Value, which: impl Fn(&Value) -> bool) -> Vec<String> {
@@ -141,12 +112,7 @@ fn field_values(contact: &Value, which: impl Fn(&Value) -> bool) -> Vec<String> 
         .into_iter()
         .flatten()
         .filter(|f| which(f))
-        .flat_map(|f| {
-            f.get("values")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        })
+        .flat_map(|f| f.get("values").and_then(Value::as_array).cloned().unwrap_or_default())
         .filter_map(|v| match v.get("value") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
@@ -156,10 +122,7 @@ fn field_values(contact: &Value, which: impl Fn(&Value) -> bool) -> Vec<String> 
 }
 
 fn id_of(contact: &Value) -> Result<i64, CrmError> {
-    contact
-        .get("id")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| CrmError::Protocol("contact without id".into()))
+    contact.get("id").and_then(Value::as_i64).ok_or_else(|| CrmError::Protocol("contact without id".into()))
 }
 
 /// Custom field values for the identities we know, for a create or an update.
@@ -171,22 +134,12 @@ fn identity_values(amo: &AmoCrm, person: &Person) -> Vec<Value> {
             values.push(json!({ "field_id": field_id, "values": [{ "value": value }] }));
         }
     };
-    push(
-        fields.telegram_user_id,
-        person.telegram_user_id.map(|i| i.to_string()),
-    );
+    push(fields.telegram_user_id, person.telegram_user_id.map(|i| i.to_string()));
     push(
         fields.telegram_username,
-        person
-            .telegram_username
-            .as_ref()
-            .filter(|u| !u.is_empty())
-            .map(|u| u.to_lowercase()),
+        person.telegram_username.as_ref().filter(|u| !u.is_empty()).map(|u| u.to_lowercase()),
     );
-    push(
-        fields.whatsapp_id,
-        person.whatsapp_id.clone().filter(|w| !w.is_empty()),
-    );
+    push(fields.whatsapp_id, person.whatsapp_id.clone().filter(|w| !w.is_empty()));
     values
 }
 
@@ -195,11 +148,8 @@ async fn create(amo: &AmoCrm, person: &Person, phone: Option<&str>) -> Result<i6
     if let Some(p) = phone {
         values.push(json!({ "field_code": PHONE, "values": [{ "value": p, "enum_code": "MOB" }] }));
     }
-    let name = if person.name.trim().is_empty() {
-        phone.unwrap_or("Customer").to_string()
-    } else {
-        person.name.clone()
-    };
+    let name =
+        if person.name.trim().is_empty() { phone.unwrap_or("Customer").to_string() } else { person.name.clone() };
     let body = json!([{ "name": name, "custom_fields_values": values, "request_id": "0" }]);
     let created = amo.rest.post("/api/v4/contacts", &body).await?;
     Ok(created_ids(&created, "contacts", 1)?[0])
@@ -218,18 +168,12 @@ async fn complete_identities(
         .into_iter()
         .filter(|v| {
             let field = v.get("field_id").and_then(Value::as_i64);
-            field_values(contact, |f| {
-                f.get("field_id").and_then(Value::as_i64) == field
-            })
-            .is_empty()
+            field_values(contact, |f| f.get("field_id").and_then(Value::as_i64) == field).is_empty()
         })
         .collect();
     if let Some(p) = phone {
         let existing = phones(contact);
-        if !existing
-            .iter()
-            .any(|e| phone::normalize(e).as_deref() == Some(p))
-        {
+        if !existing.iter().any(|e| phone::normalize(e).as_deref() == Some(p)) {
             // PATCH replaces a multitext field: send the existing numbers (with their
             // types) too.
             let mut values: Vec<Value> = contact
@@ -238,12 +182,7 @@ async fn complete_identities(
                 .into_iter()
                 .flatten()
                 .filter(|f| f.get("field_code").and_then(Value::as_str) == Some(PHONE))
-                .flat_map(|f| {
-                    f.get("values")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default()
-                })
+                .flat_map(|f| f.get("values").and_then(Value::as_array).cloned().unwrap_or_default())
                 .map(|v| match v.get("enum_id") {
                     Some(e) => json!({ "value": v.get("value"), "enum_id": e }),
                     None => json!({ "value": v.get("value") }),
@@ -256,11 +195,6 @@ async fn complete_identities(
     if missing.is_empty() {
         return Ok(());
     }
-    amo.rest
-        .patch(
-            &format!("/api/v4/contacts/{id}"),
-            &json!({ "custom_fields_values": missing }),
-        )
-        .await?;
+    amo.rest.patch(&format!("/api/v4/contacts/{id}"), &json!({ "custom_fields_values": missing })).await?;
     Ok(())
 }

@@ -9,18 +9,11 @@ use serde_json::{Value, json};
 
 const CREATE_ATTEMPTS: usize = 3;
 
-pub(super) async fn find_or_create(
-    amo: &AmoCrm,
-    contact_id: i64,
-    request: &LeadRequest,
-) -> Result<LeadRef, CrmError> {
+pub(super) async fn find_or_create(amo: &AmoCrm, contact_id: i64, request: &LeadRequest) -> Result<LeadRef, CrmError> {
     if request.reuse_open
         && let Some(lead) = open_lead(amo, contact_id, request.pipeline_id).await?
     {
-        return Ok(LeadRef {
-            id: lead_id(&lead)?,
-            created: false,
-        });
+        return Ok(LeadRef { id: lead_id(&lead)?, created: false });
     }
     let mut last = None;
     for _ in 0..CREATE_ATTEMPTS {
@@ -36,10 +29,7 @@ pub(super) async fn find_or_create(
                         && l.get("created_at").and_then(Value::as_i64).unwrap_or(0) >= started - 5
                 });
                 if let Some(lead) = found {
-                    return Ok(LeadRef {
-                        id: lead_id(&lead)?,
-                        created: true,
-                    });
+                    return Ok(LeadRef { id: lead_id(&lead)?, created: true });
                 }
                 last = Some(e);
             }
@@ -50,68 +40,35 @@ pub(super) async fn find_or_create(
 }
 
 fn lead_id(lead: &Value) -> Result<i64, CrmError> {
-    lead.get("id")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| CrmError::Protocol("lead without id".into()))
+    lead.get("id").and_then(Value::as_i64).ok_or_else(|| CrmError::Protocol("lead without id".into()))
 }
 
 fn is_open(lead: &Value) -> bool {
     let status = lead.get("status_id").and_then(Value::as_i64).unwrap_or(0);
-    !lead
-        .get("is_deleted")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-        && status != STATUS_WON
-        && status != STATUS_LOST
+    !lead.get("is_deleted").and_then(Value::as_bool).unwrap_or(false) && status != STATUS_WON && status != STATUS_LOST
 }
 
 /// The contact's most recent open lead, preferring `pipeline`.
-async fn open_lead(
-    amo: &AmoCrm,
-    contact_id: i64,
-    pipeline: Option<i64>,
-) -> Result<Option<Value>, CrmError> {
-    let open: Vec<Value> = contact_leads(amo, contact_id)
-        .await?
-        .into_iter()
-        .filter(is_open)
-        .collect();
-    let in_pipeline =
-        |l: &&Value| pipeline.is_none() || l.get("pipeline_id").and_then(Value::as_i64) == pipeline;
+async fn open_lead(amo: &AmoCrm, contact_id: i64, pipeline: Option<i64>) -> Result<Option<Value>, CrmError> {
+    let open: Vec<Value> = contact_leads(amo, contact_id).await?.into_iter().filter(is_open).collect();
+    let in_pipeline = |l: &&Value| pipeline.is_none() || l.get("pipeline_id").and_then(Value::as_i64) == pipeline;
     let newest = |leads: Vec<&Value>| {
-        leads
-            .into_iter()
-            .max_by_key(|l| l.get("id").and_then(Value::as_i64).unwrap_or(0))
-            .cloned()
+        leads.into_iter().max_by_key(|l| l.get("id").and_then(Value::as_i64).unwrap_or(0)).cloned()
     };
     Ok(newest(open.iter().filter(in_pipeline).collect()).or_else(|| newest(open.iter().collect())))
 }
 
 /// Every lead linked to the contact.
 async fn contact_leads(amo: &AmoCrm, contact_id: i64) -> Result<Vec<Value>, CrmError> {
-    let Some(contact) = amo
-        .rest
-        .get(
-            &format!("/api/v4/contacts/{contact_id}"),
-            &[("with", "leads".into())],
-        )
-        .await?
+    let Some(contact) = amo.rest.get(&format!("/api/v4/contacts/{contact_id}"), &[("with", "leads".into())]).await?
     else {
-        return Err(CrmError::Rejected {
-            status: 204,
-            detail: format!("contact {contact_id} no longer exists"),
-        });
+        return Err(CrmError::Rejected { status: 204, detail: format!("contact {contact_id} no longer exists") });
     };
-    let ids: Vec<i64> = embedded(&contact, "leads")
-        .iter()
-        .filter_map(|l| l.get("id").and_then(Value::as_i64))
-        .collect();
+    let ids: Vec<i64> =
+        embedded(&contact, "leads").iter().filter_map(|l| l.get("id").and_then(Value::as_i64)).collect();
     let mut leads = Vec::new();
     for chunk in ids.chunks(50) {
-        let mut query: Vec<(&str, String)> = chunk
-            .iter()
-            .map(|id| ("filter[id][]", id.to_string()))
-            .collect();
+        let mut query: Vec<(&str, String)> = chunk.iter().map(|id| ("filter[id][]", id.to_string())).collect();
         query.push(("limit", "250".into()));
         if let Some(found) = amo.rest.get("/api/v4/leads", &query).await? {
             leads.extend(embedded(&found, "leads").iter().cloned());

@@ -82,11 +82,7 @@ pub struct AmoCrm {
 
 impl AmoCrm {
     /// An adapter over `rest` (which carries the budget and the token source).
-    pub fn new(
-        config: AmoConfig,
-        rest: Transport,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, CrmError> {
+    pub fn new(config: AmoConfig, rest: Transport, clock: Arc<dyn Clock>) -> Result<Self, CrmError> {
         let chats = match &config.chats {
             Some(channel) => Some(chats::ChatsClient::new(
                 channel.clone(),
@@ -96,13 +92,7 @@ impl AmoCrm {
             )?),
             None => None,
         };
-        Ok(Self {
-            rest,
-            config,
-            clock,
-            chats,
-            linked_chats: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { rest, config, clock, chats, linked_chats: Mutex::new(HashMap::new()) })
     }
 
     /// The REST transport (for calls outside the [`Crm`] trait, e.g. account info).
@@ -122,53 +112,39 @@ impl AmoCrm {
                 .get("id")
                 .and_then(serde_json::Value::as_i64)
                 .ok_or_else(|| CrmError::Protocol("account without id".into()))?,
-            name: v
-                .get("name")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            subdomain: v
-                .get("subdomain")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            amojo_id: v
-                .get("amojo_id")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string),
+            name: v.get("name").and_then(serde_json::Value::as_str).unwrap_or_default().to_string(),
+            subdomain: v.get("subdomain").and_then(serde_json::Value::as_str).unwrap_or_default().to_string(),
+            amojo_id: v.get("amojo_id").and_then(serde_json::Value::as_str).map(str::to_string),
         })
     }
 
+    /// Subscribes `destination` (the gateway's URL for this binding, with its secret
+    /// token) to amoCRM REST webhooks for `events` (e.g. `note_lead`). Needs the
+    /// Extended or Professional plan; the same destination updates the subscription.
+    pub async fn subscribe_webhook(&self, destination: &str, events: &[&str]) -> Result<(), CrmError> {
+        let body = serde_json::json!({ "destination": destination, "settings": events, "sort": 10 });
+        self.rest.post("/api/v4/webhooks", &body).await?;
+        Ok(())
+    }
+
     fn chats(&self) -> Result<&chats::ChatsClient, CrmError> {
-        self.chats.as_ref().ok_or_else(|| {
-            CrmError::Config("no Chats API channel is configured for this binding".into())
-        })
+        self.chats
+            .as_ref()
+            .ok_or_else(|| CrmError::Config("no Chats API channel is configured for this binding".into()))
     }
 }
 
 #[async_trait]
 impl Crm for AmoCrm {
-    async fn find_or_create_contact(
-        &self,
-        person: &Person,
-        dedup: &[DedupKey],
-    ) -> Result<ContactRef, CrmError> {
+    async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError> {
         contacts::find_or_create(self, person, dedup).await
     }
 
-    async fn find_or_create_lead(
-        &self,
-        contact: &ContactRef,
-        request: &LeadRequest,
-    ) -> Result<LeadRef, CrmError> {
+    async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError> {
         leads::find_or_create(self, contact.id, request).await
     }
 
-    async fn add_notes(
-        &self,
-        lead_id: i64,
-        notes: &[NoteRequest],
-    ) -> Result<Vec<NoteRef>, CrmError> {
+    async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
         notes::add(self, lead_id, notes).await
     }
 
@@ -180,10 +156,7 @@ impl Crm for AmoCrm {
         tasks::complete(self, task_id, result).await
     }
 
-    async fn poll_replies(
-        &self,
-        cursor: &ReplyCursor,
-    ) -> Result<(Vec<Reply>, ReplyCursor), CrmError> {
+    async fn poll_replies(&self, cursor: &ReplyCursor) -> Result<(Vec<Reply>, ReplyCursor), CrmError> {
         replies::poll(self, cursor).await
     }
 
@@ -195,11 +168,7 @@ impl Crm for AmoCrm {
         chats::post(self, message).await
     }
 
-    async fn set_delivery_status(
-        &self,
-        crm_message_id: &str,
-        status: DeliveryStatus,
-    ) -> Result<(), CrmError> {
+    async fn set_delivery_status(&self, crm_message_id: &str, status: DeliveryStatus) -> Result<(), CrmError> {
         self.chats()?.delivery_status(crm_message_id, &status).await
     }
 

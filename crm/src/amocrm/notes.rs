@@ -13,11 +13,7 @@ use std::collections::HashMap;
 pub(super) const MAX_BATCH: usize = 250;
 const ATTEMPTS: usize = 3;
 
-pub(super) async fn add(
-    amo: &AmoCrm,
-    lead_id: i64,
-    notes: &[NoteRequest],
-) -> Result<Vec<NoteRef>, CrmError> {
+pub(super) async fn add(amo: &AmoCrm, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
     let mut written = Vec::with_capacity(notes.len());
     for batch in notes.chunks(MAX_BATCH) {
         written.extend(add_batch(amo, lead_id, batch).await?);
@@ -25,18 +21,11 @@ pub(super) async fn add(
     Ok(written)
 }
 
-async fn add_batch(
-    amo: &AmoCrm,
-    lead_id: i64,
-    batch: &[NoteRequest],
-) -> Result<Vec<NoteRef>, CrmError> {
+async fn add_batch(amo: &AmoCrm, lead_id: i64, batch: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
     let mut done: HashMap<String, i64> = HashMap::new();
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        let pending: Vec<&NoteRequest> = batch
-            .iter()
-            .filter(|n| !done.contains_key(&n.marker))
-            .collect();
+        let pending: Vec<&NoteRequest> = batch.iter().filter(|n| !done.contains_key(&n.marker)).collect();
         if pending.is_empty() {
             break;
         }
@@ -46,11 +35,7 @@ async fn add_batch(
             .enumerate()
             .map(|(i, n)| json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": n.text }, "request_id": i.to_string() }))
             .collect();
-        match amo
-            .rest
-            .post("/api/v4/leads/notes", &Value::Array(items))
-            .await
-        {
+        match amo.rest.post("/api/v4/leads/notes", &Value::Array(items)).await {
             Ok(created) => {
                 let ids = created_ids(&created, "notes", pending.len())?;
                 for (n, id) in pending.iter().zip(ids) {
@@ -68,13 +53,8 @@ async fn add_batch(
     batch
         .iter()
         .map(|n| match done.get(&n.marker) {
-            Some(&id) => Ok(NoteRef {
-                id,
-                marker: n.marker.clone(),
-            }),
-            None => Err(last
-                .take()
-                .unwrap_or_else(|| CrmError::Protocol("note write did not settle".into()))),
+            Some(&id) => Ok(NoteRef { id, marker: n.marker.clone() }),
+            None => Err(last.take().unwrap_or_else(|| CrmError::Protocol("note write did not settle".into()))),
         })
         .collect()
 }
@@ -95,23 +75,14 @@ async fn find_markers(
             ("limit", MAX_BATCH.to_string()),
             ("page", page.to_string()),
         ];
-        let Some(list) = amo
-            .rest
-            .get(&format!("/api/v4/leads/{lead_id}/notes"), &query)
-            .await?
-        else {
+        let Some(list) = amo.rest.get(&format!("/api/v4/leads/{lead_id}/notes"), &query).await? else {
             break;
         };
         for note in embedded(&list, "notes") {
-            let text = note
-                .get("params")
-                .and_then(|p| p.get("text"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if let (Some(n), Some(id)) = (
-                pending.iter().find(|n| text.contains(&n.marker)),
-                note.get("id").and_then(Value::as_i64),
-            ) {
+            let text = note.get("params").and_then(|p| p.get("text")).and_then(Value::as_str).unwrap_or("");
+            if let (Some(n), Some(id)) =
+                (pending.iter().find(|n| text.contains(&n.marker)), note.get("id").and_then(Value::as_i64))
+            {
                 found.insert(n.marker.clone(), id);
             }
         }

@@ -22,9 +22,7 @@ pub struct TokenPair {
 
 impl std::fmt::Debug for TokenPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenPair")
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenPair").field("expires_at", &self.expires_at).finish_non_exhaustive()
     }
 }
 
@@ -58,11 +56,7 @@ impl OAuthClient {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CrmError> {
         let http = crate::tls::client_builder(ca_pem)
-            .and_then(|b| {
-                b.timeout(Duration::from_secs(20))
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|b| b.timeout(Duration::from_secs(20)).build().map_err(|e| e.to_string()))
             .map_err(CrmError::Config)?;
         Ok(Self {
             http,
@@ -76,15 +70,13 @@ impl OAuthClient {
 
     /// Exchanges an authorization code (valid 20 minutes, single use) for a token pair.
     pub async fn exchange_code(&self, code: &str) -> Result<TokenPair, CrmError> {
-        self.grant(json!({ "grant_type": "authorization_code", "code": code }))
-            .await
+        self.grant(json!({ "grant_type": "authorization_code", "code": code })).await
     }
 
     /// Exchanges a refresh token for a new pair. The old refresh token is spent
     /// whether or not the caller manages to store the new one, so store it at once.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CrmError> {
-        self.grant(json!({ "grant_type": "refresh_token", "refresh_token": refresh_token }))
-            .await
+        self.grant(json!({ "grant_type": "refresh_token", "refresh_token": refresh_token })).await
     }
 
     async fn grant(&self, mut body: Value) -> Result<TokenPair, CrmError> {
@@ -99,53 +91,30 @@ impl OAuthClient {
             .await
             .map_err(|e| CrmError::Unavailable(format!("token endpoint: {e}")))?;
         let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| CrmError::Unavailable(format!("token endpoint: {e}")))?;
+        let text = response.text().await.map_err(|e| CrmError::Unavailable(format!("token endpoint: {e}")))?;
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status == 200 {
             let access_token = answer
                 .get("access_token")
                 .and_then(Value::as_str)
                 .ok_or_else(|| CrmError::Protocol("token answer without access_token".into()))?;
-            let expires_in = answer
-                .get("expires_in")
-                .and_then(Value::as_i64)
-                .unwrap_or(86_400);
+            let expires_in = answer.get("expires_in").and_then(Value::as_i64).unwrap_or(86_400);
             return Ok(TokenPair {
                 access_token: access_token.to_string(),
-                refresh_token: answer
-                    .get("refresh_token")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                refresh_token: answer.get("refresh_token").and_then(Value::as_str).map(str::to_string),
                 expires_at: self.clock.now_secs() + expires_in,
             });
         }
-        let hint = answer
-            .get("hint")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let detail = if hint.is_empty() {
-            text.chars().take(200).collect()
-        } else {
-            hint.clone()
-        };
+        let hint = answer.get("hint").and_then(Value::as_str).unwrap_or_default().to_string();
+        let detail = if hint.is_empty() { text.chars().take(200).collect() } else { hint.clone() };
         let lower = hint.to_lowercase();
         Err(match status {
             429 => CrmError::RateLimited {
-                retry_after: answer
-                    .get("retry_after")
-                    .and_then(Value::as_u64)
-                    .map(Duration::from_secs),
+                retry_after: answer.get("retry_after").and_then(Value::as_u64).map(Duration::from_secs),
             },
             500..=599 => CrmError::Unavailable(format!("token endpoint {status}: {detail}")),
             // The integration's own settings are wrong: a person must fix the Secret.
-            _ if lower.contains("client_id")
-                || lower.contains("client_secret")
-                || lower.contains("redirect uri") =>
-            {
+            _ if lower.contains("client_id") || lower.contains("client_secret") || lower.contains("redirect uri") => {
                 CrmError::Config(format!("OAuth client settings rejected: {detail}"))
             }
             // A spent, revoked, expired or unknown code or refresh token: only a new

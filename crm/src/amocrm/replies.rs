@@ -11,10 +11,7 @@ use serde_json::Value;
 /// At most this many pages per poll, so one poll never monopolises the budget.
 const MAX_PAGES: u32 = 4;
 
-pub(super) async fn poll(
-    amo: &AmoCrm,
-    cursor: &ReplyCursor,
-) -> Result<(Vec<Reply>, ReplyCursor), CrmError> {
+pub(super) async fn poll(amo: &AmoCrm, cursor: &ReplyCursor) -> Result<(Vec<Reply>, ReplyCursor), CrmError> {
     let mut replies = Vec::new();
     let mut next = cursor.clone();
     for page in 1..=MAX_PAGES {
@@ -29,10 +26,9 @@ pub(super) async fn poll(
             break;
         };
         for note in embedded(&list, "notes") {
-            let (Some(id), Some(updated)) = (
-                note.get("id").and_then(Value::as_i64),
-                note.get("updated_at").and_then(Value::as_i64),
-            ) else {
+            let (Some(id), Some(updated)) =
+                (note.get("id").and_then(Value::as_i64), note.get("updated_at").and_then(Value::as_i64))
+            else {
                 continue;
             };
             if updated < cursor.updated_since
@@ -58,18 +54,9 @@ pub(super) async fn poll(
     Ok((replies, next))
 }
 
-pub(super) async fn read(
-    amo: &AmoCrm,
-    lead_id: i64,
-    note_id: i64,
-) -> Result<Option<Reply>, CrmError> {
-    let note = amo
-        .rest
-        .get(&format!("/api/v4/leads/{lead_id}/notes/{note_id}"), &[])
-        .await?;
-    Ok(note
-        .as_ref()
-        .and_then(|n| as_reply(n, &amo.config.reply_prefix)))
+pub(super) async fn read(amo: &AmoCrm, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError> {
+    let note = amo.rest.get(&format!("/api/v4/leads/{lead_id}/notes/{note_id}"), &[]).await?;
+    Ok(note.as_ref().and_then(|n| as_reply(n, &amo.config.reply_prefix)))
 }
 
 /// A common note whose text starts with `prefix` is a reply; the prefix and the

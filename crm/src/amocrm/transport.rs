@@ -29,9 +29,7 @@ impl TokenSource for StaticToken {
         Ok(self.0.clone())
     }
     async fn renew(&self, _rejected: &str) -> Result<(), CrmError> {
-        Err(CrmError::Unauthorized(
-            "the configured access token was refused".into(),
-        ))
+        Err(CrmError::Unauthorized("the configured access token was refused".into()))
     }
 }
 
@@ -61,23 +59,12 @@ impl Transport {
         let http = crate::tls::client_builder(ca_pem)
             .and_then(|b| b.build().map_err(|e| e.to_string()))
             .map_err(CrmError::Config)?;
-        let base = url::Url::parse(base_url)
-            .map_err(|e| CrmError::Config(format!("base URL {base_url:?}: {e}")))?;
-        Ok(Self {
-            http,
-            base: base.as_str().trim_end_matches('/').to_string(),
-            budget,
-            tokens,
-            timeout,
-        })
+        let base = url::Url::parse(base_url).map_err(|e| CrmError::Config(format!("base URL {base_url:?}: {e}")))?;
+        Ok(Self { http, base: base.as_str().trim_end_matches('/').to_string(), budget, tokens, timeout })
     }
 
     /// GET `path` with `query`; `None` for amoCRM's 204 (nothing found).
-    pub async fn get(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<Option<Value>, CrmError> {
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Option<Value>, CrmError> {
         self.call(Method::GET, path, query, None).await
     }
 
@@ -125,11 +112,8 @@ impl Transport {
         token: &str,
     ) -> Result<Option<Value>, CrmError> {
         self.budget.acquire().await.map_err(CrmError::Unavailable)?;
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .timeout(self.timeout);
+        let mut req =
+            self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token).timeout(self.timeout);
         if !query.is_empty() {
             req = req.query(query);
         }
@@ -149,12 +133,7 @@ impl Transport {
         self.classify(status, &text, path).await
     }
 
-    async fn classify(
-        &self,
-        status: StatusCode,
-        text: &str,
-        path: &str,
-    ) -> Result<Option<Value>, CrmError> {
+    async fn classify(&self, status: StatusCode, text: &str, path: &str) -> Result<Option<Value>, CrmError> {
         let body: Option<Value> = serde_json::from_str(text).ok();
         let detail = || problem_detail(body.as_ref(), text);
         match status.as_u16() {
@@ -165,10 +144,7 @@ impl Transport {
                 None => Err(CrmError::Protocol(format!("{path}: answer is not JSON"))),
             },
             401 => Err(CrmError::Unauthorized(detail())),
-            402 | 403 => Err(CrmError::Blocked {
-                status: status.as_u16(),
-                detail: detail(),
-            }),
+            402 | 403 => Err(CrmError::Blocked { status: status.as_u16(), detail: detail() }),
             429 => {
                 let retry_after = body
                     .as_ref()
@@ -181,14 +157,8 @@ impl Transport {
                 }
                 Err(CrmError::RateLimited { retry_after })
             }
-            500..=599 => Err(CrmError::Unavailable(format!(
-                "{path}: {status}: {}",
-                detail()
-            ))),
-            s => Err(CrmError::Rejected {
-                status: s,
-                detail: format!("{path}: {}", detail()),
-            }),
+            500..=599 => Err(CrmError::Unavailable(format!("{path}: {status}: {}", detail()))),
+            s => Err(CrmError::Rejected { status: s, detail: format!("{path}: {}", detail()) }),
         }
     }
 }
@@ -196,10 +166,7 @@ impl Transport {
 fn transport_error(e: reqwest::Error, is_write: bool, path: &str) -> CrmError {
     // A write whose request may have reached the server is in doubt; a failure to
     // connect means nothing was sent.
-    if is_write
-        && !e.is_connect()
-        && (e.is_timeout() || e.is_request() || e.is_body() || e.is_decode())
-    {
+    if is_write && !e.is_connect() && (e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()) {
         CrmError::InDoubt(format!("{path}: {e}"))
     } else {
         CrmError::Unavailable(format!("{path}: {e}"))
@@ -219,16 +186,8 @@ fn problem_detail(body: Option<&Value>, text: &str) -> String {
     }
     if let Some(groups) = b.get("validation-errors").and_then(Value::as_array) {
         for group in groups {
-            let request_id = group
-                .get("request_id")
-                .and_then(Value::as_str)
-                .unwrap_or("?");
-            for err in group
-                .get("errors")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            let request_id = group.get("request_id").and_then(Value::as_str).unwrap_or("?");
+            for err in group.get("errors").and_then(Value::as_array).into_iter().flatten() {
                 let path = err.get("path").and_then(Value::as_str).unwrap_or("");
                 let detail = err.get("detail").and_then(Value::as_str).unwrap_or("");
                 let code = err.get("code").and_then(Value::as_str).unwrap_or("");
@@ -236,20 +195,12 @@ fn problem_detail(body: Option<&Value>, text: &str) -> String {
             }
         }
     }
-    if parts.is_empty() {
-        text.chars().take(300).collect()
-    } else {
-        parts.join("; ")
-    }
+    if parts.is_empty() { text.chars().take(300).collect() } else { parts.join("; ") }
 }
 
 /// `_embedded.<name>` of a HAL answer (empty when absent).
 pub(crate) fn embedded<'a>(v: &'a Value, name: &str) -> &'a [Value] {
-    v.get("_embedded")
-        .and_then(|e| e.get(name))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    v.get("_embedded").and_then(|e| e.get(name)).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// Whether a HAL list answer has a next page.
@@ -266,19 +217,12 @@ pub(crate) fn created_ids(v: &Value, name: &str, count: usize) -> Result<Vec<i64
             .get("id")
             .and_then(Value::as_i64)
             .ok_or_else(|| CrmError::Protocol(format!("created {name}: no id")))?;
-        let idx = item
-            .get("request_id")
-            .and_then(Value::as_str)
-            .and_then(|r| r.parse::<usize>().ok())
-            .unwrap_or(pos);
+        let idx = item.get("request_id").and_then(Value::as_str).and_then(|r| r.parse::<usize>().ok()).unwrap_or(pos);
         if let Some(slot) = ids.get_mut(idx) {
             *slot = Some(id);
         }
     }
-    ids.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-        CrmError::Protocol(format!(
-            "created {name}: {} of {count} ids returned",
-            items.len()
-        ))
-    })
+    ids.into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| CrmError::Protocol(format!("created {name}: {} of {count} ids returned", items.len())))
 }

@@ -29,10 +29,7 @@ pub fn parse(body: &[u8]) -> Result<RestWebhook, String> {
                 if let Some(rest) = key.strip_prefix("leads[note][")
                     && let Some((index, field)) = rest.split_once("][note][")
                 {
-                    notes
-                        .entry(index.to_string())
-                        .or_default()
-                        .insert(field.trim_end_matches(']').to_string(), value);
+                    notes.entry(index.to_string()).or_default().insert(field.trim_end_matches(']').to_string(), value);
                 }
             }
         }
@@ -61,11 +58,7 @@ mod tests {
         let hook = parse(body.as_bytes()).expect("parses");
         assert_eq!(
             hook,
-            RestWebhook {
-                account_id: Some(31000001),
-                subdomain: Some("example".into()),
-                lead_notes: vec![(12, 77)]
-            }
+            RestWebhook { account_id: Some(31000001), subdomain: Some("example".into()), lead_notes: vec![(12, 77)] }
         );
     }
 

@@ -12,10 +12,7 @@ fn main() -> anyhow::Result<()> {
     println!("  export PATH={}:$PATH", cp.bin_dir().display());
     println!("  kubectl get nodes");
     println!();
-    println!(
-        "component logs: {}/logs; press Ctrl-C to stop",
-        cp.dir().display()
-    );
+    println!("component logs: {}/logs; press Ctrl-C to stop", cp.dir().display());
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc_channel(tx)?;
     let _ = rx.recv();
@@ -25,16 +22,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Sends on `tx` when SIGINT or SIGTERM arrives.
 fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::spawn(move || {
         rt.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
                 return;
             };
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
