@@ -1,3 +1,17 @@
-//! The CRMessenger operator.
+//! The CRMessenger operator: controllers for MessengerAccount, CrmBinding and
+//! SyncPolicy. Each reconcile is fetch → validate (pure) → build (pure) → apply →
+//! status, with status written only by server-side apply.
 
+pub mod account;
+pub mod admin;
+pub mod binding;
+pub mod conditions;
+pub mod context;
 pub mod crdgen;
+pub mod error;
+pub mod labels;
+pub mod metrics;
+pub mod policy;
+pub mod run;
+pub mod selection;
+pub mod settings;

@@ -1,7 +1,11 @@
 //! `crmessenger-operator`: the operator binary.
 
 use clap::{Parser, Subcommand};
+use crmessenger_operator::run::{RunOptions, run};
+use crmessenger_operator::settings::Settings;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "crmessenger-operator", version, about = "The CRMessenger Kubernetes operator")]
@@ -12,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers (in a cluster, or out of it with a kubeconfig).
+    Run(RunArgs),
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
         /// Directory to write into.
@@ -23,7 +29,42 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Connector image for accounts that do not override it.
+    #[arg(long, env = "CRMESSENGER_CONNECTOR_IMAGE", default_value = "ghcr.io/crmessenger/crmessenger:latest")]
+    connector_image: String,
+    /// Where /livez, /readyz and /metrics are served.
+    #[arg(long, env = "CRMESSENGER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Elect a leader with a Lease, so only one replica reconciles.
+    #[arg(long, env = "CRMESSENGER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "crmessenger-operator")]
+    lease_name: String,
+    /// This process's identity in the election (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds without a connector heartbeat before it counts as unavailable.
+    #[arg(long, default_value_t = 45)]
+    heartbeat_timeout: u64,
+    /// Seconds deletion waits for the connector to log out and purge.
+    #[arg(long, default_value_t = 120)]
+    cleanup_timeout: u64,
+    /// Reconciles at once per controller.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Log as JSON lines.
+    #[arg(long, env = "CRMESSENGER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { dir, stdout } => {
             if stdout {
@@ -35,7 +76,35 @@ fn main() -> anyhow::Result<()> {
                     eprintln!("wrote {}", path.display());
                 }
             }
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_logging(args.log_json);
+            let client = kube::Client::try_default().await?;
+            let settings = Settings {
+                connector_image: args.connector_image,
+                heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
+                cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
+                ..Settings::default()
+            };
+            let identity = args.identity.unwrap_or_else(|| format!("crmessenger-operator-{}", std::process::id()));
+            let options = RunOptions {
+                admin_addr: args.admin_addr,
+                leader_election: args.leader_election.then_some((args.lease_namespace, args.lease_name, identity)),
+                concurrency: args.concurrency,
+            };
+            run(client, settings, options).await
         }
     }
-    Ok(())
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -351,6 +351,22 @@ impl ControlPlane {
         Ok(name)
     }
 
+    /// Starts `cmd` (e.g. the operator binary under test) tied to this process: it is
+    /// killed when the test process exits. Its output goes to `logs/<name>.log`
+    /// ([`ControlPlane::log_tail`] reads it); `KUBECONFIG` points at the admin
+    /// kubeconfig unless the command sets it.
+    pub fn spawn_logged(&self, name: &str, mut cmd: Command) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        if !cmd.get_envs().any(|(k, _)| k == "KUBECONFIG") {
+            cmd.env("KUBECONFIG", &self.kubeconfig);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = spawn_tied(cmd, &self.dir.join("pids")).with_context(|| format!("start {name}"))?;
+        let pid = child.id();
+        self.children.lock().map_err(|_| anyhow::anyhow!("children lock poisoned"))?.push((name.to_string(), child));
+        Ok(pid)
+    }
+
     /// The last `lines` lines of a component's log (e.g. `kube-apiserver`).
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log"))).unwrap_or_default();

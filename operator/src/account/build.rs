@@ -1,0 +1,229 @@
+//! Builds the desired children of a MessengerAccount from its rendered config. Pure:
+//! no IO, so every field is tested from fixtures.
+
+use crate::labels::{self, CONFIG_HASH};
+use crate::settings::Settings;
+use crmessenger_api::MessengerAccount;
+use crmessenger_api::config::{CONFIG_KEY, ConnectorConfig, config_map_name};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use serde_json::{Value, json};
+
+/// The sidecar's port: the pod's only port meant to be reached (port-forward).
+pub const SIDECAR_PORT: u16 = 8080;
+/// The connector's health and metrics port (probes, scraping).
+pub const HEALTH_PORT: u16 = 9090;
+/// The Lease a connector renews as its heartbeat.
+pub const LEASE_SECONDS: i32 = 30;
+/// Non-root user the containers run as.
+const UID: i64 = 65532;
+
+/// Everything an account needs in the cluster.
+#[derive(Debug, Clone)]
+pub struct Children {
+    /// The connector pod's owner (one replica, Parallel).
+    pub stateful_set: StatefulSet,
+    /// ClusterIP for the sidecar.
+    pub service: Service,
+    /// Admits only the sidecar port.
+    pub network_policy: NetworkPolicy,
+    /// The connector's heartbeat.
+    pub lease: Lease,
+    /// The connector's identity.
+    pub service_account: ServiceAccount,
+    /// What the connector may do, by name.
+    pub role: Role,
+    /// Grants the Role to the ServiceAccount.
+    pub role_binding: RoleBinding,
+    /// The rendered config.
+    pub config_map: ConfigMap,
+}
+
+/// The name shared by an account's children.
+pub fn child_name(account: &str) -> String {
+    config_map_name(account)
+}
+
+/// The Secret a person may create with a phone code or a 2FA password.
+pub fn login_secret_name(account: &str) -> String {
+    format!("{account}-login")
+}
+
+/// Builds the children of `account` running `config`.
+pub fn build(account: &MessengerAccount, config: &ConnectorConfig, settings: &Settings) -> Result<Children, String> {
+    let name = account.metadata.name.clone().ok_or("account without a name")?;
+    let namespace = account.metadata.namespace.clone().ok_or("account without a namespace")?;
+    let owner = owner_reference(account)?;
+    let child = child_name(&name);
+    let meta = |kind_name: &str| ObjectMeta {
+        name: Some(kind_name.to_string()),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels::account_labels(&name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let config_json = serde_json::to_string_pretty(config).map_err(|e| e.to_string())?;
+
+    let config_map = ConfigMap {
+        metadata: meta(&child),
+        data: Some([(CONFIG_KEY.to_string(), config_json)].into()),
+        ..ConfigMap::default()
+    };
+    let mut stateful_set: StatefulSet = from_json(stateful_set_spec(account, config, settings, &child, &name))?;
+    stateful_set.metadata = meta(&child);
+    let mut service: Service = from_json(json!({
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels::pod_selector(&name),
+            "ports": [{ "name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP" }],
+        }
+    }))?;
+    service.metadata = meta(&child);
+    let mut network_policy: NetworkPolicy = from_json(json!({
+        "spec": {
+            "podSelector": { "matchLabels": labels::pod_selector(&name) },
+            "policyTypes": ["Ingress"],
+            "ingress": [{ "ports": [{ "port": SIDECAR_PORT, "protocol": "TCP" }] }],
+        }
+    }))?;
+    network_policy.metadata = meta(&child);
+    let mut lease: Lease = from_json(json!({ "spec": { "leaseDurationSeconds": LEASE_SECONDS } }))?;
+    lease.metadata = meta(&child);
+    let service_account = ServiceAccount { metadata: meta(&child), ..ServiceAccount::default() };
+    let mut role: Role = from_json(json!({ "rules": role_rules(config, &name, &child) }))?;
+    role.metadata = meta(&child);
+    let mut role_binding: RoleBinding = from_json(json!({
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": child },
+        "subjects": [{ "kind": "ServiceAccount", "name": child, "namespace": namespace }],
+    }))?;
+    role_binding.metadata = meta(&child);
+    Ok(Children { stateful_set, service, network_policy, lease, service_account, role, role_binding, config_map })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+fn owner_reference(account: &MessengerAccount) -> Result<OwnerReference, String> {
+    Ok(OwnerReference {
+        api_version: MessengerAccount::api_version(&()).to_string(),
+        kind: MessengerAccount::kind(&()).to_string(),
+        name: account.metadata.name.clone().ok_or("account without a name")?,
+        uid: account.metadata.uid.clone().ok_or("account without a uid")?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// Least privilege, by name: own status, own Lease, own ConfigMap, the Secrets the
+/// config names, and the login Secret (which it deletes after use).
+fn role_rules(config: &ConnectorConfig, account: &str, child: &str) -> Value {
+    let mut secrets: Vec<String> = config.secret_refs().into_iter().map(|r| r.name).collect();
+    secrets.dedup();
+    json!([
+        { "apiGroups": ["crmessenger.io"], "resources": ["messengeraccounts"], "resourceNames": [account], "verbs": ["get", "list", "watch"] },
+        { "apiGroups": ["crmessenger.io"], "resources": ["messengeraccounts/status"], "resourceNames": [account], "verbs": ["get", "patch"] },
+        { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [child], "verbs": ["get", "update"] },
+        { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [child], "verbs": ["get", "list", "watch"] },
+        { "apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get", "list", "watch"] },
+        { "apiGroups": [""], "resources": ["secrets"], "resourceNames": [login_secret_name(account)], "verbs": ["get", "list", "watch", "delete"] },
+    ])
+}
+
+fn stateful_set_spec(
+    account: &MessengerAccount,
+    config: &ConnectorConfig,
+    settings: &Settings,
+    child: &str,
+    name: &str,
+) -> Value {
+    let overrides = account.spec.connector.clone().unwrap_or_default();
+    let image = overrides.image.clone().unwrap_or_else(|| settings.connector_image.clone());
+    let restricted = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    });
+    let env = json!([
+        { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+        { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+        { "name": "CRMESSENGER_ACCOUNT", "value": name },
+        { "name": "CRMESSENGER_CONFIG_MAP", "value": child },
+        { "name": "CRMESSENGER_LEASE", "value": child },
+    ]);
+    let resources = overrides
+        .resources
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .unwrap_or_else(|| json!({ "requests": { "cpu": "20m", "memory": "32Mi" }, "limits": { "memory": "256Mi" } }));
+    let probe = |path: &str, port: &str| json!({ "httpGet": { "path": path, "port": port }, "periodSeconds": 10, "failureThreshold": 3 });
+    let mut pod_spec = json!({
+        "serviceAccountName": child,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [
+            {
+                "name": "connector",
+                "image": image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "args": ["run"],
+                "env": env,
+                "ports": [{ "name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP" }],
+                "livenessProbe": probe("/livez", "health"),
+                "readinessProbe": probe("/readyz", "health"),
+                "resources": resources,
+                "securityContext": restricted,
+                "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+            },
+            {
+                "name": "sidecar",
+                "image": image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "args": ["sidecar"],
+                "env": env,
+                "ports": [{ "name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP" }],
+                "livenessProbe": probe("/healthz", "http"),
+                "readinessProbe": probe("/healthz", "http"),
+                "resources": { "requests": { "cpu": "5m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } },
+                "securityContext": restricted,
+            },
+        ],
+        "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } }],
+    });
+    for (key, value) in [
+        ("nodeSelector", overrides.node_selector.map(|v| json!(v))),
+        ("tolerations", overrides.tolerations.map(|v| json!(v))),
+        ("affinity", overrides.affinity.map(|v| json!(v))),
+        ("priorityClassName", overrides.priority_class_name.map(|v| json!(v))),
+    ] {
+        if let Some(v) = value {
+            pod_spec[key] = v;
+        }
+    }
+    let mut pod_labels = labels::account_labels(name);
+    pod_labels.extend(labels::pod_selector(name));
+    json!({
+        "spec": {
+            "replicas": if account.spec.suspend { 0 } else { 1 },
+            "serviceName": child,
+            // Parallel from the start: the field is immutable, and the ordered default
+            // lets a pod that never becomes Ready block every later rollout.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": { "type": "RollingUpdate" },
+            "selector": { "matchLabels": labels::pod_selector(name) },
+            "template": {
+                "metadata": { "labels": pod_labels, "annotations": { CONFIG_HASH: config.hash() } },
+                "spec": pod_spec,
+            },
+        }
+    })
+}

@@ -1,0 +1,57 @@
+//! Applies an account's children with server-side apply, and keeps a rollout from
+//! getting stuck behind a pod that never became Ready.
+
+use super::build::Children;
+use crate::context::Context;
+use crate::error::Result;
+use crate::labels::{self, CONFIG_HASH, MANAGER};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+async fn apply_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?;
+    Ok(())
+}
+
+/// Applies every child (one field manager, forced: the operator owns these fields).
+pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
+    apply_one(ctx, namespace, &c.service_account).await?;
+    apply_one(ctx, namespace, &c.role).await?;
+    apply_one(ctx, namespace, &c.role_binding).await?;
+    apply_one(ctx, namespace, &c.config_map).await?;
+    apply_one(ctx, namespace, &c.lease).await?;
+    apply_one(ctx, namespace, &c.service).await?;
+    apply_one(ctx, namespace, &c.network_policy).await?;
+    apply_one(ctx, namespace, &c.stateful_set).await?;
+    Ok(())
+}
+
+/// A StatefulSet waits for its pod to be Ready before replacing it, so a pod that
+/// never becomes Ready would block every later config. Such a pod, running an old
+/// config, is deleted; the StatefulSet recreates it from the new template.
+pub async fn unstick_rollout(ctx: &Context, namespace: &str, account: &str, desired_hash: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = labels::pod_selector(account).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    for pod in pods.list(&ListParams::default().labels(&selector)).await?.items {
+        let hash = pod.annotations().get(CONFIG_HASH).cloned().unwrap_or_default();
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if hash != desired_hash && !ready && pod.metadata.deletion_timestamp.is_none() {
+            tracing::info!(pod = pod.name_any(), "replacing a pod that is not Ready and runs an old config");
+            pods.delete(&pod.name_any(), &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The MessengerAccount controller: fetch → validate → build → apply → status.
+
+pub mod build;
+mod children;
+pub mod status;
+pub mod validate;
+
+use crate::conditions::{Verdict, merge};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::labels::{CONNECTOR_MANAGER, FINALIZER, MANAGER};
+use crate::selection;
+use crmessenger_api::common::conditions::{CONFIG_VALID, CONNECTOR_AVAILABLE, READY};
+use crmessenger_api::config::{RuntimeSettings, render};
+use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an account is looked at even when nothing changed (heartbeats age).
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// Reconciles one account.
+#[tracing::instrument(skip_all, fields(account = %account.name_any(), namespace = account.namespace().unwrap_or_default()))]
+pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = account.namespace().ok_or_else(|| Error::Malformed("account without namespace".into()))?;
+    let api: Api<MessengerAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+    if account.metadata.deletion_timestamp.is_some() {
+        return cleanup(&api, &account, &ctx).await;
+    }
+    if !account.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = account.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": account.resource_version() } });
+        api.patch(&account.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Fetch.
+    let bindings: Vec<CrmBinding> =
+        Api::namespaced(ctx.client.clone(), &namespace).list(&Default::default()).await?.items;
+    let binding = selection::owner(&account, &bindings);
+    let policy = match binding {
+        Some(b) => {
+            Api::<SyncPolicy>::namespaced(ctx.client.clone(), &namespace).get_opt(&b.spec.policy_ref.name).await?
+        }
+        None => None,
+    };
+    let lease = Api::<Lease>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&build::child_name(&account.name_any()))
+        .await?;
+
+    // Validate, build, apply.
+    let runtime =
+        RuntimeSettings { crm_requests_per_second: ctx.settings.crm_requests_per_second, token_version: None };
+    let (config_valid, desired_hash) = match validate::resolve(binding, policy.as_ref()) {
+        Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
+            Ok(config) => {
+                let children = build::build(&account, &config, &ctx.settings).map_err(Error::Malformed)?;
+                children::apply(&ctx, &namespace, &children).await?;
+                children::unstick_rollout(&ctx, &namespace, &account.name_any(), &config.hash()).await?;
+                (
+                    Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())),
+                    Some(config.hash()),
+                )
+            }
+            Err(e) => (Verdict::no(CONFIG_VALID, "InvalidSpec", e.to_string()), None),
+        },
+        Err(verdict) => (verdict, None),
+    };
+
+    // Status.
+    let status = account.status.clone().unwrap_or_default();
+    let observed = status::Observed {
+        lease: lease.as_ref(),
+        running_hash: status.connector.as_ref().and_then(|c| c.config_hash.as_deref()),
+        desired_hash: desired_hash.as_deref(),
+        connector_conditions: &status.conditions,
+        suspended: account.spec.suspend,
+        now: Timestamp::now(),
+        heartbeat_timeout: ctx.settings.heartbeat_timeout,
+    };
+    let available = status::connector_available(&observed);
+    let ready = status::ready(&config_valid, &available, &observed);
+    let phase = status::phase(&config_valid, &available, &ready, account.spec.suspend, false);
+    let binding_ref = binding.map(|b| json!({ "name": b.name_any() }));
+    write_status(&api, &account, &[config_valid.clone(), available, ready], phase, binding_ref).await?;
+    if !config_valid.ok {
+        ctx.warn(account.as_ref(), &config_valid.reason, config_valid.message.clone(), "Reconcile").await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the operator-owned part of the status (server-side apply), only when it
+/// changed.
+async fn write_status(
+    api: &Api<MessengerAccount>,
+    account: &MessengerAccount,
+    verdicts: &[Verdict],
+    phase: crmessenger_api::account::AccountPhase,
+    binding: Option<serde_json::Value>,
+) -> Result<()> {
+    let status = account.status.clone().unwrap_or_default();
+    let conditions = merge(&status.conditions, verdicts, account.metadata.generation, Timestamp::now());
+    let unchanged = status.phase == Some(phase)
+        && status.observed_generation == account.metadata.generation
+        && status.binding.as_ref().map(|b| json!({ "name": b.name })) == binding
+        && conditions.iter().all(|c| {
+            status.conditions.iter().any(|o| {
+                o.type_ == c.type_
+                    && o.status == c.status
+                    && o.reason == c.reason
+                    && o.message == c.message
+                    && o.observed_generation == c.observed_generation
+            })
+        });
+    if unchanged {
+        return Ok(());
+    }
+    let mut body = json!({
+        "apiVersion": MessengerAccount::api_version(&()),
+        "kind": MessengerAccount::kind(&()),
+        "status": { "phase": phase, "observedGeneration": account.metadata.generation, "conditions": conditions },
+    });
+    if let Some(b) = binding {
+        body["status"]["binding"] = b;
+    }
+    api.patch_status(&account.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Deletion: the connector sees the deletion timestamp, logs the session out,
+/// purges the account's data and sets `status.connector.cleanupCompletedAt`. The
+/// finalizer is removed then, or after the cleanup timeout with a Warning Event, so
+/// a dead connector cannot block deletion forever.
+async fn cleanup(api: &Api<MessengerAccount>, account: &MessengerAccount, ctx: &Context) -> Result<Action> {
+    if !account.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let done = account
+        .status
+        .as_ref()
+        .and_then(|s| s.connector.as_ref())
+        .and_then(|c| c.cleanup_completed_at.as_ref())
+        .is_some();
+    let started = account.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let waited = Timestamp::now().duration_since(started).as_secs_f64();
+    let timeout = ctx.settings.cleanup_timeout.as_secs_f64();
+    if !done && waited < timeout {
+        let status = account.status.clone().unwrap_or_default();
+        if status.phase != Some(crmessenger_api::account::AccountPhase::Terminating) {
+            let body = json!({
+                "apiVersion": MessengerAccount::api_version(&()),
+                "kind": MessengerAccount::kind(&()),
+                "status": { "phase": "Terminating" },
+            });
+            api.patch_status(&account.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+        }
+        let left = Duration::from_secs_f64((timeout - waited).max(1.0));
+        return Ok(Action::requeue(left.min(Duration::from_secs(5))));
+    }
+    if done {
+        ctx.inform(
+            account,
+            "CleanedUp",
+            "the connector logged the session out and purged the account's data".into(),
+            "Delete",
+        )
+        .await;
+    } else {
+        ctx.warn(
+            account,
+            "CleanupTimedOut",
+            format!("no connector confirmed logout and purge within {timeout:.0}s; the account is deleted without it (the messenger session may stay listed among the account's devices)"),
+            "Delete",
+        )
+        .await;
+    }
+    let finalizers: Vec<String> = account.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": account.resource_version() } });
+    api.patch(&account.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(Action::await_change())
+}
+
+/// The field manager name the connector uses, re-exported for tests.
+pub const CONNECTOR_FIELD_MANAGER: &str = CONNECTOR_MANAGER;
+/// The condition types the operator owns on an account.
+pub const OPERATOR_CONDITIONS: [&str; 3] = [READY, CONFIG_VALID, CONNECTOR_AVAILABLE];

@@ -1,0 +1,153 @@
+//! The CrmBinding controller: resolves the accounts it selects and its policy,
+//! checks its credentials Secret, owns the live OAuth token pair, and reports.
+
+pub mod credentials;
+pub mod token;
+
+use crate::conditions::{Verdict, merge};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::labels::MANAGER;
+use crate::selection;
+use crmessenger_api::common::conditions::{CREDENTIALS_VALID, READY};
+use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use token::Outcome;
+
+/// Reconciles one binding.
+#[tracing::instrument(skip_all, fields(binding = %binding.name_any(), namespace = binding.namespace().unwrap_or_default()))]
+pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = binding.namespace().ok_or_else(|| Error::Malformed("binding without namespace".into()))?;
+    let name = binding.name_any();
+
+    // Accounts: the ones this binding selects, split into owned and refused.
+    let accounts: Vec<MessengerAccount> =
+        Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
+    let bindings: Vec<CrmBinding> = Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
+    let mut bound = Vec::new();
+    let mut refused = Vec::new();
+    for account in accounts.iter().filter(|a| selection::selects(&binding, a)) {
+        match selection::owner(account, &bindings) {
+            Some(owner) if owner.name_any() == name => bound.push(account.name_any()),
+            Some(owner) => refused.push(format!("{} (bound by {})", account.name_any(), owner.name_any())),
+            None => {}
+        }
+    }
+    bound.sort();
+
+    let policy = Api::<SyncPolicy>::namespaced(ctx.client.clone(), &ns).get_opt(&binding.spec.policy_ref.name).await?;
+    let (credentials, expires_at, requeue) = credentials(&binding, &ctx, &ns).await?;
+
+    let ready = if !credentials.ok {
+        Verdict::no(READY, &credentials.reason, credentials.message.clone())
+    } else if policy.is_none() {
+        Verdict::no(
+            READY,
+            "PolicyNotFound",
+            format!("SyncPolicy {} does not exist in this namespace", binding.spec.policy_ref.name),
+        )
+    } else if !refused.is_empty() {
+        Verdict::no(
+            READY,
+            "AccountAlreadyBound",
+            format!("already bound by another CrmBinding: {}", refused.join(", ")),
+        )
+    } else if bound.is_empty() {
+        Verdict::no(READY, "NoAccounts", "selects no MessengerAccount in this namespace")
+    } else {
+        Verdict::yes(READY, "Bound", format!("serves {}", bound.join(", ")))
+    };
+    let previous = binding.status.clone().unwrap_or_default();
+    let was_ready = previous.conditions.iter().find(|c| c.type_ == READY).map(|c| (c.status.clone(), c.reason.clone()));
+    if !ready.ok && was_ready != Some(("False".into(), ready.reason.clone())) {
+        ctx.warn(binding.as_ref(), &ready.reason, ready.message.clone(), "Reconcile").await;
+    }
+    let conditions =
+        merge(&previous.conditions, &[credentials, ready], binding.metadata.generation, jiff::Timestamp::now());
+    let mut status = json!({
+        "observedGeneration": binding.metadata.generation,
+        "conditions": conditions,
+        "boundAccounts": bound,
+        "boundAccountCount": bound.len(),
+    });
+    if let Some(t) = expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()) {
+        status["tokenExpiresAt"] = json!(t);
+    }
+    let body = json!({ "apiVersion": CrmBinding::api_version(&()), "kind": CrmBinding::kind(&()), "status": status });
+    Api::<CrmBinding>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+        .await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// CredentialsValid, the access token's expiry, and when to look again.
+async fn credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(Verdict, Option<i64>, Duration)> {
+    let Some(amo) = &binding.spec.crm.amocrm else {
+        return Ok((
+            Verdict::no(CREDENTIALS_VALID, "InvalidSpec", "no amocrm settings"),
+            None,
+            Duration::from_secs(300),
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(&amo.credentials_secret.name).await? else {
+        let msg = format!("Secret {} (spec.crm.amocrm.credentialsSecret) does not exist", amo.credentials_secret.name);
+        return Ok((Verdict::no(CREDENTIALS_VALID, "SecretNotFound", msg), None, Duration::from_secs(30)));
+    };
+    let bootstrap = match credentials::read(&amo.credentials_secret.name, &credentials::decode(&secret)) {
+        Ok(b) => b,
+        Err(v) => return Ok((v, None, Duration::from_secs(30))),
+    };
+    let ca_pem = match &amo.ca_secret {
+        Some(r) => match secrets.get_opt(&r.name).await? {
+            Some(s) => match credentials::decode(&s).get(&r.key) {
+                Some(pem) => Some(pem.clone()),
+                None => {
+                    let msg = format!("Secret {} (spec.crm.amocrm.caSecret) has no key {}", r.name, r.key);
+                    return Ok((
+                        Verdict::no(CREDENTIALS_VALID, "SecretKeysMissing", msg),
+                        None,
+                        Duration::from_secs(30),
+                    ));
+                }
+            },
+            None => {
+                let msg = format!("Secret {} (spec.crm.amocrm.caSecret) does not exist", r.name);
+                return Ok((Verdict::no(CREDENTIALS_VALID, "SecretNotFound", msg), None, Duration::from_secs(30)));
+            }
+        },
+        None => None,
+    };
+    let version = secret.resource_version().unwrap_or_default();
+    Ok(match token::ensure(ctx, binding, &bootstrap, &version, ca_pem.as_deref()).await? {
+        Outcome::Valid(stored) => {
+            let now = jiff::Timestamp::now().as_second();
+            let next =
+                stored.pair.expires_at.saturating_sub(token::REFRESH_MARGIN.as_secs() as i64).saturating_sub(now);
+            let expires = (stored.pair.expires_at != i64::MAX).then_some(stored.pair.expires_at);
+            let requeue = Duration::from_secs(next.clamp(5, 300) as u64);
+            (Verdict::yes(CREDENTIALS_VALID, "TokenValid", "the CRM accepted the credentials"), expires, requeue)
+        }
+        Outcome::Refused(e) => {
+            let (reason, retry) = match &e {
+                crmessenger_crm::CrmError::ReauthorizationRequired(_) => ("ReauthorizationRequired", 300),
+                crmessenger_crm::CrmError::Config(_) => ("InvalidClientCredentials", 300),
+                _ => ("TokenEndpointUnavailable", 30),
+            };
+            let msg = match reason {
+                "ReauthorizationRequired" => format!(
+                    "the CRM refused the grant ({e}); grant access again and put the new authorization_code in Secret {}",
+                    amo.credentials_secret.name
+                ),
+                _ => e.to_string(),
+            };
+            (Verdict::no(CREDENTIALS_VALID, reason, msg), None, Duration::from_secs(retry))
+        }
+    })
+}

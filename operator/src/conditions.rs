@@ -1,0 +1,88 @@
+//! Building conditions whose `lastTransitionTime` only moves when the status flips.
+
+use crmessenger_api::common::conditions::upsert;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// A condition computed by a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Condition type.
+    pub type_: &'static str,
+    /// True or False.
+    pub ok: bool,
+    /// CamelCase reason a person can act on.
+    pub reason: String,
+    /// One sentence saying what is wrong or right.
+    pub message: String,
+}
+
+impl Verdict {
+    /// A True condition.
+    pub fn yes(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self { type_, ok: true, reason: reason.into(), message: message.into() }
+    }
+    /// A False condition.
+    pub fn no(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self { type_, ok: false, reason: reason.into(), message: message.into() }
+    }
+}
+
+/// Merges `verdicts` into the existing conditions (keeping transition times where the
+/// status did not change) and returns only the conditions of the verdicts' types —
+/// what this field manager applies.
+pub fn merge(existing: &[Condition], verdicts: &[Verdict], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    let mut all = existing.to_vec();
+    for v in verdicts {
+        upsert(
+            &mut all,
+            Condition {
+                type_: v.type_.to_string(),
+                status: if v.ok { "True" } else { "False" }.to_string(),
+                reason: v.reason.clone(),
+                message: v.message.clone(),
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            },
+        );
+    }
+    all.retain(|c| verdicts.iter().any(|v| v.type_ == c.type_));
+    all
+}
+
+/// Whether `type_` is True in `conditions`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The condition of `type_`, if present.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_only_own_types_and_transition_times() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let first = merge(&[], &[Verdict::yes("Ready", "Running", "ok")], Some(1), t0);
+        let mut existing = first.clone();
+        existing.push(Condition {
+            type_: "LoggedIn".into(),
+            status: "True".into(),
+            reason: "x".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(t0),
+        });
+        let again = merge(&existing, &[Verdict::yes("Ready", "Running", "still ok")], Some(2), t1);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].last_transition_time.0, t0);
+        assert_eq!(again[0].observed_generation, Some(2));
+        let flipped = merge(&existing, &[Verdict::no("Ready", "Broken", "no")], Some(2), t1);
+        assert_eq!(flipped[0].last_transition_time.0, t1);
+    }
+}

@@ -1,0 +1,83 @@
+//! What every reconcile shares: the client, settings, the event recorder, metrics.
+
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Shared state of the controllers.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Installation settings.
+    pub settings: Settings,
+    /// Publishes Events (one recorder for every controller).
+    pub recorder: Recorder,
+    /// Reconcile counters.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: crate::labels::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Counts a failed reconcile of `key`.
+    pub fn note_failure(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(key.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Resets the failure count of `key` after a success.
+    pub fn forget_failures(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// Consecutive failures of the object whose key ends with `suffix`.
+    pub fn failures_ending_with(&self, suffix: &str) -> u32 {
+        self.failures
+            .lock()
+            .map(|f| f.iter().filter(|(k, _)| k.ends_with(suffix)).map(|(_, v)| *v).max().unwrap_or(1))
+            .unwrap_or(1)
+    }
+
+    /// Publishes a Warning Event on `obj`; failures are logged, never fatal.
+    pub async fn warn<K: Resource<DynamicType = ()>>(&self, obj: &K, reason: &str, note: String, action: &str) {
+        self.publish(obj, EventType::Warning, reason, note, action).await
+    }
+
+    /// Publishes a Normal Event on `obj`.
+    pub async fn inform<K: Resource<DynamicType = ()>>(&self, obj: &K, reason: &str, note: String, action: &str) {
+        self.publish(obj, EventType::Normal, reason, note, action).await
+    }
+
+    async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(object = obj.name_any(), "could not publish event {reason}: {e}");
+        }
+    }
+}

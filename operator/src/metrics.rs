@@ -1,0 +1,57 @@
+//! Prometheus metrics of the operator.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+/// Labels of reconcile counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `messengeraccount`, `crmbinding` or `syncpolicy`.
+    pub kind: String,
+    /// `ok` or an error's metric label.
+    pub result: String,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Reconciles by kind and result.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// OAuth token refreshes done by this process.
+    pub token_refreshes: Counter,
+    /// 1 while this process is the leader.
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("crmessenger_operator");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let token_refreshes = Counter::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
+        registry.register("token_refreshes", "OAuth token refreshes", token_refreshes.clone());
+        registry.register("leader", "1 while this process is the leader", leader.clone());
+        Self { registry: Mutex::new(registry), reconciles, token_refreshes, leader }
+    }
+}
+
+impl Metrics {
+    /// Counts one reconcile.
+    pub fn reconciled(&self, kind: &str, result: &str) {
+        self.reconciles.get_or_create(&ReconcileLabels { kind: kind.into(), result: result.into() }).inc();
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}

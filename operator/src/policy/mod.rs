@@ -1,0 +1,100 @@
+//! The SyncPolicy controller: validates what CEL cannot, lists the bindings that use
+//! the policy, and reports Ready.
+
+use crate::conditions::{Verdict, merge};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::labels::MANAGER;
+use crmessenger_api::common::conditions::READY;
+use crmessenger_api::policy::SyncPolicySpec;
+use crmessenger_api::{CrmBinding, SyncPolicy};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Placeholders a lead name template may use.
+pub const PLACEHOLDERS: [&str; 4] = ["name", "channel", "phone", "username"];
+
+/// What CEL cannot check: the lead name template's placeholders. Pure.
+pub fn validate(spec: &SyncPolicySpec) -> Verdict {
+    let template = &spec.leads.name_template;
+    let mut unknown = Vec::new();
+    let mut rest = template.as_str();
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Verdict::no(
+                READY,
+                "InvalidNameTemplate",
+                format!("spec.leads.nameTemplate {template:?} has an unclosed '{{'"),
+            );
+        };
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            unknown.push(format!("{{{name}}}"));
+        }
+        rest = &after[close + 1..];
+    }
+    if !unknown.is_empty() {
+        return Verdict::no(
+            READY,
+            "InvalidNameTemplate",
+            format!(
+                "spec.leads.nameTemplate uses unknown placeholder(s) {}; known: {{name}}, {{channel}}, {{phone}}, {{username}}",
+                unknown.join(", ")
+            ),
+        );
+    }
+    Verdict::yes(READY, "Valid", "the policy is valid")
+}
+
+/// Reconciles one policy.
+#[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
+pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = policy.namespace().ok_or_else(|| Error::Malformed("policy without namespace".into()))?;
+    let name = policy.name_any();
+    let bindings: Vec<CrmBinding> = Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
+    let mut users: Vec<String> =
+        bindings.iter().filter(|b| b.spec.policy_ref.name == name).map(|b| b.name_any()).collect();
+    users.sort();
+    let verdict = validate(&policy.spec);
+    let previous = policy.status.clone().unwrap_or_default();
+    let was = previous.conditions.iter().find(|c| c.type_ == READY).map(|c| c.status == "True");
+    if !verdict.ok && was != Some(false) {
+        ctx.warn(policy.as_ref(), &verdict.reason, verdict.message.clone(), "Reconcile").await;
+    }
+    let conditions = merge(&previous.conditions, &[verdict], policy.metadata.generation, jiff::Timestamp::now());
+    let body = json!({
+        "apiVersion": SyncPolicy::api_version(&()),
+        "kind": SyncPolicy::kind(&()),
+        "status": {
+            "observedGeneration": policy.metadata.generation,
+            "conditions": conditions,
+            "bindings": users,
+            "bindingCount": users.len(),
+        }
+    });
+    Api::<SyncPolicy>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+        .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_template_placeholders_are_checked() {
+        let mut spec = SyncPolicySpec::default();
+        assert!(validate(&spec).ok);
+        spec.leads.name_template = "{channel} / {nmae}".into();
+        let v = validate(&spec);
+        assert!(!v.ok && v.message.contains("{nmae}"), "{}", v.message);
+        spec.leads.name_template = "{channel".into();
+        assert_eq!(validate(&spec).reason, "InvalidNameTemplate");
+    }
+}

@@ -1,0 +1,249 @@
+//! Assembles the operator: CRD check, admin server, leader election, and the three
+//! controllers, with graceful shutdown on SIGTERM.
+
+use crate::admin::{self, Readiness};
+use crate::context::Context;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::{account, binding, policy, selection};
+use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the operator process runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where `/livez`, `/readyz` and `/metrics` are served.
+    pub admin_addr: SocketAddr,
+    /// Lease-based leader election: (namespace, lease name, identity). `None` runs
+    /// as the only instance.
+    pub leader_election: Option<(String, String, String)>,
+    /// Reconciles at once per controller.
+    pub concurrency: u16,
+}
+
+/// Runs until SIGTERM/SIGINT (or until leadership is lost, which exits so that a
+/// fresh process competes again).
+pub async fn run(client: Client, settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+    check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Readiness::default();
+    let bound = admin::serve(options.admin_addr, ready.clone(), metrics.clone()).await?;
+    tracing::info!(%bound, "admin server listening");
+
+    let mut lost_leadership = None;
+    if let Some((namespace, name, identity)) = &options.leader_election {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), name)
+            .with_namespace(namespace)
+            .with_identity(identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager(crate::labels::MANAGER)
+            .build()
+            .await?;
+        let (mut is_leader, task) = manager.watch().await;
+        // A standby is ready: it serves its purpose by waiting.
+        ready.set(true);
+        tracing::info!(identity, "waiting to become the leader");
+        while !*is_leader.borrow_and_update() {
+            tokio::select! {
+                changed = is_leader.changed() => changed?,
+                _ = shutdown_signal() => return Ok(()),
+            }
+        }
+        tracing::info!(identity, "became the leader");
+        metrics.leader.set(1);
+        lost_leadership = Some((is_leader, task));
+    }
+
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+    let shutdown = async move {
+        match lost_leadership {
+            Some((mut is_leader, _task)) => {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = async { while is_leader.changed().await.is_ok() { if !*is_leader.borrow() { break; } } } => {
+                        tracing::warn!("lost leadership; stopping");
+                    }
+                }
+            }
+            None => shutdown_signal().await,
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let config = ControllerConfig::default().concurrency(options.concurrency);
+    let wc = watcher::Config::default();
+
+    let accounts = Controller::new(Api::<MessengerAccount>::all(client.clone()), wc.clone())
+        .with_config(config.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), wc.clone());
+    let account_store = accounts.store();
+    let store = account_store.clone();
+    let accounts = accounts
+        .watches(Api::<CrmBinding>::all(client.clone()), wc.clone(), move |b| {
+            store
+                .state()
+                .into_iter()
+                .filter(|a| selection::selects(&b, a))
+                .map(|a| ObjectRef::from(a.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<SyncPolicy>::all(client.clone()), wc.clone(), {
+            let store = account_store.clone();
+            move |p| {
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|a| a.namespace() == p.namespace())
+                    .map(|a| ObjectRef::from(a.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(counted("messengeraccount", account::reconcile), error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let bindings = Controller::new(Api::<CrmBinding>::all(client.clone()), wc.clone()).with_config(config.clone());
+    let binding_store = bindings.store();
+    let bindings = bindings
+        .watches(Api::<MessengerAccount>::all(client.clone()), wc.clone(), {
+            let store = binding_store.clone();
+            move |a| {
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|b| b.namespace() == a.namespace())
+                    .map(|b| ObjectRef::from(b.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .watches(Api::<SyncPolicy>::all(client.clone()), wc.clone(), {
+            let store = binding_store.clone();
+            move |p| {
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|b| b.namespace() == p.namespace() && b.spec.policy_ref.name == p.name_any())
+                    .map(|b| ObjectRef::from(b.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(counted("crmbinding", binding::reconcile), error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let policies = Controller::new(Api::<SyncPolicy>::all(client.clone()), wc.clone())
+        .with_config(config)
+        .watches(Api::<CrmBinding>::all(client.clone()), wc.clone(), |b| {
+            b.namespace().map(|ns| ObjectRef::new(&b.spec.policy_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(counted("syncpolicy", policy::reconcile), error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    // Ready once every kind can be listed (the watches start from the same lists).
+    // Waiting on the controller's own store would steal its wake-up: its readiness
+    // signal wakes a single waiter.
+    let lists = (
+        Api::<MessengerAccount>::all(client.clone()).list_metadata(&kube::api::ListParams::default().limit(1)).await,
+        Api::<CrmBinding>::all(client.clone()).list_metadata(&kube::api::ListParams::default().limit(1)).await,
+        Api::<SyncPolicy>::all(client.clone()).list_metadata(&kube::api::ListParams::default().limit(1)).await,
+    );
+    if let (Ok(_), Ok(_), Ok(_)) = lists {
+        ready.set(true);
+    }
+    tokio::join!(accounts, bindings, policies);
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+type ReconcileFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Action, Error>> + Send>>;
+
+/// Wraps a reconcile function so its outcome is counted and its backoff reset.
+fn counted<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<K>, Arc<Context>) -> ReconcileFuture
+where
+    K: Send + Sync + 'static + kube::Resource,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        Box::pin(async move {
+            let key = format!(
+                "{kind}/{}/{}",
+                obj.meta().namespace.clone().unwrap_or_default(),
+                obj.meta().name.clone().unwrap_or_default()
+            );
+            let result = f(obj, ctx.clone()).await;
+            match &result {
+                Ok(_) => {
+                    ctx.metrics.reconciled(kind, "ok");
+                    ctx.forget_failures(&key);
+                }
+                Err(e) => {
+                    ctx.metrics.reconciled(kind, e.metric_label());
+                    ctx.note_failure(&key);
+                }
+            }
+            result
+        })
+    }
+}
+
+/// Per-object exponential backoff: 2 s, 4 s, … up to 5 minutes.
+fn error_policy<K: kube::Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key_suffix = format!(
+        "/{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    );
+    let failures = ctx.failures_ending_with(&key_suffix);
+    let delay = Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 8))).min(Duration::from_secs(300));
+    tracing::warn!(object = key_suffix, ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["messengeraccounts.crmessenger.io", "crmbindings.crmessenger.io", "syncpolicies.crmessenger.io"] {
+        match crds.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!(
+                "the CustomResourceDefinition {name} is not installed: install the chart with crds.install=true, or run `kubectl apply --server-side -f crds/`"
+            ),
+            Err(e) => anyhow::bail!(
+                "cannot read CustomResourceDefinition {name} (does the operator's ServiceAccount have get on customresourcedefinitions?): {e}"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

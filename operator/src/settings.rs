@@ -1,0 +1,30 @@
+//! Installation-wide settings of the operator (from flags and the chart's values).
+
+use std::time::Duration;
+
+/// How the operator builds connectors and judges their health.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Default connector image (an account may override it).
+    pub connector_image: String,
+    /// Pull policy of the connector image.
+    pub image_pull_policy: String,
+    /// A connector whose Lease was not renewed for this long is unavailable.
+    pub heartbeat_timeout: Duration,
+    /// How long deletion waits for the connector to log out and purge.
+    pub cleanup_timeout: Duration,
+    /// amoCRM REST requests per second per integration, shared by all connectors.
+    pub crm_requests_per_second: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connector_image: "ghcr.io/crmessenger/crmessenger:latest".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            heartbeat_timeout: Duration::from_secs(45),
+            cleanup_timeout: Duration::from_secs(120),
+            crm_requests_per_second: 6.5,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Shared by the operator's end-to-end tests: the control plane with the CRDs, the
+//! operator binary running against it, and small helpers.
+
+#![allow(dead_code)]
+
+use crmessenger_testkit::ControlPlane;
+use serde_json::Value;
+use std::future::Future;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Heartbeat timeout the test operator runs with.
+pub const HEARTBEAT_TIMEOUT_SECS: u64 = 6;
+/// Cleanup timeout the test operator runs with.
+pub const CLEANUP_TIMEOUT_SECS: u64 = 8;
+
+/// The control plane with CRDs installed and one operator process running.
+pub fn cp() -> &'static ControlPlane {
+    static OPERATOR: OnceLock<Result<String, String>> = OnceLock::new();
+    let cp = ControlPlane::shared();
+    cp.install_crds().expect("install the CRDs");
+    OPERATOR
+        .get_or_init(|| start_operator(cp, "operator", &[]).map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .expect("start the operator");
+    cp
+}
+
+/// Starts an operator process with the test timeouts; returns its admin address.
+pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let port = crmessenger_testkit::controlplane::free_port()?;
+    let admin = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-operator"));
+    cmd.args(["run", "--admin-addr", &admin, "--connector-image", "example.invalid/crmessenger:test"])
+        .args(["--heartbeat-timeout", &HEARTBEAT_TIMEOUT_SECS.to_string()])
+        .args(["--cleanup-timeout", &CLEANUP_TIMEOUT_SECS.to_string()])
+        .env("RUST_LOG", "info,kube=warn");
+    if !extra.iter().any(|a| a.starts_with("--leader-election")) {
+        cmd.arg("--leader-election=false");
+    }
+    cmd.args(extra);
+    cp.spawn_logged(name, cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&admin, "/readyz").map(|(s, _)| s) != Some(200) {
+        if Instant::now() > deadline {
+            anyhow::bail!("the operator never became ready:\n{}", cp.log_tail(name, 40));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(admin)
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((status, body))
+}
+
+/// `kubectl apply -n ns` of `yaml`, which must succeed.
+pub fn apply(cp: &ControlPlane, ns: &str, yaml: &str) {
+    let out = cp.kubectl_apply_output(yaml, &["-n", ns]).expect("run kubectl");
+    assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `kubectl get -o json`, or None when it does not exist.
+pub fn get(cp: &ControlPlane, ns: &str, what: &str) -> Option<Value> {
+    let out = cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The condition `type_` of an object.
+pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+/// Polls `check` until it returns Some, or panics after `secs` with `what` and the
+/// last observation.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("timed out waiting for {what}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The manifests of one account with its binding, policy and Secrets.
+pub fn account_set(account: &str, binding: &str, policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: tg-api }}
+stringData: {{ api_id: "12345", api_hash: canary-api-hash-0123456789 }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: amo-{binding} }}
+stringData: {{ long_lived_token: canary-long-lived-token }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: {account}, labels: {{ team: sales }} }}
+spec:
+  provider: telegram
+  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: {policy} }}
+spec: {{ escalation: {{ enabled: true, after: 10m }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: {binding} }}
+spec:
+  accountNames: [{account}]
+  policyRef: {{ name: {policy} }}
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: https://example.amocrm.ru
+      credentialsSecret: {{ name: amo-{binding} }}
+      responsibleUserIds: [1001, 1002]
+"#
+    )
+}
