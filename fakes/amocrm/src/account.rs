@@ -35,27 +35,9 @@ pub struct User {
 pub fn users(amojo_ids: [String; 3]) -> Vec<User> {
     let [a, b, c] = amojo_ids;
     vec![
-        User {
-            id: 1001,
-            name: "Admin Adminov",
-            email: "admin@example.test",
-            amojo_id: a,
-            is_admin: true,
-        },
-        User {
-            id: 1002,
-            name: "Manager Petrova",
-            email: "petrova@example.test",
-            amojo_id: b,
-            is_admin: false,
-        },
-        User {
-            id: 1003,
-            name: "Manager Sidorov",
-            email: "sidorov@example.test",
-            amojo_id: c,
-            is_admin: false,
-        },
+        User { id: 1001, name: "Admin Adminov", email: "admin@example.test", amojo_id: a, is_admin: true },
+        User { id: 1002, name: "Manager Petrova", email: "petrova@example.test", amojo_id: b, is_admin: false },
+        User { id: 1003, name: "Manager Sidorov", email: "sidorov@example.test", amojo_id: c, is_admin: false },
     ]
 }
 
@@ -74,36 +56,11 @@ pub struct Status {
 
 /// The stages of the main (and only) pipeline.
 pub const STATUSES: [Status; 5] = [
-    Status {
-        id: UNSORTED_STATUS_ID,
-        name: "Неразобранное",
-        kind: 1,
-        sort: 10,
-    },
-    Status {
-        id: FIRST_STAGE_ID,
-        name: "Первичный контакт",
-        kind: 0,
-        sort: 20,
-    },
-    Status {
-        id: SECOND_STAGE_ID,
-        name: "Переговоры",
-        kind: 0,
-        sort: 30,
-    },
-    Status {
-        id: WON_STATUS_ID,
-        name: "Успешно реализовано",
-        kind: 0,
-        sort: 10000,
-    },
-    Status {
-        id: LOST_STATUS_ID,
-        name: "Закрыто и не реализовано",
-        kind: 0,
-        sort: 11000,
-    },
+    Status { id: UNSORTED_STATUS_ID, name: "Неразобранное", kind: 1, sort: 10 },
+    Status { id: FIRST_STAGE_ID, name: "Первичный контакт", kind: 0, sort: 20 },
+    Status { id: SECOND_STAGE_ID, name: "Переговоры", kind: 0, sort: 30 },
+    Status { id: WON_STATUS_ID, name: "Успешно реализовано", kind: 0, sort: 10000 },
+    Status { id: LOST_STATUS_ID, name: "Закрыто и не реализовано", kind: 0, sort: 11000 },
 ];
 
 /// Looks a status of the main pipeline up.
@@ -136,82 +93,25 @@ pub struct Field {
 }
 
 const PHONE_ENUMS: [FieldEnum; 6] = [
-    FieldEnum {
-        id: 10001,
-        code: "WORK",
-    },
-    FieldEnum {
-        id: 10002,
-        code: "WORKDD",
-    },
-    FieldEnum {
-        id: 10003,
-        code: "MOB",
-    },
-    FieldEnum {
-        id: 10004,
-        code: "FAX",
-    },
-    FieldEnum {
-        id: 10005,
-        code: "HOME",
-    },
-    FieldEnum {
-        id: 10006,
-        code: "OTHER",
-    },
+    FieldEnum { id: 10001, code: "WORK" },
+    FieldEnum { id: 10002, code: "WORKDD" },
+    FieldEnum { id: 10003, code: "MOB" },
+    FieldEnum { id: 10004, code: "FAX" },
+    FieldEnum { id: 10005, code: "HOME" },
+    FieldEnum { id: 10006, code: "OTHER" },
 ];
 
 const EMAIL_ENUMS: [FieldEnum; 3] = [
-    FieldEnum {
-        id: 10011,
-        code: "WORK",
-    },
-    FieldEnum {
-        id: 10012,
-        code: "PRIV",
-    },
-    FieldEnum {
-        id: 10013,
-        code: "OTHER",
-    },
+    FieldEnum { id: 10011, code: "WORK" },
+    FieldEnum { id: 10012, code: "PRIV" },
+    FieldEnum { id: 10013, code: "OTHER" },
 ];
 
 /// Contact custom fields: PHONE 100, EMAIL 101, and text fields 201..203.
 pub const CONTACT_FIELDS: [Field; 5] = [
-    Field {
-        id: 100,
-        name: "Телефон",
-        code: Some("PHONE"),
-        kind: "multitext",
-        enums: &PHONE_ENUMS,
-    },
-    Field {
-        id: 101,
-        name: "Email",
-        code: Some("EMAIL"),
-        kind: "multitext",
-        enums: &EMAIL_ENUMS,
-    },
-    Field {
-        id: 201,
-        name: "Telegram ID",
-        code: None,
-        kind: "text",
-        enums: &[],
-    },
-    Field {
-        id: 202,
-        name: "Telegram username",
-        code: None,
-        kind: "text",
-        enums: &[],
-    },
-    Field {
-        id: 203,
-        name: "WhatsApp ID",
-        code: None,
-        kind: "text",
-        enums: &[],
-    },
+    Field { id: 100, name: "Телефон", code: Some("PHONE"), kind: "multitext", enums: &PHONE_ENUMS },
+    Field { id: 101, name: "Email", code: Some("EMAIL"), kind: "multitext", enums: &EMAIL_ENUMS },
+    Field { id: 201, name: "Telegram ID", code: None, kind: "text", enums: &[] },
+    Field { id: 202, name: "Telegram username", code: None, kind: "text", enums: &[] },
+    Field { id: 203, name: "WhatsApp ID", code: None, kind: "text", enums: &[] },
 ];

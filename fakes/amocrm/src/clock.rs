@@ -14,10 +14,7 @@ pub struct FakeClock {
 }
 
 fn real_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 impl FakeClock {
@@ -44,7 +41,6 @@ impl FakeClock {
 
     /// Sets the clock so that it now reads `ms` (it keeps running from there).
     pub fn set_ms(&self, ms: i64) {
-        self.offset_ms
-            .store(ms.saturating_sub(real_now_ms()), Ordering::SeqCst);
+        self.offset_ms.store(ms.saturating_sub(real_now_ms()), Ordering::SeqCst);
     }
 }

@@ -23,15 +23,7 @@ pub(crate) fn add_manager_note(shared: &Shared, lead_id: i64, user_id: i64, text
     if !state.leads.contains_key(&lead_id) {
         tracing::warn!(lead_id, "manager note on a lead that does not exist");
     }
-    let id = notes::insert_note(
-        shared,
-        &mut state,
-        "leads",
-        lead_id,
-        "common",
-        json!({"text": text}),
-        user_id,
-    );
+    let id = notes::insert_note(shared, &mut state, "leads", lead_id, "common", json!({"text": text}), user_id);
     hooks::queue_note_lead(shared, &mut state, id, lead_id, text, user_id);
     id
 }
@@ -86,12 +78,7 @@ impl FaultSpec {
             .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
             .transpose()
             .map_err(|e| e.to_string())?;
-        Ok(Fault {
-            method,
-            path_prefix: self.path_prefix,
-            kind,
-            times: self.times,
-        })
+        Ok(Fault { method, path_prefix: self.path_prefix, kind, times: self.times })
     }
 }
 
@@ -115,10 +102,7 @@ fn ok(v: Value) -> Resp {
 
 /// Handles `/_fake/...`.
 pub(crate) async fn handle(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Resp {
-    let rest = path
-        .strip_prefix(PREFIX)
-        .unwrap_or("")
-        .trim_end_matches('/');
+    let rest = path.strip_prefix(PREFIX).unwrap_or("").trim_end_matches('/');
     let parts: Vec<&str> = rest.split('/').collect();
     let result: Result<Resp, Resp> = async {
         Ok(match (method.as_str(), parts.as_slice()) {
@@ -137,9 +121,7 @@ pub(crate) async fn handle(shared: &Shared, method: &Method, path: &str, body: &
             }
             ("POST", ["faults"]) => {
                 let spec: FaultSpec = parse(body)?;
-                shared
-                    .faults()
-                    .push(spec.into_fault().map_err(|e| bad(&e))?);
+                shared.faults().push(spec.into_fault().map_err(|e| bad(&e))?);
                 respond::empty(StatusCode::NO_CONTENT)
             }
             ("POST", ["oauth", "code"]) => {
@@ -154,10 +136,7 @@ pub(crate) async fn handle(shared: &Shared, method: &Method, path: &str, body: &
                 let lead_id: i64 = id.parse().map_err(|_| bad("lead id must be an integer"))?;
                 let b: ByUser = parse(body)?;
                 if !shared.state().leads.contains_key(&lead_id) {
-                    return Err(respond::json(
-                        StatusCode::NOT_FOUND,
-                        &json!({"error": "unknown lead"}),
-                    ));
+                    return Err(respond::json(StatusCode::NOT_FOUND, &json!({"error": "unknown lead"})));
                 }
                 ok(json!({"id": add_manager_note(shared, lead_id, b.user_id, &b.text)}))
             }
@@ -192,10 +171,7 @@ pub(crate) async fn handle(shared: &Shared, method: &Method, path: &str, body: &
                 shared.limits().reset();
                 respond::empty(StatusCode::NO_CONTENT)
             }
-            _ => respond::json(
-                StatusCode::NOT_FOUND,
-                &json!({"error": "unknown control endpoint"}),
-            ),
+            _ => respond::json(StatusCode::NOT_FOUND, &json!({"error": "unknown control endpoint"})),
         })
     }
     .await;

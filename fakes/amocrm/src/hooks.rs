@@ -44,9 +44,8 @@ pub(crate) fn queue_note_lead(
 ) {
     let now_ms = shared.clock.now_ms();
     let now_s = now_ms / 1000;
-    let stamp = jiff::Timestamp::from_second(now_s)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default();
+    let stamp =
+        jiff::Timestamp::from_second(now_s).map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
     let p = "leads[note][0][note]";
     let pairs: Vec<(String, String)> = vec![
         (format!("{p}[id]"), note_id.to_string()),
@@ -60,10 +59,7 @@ pub(crate) fn queue_note_lead(
         (format!("{p}[date_create]"), now_s.to_string()),
         (format!("{p}[last_modified]"), now_s.to_string()),
         (format!("{p}[timestamp_x]"), stamp),
-        (
-            format!("{p}[account_id]"),
-            shared.config.account_id.to_string(),
-        ),
+        (format!("{p}[account_id]"), shared.config.account_id.to_string()),
         ("account[subdomain]".into(), shared.config.subdomain.clone()),
         ("account[id]".into(), shared.config.account_id.to_string()),
     ];
@@ -108,9 +104,7 @@ pub(crate) async fn run_webhooks(shared: Arc<Shared>) {
         let now = shared.clock.now_ms();
         let due: Vec<PendingDelivery> = {
             let mut state = shared.state();
-            let (due, later) = std::mem::take(&mut state.pending_webhooks)
-                .into_iter()
-                .partition(|p| p.due_ms <= now);
+            let (due, later) = std::mem::take(&mut state.pending_webhooks).into_iter().partition(|p| p.due_ms <= now);
             state.pending_webhooks = later;
             due
         };
@@ -125,10 +119,7 @@ async fn deliver(shared: Arc<Shared>, d: PendingDelivery) {
     let result = shared
         .http
         .post(&d.destination)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(d.body.clone())
         .timeout(WEBHOOK_TIMEOUT)
         .send()
@@ -159,29 +150,16 @@ async fn deliver(shared: Arc<Shared>, d: PendingDelivery) {
     invalid.retain(|t| now - *t <= DISABLE_WINDOW_MS);
     if invalid.len() > DISABLE_AFTER {
         tracing::warn!(destination = %d.destination, "webhook disabled after too many invalid replies");
-        if let Some(w) = state
-            .webhooks
-            .iter_mut()
-            .find(|w| w.id == d.subscription_id)
-        {
+        if let Some(w) = state.webhooks.iter_mut().find(|w| w.id == d.subscription_id) {
             w.disabled = true;
         }
-        state
-            .pending_webhooks
-            .retain(|p| p.subscription_id != d.subscription_id);
+        state.pending_webhooks.retain(|p| p.subscription_id != d.subscription_id);
         return;
     }
-    let still_active = state
-        .webhooks
-        .iter()
-        .any(|w| w.id == d.subscription_id && !w.disabled);
+    let still_active = state.webhooks.iter().any(|w| w.id == d.subscription_id && !w.disabled);
     if let (true, Some(delay)) = (still_active, retry_delay(d.attempt, code)) {
         let due_ms = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        state.pending_webhooks.push(PendingDelivery {
-            attempt: d.attempt + 1,
-            due_ms,
-            ..d
-        });
+        state.pending_webhooks.push(PendingDelivery { attempt: d.attempt + 1, due_ms, ..d });
     }
 }
 
@@ -244,9 +222,6 @@ mod tests {
     #[test]
     fn hmac_matches_a_known_vector() {
         // RFC 2202 test case 2.
-        assert_eq!(
-            hmac_sha1_hex("Jefe", b"what do ya want for nothing?"),
-            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
-        );
+        assert_eq!(hmac_sha1_hex("Jefe", b"what do ya want for nothing?"), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
     }
 }

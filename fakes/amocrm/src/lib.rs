@@ -33,14 +33,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use account::{
-    FIRST_STAGE_ID, LOST_STATUS_ID, MAIN_PIPELINE_ID, SECOND_STAGE_ID, TOKEN_USER_ID,
-    UNSORTED_STATUS_ID, WON_STATUS_ID,
+    FIRST_STAGE_ID, LOST_STATUS_ID, MAIN_PIPELINE_ID, SECOND_STAGE_ID, TOKEN_USER_ID, UNSORTED_STATUS_ID, WON_STATUS_ID,
 };
 pub use clock::FakeClock;
 pub use limits::{Fault, FaultKind};
 pub use model::{
-    Chat, ChatMessage, Contact, Direction, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task,
-    TokenPair, Unsorted, WebhookDelivery, WebhookSubscription,
+    Chat, ChatMessage, Contact, Direction, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, TokenPair,
+    Unsorted, WebhookDelivery, WebhookSubscription,
 };
 
 use state::Shared;
@@ -71,11 +70,7 @@ impl Default for ChatsChannel {
     fn default() -> Self {
         Self {
             channel_id: uuid::Uuid::new_v4().to_string(),
-            secret: format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            secret: format!("{}{}", uuid::Uuid::new_v4().simple(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
             hook_url: None,
             bot_id: uuid::Uuid::new_v4().to_string(),
         }
@@ -144,10 +139,7 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            hook_roots_pem: Vec::new(),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), hook_roots_pem: Vec::new() }
     }
 }
 
@@ -166,17 +158,14 @@ impl FakeAmo {
 
     /// Starts with explicit [`StartOptions`].
     pub async fn start_with(config: FakeConfig, options: StartOptions) -> anyhow::Result<FakeAmo> {
-        let listener = TcpListener::bind(options.listen)
-            .await
-            .with_context(|| format!("binding {}", options.listen))?;
+        let listener =
+            TcpListener::bind(options.listen).await.with_context(|| format!("binding {}", options.listen))?;
         let mut addr = listener.local_addr()?;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let acceptor = match &config.tls {
-            Some(identity) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                tls::server_config(identity)?,
-            ))),
+            Some(identity) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(identity)?))),
             None => None,
         };
         let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -188,11 +177,7 @@ impl FakeAmo {
             tokio::spawn(server::serve(listener, acceptor, shared.clone())),
             tokio::spawn(hooks::run_webhooks(shared.clone())),
         ];
-        Ok(FakeAmo {
-            shared,
-            addr,
-            tasks,
-        })
+        Ok(FakeAmo { shared, addr, tasks })
     }
 
     /// `https://127.0.0.1:PORT` or `http://...`: REST, OAuth and the Chats API.
@@ -213,18 +198,12 @@ impl FakeAmo {
     /// The Chats API scope ID (`{channel_id}_{amojo_id}`), if a channel is configured.
     pub fn scope_id(&self) -> Option<String> {
         let cfg = &self.shared.config;
-        cfg.chats
-            .as_ref()
-            .map(|c| chats::scope_id(c, &cfg.amojo_id))
+        cfg.chats.as_ref().map(|c| chats::scope_id(c, &cfg.amojo_id))
     }
 
     /// The amojo IDs of users 1001..=1003, in order.
     pub fn user_amojo_ids(&self) -> Vec<(i64, String)> {
-        self.shared
-            .users
-            .iter()
-            .map(|u| (u.id, u.amojo_id.clone()))
-            .collect()
+        self.shared.users.iter().map(|u| (u.id, u.amojo_id.clone())).collect()
     }
 
     /// The injectable clock (clones share state).
@@ -260,12 +239,7 @@ impl FakeAmo {
     /// A manager replies in a Chats conversation: stored in history and sent once
     /// as a signed outgoing hook; returns the amojo message ID. Hook failures are
     /// recorded in the snapshot, not returned; an unknown conversation or user is an error.
-    pub async fn manager_chat_reply(
-        &self,
-        conversation_id: &str,
-        user_id: i64,
-        text: &str,
-    ) -> anyhow::Result<String> {
+    pub async fn manager_chat_reply(&self, conversation_id: &str, user_id: i64, text: &str) -> anyhow::Result<String> {
         chats::manager_reply(&self.shared, conversation_id, user_id, text).await
     }
 

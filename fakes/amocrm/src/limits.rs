@@ -45,9 +45,10 @@ impl Faults {
 
     /// Takes one use of the first fault matching this request.
     pub fn take(&mut self, method: &http::Method, path: &str) -> Option<FaultKind> {
-        let idx = self.list.iter().position(|f| {
-            f.method.as_ref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix)
-        })?;
+        let idx = self
+            .list
+            .iter()
+            .position(|f| f.method.as_ref().is_none_or(|m| m == method) && path.starts_with(&f.path_prefix))?;
         let fault = &mut self.list[idx];
         let kind = fault.kind.clone();
         fault.times -= 1;
@@ -82,13 +83,7 @@ const ABUSE_WINDOW_MS: i64 = 60_000;
 
 impl Limits {
     /// Admits or refuses a REST request arriving at `now` (real) / `fake_ms`.
-    pub fn check(
-        &mut self,
-        now: Instant,
-        fake_ms: i64,
-        per_sec: u32,
-        abuse_threshold: u32,
-    ) -> Result<(), Refusal> {
+    pub fn check(&mut self, now: Instant, fake_ms: i64, per_sec: u32, abuse_threshold: u32) -> Result<(), Refusal> {
         if self.blocked {
             return Err(Refusal::Blocked);
         }
@@ -157,10 +152,7 @@ mod tests {
             times: 2,
         });
         assert_eq!(f.take(&http::Method::GET, "/api/v4/leads"), None);
-        assert_eq!(
-            f.take(&http::Method::POST, "/api/v4/leads/complex"),
-            Some(FaultKind::Status(503))
-        );
+        assert_eq!(f.take(&http::Method::POST, "/api/v4/leads/complex"), Some(FaultKind::Status(503)));
         assert!(f.take(&http::Method::POST, "/api/v4/leads").is_some());
         assert_eq!(f.take(&http::Method::POST, "/api/v4/leads"), None);
     }

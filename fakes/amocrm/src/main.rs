@@ -78,10 +78,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing the CA certificate to {}", path.display()))?,
             None => println!("CA certificate (no --ca-out given):\n{}", ca.cert_pem()),
         }
-        Some(TlsIdentity {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-        })
+        Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem })
     } else {
         None
     };
@@ -104,14 +101,7 @@ async fn main() -> anyhow::Result<()> {
         dedupe_chat_msgid: args.dedupe_chat_msgid,
         ..defaults
     };
-    let fake = FakeAmo::start_with(
-        config,
-        StartOptions {
-            listen: args.listen,
-            hook_roots_pem: Vec::new(),
-        },
-    )
-    .await?;
+    let fake = FakeAmo::start_with(config, StartOptions { listen: args.listen, hook_roots_pem: Vec::new() }).await?;
     let tokens = fake.issue_token_pair();
     let cfg = fake.config();
     println!("base_url: {}", fake.base_url());
@@ -124,13 +114,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(scope) = fake.scope_id() {
         println!("chats scope_id: {scope}");
     }
-    println!(
-        "control API: {}/_fake/snapshot (Ctrl-C to stop)",
-        fake.base_url()
-    );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    println!("control API: {}/_fake/snapshot (Ctrl-C to stop)", fake.base_url());
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     drop(fake);
     Ok(())
 }

@@ -16,9 +16,7 @@ const CODE_TTL_MS: i64 = 20 * 60 * 1000;
 const REFRESH_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
 
 fn random_bytes(n_uuids: usize) -> Vec<u8> {
-    (0..n_uuids)
-        .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
-        .collect()
+    (0..n_uuids).flat_map(|_| uuid::Uuid::new_v4().into_bytes()).collect()
 }
 
 fn jwt_like(shared: &Shared, now_s: i64) -> String {
@@ -45,50 +43,25 @@ pub(crate) fn issue_pair(shared: &Shared, state: &mut State) -> TokenPair {
     let now_ms = shared.clock.now_ms();
     let access = jwt_like(shared, now_ms / 1000);
     let refresh = format!("def50200{}", hex::encode(random_bytes(24)));
-    state.access_tokens.insert(
-        access.clone(),
-        AccessToken {
-            expires_at_ms: now_ms + shared.config.access_token_ttl_secs * 1000,
-        },
-    );
-    state.refresh_tokens.insert(
-        refresh.clone(),
-        RefreshToken {
-            spent: false,
-            expires_at_ms: now_ms + REFRESH_TTL_MS,
-        },
-    );
-    TokenPair {
-        access_token: access,
-        refresh_token: refresh,
-        expires_in: shared.config.access_token_ttl_secs,
-    }
+    state
+        .access_tokens
+        .insert(access.clone(), AccessToken { expires_at_ms: now_ms + shared.config.access_token_ttl_secs * 1000 });
+    state.refresh_tokens.insert(refresh.clone(), RefreshToken { spent: false, expires_at_ms: now_ms + REFRESH_TTL_MS });
+    TokenPair { access_token: access, refresh_token: refresh, expires_in: shared.config.access_token_ttl_secs }
 }
 
 /// Issues an authorization code, as if a user granted access.
 pub(crate) fn issue_code(shared: &Shared, state: &mut State) -> String {
     let code = format!("def50200{}", hex::encode(random_bytes(12)));
-    state.codes.insert(
-        code.clone(),
-        AuthCode {
-            used: false,
-            expires_at_ms: shared.clock.now_ms() + CODE_TTL_MS,
-        },
-    );
+    state.codes.insert(code.clone(), AuthCode { used: false, expires_at_ms: shared.clock.now_ms() + CODE_TTL_MS });
     code
 }
 
 /// Checks the Bearer token of a REST call; `Err` is the 401 reply.
 pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Resp> {
     let unauthorized = || respond::problem(StatusCode::UNAUTHORIZED, "Unauthorized");
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .ok_or_else(unauthorized)?;
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let token = value.strip_prefix("Bearer ").map(str::trim).ok_or_else(unauthorized)?;
     let state = shared.state();
     let entry = state.access_tokens.get(token).ok_or_else(unauthorized)?;
     if shared.clock.now_ms() >= entry.expires_at_ms {
@@ -134,10 +107,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Option<Value> {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if is_form {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
-        let map: serde_json::Map<String, Value> = pairs
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
+        let map: serde_json::Map<String, Value> = pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         Some(Value::Object(map))
     } else {
         serde_json::from_slice(body).ok()
@@ -154,10 +124,7 @@ pub(crate) fn access_token(shared: &Shared, headers: &HeaderMap, body: &[u8]) ->
         return oauth_problem(StatusCode::BAD_REQUEST, "Check the `client_id` parameter");
     }
     if field(&body, "client_secret") != Some(cfg.client_secret.as_str()) {
-        return oauth_problem(
-            StatusCode::BAD_REQUEST,
-            "Check the `client_secret` parameter",
-        );
+        return oauth_problem(StatusCode::BAD_REQUEST, "Check the `client_secret` parameter");
     }
     let redirect = field(&body, "redirect_uri");
     let now_ms = shared.clock.now_ms();
@@ -168,22 +135,13 @@ pub(crate) fn access_token(shared: &Shared, headers: &HeaderMap, body: &[u8]) ->
                 return oauth_problem(StatusCode::BAD_REQUEST, "Check the `code` parameter");
             };
             let Some(entry) = state.codes.get(code).cloned() else {
-                return oauth_problem(
-                    StatusCode::BAD_REQUEST,
-                    "Cannot decrypt the authorization code",
-                );
+                return oauth_problem(StatusCode::BAD_REQUEST, "Cannot decrypt the authorization code");
             };
             if redirect != Some(cfg.redirect_uri.as_str()) {
-                return oauth_problem(
-                    StatusCode::BAD_REQUEST,
-                    "Redirect URI is not associated with client",
-                );
+                return oauth_problem(StatusCode::BAD_REQUEST, "Redirect URI is not associated with client");
             }
             if entry.used {
-                return oauth_problem(
-                    StatusCode::BAD_REQUEST,
-                    "Authorization code has been revoked",
-                );
+                return oauth_problem(StatusCode::BAD_REQUEST, "Authorization code has been revoked");
             }
             if now_ms >= entry.expires_at_ms {
                 return oauth_problem(StatusCode::BAD_REQUEST, "Authorization code has expired");
@@ -195,16 +153,10 @@ pub(crate) fn access_token(shared: &Shared, headers: &HeaderMap, body: &[u8]) ->
         }
         Some("refresh_token") => {
             let Some(token) = field(&body, "refresh_token") else {
-                return oauth_problem(
-                    StatusCode::BAD_REQUEST,
-                    "Check the `refresh_token` parameter",
-                );
+                return oauth_problem(StatusCode::BAD_REQUEST, "Check the `refresh_token` parameter");
             };
             if redirect.is_some_and(|r| r != cfg.redirect_uri) {
-                return oauth_problem(
-                    StatusCode::BAD_REQUEST,
-                    "Redirect URI is not associated with client",
-                );
+                return oauth_problem(StatusCode::BAD_REQUEST, "Redirect URI is not associated with client");
             }
             match state.refresh_tokens.get_mut(token) {
                 Some(entry) if !entry.spent && now_ms < entry.expires_at_ms => {

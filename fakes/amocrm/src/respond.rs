@@ -7,26 +7,33 @@ use serde_json::{Value, json};
 /// The response type every handler returns.
 pub(crate) type Resp = http::Response<Body>;
 
+/// A handler's outcome; `Err` is an error reply that ended it early (so `?` works).
+pub(crate) type Reply = Result<Resp, Resp>;
+
 fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
     let mut resp = http::Response::new(Body::from(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
 /// A `application/hal+json` success.
 pub(crate) fn hal(status: StatusCode, body: &Value) -> Resp {
-    with_type(
-        status,
-        "application/hal+json",
-        body.to_string().into_bytes(),
-    )
+    with_type(status, "application/hal+json", body.to_string().into_bytes())
 }
 
 /// A plain `application/json` reply (OAuth, Chats API).
 pub(crate) fn json(status: StatusCode, body: &Value) -> Resp {
     with_type(status, "application/json", body.to_string().into_bytes())
+}
+
+/// 200 with `body`, or 204 with no body when nothing was found (amoCRM's answer
+/// for an unknown ID).
+pub(crate) fn found(body: Option<Value>) -> Resp {
+    match body {
+        Some(body) => hal(StatusCode::OK, &body),
+        None => empty(StatusCode::NO_CONTENT),
+    }
 }
 
 /// An empty reply with `status` (204 for empty lists, 200 for Chats delivery status).
@@ -72,19 +79,12 @@ pub(crate) fn problem(status: StatusCode, detail: &str) -> Resp {
 
 /// An `application/problem+json` error with a prepared document.
 pub(crate) fn problem_doc(status: StatusCode, doc: Value) -> Resp {
-    with_type(
-        status,
-        "application/problem+json",
-        doc.to_string().into_bytes(),
-    )
+    with_type(status, "application/problem+json", doc.to_string().into_bytes())
 }
 
 /// The documented 429 reply.
 pub(crate) fn too_many_requests(retry_after: u64) -> Resp {
-    let mut doc = problem_value(
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many requests, slow down",
-    );
+    let mut doc = problem_value(StatusCode::TOO_MANY_REQUESTS, "Too many requests, slow down");
     doc["retry_after"] = json!(retry_after);
     let mut resp = problem_doc(StatusCode::TOO_MANY_REQUESTS, doc);
     if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
@@ -123,11 +123,7 @@ pub(crate) struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(code: &'static str, path: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Self { code, path: path.into(), detail: detail.into() }
     }
 }
 
@@ -156,10 +152,8 @@ impl Validation {
             .items
             .into_iter()
             .map(|(rid, errs)| {
-                let errs: Vec<Value> = errs
-                    .into_iter()
-                    .map(|e| json!({"code": e.code, "path": e.path, "detail": e.detail}))
-                    .collect();
+                let errs: Vec<Value> =
+                    errs.into_iter().map(|e| json!({"code": e.code, "path": e.path, "detail": e.detail})).collect();
                 json!({"request_id": rid, "errors": errs})
             })
             .collect();

@@ -31,11 +31,7 @@ const DROP_HOLD: Duration = Duration::from_secs(600);
 pub(crate) struct Withheld;
 
 /// Accepts connections until the task is aborted; aborting drops every connection.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -53,21 +49,13 @@ pub(crate) async fn serve(
             let svc = service_fn(move |req| handle(shared.clone(), req));
             let result = match acceptor {
                 Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => {
-                        http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await
-                    }
+                    Ok(tls) => http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await,
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         return;
                     }
                 },
-                None => {
-                    http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await
-                }
+                None => http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await,
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended");
@@ -81,10 +69,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Wit
     let bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return Ok(respond::problem(
-                StatusCode::BAD_REQUEST,
-                "Request body could not be read",
-            ));
+            return Ok(respond::problem(StatusCode::BAD_REQUEST, "Request body could not be read"));
         }
     };
     let method = parts.method;
@@ -96,41 +81,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Wit
     let at_ms = shared.clock.now_ms();
     let real_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let fault = shared.faults().take(&method, &path);
-    let mut withhold = false;
+    let withhold = fault == Some(FaultKind::DropResponse);
+    let run = || process(&shared, &method, &path, query.as_deref(), &parts.headers, &bytes);
     let resp = match fault {
-        Some(FaultKind::Status(code)) => respond::for_status(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        ),
+        Some(FaultKind::Status(code)) => {
+            respond::for_status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        }
         Some(FaultKind::Delay(d)) => {
             tokio::time::sleep(d).await;
-            process(
-                &shared,
-                &method,
-                &path,
-                query.as_deref(),
-                &parts.headers,
-                &bytes,
-            )
+            run()
         }
-        Some(FaultKind::DropResponse) => {
-            withhold = true;
-            process(
-                &shared,
-                &method,
-                &path,
-                query.as_deref(),
-                &parts.headers,
-                &bytes,
-            )
-        }
-        None => process(
-            &shared,
-            &method,
-            &path,
-            query.as_deref(),
-            &parts.headers,
-            &bytes,
-        ),
+        Some(FaultKind::DropResponse) | None => run(),
     };
     shared.state().requests.push(RequestRecord {
         at_ms,
@@ -158,12 +119,8 @@ fn process(
 ) -> Resp {
     if path == "/api/v4" || path.starts_with("/api/v4/") {
         let cfg = &shared.config;
-        let verdict = shared.limits().check(
-            Instant::now(),
-            shared.clock.now_ms(),
-            cfg.rate_limit_per_sec,
-            cfg.abuse_threshold,
-        );
+        let verdict =
+            shared.limits().check(Instant::now(), shared.clock.now_ms(), cfg.rate_limit_per_sec, cfg.abuse_threshold);
         match verdict {
             Ok(()) => {}
             Err(Refusal::TooMany) => return respond::too_many_requests(1),

@@ -9,8 +9,8 @@ use crate::account::User;
 use crate::clock::FakeClock;
 use crate::limits::{Faults, Limits};
 use crate::model::{
-    Chat, ChatMessage, Contact, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, Unsorted,
-    WebhookDelivery, WebhookSubscription,
+    Chat, ChatMessage, Contact, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, Unsorted, WebhookDelivery,
+    WebhookSubscription,
 };
 
 /// An issued access token.
@@ -106,10 +106,7 @@ impl State {
 
     /// The amojo ID of the integration's chat user `client_id`, creating it.
     pub fn chat_user_id(&mut self, client_id: &str) -> String {
-        self.chat_users
-            .entry(client_id.to_string())
-            .or_insert_with(|| uuid::Uuid::new_v4().to_string())
-            .clone()
+        self.chat_users.entry(client_id.to_string()).or_insert_with(|| uuid::Uuid::new_v4().to_string()).clone()
     }
 
     /// Links `contact_id` to `lead_id` both ways.

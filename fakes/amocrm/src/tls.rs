@@ -17,12 +17,8 @@ pub(crate) fn server_config(identity: &TlsIdentity) -> anyhow::Result<rustls::Se
     let certs = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the certificate PEM")?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "the certificate PEM holds no certificate"
-    );
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
-        .context("parsing the private key PEM")?;
+    anyhow::ensure!(!certs.is_empty(), "the certificate PEM holds no certificate");
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).context("parsing the private key PEM")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -39,9 +35,7 @@ pub(crate) fn hook_client(extra_roots_pem: &[String]) -> anyhow::Result<reqwest:
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for pem in extra_roots_pem {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots
-                .add(cert.context("parsing an extra root PEM")?)
-                .context("adding an extra root")?;
+            roots.add(cert.context("parsing an extra root PEM")?).context("adding an extra root")?;
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())

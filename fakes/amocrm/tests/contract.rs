@@ -17,21 +17,12 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 fn problem_type(resp: &reqwest::Response) -> String {
-    resp.headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+    resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
 #[tokio::test]
 async fn rate_limit_gives_429_with_body_then_403_after_abuse_until_reset() {
-    let env = start(FakeConfig {
-        rate_limit_per_sec: 7,
-        abuse_threshold: 3,
-        ..FakeConfig::default()
-    })
-    .await;
+    let env = start(FakeConfig { rate_limit_per_sec: 7, abuse_threshold: 3, ..FakeConfig::default() }).await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
         statuses.push(env.get("/api/v4/account").await.status().as_u16());
@@ -47,19 +38,10 @@ async fn rate_limit_gives_429_with_body_then_403_after_abuse_until_reset() {
     assert!(body["retry_after"].is_u64(), "{body}");
     // The third 429 within 60 s blocks the account: everything is 403 now,
     // even after the rate window has passed.
-    assert_eq!(
-        env.get("/api/v4/account").await.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::TOO_MANY_REQUESTS);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        env.get("/api/v4/account").await.status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        env.get("/api/v4/users").await.status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(env.get("/api/v4/users").await.status(), StatusCode::FORBIDDEN);
     env.fake.reset_limits();
     assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::OK);
 }
@@ -67,21 +49,10 @@ async fn rate_limit_gives_429_with_body_then_403_after_abuse_until_reset() {
 #[tokio::test]
 async fn missing_unknown_and_expired_tokens_are_401() {
     let env = start(FakeConfig::default()).await;
-    let no_token = env
-        .http
-        .get(env.url("/api/v4/account"))
-        .send()
-        .await
-        .expect("send");
+    let no_token = env.http.get(env.url("/api/v4/account")).send().await.expect("send");
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(problem_type(&no_token), "application/problem+json");
-    let bogus = env
-        .http
-        .get(env.url("/api/v4/account"))
-        .bearer_auth("nope")
-        .send()
-        .await
-        .expect("send");
+    let bogus = env.http.get(env.url("/api/v4/account")).bearer_auth("nope").send().await.expect("send");
     assert_eq!(bogus.status(), StatusCode::UNAUTHORIZED);
     let ok = env.get("/api/v4/account?with=amojo_id").await;
     assert_eq!(ok.status(), StatusCode::OK);
@@ -89,20 +60,11 @@ async fn missing_unknown_and_expired_tokens_are_401() {
     let body: Value = ok.json().await.expect("json");
     assert_eq!(body["amojo_id"], env.fake.config().amojo_id.as_str());
     env.fake.clock().advance(Duration::from_secs(86_400));
-    assert_eq!(
-        env.get("/api/v4/account").await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::UNAUTHORIZED);
 }
 
 async fn token_request(env: &common::Env, body: Value) -> (StatusCode, Value) {
-    let resp = env
-        .http
-        .post(env.url("/oauth2/access_token"))
-        .json(&body)
-        .send()
-        .await
-        .expect("oauth");
+    let resp = env.http.post(env.url("/oauth2/access_token")).json(&body).send().await.expect("oauth");
     let status = resp.status();
     (status, resp.json().await.expect("json"))
 }
@@ -176,9 +138,7 @@ async fn empty_search_is_204_and_query_matches_stored_strings_verbatim() {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(resp.bytes().await.expect("body").is_empty());
     for q in ["999)%20123-45", "%D0%B8%D0%B2%D0%B0%D0%BD"] {
-        let resp = env
-            .get(&format!("/api/v4/contacts?query={q}&with=leads"))
-            .await;
+        let resp = env.get(&format!("/api/v4/contacts?query={q}&with=leads")).await;
         assert_eq!(resp.status(), StatusCode::OK, "query {q}");
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["_embedded"]["contacts"][0]["id"], id);
@@ -188,10 +148,7 @@ async fn empty_search_is_204_and_query_matches_stored_strings_verbatim() {
         );
         assert!(body["_embedded"]["contacts"][0]["_embedded"]["leads"].is_array());
     }
-    assert_eq!(
-        env.get("/api/v4/contacts/999999").await.status(),
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(env.get("/api/v4/contacts/999999").await.status(), StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
@@ -216,12 +173,8 @@ async fn validation_errors_name_the_item_and_an_indexed_path() {
     assert_eq!(body["detail"], "Request validation failed");
     let item = &body["validation-errors"][0];
     assert_eq!(item["request_id"], "r2");
-    let paths: Vec<&str> = item["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| e["path"].as_str().expect("path"))
-        .collect();
+    let paths: Vec<&str> =
+        item["errors"].as_array().expect("errors").iter().map(|e| e["path"].as_str().expect("path")).collect();
     assert_eq!(
         paths,
         [
@@ -231,14 +184,9 @@ async fn validation_errors_name_the_item_and_an_indexed_path() {
         ]
     );
     assert_eq!(item["errors"][1]["code"], "NotSupportedChoice");
-    assert!(
-        env.fake.snapshot().contacts.is_empty(),
-        "a failed batch creates nothing"
-    );
+    assert!(env.fake.snapshot().contacts.is_empty(), "a failed batch creates nothing");
 
-    let resp = env
-        .post("/api/v4/tasks", &json!([{"entity_type": "leads"}]))
-        .await;
+    let resp = env.post("/api/v4/tasks", &json!([{"entity_type": "leads"}])).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await.expect("json");
     let paths: Vec<&str> = body["validation-errors"][0]["errors"]
@@ -247,19 +195,12 @@ async fn validation_errors_name_the_item_and_an_indexed_path() {
         .iter()
         .map(|e| e["path"].as_str().expect("path"))
         .collect();
-    assert!(
-        paths.contains(&"text") && paths.contains(&"complete_till"),
-        "{paths:?}"
-    );
+    assert!(paths.contains(&"text") && paths.contains(&"complete_till"), "{paths:?}");
 }
 
 #[tokio::test]
 async fn batches_over_250_are_422_empty_is_400_and_request_ids_are_echoed() {
-    let env = start(FakeConfig {
-        rate_limit_per_sec: 1000,
-        ..FakeConfig::default()
-    })
-    .await;
+    let env = start(FakeConfig { rate_limit_per_sec: 1000, ..FakeConfig::default() }).await;
     let many: Vec<Value> = (0..251).map(|i| json!({"name": format!("c{i}")})).collect();
     let resp = env.post("/api/v4/contacts", &Value::Array(many)).await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -281,48 +222,23 @@ async fn batches_over_250_are_422_empty_is_400_and_request_ids_are_echoed() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["detail"], "Request data can not be empty");
-    assert_eq!(
-        env.get("/api/v4/contacts?limit=251").await.status(),
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(env.get("/api/v4/contacts?limit=251").await.status(), StatusCode::BAD_REQUEST);
 
-    let resp = env
-        .post(
-            "/api/v4/contacts",
-            &json!([{"name": "a", "request_id": "mine"}, {"name": "b"}, {"name": "c"}]),
-        )
-        .await;
+    let resp =
+        env.post("/api/v4/contacts", &json!([{"name": "a", "request_id": "mine"}, {"name": "b"}, {"name": "c"}])).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["_embedded"]["contacts"][0]["request_id"], "mine");
     assert_eq!(body["_embedded"]["contacts"][1]["request_id"], "1");
     // The fake does not de-duplicate on request_id: the same batch again creates more.
-    let again = env
-        .post(
-            "/api/v4/contacts",
-            &json!([{"name": "a", "request_id": "mine"}]),
-        )
-        .await;
+    let again = env.post("/api/v4/contacts", &json!([{"name": "a", "request_id": "mine"}])).await;
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(env.fake.snapshot().contacts.len(), 4);
 
-    let first: Value = env
-        .get("/api/v4/contacts?limit=3")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let (_, first) = env.get_json("/api/v4/contacts?limit=3").await;
     assert!(first["_links"]["next"]["href"].is_string(), "{first}");
-    let last: Value = env
-        .get("/api/v4/contacts?limit=3&page=2")
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(
-        last["_embedded"]["contacts"].as_array().map(Vec::len),
-        Some(1)
-    );
+    let (_, last) = env.get_json("/api/v4/contacts?limit=3&page=2").await;
+    assert_eq!(last["_embedded"]["contacts"].as_array().map(Vec::len), Some(1));
     assert!(last["_links"].get("next").is_none(), "{last}");
 }
 
@@ -347,15 +263,9 @@ async fn drop_response_writes_the_entity_but_never_answers() {
     let snap = env.fake.snapshot();
     assert_eq!(snap.leads.len(), 1);
     assert_eq!(snap.leads[0].name, "in doubt");
-    assert!(
-        snap.requests
-            .iter()
-            .any(|r| r.dropped && r.path == "/api/v4/leads")
-    );
+    assert!(snap.requests.iter().any(|r| r.dropped && r.path == "/api/v4/leads"));
     // The fault was used up: the next call is answered.
-    let resp = env
-        .post("/api/v4/leads", &json!([{"name": "answered"}]))
-        .await;
+    let resp = env.post("/api/v4/leads", &json!([{"name": "answered"}])).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     env.fake.inject(Fault {

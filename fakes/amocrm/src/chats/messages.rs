@@ -39,11 +39,7 @@ fn profile_fields(user: &Participant) -> Value {
         fields.push(json!({"field_id": 101, "field_name": "Email", "field_code": "EMAIL", "field_type": "multitext",
             "values": [{"value": e, "enum_id": 10011, "enum_code": "WORK", "enum": "WORK"}]}));
     }
-    if fields.is_empty() {
-        Value::Null
-    } else {
-        Value::Array(fields)
-    }
+    if fields.is_empty() { Value::Null } else { Value::Array(fields) }
 }
 
 /// What amoCRM does with an unsilent inbound message in a chat with no contact:
@@ -89,34 +85,18 @@ fn create_unsorted(shared: &Shared, state: &mut State, chat_idx: usize, sender: 
 
 fn new_message(shared: &Shared, m: NewMessage) -> Resp {
     let mut state = shared.state();
-    let direction = if m.receiver.is_some() {
-        Direction::Outbound
-    } else {
-        Direction::Inbound
-    };
+    let direction = if m.receiver.is_some() { Direction::Outbound } else { Direction::Inbound };
     let client = m.receiver.clone().unwrap_or_else(|| m.sender.clone());
-    let chat_idx = ensure_chat(
-        shared,
-        &mut state,
-        &m.conversation_id,
-        m.source.clone(),
-        &client,
-    );
-    let sender_id = m
-        .sender
-        .ref_id
-        .clone()
-        .unwrap_or_else(|| state.chat_user_id(&m.sender.id));
+    let chat_idx = ensure_chat(shared, &mut state, &m.conversation_id, m.source.clone(), &client);
+    let sender_id = m.sender.ref_id.clone().unwrap_or_else(|| state.chat_user_id(&m.sender.id));
     let receiver_id = m.receiver.as_ref().map(|r| state.chat_user_id(&r.id));
     let reply = |id: &str| {
         json!({"new_message": {"conversation_id": m.conversation_id, "sender_id": sender_id,
             "receiver_id": receiver_id, "msgid": id, "ref_id": m.msgid}})
     };
     if shared.config.dedupe_chat_msgid
-        && let Some(existing) = state
-            .messages
-            .iter()
-            .find(|x| x.msgid == m.msgid && x.conversation_id == m.conversation_id)
+        && let Some(existing) =
+            state.messages.iter().find(|x| x.msgid == m.msgid && x.conversation_id == m.conversation_id)
     {
         return respond::json(StatusCode::OK, &reply(&existing.id));
     }
@@ -167,9 +147,7 @@ fn edit_message(shared: &Shared, p: &Value) -> Resp {
     let mut state = shared.state();
     let found = state.messages.iter_mut().find(|x| match id {
         Some(id) => x.id == id,
-        None => {
-            Some(x.msgid.as_str()) == msgid && conversation.is_none_or(|c| c == x.conversation_id)
-        }
+        None => Some(x.msgid.as_str()) == msgid && conversation.is_none_or(|c| c == x.conversation_id),
     });
     let Some(msg) = found else {
         return bad_request("message not found");
@@ -202,9 +180,7 @@ pub(crate) fn delivery_status(shared: &Shared, msgid: &str, body: &Value) -> Res
         Some(Value::String(s)) if s == msgid => {}
         Some(_) => return bad_request("msgid in the body does not match the path"),
     }
-    let status = body
-        .get("delivery_status")
-        .or_else(|| body.get("status_code"));
+    let status = body.get("delivery_status").or_else(|| body.get("status_code"));
     let Some(status) = status.and_then(Value::as_i64) else {
         return bad_request("delivery_status is required and must be an integer");
     };
@@ -218,10 +194,7 @@ pub(crate) fn delivery_status(shared: &Shared, msgid: &str, body: &Value) -> Res
         if !(901..=905).contains(&code) {
             return bad_request("error_code must be 901..905");
         }
-        let text = body
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let text = body.get("error").and_then(Value::as_str).map(str::to_string);
         if code == 905 && text.as_deref().is_none_or(str::is_empty) {
             return bad_request("error text is required with error_code 905");
         }
@@ -251,18 +224,10 @@ pub(crate) fn history(shared: &Shared, conversation_id: &str, raw_query: Option<
         }
     }
     let state = shared.state();
-    let Some(chat) = state
-        .chats
-        .iter()
-        .find(|c| c.conversation_id == conversation_id)
-    else {
+    let Some(chat) = state.chats.iter().find(|c| c.conversation_id == conversation_id) else {
         return respond::empty(StatusCode::NO_CONTENT);
     };
-    let mut msgs: Vec<&ChatMessage> = state
-        .messages
-        .iter()
-        .filter(|m| m.conversation_id == conversation_id)
-        .collect();
+    let mut msgs: Vec<&ChatMessage> = state.messages.iter().filter(|m| m.conversation_id == conversation_id).collect();
     msgs.sort_by_key(|m| std::cmp::Reverse((m.timestamp, m.msec_timestamp)));
     let items: Vec<Value> = msgs
         .into_iter()
@@ -301,16 +266,8 @@ pub(crate) async fn manager_reply(
     user_id: i64,
     text: &str,
 ) -> anyhow::Result<String> {
-    let channel = shared
-        .config
-        .chats
-        .clone()
-        .context("no Chats API channel is configured")?;
-    let user = shared
-        .users
-        .iter()
-        .find(|u| u.id == user_id)
-        .ok_or_else(|| anyhow!("unknown user {user_id}"))?;
+    let channel = shared.config.chats.clone().context("no Chats API channel is configured")?;
+    let user = shared.users.iter().find(|u| u.id == user_id).ok_or_else(|| anyhow!("unknown user {user_id}"))?;
     let now_ms = shared.clock.now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let body = {
@@ -354,14 +311,10 @@ pub(crate) async fn manager_reply(
         if let Some(src) = &chat.source_external_id {
             message["source"] = json!({"external_id": src});
         }
-        json!({"account_id": shared.config.amojo_id, "time": now_ms / 1000, "message": message})
-            .to_string()
+        json!({"account_id": shared.config.amojo_id, "time": now_ms / 1000, "message": message}).to_string()
     };
     let scope = scope_id(&channel, &shared.config.amojo_id);
-    let url = channel
-        .hook_url
-        .as_ref()
-        .map(|u| u.replace(":scope_id", &scope));
+    let url = channel.hook_url.as_ref().map(|u| u.replace(":scope_id", &scope));
     send_chat_hook(shared, url, &channel.secret, body, &id, conversation_id).await;
     Ok(id)
 }

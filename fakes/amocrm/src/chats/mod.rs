@@ -27,19 +27,11 @@ pub(crate) fn scope_id(channel: &ChatsChannel, amojo_id: &str) -> String {
 }
 
 fn invalid_signature() -> Resp {
-    respond::chats_error(
-        StatusCode::FORBIDDEN,
-        "ORIGIN_INVALID_SIGNATURE",
-        "invalid signature",
-    )
+    respond::chats_error(StatusCode::FORBIDDEN, "ORIGIN_INVALID_SIGNATURE", "invalid signature")
 }
 
 fn not_registered() -> Resp {
-    respond::chats_error(
-        StatusCode::NOT_FOUND,
-        "ORIGIN_NOT_REGISTERED",
-        "origin not registered",
-    )
+    respond::chats_error(StatusCode::NOT_FOUND, "ORIGIN_NOT_REGISTERED", "origin not registered")
 }
 
 /// A 400 in the Chats API's error shape.
@@ -48,10 +40,7 @@ pub(crate) fn bad_request(description: &str) -> Resp {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// Checks Content-Type, Content-MD5, Date and X-Signature; `Err` is the 403.
@@ -72,9 +61,7 @@ fn verify(
         return Err(invalid_signature());
     }
     let date = header_str(headers, header::DATE.as_str());
-    let parsed = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(date)
-        .map_err(|_| invalid_signature())?;
+    let parsed = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(date).map_err(|_| invalid_signature())?;
     if (parsed.as_millisecond() - shared.clock.now_ms()).abs() > DATE_SKEW_MS {
         return Err(invalid_signature());
     }
@@ -97,21 +84,14 @@ pub(crate) fn handle(
     let Some(channel) = shared.config.chats.clone() else {
         return not_registered();
     };
-    let rest = path
-        .strip_prefix(PREFIX)
-        .unwrap_or("")
-        .trim_end_matches('/');
+    let rest = path.strip_prefix(PREFIX).unwrap_or("").trim_end_matches('/');
     let parts: Vec<&str> = rest.split('/').collect();
     let Some(first) = parts.first().copied() else {
         return not_registered();
     };
     let scope = scope_id(&channel, &shared.config.amojo_id);
     let is_channel_call = matches!(parts.as_slice(), [_, "connect"] | [_, "disconnect"]);
-    let known = if is_channel_call {
-        first == channel.channel_id
-    } else {
-        first == scope
-    };
+    let known = if is_channel_call { first == channel.channel_id } else { first == scope };
     if !known {
         return not_registered();
     }
@@ -121,11 +101,7 @@ pub(crate) fn handle(
     if !is_channel_call && !shared.state().connected_scopes.contains(&scope) {
         return not_registered();
     }
-    let parsed = if body.is_empty() {
-        Ok(Value::Null)
-    } else {
-        serde_json::from_slice::<Value>(body)
-    };
+    let parsed = if body.is_empty() { Ok(Value::Null) } else { serde_json::from_slice::<Value>(body) };
     let Ok(json_body) = parsed else {
         return bad_request("request body is not valid JSON");
     };
@@ -135,12 +111,8 @@ pub(crate) fn handle(
         ("POST", [_]) => messages::event(shared, &json_body),
         ("POST", [_, "chats"]) => create_chat(shared, &json_body),
         ("POST", [_, "typing"]) => typing(&json_body),
-        ("POST", [_, msgid, "delivery_status"]) => {
-            messages::delivery_status(shared, msgid, &json_body)
-        }
-        ("GET", [_, "chats", conversation, "history"]) => {
-            messages::history(shared, conversation, raw_query)
-        }
+        ("POST", [_, msgid, "delivery_status"]) => messages::delivery_status(shared, msgid, &json_body),
+        ("GET", [_, "chats", conversation, "history"]) => messages::history(shared, conversation, raw_query),
         _ => respond::chats_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown method"),
     }
 }
@@ -189,19 +161,10 @@ fn disconnect(shared: &Shared, scope: &str, body: &Value) -> Resp {
 }
 
 fn typing(body: &Value) -> Resp {
-    if body
-        .get("conversation_id")
-        .and_then(Value::as_str)
-        .is_none()
-    {
+    if body.get("conversation_id").and_then(Value::as_str).is_none() {
         return bad_request("conversation_id is required");
     }
-    if body
-        .get("sender")
-        .and_then(|s| s.get("id"))
-        .and_then(Value::as_str)
-        .is_none()
-    {
+    if body.get("sender").and_then(|s| s.get("id")).and_then(Value::as_str).is_none() {
         return bad_request("sender.id is required");
     }
     respond::empty(StatusCode::NO_CONTENT)
@@ -232,11 +195,7 @@ pub(crate) fn ensure_chat(
     source: Option<String>,
     user: &payload::Participant,
 ) -> usize {
-    if let Some(i) = state
-        .chats
-        .iter()
-        .position(|c| c.conversation_id == conversation_id)
-    {
+    if let Some(i) = state.chats.iter().position(|c| c.conversation_id == conversation_id) {
         return i;
     }
     let user = chat_user(state, user);

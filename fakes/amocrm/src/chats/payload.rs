@@ -3,13 +3,10 @@
 use serde_json::{Map, Value};
 
 /// Message types the Chats API accepts.
-const TYPES: [&str; 9] = [
-    "text", "contact", "file", "video", "picture", "voice", "audio", "sticker", "location",
-];
+const TYPES: [&str; 9] = ["text", "contact", "file", "video", "picture", "voice", "audio", "sticker", "location"];
 
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
-    v.as_object()
-        .ok_or_else(|| format!("{what} must be an object"))
+    v.as_object().ok_or_else(|| format!("{what} must be an object"))
 }
 
 fn req_str(m: &Map<String, Value>, key: &str, what: &str) -> Result<String, String> {
@@ -31,10 +28,7 @@ fn opt_str(m: &Map<String, Value>, key: &str, what: &str) -> Result<Option<Strin
 fn opt_int(m: &Map<String, Value>, key: &str, what: &str) -> Result<Option<i64>, String> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("{what}.{key} must be an integer")),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| format!("{what}.{key} must be an integer")),
     }
 }
 
@@ -76,14 +70,7 @@ impl Participant {
             }
         };
         opt_str(m, "profile_link", what)?;
-        Ok(Self {
-            id,
-            name,
-            ref_id: opt_str(m, "ref_id", what)?,
-            avatar: opt_str(m, "avatar", what)?,
-            phone,
-            email,
-        })
+        Ok(Self { id, name, ref_id: opt_str(m, "ref_id", what)?, avatar: opt_str(m, "avatar", what)?, phone, email })
     }
 }
 
@@ -134,9 +121,7 @@ pub(crate) fn message(v: &Value, editing: bool) -> Result<Body, String> {
         }
         "file" | "video" | "picture" if !editing => {
             if file_name.is_none() || file_size.is_none() {
-                return Err(format!(
-                    "message.file_name and message.file_size are required for {kind}"
-                ));
+                return Err(format!("message.file_name and message.file_size are required for {kind}"));
             }
             if media.is_none() {
                 return Err(format!("message.media is required for {kind}"));
@@ -162,13 +147,7 @@ pub(crate) fn message(v: &Value, editing: bool) -> Result<Body, String> {
         }
         _ => {}
     }
-    Ok(Body {
-        kind,
-        text: text.unwrap_or_default(),
-        media,
-        file_name,
-        file_size,
-    })
+    Ok(Body { kind, text: text.unwrap_or_default(), media, file_name, file_size })
 }
 
 /// The common fields of a `new_message` payload.
@@ -212,20 +191,11 @@ pub(crate) fn new_message(p: &Value) -> Result<NewMessage, String> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err("payload.silent must be a boolean".into()),
     };
-    let raw_sender = m
-        .get("sender")
-        .cloned()
-        .ok_or("payload.sender is required")?;
+    let raw_sender = m.get("sender").cloned().ok_or("payload.sender is required")?;
     let sender = Participant::parse(&raw_sender, "payload.sender")?;
     let raw_receiver = m.get("receiver").filter(|r| !r.is_null()).cloned();
-    let receiver = raw_receiver
-        .as_ref()
-        .map(|r| Participant::parse(r, "payload.receiver"))
-        .transpose()?;
-    let body = message(
-        m.get("message").ok_or("payload.message is required")?,
-        false,
-    )?;
+    let receiver = raw_receiver.as_ref().map(|r| Participant::parse(r, "payload.receiver")).transpose()?;
+    let body = message(m.get("message").ok_or("payload.message is required")?, false)?;
     Ok(NewMessage {
         msgid,
         conversation_id,

@@ -6,11 +6,10 @@ use std::collections::BTreeSet;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::fields;
-use super::leads;
-use super::query::{opt_str, parse_batch, request_id};
+use super::query::{opt_str, parse_batch};
+use super::{batch, fields, leads};
 use crate::account::{CONTACT_FIELDS, TOKEN_USER_ID};
-use crate::respond::{self, FieldError, Resp, Validation};
+use crate::respond::{self, FieldError, Reply};
 use crate::rest::contacts::insert_contact;
 use crate::state::{Shared, State};
 
@@ -24,42 +23,25 @@ enum ContactPlan {
 }
 
 fn cf_count(entity: &Value) -> usize {
-    entity
-        .get("custom_fields_values")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len)
+    entity.get("custom_fields_values").and_then(Value::as_array).map_or(0, Vec::len)
 }
 
 fn digits(s: &str) -> String {
     let d: String = s.chars().filter(char::is_ascii_digit).collect();
-    d.chars()
-        .rev()
-        .take(10)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+    d.chars().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect()
 }
 
 /// Finds a pre-existing contact sharing a phone or an email with `cfv`.
 fn duplicate(state: &State, existing: &BTreeSet<i64>, cfv: &Value) -> Option<i64> {
-    let phones: Vec<String> = fields::values_of(cfv, "PHONE")
-        .into_iter()
-        .map(digits)
-        .filter(|d| !d.is_empty())
-        .collect();
-    let emails: Vec<String> = fields::values_of(cfv, "EMAIL")
-        .into_iter()
-        .map(str::to_lowercase)
-        .collect();
+    let phones: Vec<String> =
+        fields::values_of(cfv, "PHONE").into_iter().map(digits).filter(|d| !d.is_empty()).collect();
+    let emails: Vec<String> = fields::values_of(cfv, "EMAIL").into_iter().map(str::to_lowercase).collect();
     state
         .contacts
         .values()
         .filter(|c| existing.contains(&c.id) && !c.is_deleted)
         .find(|c| {
-            fields::values_of(&c.custom_fields_values, "PHONE")
-                .into_iter()
-                .any(|p| phones.contains(&digits(p)))
+            fields::values_of(&c.custom_fields_values, "PHONE").into_iter().any(|p| phones.contains(&digits(p)))
                 || fields::values_of(&c.custom_fields_values, "EMAIL")
                     .into_iter()
                     .any(|e| emails.contains(&e.to_lowercase()))
@@ -67,24 +49,12 @@ fn duplicate(state: &State, existing: &BTreeSet<i64>, cfv: &Value) -> Option<i64
         .map(|c| c.id)
 }
 
-fn plan_contact(
-    state: &State,
-    lead: &Map<String, Value>,
-    errors: &mut Vec<FieldError>,
-) -> ContactPlan {
-    let Some(list) = lead
-        .get("_embedded")
-        .and_then(|e| e.get("contacts"))
-        .and_then(Value::as_array)
-    else {
+fn plan_contact(state: &State, lead: &Map<String, Value>, errors: &mut Vec<FieldError>) -> ContactPlan {
+    let Some(list) = lead.get("_embedded").and_then(|e| e.get("contacts")).and_then(Value::as_array) else {
         return ContactPlan::None;
     };
     if list.len() > 1 {
-        errors.push(FieldError::new(
-            "TooMany",
-            "_embedded.contacts",
-            "At most 1 contact per lead",
-        ));
+        errors.push(FieldError::new("TooMany", "_embedded.contacts", "At most 1 contact per lead"));
         return ContactPlan::None;
     }
     let Some(c) = list.first().and_then(Value::as_object) else {
@@ -99,19 +69,12 @@ fn plan_contact(
     }
     if let Some(id) = c.get("id").and_then(Value::as_i64) {
         if !state.contacts.contains_key(&id) {
-            errors.push(FieldError::new(
-                "NotFound",
-                "_embedded.contacts.0.id",
-                format!("Contact {id} not found"),
-            ));
+            errors.push(FieldError::new("NotFound", "_embedded.contacts.0.id", format!("Contact {id} not found")));
         }
         return ContactPlan::Existing(id);
     }
     let mut cf_errors = Vec::new();
-    let cfv = c
-        .get("custom_fields_values")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let cfv = c.get("custom_fields_values").cloned().unwrap_or(Value::Null);
     let updates = fields::parse(&CONTACT_FIELDS, &cfv, &mut cf_errors);
     errors.extend(cf_errors.into_iter().map(|mut e| {
         e.path = format!("_embedded.contacts.0.{}", e.path);
@@ -119,41 +82,23 @@ fn plan_contact(
     }));
     let first = opt_str(c, "first_name", errors).unwrap_or_default();
     let last = opt_str(c, "last_name", errors).unwrap_or_default();
-    let name =
-        opt_str(c, "name", errors).unwrap_or_else(|| format!("{first} {last}").trim().to_string());
-    ContactPlan::New {
-        name,
-        cfv: fields::apply(&Value::Null, updates),
-    }
+    let name = opt_str(c, "name", errors).unwrap_or_else(|| format!("{first} {last}").trim().to_string());
+    ContactPlan::New { name, cfv: fields::apply(&Value::Null, updates) }
 }
 
 /// `POST /api/v4/leads/complex`.
-pub(crate) fn create(shared: &Shared, body: &[u8]) -> Resp {
-    let items = match parse_batch(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+pub(crate) fn create(shared: &Shared, body: &[u8]) -> Reply {
+    let items = parse_batch(body)?;
     if items.len() > MAX_LEADS {
-        return respond::problem(StatusCode::BAD_REQUEST, "Limit 50 leads per request");
+        return Err(respond::problem(StatusCode::BAD_REQUEST, "Limit 50 leads per request"));
     }
     let mut state = shared.state();
-    let mut validation = Validation::default();
-    let mut plans = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let rid = request_id(item, i);
-        let mut errors = Vec::new();
-        let contact = plan_contact(&state, item, &mut errors);
-        let companies = item
-            .get("_embedded")
-            .and_then(|e| e.get("companies"))
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+    let plans = batch::validate(&items, |item, errors| {
+        let contact = plan_contact(&state, item, errors);
+        let companies =
+            item.get("_embedded").and_then(|e| e.get("companies")).and_then(Value::as_array).map_or(0, Vec::len);
         if companies > 1 {
-            errors.push(FieldError::new(
-                "TooMany",
-                "_embedded.companies",
-                "At most 1 company per lead",
-            ));
+            errors.push(FieldError::new("TooMany", "_embedded.companies", "At most 1 company per lead"));
         }
         if cf_count(&Value::Object(item.clone())) > MAX_CF_VALUES {
             errors.push(FieldError::new(
@@ -169,30 +114,20 @@ pub(crate) fn create(shared: &Shared, body: &[u8]) -> Resp {
             emb.remove("metadata");
             emb.remove("source");
         }
-        let input = leads::parse_input(shared, &state, &lead_item, &mut errors);
-        validation.add(&rid, errors);
-        plans.push((rid, input, contact, companies == 1));
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
+        let input = leads::parse_input(shared, &state, &lead_item, errors);
+        (input, contact, companies == 1)
+    })?;
     let existing: BTreeSet<i64> = state.contacts.keys().copied().collect();
     let mut out = Vec::new();
-    for (rid, input, contact, has_company) in plans {
+    for (rid, (input, contact, has_company)) in plans {
         let mut merged = false;
         let contact_id = match contact {
             ContactPlan::None => None,
             ContactPlan::Existing(id) => Some(id),
             ContactPlan::New { name, cfv } => {
-                let dup = shared
-                    .config
-                    .duplicate_control
-                    .then(|| duplicate(&state, &existing, &cfv))
-                    .flatten();
+                let dup = shared.config.duplicate_control.then(|| duplicate(&state, &existing, &cfv)).flatten();
                 merged = dup.is_some();
-                Some(dup.unwrap_or_else(|| {
-                    insert_contact(shared, &mut state, &name, TOKEN_USER_ID, cfv)
-                }))
+                Some(dup.unwrap_or_else(|| insert_contact(shared, &mut state, &name, TOKEN_USER_ID, cfv)))
             }
         };
         let lead_id = leads::insert(shared, &mut state, input);
@@ -208,5 +143,5 @@ pub(crate) fn create(shared: &Shared, body: &[u8]) -> Resp {
             "merged": merged,
         }));
     }
-    respond::hal(StatusCode::OK, &Value::Array(out))
+    Ok(respond::hal(StatusCode::OK, &Value::Array(out)))
 }

@@ -3,26 +3,23 @@
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
+use super::batch::{self, Entity};
 use super::query::{self, Query, opt_int, opt_str, parse_batch, parse_object, request_id};
-use super::{fields, tags_json, tags_of, user_known};
+use super::{Op, add_tags, embedded, fields, self_links, set_if_some, tags_of, user_known};
 use crate::account::{CONTACT_FIELDS, TOKEN_USER_ID};
 use crate::model::Contact;
-use crate::respond::{self, FieldError, Resp, Validation};
+use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
+
+const CONTACTS: Entity =
+    Entity { noun: "Contact", key: "contacts", exists: |state, id| state.contacts.contains_key(&id) };
 
 /// Renders a contact as amoCRM does.
 pub(crate) fn contact_json(shared: &Shared, state: &State, c: &Contact, with_leads: bool) -> Value {
-    let mut embedded = Map::new();
-    embedded.insert("tags".into(), tags_json(state, &c.tags));
-    embedded.insert("companies".into(), json!([]));
-    if with_leads {
-        let leads: Vec<Value> = c
-            .lead_ids
-            .iter()
-            .map(|id| json!({"id": id, "_links": {"self": {"href": shared.url(&format!("/api/v4/leads/{id}"))}}}))
-            .collect();
-        embedded.insert("leads".into(), Value::Array(leads));
-    }
+    let leads = with_leads.then(|| {
+        let links = |id| self_links(shared, &format!("/api/v4/leads/{id}"));
+        ("leads", c.lead_ids.iter().map(|id| json!({"id": id, "_links": links(id)})).collect())
+    });
     json!({
         "id": c.id,
         "name": c.name,
@@ -38,8 +35,8 @@ pub(crate) fn contact_json(shared: &Shared, state: &State, c: &Contact, with_lea
         "is_deleted": c.is_deleted,
         "custom_fields_values": c.custom_fields_values,
         "account_id": shared.config.account_id,
-        "_links": {"self": {"href": shared.url(&format!("/api/v4/contacts/{}", c.id))}},
-        "_embedded": embedded,
+        "_links": links(shared, c.id),
+        "_embedded": embedded(state, &c.tags, leads),
     })
 }
 
@@ -59,16 +56,9 @@ fn parse_input(shared: &Shared, item: &Map<String, Value>, errors: &mut Vec<Fiel
     if let Some(id) = responsible_user_id
         && !user_known(shared, id)
     {
-        errors.push(FieldError::new(
-            "NotSupportedChoice",
-            "responsible_user_id",
-            format!("User {id} not found"),
-        ));
+        errors.push(FieldError::new("NotSupportedChoice", "responsible_user_id", format!("User {id} not found")));
     }
-    let cfv = item
-        .get("custom_fields_values")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let cfv = item.get("custom_fields_values").cloned().unwrap_or(Value::Null);
     Input {
         name: opt_str(item, "name", errors),
         first_name: opt_str(item, "first_name", errors),
@@ -113,17 +103,9 @@ pub(crate) fn insert_contact(
 fn create_from(shared: &Shared, state: &mut State, input: Input) -> i64 {
     let first = input.first_name.unwrap_or_default();
     let last = input.last_name.unwrap_or_default();
-    let name = input
-        .name
-        .unwrap_or_else(|| format!("{first} {last}").trim().to_string());
+    let name = input.name.unwrap_or_else(|| format!("{first} {last}").trim().to_string());
     let cfv = fields::apply(&Value::Null, input.fields);
-    let id = insert_contact(
-        shared,
-        state,
-        &name,
-        input.created_by.unwrap_or(TOKEN_USER_ID),
-        cfv,
-    );
+    let id = insert_contact(shared, state, &name, input.created_by.unwrap_or(TOKEN_USER_ID), cfv);
     for tag in &input.tags {
         state.tag_id(tag);
     }
@@ -144,163 +126,90 @@ fn update_from(shared: &Shared, state: &mut State, id: i64, input: Input) {
     }
     let now = shared.now();
     if let Some(c) = state.contacts.get_mut(&id) {
-        if let Some(n) = input.name {
-            c.name = n;
-        }
-        if let Some(n) = input.first_name {
-            c.first_name = n;
-        }
-        if let Some(n) = input.last_name {
-            c.last_name = n;
-        }
-        if let Some(r) = input.responsible_user_id {
-            c.responsible_user_id = r;
-        }
+        set_if_some(&mut c.name, input.name);
+        set_if_some(&mut c.first_name, input.first_name);
+        set_if_some(&mut c.last_name, input.last_name);
+        set_if_some(&mut c.responsible_user_id, input.responsible_user_id);
         c.custom_fields_values = fields::apply(&c.custom_fields_values, input.fields);
-        for t in input.tags {
-            if !c.tags.contains(&t) {
-                c.tags.push(t);
-            }
-        }
+        add_tags(&mut c.tags, input.tags);
         c.updated_at = now;
     }
 }
 
-fn link(shared: &Shared, path: &str, id: i64) -> Value {
-    json!({"self": {"href": shared.url(&format!("{path}/{id}"))}})
+fn links(shared: &Shared, id: i64) -> Value {
+    self_links(shared, &format!("/api/v4/contacts/{id}"))
 }
 
 /// Routes `/api/v4/contacts...`; `rest` is the path after `/api/v4/contacts`.
-pub(crate) fn route(
-    shared: &Shared,
-    method: &Method,
-    rest: &str,
-    q: &Query,
-    body: &[u8],
-) -> Option<Resp> {
-    let base = "/api/v4/contacts";
-    Some(match (method.as_str(), rest) {
-        ("POST", "") => create(shared, body),
-        ("PATCH", "") => update_batch(shared, body),
-        ("GET", "") => list(shared, q),
-        ("POST", "/chats") => super::chats_link::link(shared, body),
-        ("GET", "/chats") => super::chats_link::list(shared, q),
-        (m, r) => {
-            let id: i64 = r.strip_prefix('/')?.parse().ok()?;
-            match m {
-                "GET" => get(shared, q, id),
-                "PATCH" => update_one(shared, id, body, base),
-                _ => return None,
-            }
-        }
+pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
+    match (method.as_str(), rest) {
+        ("POST", "/chats") => return Some(super::chats_link::link(shared, body)),
+        ("GET", "/chats") => return Some(super::chats_link::list(shared, q)),
+        _ => {}
+    }
+    Some(match Op::of(method, rest)? {
+        Op::Create => batch::create(
+            shared,
+            &CONTACTS,
+            body,
+            |shared, _, item, errors| parse_input(shared, item, errors),
+            create_from,
+        ),
+        Op::Update(None) => update_batch(shared, body),
+        Op::Update(Some(id)) => update_one(shared, id, body),
+        Op::List => list(shared, q),
+        Op::Get(id) => Ok(get(shared, q, id)),
     })
 }
 
-fn create(shared: &Shared, body: &[u8]) -> Resp {
-    let items = match parse_batch(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let mut validation = Validation::default();
-    let mut inputs = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let rid = request_id(item, i);
-        let mut errors = Vec::new();
-        let input = parse_input(shared, item, &mut errors);
-        validation.add(&rid, errors);
-        inputs.push((rid, input));
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
-    let mut state = shared.state();
-    let created: Vec<Value> = inputs
-        .into_iter()
-        .map(|(rid, input)| {
-            let id = create_from(shared, &mut state, input);
-            json!({"id": id, "request_id": rid, "_links": link(shared, "/api/v4/contacts", id)})
-        })
-        .collect();
-    respond::hal(
-        StatusCode::OK,
-        &json!({"_links": {"self": {"href": shared.url("/api/v4/contacts")}}, "_embedded": {"contacts": created}}),
-    )
-}
-
-fn update_batch(shared: &Shared, body: &[u8]) -> Resp {
-    let items = match parse_batch(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let mut validation = Validation::default();
-    let mut inputs = Vec::new();
-    {
+fn update_batch(shared: &Shared, body: &[u8]) -> Reply {
+    let items = parse_batch(body)?;
+    let inputs = {
         let state = shared.state();
-        for (i, item) in items.iter().enumerate() {
-            let rid = request_id(item, i);
-            let mut errors = Vec::new();
-            let id = opt_int(item, "id", &mut errors);
+        batch::validate(&items, |item, errors| {
+            let id = opt_int(item, "id", errors);
             match id {
-                None if errors.is_empty() => {
-                    errors.push(FieldError::new("NotBlank", "id", "id is required"))
+                None if errors.is_empty() => errors.push(FieldError::new("NotBlank", "id", "id is required")),
+                Some(id) if !state.contacts.contains_key(&id) => {
+                    errors.push(FieldError::new("NotFound", "id", format!("Contact {id} not found")))
                 }
-                Some(id) if !state.contacts.contains_key(&id) => errors.push(FieldError::new(
-                    "NotFound",
-                    "id",
-                    format!("Contact {id} not found"),
-                )),
                 _ => {}
             }
-            let input = parse_input(shared, item, &mut errors);
-            validation.add(&rid, errors);
-            inputs.push((rid, id.unwrap_or_default(), input));
-        }
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
+            (id.unwrap_or_default(), parse_input(shared, item, errors))
+        })?
+    };
     let mut state = shared.state();
-    let updated: Vec<Value> = inputs
+    let updated = inputs
         .into_iter()
-        .map(|(rid, id, input)| {
+        .map(|(rid, (id, input))| {
             update_from(shared, &mut state, id, input);
-            let (name, updated_at) = state
-                .contacts
-                .get(&id)
-                .map(|c| (c.name.clone(), c.updated_at))
-                .unwrap_or_default();
+            let (name, updated_at) =
+                state.contacts.get(&id).map(|c| (c.name.clone(), c.updated_at)).unwrap_or_default();
             json!({"id": id, "name": name, "updated_at": updated_at, "request_id": rid,
-                   "_links": link(shared, "/api/v4/contacts", id)})
+                   "_links": links(shared, id)})
         })
         .collect();
-    respond::hal(
-        StatusCode::OK,
-        &json!({"_links": {"self": {"href": shared.url("/api/v4/contacts")}}, "_embedded": {"contacts": updated}}),
-    )
+    Ok(batch::reply(shared, "/api/v4/contacts", "contacts", updated))
 }
 
-fn update_one(shared: &Shared, id: i64, body: &[u8], base: &str) -> Resp {
-    let item = match parse_object(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+fn update_one(shared: &Shared, id: i64, body: &[u8]) -> Reply {
+    let item = parse_object(body)?;
+    let not_found = || respond::problem(StatusCode::NOT_FOUND, "Contact not found");
     if !shared.state().contacts.contains_key(&id) {
-        return respond::problem(StatusCode::NOT_FOUND, "Contact not found");
+        return Err(not_found());
     }
     let mut errors = Vec::new();
     let input = parse_input(shared, &item, &mut errors);
     if !errors.is_empty() {
-        return respond::invalid(&request_id(&item, 0), errors);
+        return Err(respond::invalid(&request_id(&item, 0), errors));
     }
     let mut state = shared.state();
     update_from(shared, &mut state, id, input);
-    let Some(c) = state.contacts.get(&id) else {
-        return respond::problem(StatusCode::NOT_FOUND, "Contact not found");
-    };
-    respond::hal(
+    let c = state.contacts.get(&id).ok_or_else(not_found)?;
+    Ok(respond::hal(
         StatusCode::OK,
-        &json!({"id": id, "name": c.name, "updated_at": c.updated_at, "_links": link(shared, base, id)}),
-    )
+        &json!({"id": id, "name": c.name, "updated_at": c.updated_at, "_links": links(shared, id)}),
+    ))
 }
 
 /// Case-insensitive substring match against the name and every stored value, verbatim.
@@ -312,15 +221,9 @@ fn matches(c: &Contact, needle: &str) -> bool {
         .any(|s| s.to_lowercase().contains(&needle))
 }
 
-fn list(shared: &Shared, q: &Query) -> Resp {
-    let (page, limit) = match q.paging() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ids = match q.ids("filter[id]") {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+fn list(shared: &Shared, q: &Query) -> Reply {
+    let paging = q.paging()?;
+    let ids = q.ids("filter[id]")?;
     let needle = q.get("query").map(str::trim).filter(|s| !s.is_empty());
     let state = shared.state();
     let mut found: Vec<&Contact> = state
@@ -330,25 +233,16 @@ fn list(shared: &Shared, q: &Query) -> Resp {
         .filter(|c| ids.is_empty() || ids.contains(&c.id))
         .filter(|c| needle.is_none_or(|n| matches(c, n)))
         .collect();
-    if q.get("order[id]") == Some("desc") || q.get("order[updated_at]") == Some("desc") {
+    if q.descending() {
         found.reverse();
     }
-    let (items, info) = query::paginate(found, page, limit);
     let with_leads = q.with("leads");
-    let items = items
-        .into_iter()
-        .map(|c| contact_json(shared, &state, c, with_leads))
-        .collect();
-    query::list_reply(shared, "/api/v4/contacts", q, "contacts", items, info)
+    let path = "/api/v4/contacts";
+    Ok(query::list_reply(shared, path, q, "contacts", paging, found, |c| contact_json(shared, &state, c, with_leads)))
 }
 
 fn get(shared: &Shared, q: &Query, id: i64) -> Resp {
     let state = shared.state();
-    match state.contacts.get(&id).filter(|c| !c.is_deleted) {
-        Some(c) => respond::hal(
-            StatusCode::OK,
-            &contact_json(shared, &state, c, q.with("leads")),
-        ),
-        None => respond::empty(StatusCode::NO_CONTENT),
-    }
+    let contact = state.contacts.get(&id).filter(|c| !c.is_deleted);
+    respond::found(contact.map(|c| contact_json(shared, &state, c, q.with("leads"))))
 }

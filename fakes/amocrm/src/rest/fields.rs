@@ -20,11 +20,7 @@ fn find_field(
 ) -> Option<&'static Field> {
     if let Some(id) = item.get("field_id").filter(|v| !v.is_null()) {
         let Some(id) = id.as_i64() else {
-            errors.push(FieldError::new(
-                "InvalidType",
-                format!("{path}.field_id"),
-                "field_id must be an integer",
-            ));
+            errors.push(FieldError::new("InvalidType", format!("{path}.field_id"), "field_id must be an integer"));
             return None;
         };
         let found = fields.iter().find(|f| f.id == id);
@@ -39,11 +35,7 @@ fn find_field(
     }
     if let Some(code) = item.get("field_code").filter(|v| !v.is_null()) {
         let Some(code) = code.as_str() else {
-            errors.push(FieldError::new(
-                "InvalidType",
-                format!("{path}.field_code"),
-                "field_code must be a string",
-            ));
+            errors.push(FieldError::new("InvalidType", format!("{path}.field_code"), "field_code must be a string"));
             return None;
         };
         let found = fields.iter().find(|f| f.code == Some(code));
@@ -56,45 +48,24 @@ fn find_field(
         }
         return found;
     }
-    errors.push(FieldError::new(
-        "NotBlank",
-        format!("{path}.field_id"),
-        "field_id or field_code is required",
-    ));
+    errors.push(FieldError::new("NotBlank", format!("{path}.field_id"), "field_id or field_code is required"));
     None
 }
 
-fn parse_value(
-    field: &'static Field,
-    item: &Value,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<Value> {
+fn parse_value(field: &'static Field, item: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Value> {
     let Some(obj) = item.as_object() else {
-        errors.push(FieldError::new(
-            "InvalidType",
-            path,
-            "value must be an object",
-        ));
+        errors.push(FieldError::new("InvalidType", path, "value must be an object"));
         return None;
     };
     let text = match obj.get("value") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) if field.kind == "text" => n.to_string(),
         Some(_) => {
-            errors.push(FieldError::new(
-                "InvalidType",
-                format!("{path}.value"),
-                "value must be a string",
-            ));
+            errors.push(FieldError::new("InvalidType", format!("{path}.value"), "value must be a string"));
             return None;
         }
         None => {
-            errors.push(FieldError::new(
-                "NotBlank",
-                format!("{path}.value"),
-                "value is required",
-            ));
+            errors.push(FieldError::new("NotBlank", format!("{path}.value"), "value is required"));
             return None;
         }
     };
@@ -112,9 +83,7 @@ fn parse_value(
         return Some(json!({"value": text}));
     }
     let chosen = if let Some(code) = obj.get("enum_code").filter(|v| !v.is_null()) {
-        let found = code
-            .as_str()
-            .and_then(|c| field.enums.iter().find(|e| e.code == c));
+        let found = code.as_str().and_then(|c| field.enums.iter().find(|e| e.code == c));
         if found.is_none() {
             errors.push(FieldError::new(
                 "NotSupportedChoice",
@@ -125,9 +94,7 @@ fn parse_value(
         }
         found
     } else if let Some(id) = obj.get("enum_id").filter(|v| !v.is_null()) {
-        let found = id
-            .as_i64()
-            .and_then(|i| field.enums.iter().find(|e| e.id == i));
+        let found = id.as_i64().and_then(|i| field.enums.iter().find(|e| e.id == i));
         if found.is_none() {
             errors.push(FieldError::new(
                 "NotSupportedChoice",
@@ -145,11 +112,7 @@ fn parse_value(
 }
 
 /// Validates `custom_fields_values` of a request item against `fields`.
-pub(crate) fn parse(
-    fields: &'static [Field],
-    value: &Value,
-    errors: &mut Vec<FieldError>,
-) -> Vec<FieldUpdate> {
+pub(crate) fn parse(fields: &'static [Field], value: &Value, errors: &mut Vec<FieldError>) -> Vec<FieldUpdate> {
     let Some(items) = value.as_array() else {
         if !value.is_null() {
             errors.push(FieldError::new(
@@ -178,11 +141,7 @@ pub(crate) fn parse(
                 Some(parsed)
             }
             Some(_) => {
-                errors.push(FieldError::new(
-                    "InvalidType",
-                    format!("{path}.values"),
-                    "values must be an array",
-                ));
+                errors.push(FieldError::new("InvalidType", format!("{path}.values"), "values must be an array"));
                 continue;
             }
         };
@@ -207,11 +166,7 @@ pub(crate) fn apply(existing: &Value, updates: Vec<FieldUpdate>) -> Value {
             }));
         }
     }
-    if current.is_empty() {
-        Value::Null
-    } else {
-        Value::Array(current)
-    }
+    if current.is_empty() { Value::Null } else { Value::Array(current) }
 }
 
 /// Every stored value string, verbatim.

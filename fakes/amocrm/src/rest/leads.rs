@@ -1,32 +1,29 @@
 //! `/api/v4/leads`: create, read, list and update leads.
 
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::{Map, Value, json};
 
-use super::query::{self, Query, opt_int, opt_str, parse_batch, parse_object, request_id};
-use super::{fields, tags_json, tags_of, user_known};
+use super::batch::{self, Entity};
+use super::query::{self, Query, opt_int, opt_str};
+use super::{Op, add_tags, embedded, fields, self_links, set_if_some, tags_of, user_known};
 use crate::account::{self, FIRST_STAGE_ID, MAIN_PIPELINE_ID, TOKEN_USER_ID};
 use crate::model::Lead;
-use crate::respond::{self, FieldError, Resp, Validation};
+use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
+
+const LEADS: Entity = Entity { noun: "Lead", key: "leads", exists: |state, id| state.leads.contains_key(&id) };
+
+fn links(shared: &Shared, id: i64) -> Value {
+    self_links(shared, &format!("/api/v4/leads/{id}"))
+}
 
 /// Renders a lead as amoCRM does.
 pub(crate) fn lead_json(shared: &Shared, state: &State, l: &Lead, with_contacts: bool) -> Value {
-    let mut embedded = Map::new();
-    embedded.insert("tags".into(), tags_json(state, &l.tags));
-    embedded.insert("companies".into(), json!([]));
-    if with_contacts {
-        let contacts: Vec<Value> = l
-            .contact_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                json!({"id": id, "is_main": i == 0,
-                       "_links": {"self": {"href": shared.url(&format!("/api/v4/contacts/{id}"))}}})
-            })
-            .collect();
-        embedded.insert("contacts".into(), Value::Array(contacts));
-    }
+    let contacts = with_contacts.then(|| {
+        let links = |id| self_links(shared, &format!("/api/v4/contacts/{id}"));
+        let contacts = l.contact_ids.iter().enumerate();
+        ("contacts", contacts.map(|(i, id)| json!({"id": id, "is_main": i == 0, "_links": links(id)})).collect())
+    });
     json!({
         "id": l.id,
         "name": l.name,
@@ -47,8 +44,8 @@ pub(crate) fn lead_json(shared: &Shared, state: &State, l: &Lead, with_contacts:
         "score": null,
         "account_id": shared.config.account_id,
         "labor_cost": null,
-        "_links": {"self": {"href": shared.url(&format!("/api/v4/leads/{}", l.id))}},
-        "_embedded": embedded,
+        "_links": links(shared, l.id),
+        "_embedded": embedded(state, &l.tags, contacts),
     })
 }
 
@@ -74,11 +71,7 @@ pub(crate) fn parse_input(
     if let Some(p) = pipeline_id
         && p != MAIN_PIPELINE_ID
     {
-        errors.push(FieldError::new(
-            "NotSupportedChoice",
-            "pipeline_id",
-            format!("Pipeline {p} not found"),
-        ));
+        errors.push(FieldError::new("NotSupportedChoice", "pipeline_id", format!("Pipeline {p} not found")));
     }
     let status_id = opt_int(item, "status_id", errors);
     if let Some(s) = status_id {
@@ -100,23 +93,12 @@ pub(crate) fn parse_input(
     if let Some(id) = responsible_user_id
         && !user_known(shared, id)
     {
-        errors.push(FieldError::new(
-            "NotSupportedChoice",
-            "responsible_user_id",
-            format!("User {id} not found"),
-        ));
+        errors.push(FieldError::new("NotSupportedChoice", "responsible_user_id", format!("User {id} not found")));
     }
-    let cfv = item
-        .get("custom_fields_values")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let cfv = item.get("custom_fields_values").cloned().unwrap_or(Value::Null);
     let _ = fields::parse(&[], &cfv, errors);
     let mut contact_ids = Vec::new();
-    if let Some(list) = item
-        .get("_embedded")
-        .and_then(|e| e.get("contacts"))
-        .and_then(Value::as_array)
-    {
+    if let Some(list) = item.get("_embedded").and_then(|e| e.get("contacts")).and_then(Value::as_array) {
         for (j, c) in list.iter().enumerate() {
             match c.get("id").and_then(Value::as_i64) {
                 Some(id) if state.contacts.contains_key(&id) => contact_ids.push(id),
@@ -125,11 +107,9 @@ pub(crate) fn parse_input(
                     format!("_embedded.contacts.{j}.id"),
                     format!("Contact {id} not found"),
                 )),
-                None => errors.push(FieldError::new(
-                    "NotBlank",
-                    format!("_embedded.contacts.{j}.id"),
-                    "id is required",
-                )),
+                None => {
+                    errors.push(FieldError::new("NotBlank", format!("_embedded.contacts.{j}.id"), "id is required"))
+                }
             }
         }
     }
@@ -190,7 +170,8 @@ pub(crate) fn set_status(state: &mut State, id: i64, status_id: i64, now: i64) {
     }
 }
 
-fn apply(shared: &Shared, state: &mut State, id: i64, input: Input) {
+/// Writes a validated PATCH item; returns the lead's `updated_at`.
+fn apply(shared: &Shared, state: &mut State, id: i64, input: Input) -> i64 {
     let now = shared.now();
     if let Some(s) = input.status_id {
         set_status(state, id, s, now);
@@ -201,190 +182,50 @@ fn apply(shared: &Shared, state: &mut State, id: i64, input: Input) {
     for c in &input.contact_ids {
         state.link(id, *c);
     }
-    if let Some(l) = state.leads.get_mut(&id) {
-        if let Some(n) = input.name {
-            l.name = n;
-        }
-        if let Some(p) = input.price {
-            l.price = p;
-        }
-        if let Some(r) = input.responsible_user_id {
-            l.responsible_user_id = r;
-        }
-        for t in input.tags {
-            if !l.tags.contains(&t) {
-                l.tags.push(t);
-            }
-        }
-        l.updated_at = now;
-    }
+    let Some(l) = state.leads.get_mut(&id) else {
+        return 0;
+    };
+    set_if_some(&mut l.name, input.name);
+    set_if_some(&mut l.price, input.price);
+    set_if_some(&mut l.responsible_user_id, input.responsible_user_id);
+    add_tags(&mut l.tags, input.tags);
+    l.updated_at = now;
+    now
 }
 
 /// Routes `/api/v4/leads...` except notes, pipelines and complex.
-pub(crate) fn route(
-    shared: &Shared,
-    method: &Method,
-    rest: &str,
-    q: &Query,
-    body: &[u8],
-) -> Option<Resp> {
-    Some(match (method.as_str(), rest) {
-        ("POST", "") => create(shared, body),
-        ("PATCH", "") => update(shared, body, None),
-        ("GET", "") => list(shared, q),
-        (m, r) => {
-            let id: i64 = r.strip_prefix('/')?.parse().ok()?;
-            match m {
-                "GET" => get(shared, q, id),
-                "PATCH" => update(shared, body, Some(id)),
-                _ => return None,
-            }
-        }
+pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
+    Some(match Op::of(method, rest)? {
+        Op::Create => batch::create(shared, &LEADS, body, parse_input, insert),
+        Op::Update(single) => batch::update(shared, &LEADS, body, single, parse_input, apply),
+        Op::List => list(shared, q),
+        Op::Get(id) => Ok(get(shared, q, id)),
     })
 }
 
-fn links(shared: &Shared, id: i64) -> Value {
-    json!({"self": {"href": shared.url(&format!("/api/v4/leads/{id}"))}})
-}
-
-fn create(shared: &Shared, body: &[u8]) -> Resp {
-    let items = match parse_batch(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let mut state = shared.state();
-    let mut validation = Validation::default();
-    let mut inputs = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let rid = request_id(item, i);
-        let mut errors = Vec::new();
-        let input = parse_input(shared, &state, item, &mut errors);
-        validation.add(&rid, errors);
-        inputs.push((rid, input));
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
-    let created: Vec<Value> = inputs
-        .into_iter()
-        .map(|(rid, input)| {
-            let id = insert(shared, &mut state, input);
-            json!({"id": id, "request_id": rid, "_links": links(shared, id)})
-        })
-        .collect();
-    respond::hal(
-        StatusCode::OK,
-        &json!({"_links": {"self": {"href": shared.url("/api/v4/leads")}}, "_embedded": {"leads": created}}),
-    )
-}
-
-fn update(shared: &Shared, body: &[u8], single: Option<i64>) -> Resp {
-    let items = match single {
-        Some(id) => match parse_object(body) {
-            Ok(mut item) => {
-                item.insert("id".into(), json!(id));
-                vec![item]
-            }
-            Err(r) => return r,
-        },
-        None => match parse_batch(body) {
-            Ok(i) => i,
-            Err(r) => return r,
-        },
-    };
-    let mut state = shared.state();
-    if let Some(id) = single
-        && !state.leads.contains_key(&id)
-    {
-        return respond::problem(StatusCode::NOT_FOUND, "Lead not found");
-    }
-    let mut validation = Validation::default();
-    let mut inputs = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let rid = request_id(item, i);
-        let mut errors = Vec::new();
-        let id = opt_int(item, "id", &mut errors);
-        match id {
-            None => errors.push(FieldError::new("NotBlank", "id", "id is required")),
-            Some(id) if !state.leads.contains_key(&id) => errors.push(FieldError::new(
-                "NotFound",
-                "id",
-                format!("Lead {id} not found"),
-            )),
-            _ => {}
-        }
-        let input = parse_input(shared, &state, item, &mut errors);
-        validation.add(&rid, errors);
-        inputs.push((rid, id.unwrap_or_default(), input));
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
-    let mut out = Vec::new();
-    for (rid, id, input) in inputs {
-        apply(shared, &mut state, id, input);
-        let updated_at = state
-            .leads
-            .get(&id)
-            .map(|l| l.updated_at)
-            .unwrap_or_default();
-        out.push(json!({"id": id, "updated_at": updated_at, "request_id": rid, "_links": links(shared, id)}));
-    }
-    if single.is_some()
-        && let [one] = out.as_slice()
-    {
-        return respond::hal(StatusCode::OK, one);
-    }
-    respond::hal(
-        StatusCode::OK,
-        &json!({"_links": {"self": {"href": shared.url("/api/v4/leads")}}, "_embedded": {"leads": out}}),
-    )
-}
-
-fn list(shared: &Shared, q: &Query) -> Resp {
-    let (page, limit) = match q.paging() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ids = match q.ids("filter[id]") {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let needle = q
-        .get("query")
-        .map(|s| s.trim().to_lowercase())
-        .filter(|s| !s.is_empty());
+fn list(shared: &Shared, q: &Query) -> Reply {
+    let paging = q.paging()?;
+    let ids = q.ids("filter[id]")?;
+    let needle = q.get("query").map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
     let state = shared.state();
     let mut found: Vec<&Lead> = state
         .leads
         .values()
         .filter(|l| !l.is_deleted)
         .filter(|l| ids.is_empty() || ids.contains(&l.id))
-        .filter(|l| {
-            needle
-                .as_ref()
-                .is_none_or(|n| l.name.to_lowercase().contains(n) || l.id.to_string() == *n)
-        })
+        .filter(|l| needle.as_ref().is_none_or(|n| l.name.to_lowercase().contains(n) || l.id.to_string() == *n))
         .collect();
-    if q.get("order[id]") == Some("desc") || q.get("order[updated_at]") == Some("desc") {
+    if q.descending() {
         found.reverse();
     }
-    let (items, info) = query::paginate(found, page, limit);
     let with_contacts = q.with("contacts");
-    let items = items
-        .into_iter()
-        .map(|l| lead_json(shared, &state, l, with_contacts))
-        .collect();
-    query::list_reply(shared, "/api/v4/leads", q, "leads", items, info)
+    Ok(query::list_reply(shared, "/api/v4/leads", q, "leads", paging, found, |l| {
+        lead_json(shared, &state, l, with_contacts)
+    }))
 }
 
 fn get(shared: &Shared, q: &Query, id: i64) -> Resp {
     let state = shared.state();
-    match state.leads.get(&id).filter(|l| !l.is_deleted) {
-        Some(l) => respond::hal(
-            StatusCode::OK,
-            &lead_json(shared, &state, l, q.with("contacts")),
-        ),
-        None => respond::empty(StatusCode::NO_CONTENT),
-    }
+    let lead = state.leads.get(&id).filter(|l| !l.is_deleted);
+    respond::found(lead.map(|l| lead_json(shared, &state, l, q.with("contacts"))))
 }

@@ -1,5 +1,6 @@
 //! amoCRM REST API v4 (`/api/v4/...`): routing plus the read-only account data.
 
+mod batch;
 mod chats_link;
 mod complex;
 pub(crate) mod contacts;
@@ -14,9 +15,40 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::account::{self, CONTACT_FIELDS, MAIN_PIPELINE_ID, STATUSES, TOKEN_USER_ID};
-use crate::respond::{self, FieldError, Resp};
+use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
 use query::Query;
+
+/// One of the operations every entity collection (`/api/v4/{leads|contacts|tasks}`) has.
+pub(crate) enum Op {
+    /// `POST ""`: create a batch.
+    Create,
+    /// `PATCH ""` (`None`: a batch) or `PATCH /{id}`.
+    Update(Option<i64>),
+    /// `GET ""`: list.
+    List,
+    /// `GET /{id}`: one.
+    Get(i64),
+}
+
+impl Op {
+    /// The operation `method` asks for on `rest`, the path after the collection.
+    pub fn of(method: &Method, rest: &str) -> Option<Op> {
+        Some(match (method.as_str(), rest) {
+            ("POST", "") => Op::Create,
+            ("PATCH", "") => Op::Update(None),
+            ("GET", "") => Op::List,
+            (m, r) => {
+                let id: i64 = r.strip_prefix('/')?.parse().ok()?;
+                match m {
+                    "GET" => Op::Get(id),
+                    "PATCH" => Op::Update(Some(id)),
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
 
 /// Whether `id` is a user of the account.
 pub(crate) fn user_known(shared: &Shared, id: i64) -> bool {
@@ -31,11 +63,7 @@ pub(crate) fn tags_of(item: &Map<String, Value>, errors: &mut Vec<FieldError>) -
     for (path, list) in [("_embedded.tags", embedded), ("tags_to_add", to_add)] {
         let Some(list) = list else { continue };
         let Some(list) = list.as_array() else {
-            errors.push(FieldError::new(
-                "InvalidType",
-                path,
-                "tags must be an array",
-            ));
+            errors.push(FieldError::new("InvalidType", path, "tags must be an array"));
             continue;
         };
         for (i, t) in list.iter().enumerate() {
@@ -46,15 +74,44 @@ pub(crate) fn tags_of(item: &Map<String, Value>, errors: &mut Vec<FieldError>) -
                     }
                 }
                 _ if t.get("id").and_then(Value::as_i64).is_some() => {}
-                _ => errors.push(FieldError::new(
-                    "NotBlank",
-                    format!("{path}.{i}.name"),
-                    "tag name or id is required",
-                )),
+                _ => errors.push(FieldError::new("NotBlank", format!("{path}.{i}.name"), "tag name or id is required")),
             }
         }
     }
     names
+}
+
+/// Stores `value` in `slot` if there is one (a PATCH leaves absent fields alone).
+pub(crate) fn set_if_some<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// Adds the tag names of `new` that `tags` lacks, keeping their order.
+pub(crate) fn add_tags(tags: &mut Vec<String>, new: Vec<String>) {
+    for tag in new {
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+}
+
+/// `{"self": {"href": ...}}` for an API path.
+pub(crate) fn self_links(shared: &Shared, path: &str) -> Value {
+    json!({"self": {"href": shared.url(path)}})
+}
+
+/// The `_embedded` of a lead or a contact: its tags, no companies, and the entities
+/// linked to it (`("contacts", [...])`) when the request asked for them.
+pub(crate) fn embedded(state: &State, tags: &[String], linked: Option<(&str, Vec<Value>)>) -> Value {
+    let mut embedded = Map::new();
+    embedded.insert("tags".into(), tags_json(state, tags));
+    embedded.insert("companies".into(), json!([]));
+    if let Some((key, items)) = linked {
+        embedded.insert(key.into(), Value::Array(items));
+    }
+    Value::Object(embedded)
 }
 
 /// Renders tags as `[{id, name, color}]`.
@@ -68,29 +125,22 @@ pub(crate) fn tags_json(state: &State, names: &[String]) -> Value {
 }
 
 /// Handles an authorized REST call; `path` starts with `/api/v4`.
-pub(crate) fn handle(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    raw_query: Option<&str>,
-    body: &[u8],
-) -> Resp {
+pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, raw_query: Option<&str>, body: &[u8]) -> Resp {
     let q = Query::parse(raw_query);
-    let rest = path
-        .strip_prefix("/api/v4")
-        .unwrap_or(path)
-        .trim_end_matches('/');
-    route(shared, method, rest, &q, body)
-        .unwrap_or_else(|| respond::problem(StatusCode::NOT_FOUND, "Not found"))
+    let rest = path.strip_prefix("/api/v4").unwrap_or(path).trim_end_matches('/');
+    match route(shared, method, rest, &q, body) {
+        Some(Ok(resp) | Err(resp)) => resp,
+        None => respond::problem(StatusCode::NOT_FOUND, "Not found"),
+    }
 }
 
-fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Resp> {
+fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
     let get = method == Method::GET;
     match rest {
-        "/account" if get => return Some(account_info(shared, q)),
+        "/account" if get => return Some(Ok(account_info(shared, q))),
         "/users" if get => return Some(users(shared, q)),
-        "/leads/pipelines" if get => return Some(pipelines(shared)),
-        "/contacts/custom_fields" if get => return Some(custom_fields(shared)),
+        "/leads/pipelines" if get => return Some(Ok(pipelines(shared))),
+        "/contacts/custom_fields" if get => return Some(Ok(custom_fields(shared))),
         "/leads/unsorted" if get => return Some(unsorted(shared, q)),
         "/leads/complex" if method == Method::POST => return Some(complex::create(shared, body)),
         "/webhooks" => return webhooks::route(shared, method, q, body),
@@ -98,12 +148,11 @@ fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -
     }
     if let Some(r) = rest.strip_prefix("/users/") {
         let id: i64 = r.parse().ok()?;
+        if !get {
+            return None;
+        }
         let user = shared.users.iter().find(|u| u.id == id);
-        return Some(match user {
-            Some(u) if get => respond::hal(StatusCode::OK, &user_json(shared, u, q)),
-            None if get => respond::empty(StatusCode::NO_CONTENT),
-            _ => return None,
-        });
+        return Some(Ok(respond::found(user.map(|u| user_json(shared, u, q)))));
     }
     for entity in ["leads", "contacts"] {
         let Some(r) = rest.strip_prefix("/").and_then(|r| r.strip_prefix(entity)) else {
@@ -175,14 +224,10 @@ fn user_json(shared: &Shared, u: &account::User, q: &Query) -> Value {
     doc
 }
 
-fn users(shared: &Shared, q: &Query) -> Resp {
-    let (page, limit) = match q.paging() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let (items, info) = query::paginate(shared.users.iter().collect(), page, limit);
-    let items = items.into_iter().map(|u| user_json(shared, u, q)).collect();
-    query::list_reply(shared, "/api/v4/users", q, "users", items, info)
+fn users(shared: &Shared, q: &Query) -> Reply {
+    let paging = q.paging()?;
+    let found = shared.users.iter().collect();
+    Ok(query::list_reply(shared, "/api/v4/users", q, "users", paging, found, |u| user_json(shared, u, q)))
 }
 
 fn pipelines(shared: &Shared) -> Resp {
@@ -244,26 +289,19 @@ fn custom_fields(shared: &Shared) -> Resp {
     )
 }
 
-fn unsorted(shared: &Shared, q: &Query) -> Resp {
-    let (page, limit) = match q.paging() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+fn unsorted(shared: &Shared, q: &Query) -> Reply {
+    let paging = q.paging()?;
     let category = q.all("filter[category]");
     let state = shared.state();
-    let found: Vec<Value> = state
-        .unsorted
-        .iter()
-        .filter(|u| category.is_empty() || category.contains(&u.category.as_str()))
-        .map(|u| {
-            json!({
-                "uid": u.uid, "source_uid": u.conversation_id, "source_name": "Chats API",
-                "category": u.category, "pipeline_id": u.pipeline_id, "created_at": u.created_at,
-                "metadata": {"from": "chat"}, "account_id": shared.config.account_id,
-                "_embedded": {"leads": [{"id": u.lead_id}], "contacts": [{"id": u.contact_id}], "companies": []},
-            })
+    let found =
+        state.unsorted.iter().filter(|u| category.is_empty() || category.contains(&u.category.as_str())).collect();
+    let path = "/api/v4/leads/unsorted";
+    Ok(query::list_reply(shared, path, q, "unsorted", paging, found, |u| {
+        json!({
+            "uid": u.uid, "source_uid": u.conversation_id, "source_name": "Chats API",
+            "category": u.category, "pipeline_id": u.pipeline_id, "created_at": u.created_at,
+            "metadata": {"from": "chat"}, "account_id": shared.config.account_id,
+            "_embedded": {"leads": [{"id": u.lead_id}], "contacts": [{"id": u.contact_id}], "companies": []},
         })
-        .collect();
-    let (items, info) = query::paginate(found, page, limit);
-    query::list_reply(shared, "/api/v4/leads/unsorted", q, "unsorted", items, info)
+    }))
 }

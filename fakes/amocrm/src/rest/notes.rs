@@ -3,10 +3,11 @@
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::query::{self, Query, opt_int, parse_batch, request_id};
+use super::query::{self, Query, opt_int, parse_batch};
+use super::{batch, self_links};
 use crate::account::TOKEN_USER_ID;
 use crate::model::Note;
-use crate::respond::{self, FieldError, Resp, Validation};
+use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
 
 /// Note types and the params each requires.
@@ -81,19 +82,11 @@ fn validate_type(item: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
     let note_type = match item.get("note_type") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => {
-            errors.push(FieldError::new(
-                "InvalidType",
-                "note_type",
-                "note_type must be a string",
-            ));
+            errors.push(FieldError::new("InvalidType", "note_type", "note_type must be a string"));
             return None;
         }
         None => {
-            errors.push(FieldError::new(
-                "NotBlank",
-                "note_type",
-                "note_type is required",
-            ));
+            errors.push(FieldError::new("NotBlank", "note_type", "note_type is required"));
             return None;
         }
     };
@@ -107,11 +100,7 @@ fn validate_type(item: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Opt
     };
     let params = item.get("params");
     if params.is_some_and(|p| !p.is_object() && !p.is_null()) {
-        errors.push(FieldError::new(
-            "InvalidType",
-            "params",
-            "params must be an object",
-        ));
+        errors.push(FieldError::new("InvalidType", "params", "params must be an object"));
         return None;
     }
     for key in *required {
@@ -139,83 +128,61 @@ pub(crate) fn route(
     rest: &str,
     q: &Query,
     body: &[u8],
-) -> Option<Resp> {
+) -> Option<Reply> {
     let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     Some(match (method.as_str(), parts.as_slice()) {
         ("POST", ["notes"]) => create(shared, entity_type, None, body),
         ("GET", ["notes"]) => list(shared, entity_type, None, q),
-        ("GET", ["notes", id]) => get(shared, entity_type, id.parse().ok()?),
+        ("GET", ["notes", id]) => Ok(get(shared, entity_type, id.parse().ok()?)),
         ("POST", [id, "notes"]) => create(shared, entity_type, Some(id.parse().ok()?), body),
         ("GET", [id, "notes"]) => list(shared, entity_type, Some(id.parse().ok()?), q),
         ("GET", [id, "notes", note]) => {
             let _: i64 = id.parse().ok()?;
-            get(shared, entity_type, note.parse().ok()?)
+            Ok(get(shared, entity_type, note.parse().ok()?))
         }
         _ => return None,
     })
 }
 
-fn create(shared: &Shared, entity_type: &str, path_entity: Option<i64>, body: &[u8]) -> Resp {
-    let items = match parse_batch(body) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+fn create(shared: &Shared, entity_type: &str, path_entity: Option<i64>, body: &[u8]) -> Reply {
+    let items = parse_batch(body)?;
     let mut state = shared.state();
     if let Some(id) = path_entity
         && !entity_exists(&state, entity_type, id)
     {
-        return respond::problem(StatusCode::NOT_FOUND, "Entity not found");
+        return Err(respond::problem(StatusCode::NOT_FOUND, "Entity not found"));
     }
-    let mut validation = Validation::default();
-    let mut plans = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let rid = request_id(item, i);
-        let mut errors = Vec::new();
+    let plans = batch::validate(&items, |item, errors| {
         let entity_id = match path_entity {
             Some(id) => Some(id),
             None => {
-                let id = opt_int(item, "entity_id", &mut errors);
+                let id = opt_int(item, "entity_id", errors);
                 match id {
-                    None => errors.push(FieldError::new(
-                        "NotBlank",
-                        "entity_id",
-                        "entity_id is required",
-                    )),
-                    Some(e) if !entity_exists(&state, entity_type, e) => errors.push(
-                        FieldError::new("NotFound", "entity_id", format!("Entity {e} not found")),
-                    ),
+                    None => errors.push(FieldError::new("NotBlank", "entity_id", "entity_id is required")),
+                    Some(e) if !entity_exists(&state, entity_type, e) => {
+                        errors.push(FieldError::new("NotFound", "entity_id", format!("Entity {e} not found")))
+                    }
                     _ => {}
                 }
                 id
             }
         };
-        let note_type = validate_type(item, &mut errors);
-        let created_by = opt_int(item, "created_by", &mut errors).unwrap_or(TOKEN_USER_ID);
+        let note_type = validate_type(item, errors);
+        let created_by = opt_int(item, "created_by", errors).unwrap_or(TOKEN_USER_ID);
         let params = item.get("params").cloned().unwrap_or(json!({}));
-        if errors.is_empty()
-            && let (Some(e), Some(t)) = (entity_id, note_type)
-        {
-            plans.push((rid, e, t, params, created_by));
-        } else {
-            validation.add(&rid, errors);
-        }
-    }
-    if !validation.is_empty() {
-        return validation.into_response();
-    }
-    let created: Vec<Value> = plans
+        Some((entity_id?, note_type?, params, created_by))
+    })?;
+    let created = plans
         .into_iter()
-        .map(|(rid, entity_id, note_type, params, created_by)| {
+        .filter_map(|(rid, plan)| plan.map(|plan| (rid, plan)))
+        .map(|(rid, (entity_id, note_type, params, created_by))| {
             let id = insert_note(shared, &mut state, entity_type, entity_id, &note_type, params, created_by);
-            json!({"id": id, "entity_id": entity_id, "request_id": rid,
-                   "_links": {"self": {"href": shared.url(&format!("/api/v4/{entity_type}/{entity_id}/notes/{id}"))}}})
+            let links = self_links(shared, &format!("/api/v4/{entity_type}/{entity_id}/notes/{id}"));
+            json!({"id": id, "entity_id": entity_id, "request_id": rid, "_links": links})
         })
         .collect();
-    respond::hal(
-        StatusCode::OK,
-        &json!({"_links": {"self": {"href": shared.url(&format!("/api/v4/{entity_type}/notes"))}},
-                "_embedded": {"notes": created}}),
-    )
+    let path = format!("/api/v4/{entity_type}/notes");
+    Ok(batch::reply(shared, &path, "notes", created))
 }
 
 /// `filter[updated_at]` (strictly after) and `filter[updated_at][from|to]` (inclusive).
@@ -230,14 +197,7 @@ fn updated_at_filter(q: &Query) -> Result<UpdatedAt, Resp> {
         match q.get(key) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                respond::invalid(
-                    "0",
-                    vec![FieldError::new(
-                        "InvalidType",
-                        key,
-                        format!("{key} must be an integer"),
-                    )],
-                )
+                respond::invalid("0", vec![FieldError::new("InvalidType", key, format!("{key} must be an integer"))])
             }),
         }
     };
@@ -248,19 +208,11 @@ fn updated_at_filter(q: &Query) -> Result<UpdatedAt, Resp> {
     })
 }
 
-fn list(shared: &Shared, entity_type: &str, path_entity: Option<i64>, q: &Query) -> Resp {
-    let (page, limit) = match q.paging() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let (ids, entity_ids) = match (q.ids("filter[id]"), q.ids("filter[entity_id]")) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let UpdatedAt { after, from, to } = match updated_at_filter(q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+fn list(shared: &Shared, entity_type: &str, path_entity: Option<i64>, q: &Query) -> Reply {
+    let paging = q.paging()?;
+    let ids = q.ids("filter[id]")?;
+    let entity_ids = q.ids("filter[entity_id]")?;
+    let UpdatedAt { after, from, to } = updated_at_filter(q)?;
     let types = q.all("filter[note_type]");
     let state = shared.state();
     let mut found: Vec<&Note> = state
@@ -283,23 +235,15 @@ fn list(shared: &Shared, entity_type: &str, path_entity: Option<i64>, q: &Query)
     } else if q.get("order[id]") == Some("desc") {
         found.reverse();
     }
-    let (items, info) = query::paginate(found, page, limit);
-    let items = items.into_iter().map(|n| note_json(shared, n)).collect();
     let path = match path_entity {
         Some(e) => format!("/api/v4/{entity_type}/{e}/notes"),
         None => format!("/api/v4/{entity_type}/notes"),
     };
-    query::list_reply(shared, &path, q, "notes", items, info)
+    Ok(query::list_reply(shared, &path, q, "notes", paging, found, |n| note_json(shared, n)))
 }
 
 fn get(shared: &Shared, entity_type: &str, id: i64) -> Resp {
     let state = shared.state();
-    match state
-        .notes
-        .get(&id)
-        .filter(|n| n.entity_type == entity_type)
-    {
-        Some(n) => respond::hal(StatusCode::OK, &note_json(shared, n)),
-        None => respond::empty(StatusCode::NO_CONTENT),
-    }
+    let note = state.notes.get(&id).filter(|n| n.entity_type == entity_type);
+    respond::found(note.map(|n| note_json(shared, n)))
 }

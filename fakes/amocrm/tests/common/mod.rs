@@ -32,13 +32,11 @@ pub fn client(ca_pem: Option<&str>, timeout: Option<Duration>) -> reqwest::Clien
             roots.add(cert.expect("CA PEM")).expect("add CA");
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let mut builder = reqwest::Client::builder().tls_backend_preconfigured(tls);
     if let Some(t) = timeout {
         builder = builder.timeout(t);
@@ -46,35 +44,33 @@ pub fn client(ca_pem: Option<&str>, timeout: Option<Duration>) -> reqwest::Clien
     builder.build().expect("client")
 }
 
-/// Starts a fake over plain HTTP.
-pub async fn start(config: FakeConfig) -> Env {
+/// Starts a fake with `config`, and a client trusting `ca_pem` (if any).
+async fn started(config: FakeConfig, ca_pem: Option<&str>) -> Env {
     let fake = FakeAmo::start(config).await.expect("start fake");
     let token = fake.issue_token_pair().access_token;
-    Env {
-        fake,
-        http: client(None, Some(Duration::from_secs(10))),
-        token,
-    }
+    Env { fake, http: client(ca_pem, Some(Duration::from_secs(10))), token }
+}
+
+/// Starts a fake over plain HTTP.
+pub async fn start(config: FakeConfig) -> Env {
+    started(config, None).await
 }
 
 /// Starts a fake over HTTPS with a certificate from a fresh test CA.
 pub async fn start_tls(mut config: FakeConfig) -> Env {
     let ca = TestCa::new("contract test CA").expect("CA");
-    let cert = ca
-        .issue_server("fake-amocrm", &["127.0.0.1", "localhost"])
-        .expect("server cert");
-    config.tls = Some(TlsIdentity {
-        cert_pem: cert.cert_pem,
-        key_pem: cert.key_pem,
-    });
-    let fake = FakeAmo::start(config).await.expect("start fake");
-    assert!(fake.base_url().starts_with("https://127.0.0.1:"));
-    let token = fake.issue_token_pair().access_token;
-    Env {
-        fake,
-        http: client(Some(ca.cert_pem()), Some(Duration::from_secs(10))),
-        token,
-    }
+    let cert = ca.issue_server("fake-amocrm", &["127.0.0.1", "localhost"]).expect("server cert");
+    config.tls = Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem });
+    let env = started(config, Some(ca.cert_pem())).await;
+    assert!(env.fake.base_url().starts_with("https://127.0.0.1:"));
+    env
+}
+
+/// The status and JSON body of a response (`Null` when the body is empty or not JSON).
+pub async fn status_json(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 impl Env {
@@ -83,26 +79,37 @@ impl Env {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("GET")
+        self.http.get(self.url(path)).bearer_auth(&self.token).send().await.expect("GET")
     }
 
     pub async fn send(&self, method: http::Method, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.http.request(method, self.url(path)).bearer_auth(&self.token).json(body).send().await.expect("request")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.send(http::Method::POST, path, body).await
+    }
+
+    /// [`Env::get`], read with [`status_json`].
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        status_json(self.get(path).await).await
+    }
+
+    /// [`Env::send`], read with [`status_json`].
+    pub async fn send_json(&self, method: http::Method, path: &str, body: &Value) -> (StatusCode, Value) {
+        status_json(self.send(method, path, body).await).await
+    }
+
+    /// [`Env::post`], read with [`status_json`].
+    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send_json(http::Method::POST, path, body).await
+    }
+
+    /// Creates one `item` with `POST /api/v4/{entity}` and returns its ID.
+    pub async fn create(&self, entity: &str, item: Value) -> i64 {
+        let (status, created) = self.post_json(&format!("/api/v4/{entity}"), &Value::Array(vec![item])).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        created["_embedded"][entity][0]["id"].as_i64().expect("created id")
     }
 
     pub fn channel(&self) -> ChatsChannel {
@@ -110,16 +117,10 @@ impl Env {
     }
 
     /// Sends a correctly signed Chats API request, Date from the fake clock.
-    pub async fn chats(
-        &self,
-        method: http::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> reqwest::Response {
+    pub async fn chats(&self, method: http::Method, path: &str, body: Option<&Value>) -> reqwest::Response {
         let date = rfc2822(self.fake.clock().now_secs());
         let raw = body.map(|b| b.to_string()).unwrap_or_default();
-        self.chats_raw(method, path, raw, &date, "application/json", None)
-            .await
+        self.chats_raw(method, path, raw, &date, "application/json", None).await
     }
 
     /// Sends a Chats API request with explicit Date/Content-Type and an optional forced signature.
@@ -135,14 +136,7 @@ impl Env {
         let secret = self.channel().secret;
         let md5 = hex::encode(Md5::digest(body.as_bytes()));
         let bare_path = path.split('?').next().unwrap_or(path);
-        let sig = sign(
-            &secret,
-            method.as_str(),
-            &md5,
-            content_type,
-            date,
-            bare_path,
-        );
+        let sig = sign(&secret, method.as_str(), &md5, content_type, date, bare_path);
         self.http
             .request(method, self.url(path))
             .header("Date", date)
@@ -174,21 +168,11 @@ impl Env {
 
 /// `Mon, 03 Oct 2020 15:11:21 +0000` for a Unix time.
 pub fn rfc2822(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs)
-        .expect("timestamp")
-        .strftime("%a, %d %b %Y %H:%M:%S +0000")
-        .to_string()
+    jiff::Timestamp::from_second(secs).expect("timestamp").strftime("%a, %d %b %Y %H:%M:%S +0000").to_string()
 }
 
 /// The documented Chats API signature, computed independently of the fake.
-pub fn sign(
-    secret: &str,
-    method: &str,
-    md5: &str,
-    content_type: &str,
-    date: &str,
-    path: &str,
-) -> String {
+pub fn sign(secret: &str, method: &str, md5: &str, content_type: &str, date: &str, path: &str) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("hmac key");
     mac.update(format!("{method}\n{md5}\n{content_type}\n{date}\n{path}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
@@ -225,19 +209,13 @@ impl Receiver {
             let statuses = statuses.clone();
             async move {
                 let mut list = recorder.lock().expect("lock");
-                list.push(Received {
-                    path: uri.path().to_string(),
-                    headers,
-                    body,
-                });
+                list.push(Received { path: uri.path().to_string(), headers, body });
                 let i = list.len() - 1;
                 let code = statuses.get(i).or(statuses.last()).copied().unwrap_or(200);
                 StatusCode::from_u16(code).expect("status")
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -1,0 +1,160 @@
+//! Bindings and policies against the real control plane: accounts claimed once,
+//! credentials checked, reasons a person can act on, Warning Events.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+async fn ready_reason(cp: &crmessenger_testkit::ControlPlane, ns: &str, what: &str, reason: &str) -> serde_json::Value {
+    eventually(&format!("{what} Ready=False/{reason}"), 30, || async {
+        let o = get(cp, ns, what).ok_or("absent")?;
+        match condition(&o, "Ready") {
+            Some(c) if c["status"] == "False" && c["reason"] == reason => Ok(o),
+            _ => Err(o["status"].to_string()),
+        }
+    })
+    .await
+}
+
+fn events(cp: &crmessenger_testkit::ControlPlane, ns: &str) -> String {
+    cp.kubectl_ok(&["get", "events", "-n", ns, "-o", "json"]).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_second_binding_for_a_bound_account_is_refused() {
+    let cp = cp();
+    let ns = cp.namespace("twice").await.unwrap();
+    apply(cp, &ns, &account_set("shared", "first", "pol"));
+    eventually("the first binding Ready", 30, || async {
+        let b = get(cp, &ns, "crmbinding/first").ok_or("absent")?;
+        if condition(&b, "Ready").is_some_and(|c| c["status"] == "True") {
+            Ok(())
+        } else {
+            Err(b["status"].to_string())
+        }
+    })
+    .await;
+    apply(
+        cp,
+        &ns,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: amo-second }
+stringData: { long_lived_token: t }
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: second }
+spec:
+  accountSelector: { matchLabels: { team: sales } }
+  policyRef: { name: pol }
+  crm: { type: amocrm, amocrm: { baseUrl: "https://other.amocrm.ru", credentialsSecret: { name: amo-second } } }
+"#,
+    );
+    let second = ready_reason(cp, &ns, "crmbinding/second", "AccountAlreadyBound").await;
+    let message = condition(&second, "Ready").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("shared (bound by first)"), "{message}");
+    assert_eq!(second["status"]["boundAccountCount"], 0);
+    let first = get(cp, &ns, "crmbinding/first").unwrap();
+    assert_eq!(first["status"]["boundAccounts"], json!(["shared"]));
+    let account = get(cp, &ns, "messengeraccount/shared").unwrap();
+    assert_eq!(account["status"]["binding"]["name"], "first");
+    assert!(events(cp, &ns).contains("AccountAlreadyBound"), "no Warning event");
+    let policy = eventually("the policy lists both bindings", 30, || async {
+        let p = get(cp, &ns, "syncpolicy/pol").ok_or("absent")?;
+        if p["status"]["bindingCount"] == 2 { Ok(p) } else { Err(p["status"].to_string()) }
+    })
+    .await;
+    assert_eq!(policy["status"]["bindings"], json!(["first", "second"]));
+}
+
+#[tokio::test]
+async fn missing_or_incomplete_credentials_and_empty_bindings_say_why() {
+    let cp = cp();
+    let ns = cp.namespace("creds").await.unwrap();
+    apply(cp, &ns, &account_set("acct", "good", "pol"));
+    apply(
+        cp,
+        &ns,
+        r#"
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: nosecret }
+spec:
+  accountNames: [nobody]
+  policyRef: { name: pol }
+  crm: { type: amocrm, amocrm: { baseUrl: "https://a.amocrm.ru", credentialsSecret: { name: does-not-exist } } }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: half }
+stringData: { client_id: id, redirect_uri: "https://x" }
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: halfsecret }
+spec:
+  accountNames: [nobody]
+  policyRef: { name: pol }
+  crm: { type: amocrm, amocrm: { baseUrl: "https://b.amocrm.ru", credentialsSecret: { name: half } } }
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: empty }
+spec:
+  accountNames: [nobody]
+  policyRef: { name: pol }
+  crm: { type: amocrm, amocrm: { baseUrl: "https://c.amocrm.ru", credentialsSecret: { name: amo-good } } }
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: nopolicy }
+spec:
+  accountNames: [acct2]
+  policyRef: { name: missing-policy }
+  crm: { type: amocrm, amocrm: { baseUrl: "https://d.amocrm.ru", credentialsSecret: { name: amo-good } } }
+"#,
+    );
+    let b = ready_reason(cp, &ns, "crmbinding/nosecret", "SecretNotFound").await;
+    assert!(condition(&b, "CredentialsValid").unwrap()["message"].as_str().unwrap().contains("does-not-exist"));
+    let b = ready_reason(cp, &ns, "crmbinding/halfsecret", "SecretKeysMissing").await;
+    let msg = condition(&b, "CredentialsValid").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("client_secret") && msg.contains("authorization_code or refresh_token"), "{msg}");
+    ready_reason(cp, &ns, "crmbinding/empty", "NoAccounts").await;
+    ready_reason(cp, &ns, "crmbinding/nopolicy", "PolicyNotFound").await;
+    let all = events(cp, &ns);
+    for reason in ["SecretNotFound", "SecretKeysMissing", "NoAccounts", "PolicyNotFound"] {
+        assert!(all.contains(reason), "no Warning event with reason {reason}");
+    }
+    assert!(!all.contains("canary"), "a Secret value reached an Event");
+}
+
+#[tokio::test]
+async fn an_account_without_a_binding_is_not_valid_and_says_so() {
+    let cp = cp();
+    let ns = cp.namespace("unbound").await.unwrap();
+    apply(
+        cp,
+        &ns,
+        "apiVersion: crmessenger.io/v1alpha1\nkind: MessengerAccount\nmetadata: { name: lonely }\nspec: { provider: telegram, telegram: { apiCredentials: { secretName: s } } }\n",
+    );
+    let a = ready_reason(cp, &ns, "messengeraccount/lonely", "NotBound").await;
+    assert_eq!(condition(&a, "ConfigValid").unwrap()["status"], "False");
+    assert_eq!(a["status"]["phase"], "Degraded");
+    assert!(get(cp, &ns, "statefulset/lonely-connector").is_none(), "no connector without a binding");
+}
+
+#[tokio::test]
+async fn a_policy_with_an_unknown_placeholder_is_not_ready() {
+    let cp = cp();
+    let ns = cp.namespace("template").await.unwrap();
+    apply(
+        cp,
+        &ns,
+        "apiVersion: crmessenger.io/v1alpha1\nkind: SyncPolicy\nmetadata: { name: p }\nspec: { leads: { nameTemplate: '{channel}: {customer}' } }\n",
+    );
+    let p = ready_reason(cp, &ns, "syncpolicy/p", "InvalidNameTemplate").await;
+    assert!(condition(&p, "Ready").unwrap()["message"].as_str().unwrap().contains("{customer}"));
+}
