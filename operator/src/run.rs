@@ -47,8 +47,8 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions) -> any
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), name)
             .with_namespace(namespace)
             .with_identity(identity)
-            .with_duration(15)
-            .with_grace(5)
+            .with_duration(10)
+            .with_grace(3)
             .with_field_manager(crate::labels::MANAGER)
             .build()
             .await?;

@@ -17,7 +17,7 @@ pub const CLEANUP_TIMEOUT_SECS: u64 = 8;
 
 /// The control plane with CRDs installed and one operator process running.
 pub fn cp() -> &'static ControlPlane {
-    static OPERATOR: OnceLock<Result<String, String>> = OnceLock::new();
+    static OPERATOR: OnceLock<Result<(String, u32), String>> = OnceLock::new();
     let cp = ControlPlane::shared();
     cp.install_crds().expect("install the CRDs");
     OPERATOR
@@ -27,8 +27,8 @@ pub fn cp() -> &'static ControlPlane {
     cp
 }
 
-/// Starts an operator process with the test timeouts; returns its admin address.
-pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<String> {
+/// Starts an operator process with the test timeouts; returns its admin address and pid.
+pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<(String, u32)> {
     let port = crmessenger_testkit::controlplane::free_port()?;
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-operator"));
@@ -40,7 +40,7 @@ pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::
         cmd.arg("--leader-election=false");
     }
     cmd.args(extra);
-    cp.spawn_logged(name, cmd)?;
+    let pid = cp.spawn_logged(name, cmd)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&admin, "/readyz").map(|(s, _)| s) != Some(200) {
         if Instant::now() > deadline {
@@ -48,7 +48,7 @@ pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(admin)
+    Ok((admin, pid))
 }
 
 /// A plain HTTP/1.0 GET: (status, body).
