@@ -27,8 +27,19 @@ pub fn cp() -> &'static ControlPlane {
     cp
 }
 
-/// Starts an operator process with the test timeouts; returns its admin address and pid.
+/// Starts an operator process with the test timeouts, as the admin; returns its
+/// admin address and pid.
 pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<(String, u32)> {
+    start_operator_as(cp, name, extra, None)
+}
+
+/// Like [`start_operator`], authenticated by `kubeconfig` instead of the admin.
+pub fn start_operator_as(
+    cp: &ControlPlane,
+    name: &str,
+    extra: &[&str],
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<(String, u32)> {
     let port = crmessenger_testkit::controlplane::free_port()?;
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-operator"));
@@ -36,6 +47,9 @@ pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::
         .args(["--heartbeat-timeout", &HEARTBEAT_TIMEOUT_SECS.to_string()])
         .args(["--cleanup-timeout", &CLEANUP_TIMEOUT_SECS.to_string()])
         .env("RUST_LOG", "info,kube=warn");
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
     if !extra.iter().any(|a| a.starts_with("--leader-election")) {
         cmd.arg("--leader-election=false");
     }

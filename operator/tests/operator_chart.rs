@@ -1,0 +1,74 @@
+//! The Helm chart for real against the control plane: install (CRDs included),
+//! the operator running with the chart's RBAC as its identity (so a missing rule
+//! fails here), upgrade, and uninstall keeping the CRDs.
+
+mod common;
+
+use common::{account_set, apply, condition, eventually, get, start_operator_as};
+use crmessenger_testkit::ControlPlane;
+use crmessenger_testkit::controlplane::repo_root;
+
+const RELEASE_NS: &str = "crmessenger-system";
+
+fn helm(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = cp.helm().args(args).output().expect("run helm");
+    assert!(out.status.success(), "helm {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
+    let cp = ControlPlane::shared();
+    let chart = repo_root().join("charts/crmessenger").display().to_string();
+    helm(cp, &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false"]);
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/messengeraccounts.crmessenger.io",
+        "crd/crmbindings.crmessenger.io",
+        "crd/syncpolicies.crmessenger.io",
+    ])
+    .expect("the chart's CRDs become Established");
+    let deployment = get(cp, RELEASE_NS, "deployment/crmessenger-operator").expect("the operator Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+
+    // The operator, out of cluster, authenticated as the chart's ServiceAccount.
+    let token = cp.kubectl_ok(&["create", "token", "crmessenger", "-n", RELEASE_NS, "--duration=2h"]).unwrap();
+    let kubeconfig = cp.kubeconfig_for_token("chart-operator", token.trim()).unwrap();
+    let args = [
+        "--leader-election=true",
+        "--lease-namespace",
+        RELEASE_NS,
+        "--lease-name",
+        "crmessenger-operator",
+        "--identity",
+        "chart-operator",
+    ];
+    start_operator_as(cp, "chart-operator", &args, Some(&kubeconfig))
+        .expect("start the operator as the chart's ServiceAccount");
+
+    let ns = cp.namespace("chart").await.unwrap();
+    apply(cp, &ns, &account_set("via-chart", "via-chart", "via-chart"));
+    eventually("children and status, written with the chart's RBAC", 40, || async {
+        let a = get(cp, &ns, "messengeraccount/via-chart").ok_or("no account")?;
+        let ok = get(cp, &ns, "statefulset/via-chart-connector").is_some()
+            && get(cp, &ns, "role/via-chart-connector").is_some()
+            && get(cp, &ns, "secret/via-chart-crm-token").is_some()
+            && condition(&a, "ConnectorAvailable").is_some();
+        if ok { Ok(()) } else { Err(a["status"].to_string()) }
+    })
+    .await;
+    let b = get(cp, &ns, "crmbinding/via-chart").unwrap();
+    assert!(condition(&b, "CredentialsValid").is_some_and(|c| c["status"] == "True"), "{}", b["status"]);
+    let log = cp.log_tail("chart-operator", 400);
+    assert!(!log.to_lowercase().contains("forbidden"), "the chart's ClusterRole lacks a rule:\n{log}");
+
+    helm(cp, &["upgrade", "crmessenger", &chart, "-n", RELEASE_NS, "--set", "operator.replicas=1", "--wait=false"]);
+    assert_eq!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").unwrap()["spec"]["replicas"], 1);
+
+    helm(cp, &["uninstall", "crmessenger", "-n", RELEASE_NS, "--wait"]);
+    assert!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").is_none(), "the Deployment survived uninstall");
+    assert!(cp.kubectl_ok(&["get", "crd", "messengeraccounts.crmessenger.io"]).is_ok(), "uninstall deleted the CRDs");
+    assert!(get(cp, &ns, "messengeraccount/via-chart").is_some(), "uninstall deleted an account");
+}
