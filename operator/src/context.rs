@@ -2,14 +2,32 @@
 
 use crate::metrics::Metrics;
 use crate::settings::Settings;
+use crmessenger_api::{CrmBinding, SyncPolicy};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Caches of what reconciles read, fed by watches (so a reconcile costs no lists).
+#[derive(Clone)]
+pub struct Stores {
+    /// Every CrmBinding.
+    pub bindings: Store<CrmBinding>,
+    /// Every SyncPolicy.
+    pub policies: Store<SyncPolicy>,
+    /// Connector Leases (those the operator labelled).
+    pub leases: Store<Lease>,
+}
+
 /// Shared state of the controllers.
 pub struct Context {
+    /// Watched caches.
+    pub stores: Stores,
+    /// Children last applied per account: (hash of what was applied, when).
+    pub applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// The Kubernetes client.
     pub client: Client,
     /// Installation settings.
@@ -24,7 +42,7 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, stores: Stores) -> Self {
         let reporter = Reporter { controller: crate::labels::MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -32,6 +50,8 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::default(),
+            stores,
+            applied: Mutex::default(),
         }
     }
 

@@ -80,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_logging(args.log_json);
-            let client = kube::Client::try_default().await?;
+            let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
+            let client = crmessenger_operator::run::counted_client(metrics.clone()).await?;
             let settings = Settings {
                 connector_image: args.connector_image,
                 heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
@@ -93,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
                 leader_election: args.leader_election.then_some((args.lease_namespace, args.lease_name, identity)),
                 concurrency: args.concurrency,
             };
-            run(client, settings, options).await
+            run(client, settings, options, metrics).await
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub token_refreshes: Counter,
     /// 1 while this process is the leader.
     pub leader: Gauge,
+    /// Requests this process sent to the Kubernetes API.
+    pub api_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -33,10 +35,12 @@ impl Default for Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         let token_refreshes = Counter::default();
         let leader = Gauge::default();
+        let api_requests = Counter::default();
+        registry.register("api_requests", "Requests sent to the Kubernetes API", api_requests.clone());
         registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
         registry.register("token_refreshes", "OAuth token refreshes", token_refreshes.clone());
         registry.register("leader", "1 while this process is the leader", leader.clone());
-        Self { registry: Mutex::new(registry), reconciles, token_refreshes, leader }
+        Self { registry: Mutex::new(registry), reconciles, token_refreshes, leader, api_requests }
     }
 }
 

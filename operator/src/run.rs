@@ -35,9 +35,8 @@ pub struct RunOptions {
 
 /// Runs until SIGTERM/SIGINT (or until leadership is lost, which exits so that a
 /// fresh process competes again).
-pub async fn run(client: Client, settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+pub async fn run(client: Client, settings: Settings, options: RunOptions, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     check_crds(&client).await?;
-    let metrics = Arc::new(Metrics::default());
     let ready = Readiness::default();
     let bound = admin::serve(options.admin_addr, ready.clone(), metrics.clone()).await?;
     tracing::info!(%bound, "admin server listening");
@@ -67,7 +66,8 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions) -> any
         lost_leadership = Some((is_leader, task));
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone()));
+    let stores = start_stores(&client).await?;
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), stores));
     let shutdown = async move {
         match lost_leadership {
             Some((mut is_leader, _task)) => {
@@ -219,6 +219,55 @@ fn error_policy<K: kube::Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>
     let delay = Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 8))).min(Duration::from_secs(300));
     tracing::warn!(object = key_suffix, ?delay, "reconcile failed: {error}");
     Action::requeue(delay)
+}
+
+/// Starts the watches behind the caches reconciles read, and waits for their first
+/// full lists (each store has exactly one waiter: this function).
+async fn start_stores(client: &Client) -> anyhow::Result<crate::context::Stores> {
+    use kube::runtime::{WatchStreamExt, reflector};
+    fn spawn_reflector<K>(api: Api<K>, wc: watcher::Config) -> kube::runtime::reflector::Store<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, wc).default_backoff().reflect(writer).applied_objects();
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    tracing::warn!("watch error (retrying): {e}");
+                }
+            }
+        });
+        reader
+    }
+    let managed = format!("{}={}", crate::labels::MANAGED_BY, crate::labels::MANAGER);
+    let stores = crate::context::Stores {
+        bindings: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+        policies: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+        leases: spawn_reflector(Api::all(client.clone()), watcher::Config::default().labels(&managed)),
+    };
+    stores.bindings.wait_until_ready().await?;
+    stores.policies.wait_until_ready().await?;
+    stores.leases.wait_until_ready().await?;
+    Ok(stores)
+}
+
+/// A client from the environment (in-cluster or `KUBECONFIG`) whose requests are
+/// counted in `metrics`.
+pub async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await?;
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.api_requests.inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
 async fn check_crds(client: &Client) -> anyhow::Result<()> {

@@ -343,3 +343,64 @@ async fn deletion_completes_at_once_when_the_connector_confirms_cleanup() {
         "deletion waited for the timeout although the connector confirmed"
     );
 }
+
+#[tokio::test]
+async fn a_pod_that_never_becomes_ready_does_not_block_the_next_config() {
+    let cp = cp();
+    let ns = cp.namespace("stuck").await.unwrap();
+    apply(cp, &ns, &account_set("stuck", "stuck", "stuck"));
+    let pod = eventually("the first pod", 60, || async {
+        let p = get(cp, &ns, "pod/stuck-connector-0").ok_or("no pod")?;
+        if condition(&p, "Ready").is_some_and(|c| c["status"] == "True") { Ok(p) } else { Err(p["status"].to_string()) }
+    })
+    .await;
+    let old_hash = pod["metadata"]["annotations"]["crmessenger.io/config-hash"].as_str().unwrap().to_string();
+    // The connector never gets Ready (say, a crash loop): mark the pod so.
+    let not_ready = json!({ "status": { "conditions": [
+        { "type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": "2026-01-01T00:00:00Z" },
+        { "type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": "2026-01-01T00:00:00Z" },
+    ] } });
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "stuck-connector-0",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        &not_ready.to_string(),
+    ])
+    .unwrap();
+    eventually("the pod reported not Ready", 10, || async {
+        let p = get(cp, &ns, "pod/stuck-connector-0").ok_or("no pod")?;
+        if condition(&p, "Ready").is_some_and(|c| c["status"] == "False") {
+            Ok(())
+        } else {
+            Err(p["status"].to_string())
+        }
+    })
+    .await;
+    // A fixed config must still roll out.
+    cp.kubectl_ok(&[
+        "patch",
+        "syncpolicy",
+        "stuck",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"media":{"mode":"skip"}}}"#,
+    ])
+    .unwrap();
+    eventually("a pod running the new config", 60, || async {
+        let p = get(cp, &ns, "pod/stuck-connector-0").ok_or("no pod")?;
+        let hash = p["metadata"]["annotations"]["crmessenger.io/config-hash"].as_str().unwrap_or_default().to_string();
+        if hash != old_hash && p["metadata"]["deletionTimestamp"].is_null() {
+            Ok(())
+        } else {
+            Err(format!("still {hash}"))
+        }
+    })
+    .await;
+}

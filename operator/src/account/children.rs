@@ -35,6 +35,45 @@ pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
     Ok(())
 }
 
+/// Children are re-applied when they change, and at least this often (to repair
+/// drift, e.g. a child deleted by hand).
+pub const REAPPLY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Applies the children unless exactly these were applied less than [`REAPPLY`]
+/// ago, and while a rollout is recent, replaces a stuck pod.
+pub async fn apply_if_changed(ctx: &Context, namespace: &str, account: &str, c: &Children, hash: &str) -> Result<()> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&(
+        &c.stateful_set,
+        &c.service,
+        &c.network_policy,
+        &c.lease,
+        &c.service_account,
+        &c.role,
+        &c.role_binding,
+        &c.config_map,
+    ))?
+    .hash(&mut hasher);
+    let digest = hasher.finish();
+    let key = format!("{namespace}/{account}");
+    let last = ctx.applied.lock().ok().and_then(|m| m.get(&key).copied());
+    let fresh = last.is_some_and(|(d, at)| d == digest && at.elapsed() < REAPPLY);
+    if !fresh {
+        apply(ctx, namespace, c).await?;
+        if let Ok(mut m) = ctx.applied.lock() {
+            m.insert(key.clone(), (digest, std::time::Instant::now()));
+        }
+    }
+    // A rollout is recent when the children changed within REAPPLY.
+    let rolling =
+        ctx.applied.lock().ok().and_then(|m| m.get(&key).copied()).is_some_and(|(_, at)| at.elapsed() < REAPPLY);
+    if rolling {
+        unstick_rollout(ctx, namespace, account, hash).await?;
+    }
+    Ok(())
+}
+
 /// A StatefulSet waits for its pod to be Ready before replacing it, so a pod that
 /// never becomes Ready would block every later config. Such a pod, running an old
 /// config, is deleted; the StatefulSet recreates it from the new template.

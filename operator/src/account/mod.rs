@@ -17,6 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -41,19 +42,32 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         return Ok(Action::await_change());
     }
 
-    // Fetch.
-    let bindings: Vec<CrmBinding> =
-        Api::namespaced(ctx.client.clone(), &namespace).list(&Default::default()).await?.items;
+    // Fetch (from the watched caches).
+    let mut bindings: Vec<CrmBinding> = ctx
+        .stores
+        .bindings
+        .state()
+        .iter()
+        .filter(|b| b.namespace() == account.namespace())
+        .map(|b| (**b).clone())
+        .collect();
+    if selection::owner(&account, &bindings).is_none() {
+        // The cache may lag behind the event that brought us here: ask the API
+        // before reporting the account as unbound.
+        bindings = Api::namespaced(ctx.client.clone(), &namespace).list(&Default::default()).await?.items;
+    }
     let binding = selection::owner(&account, &bindings);
-    let policy = match binding {
-        Some(b) => {
-            Api::<SyncPolicy>::namespaced(ctx.client.clone(), &namespace).get_opt(&b.spec.policy_ref.name).await?
-        }
-        None => None,
-    };
-    let lease = Api::<Lease>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&build::child_name(&account.name_any()))
-        .await?;
+    let mut policy: Option<SyncPolicy> = binding.and_then(|b| {
+        ctx.stores.policies.get(&ObjectRef::new(&b.spec.policy_ref.name).within(&namespace)).map(|p| (*p).clone())
+    });
+    if let (Some(b), None) = (binding, &policy) {
+        policy = Api::<SyncPolicy>::namespaced(ctx.client.clone(), &namespace).get_opt(&b.spec.policy_ref.name).await?;
+    }
+    let lease: Option<Lease> = ctx
+        .stores
+        .leases
+        .get(&ObjectRef::new(&build::child_name(&account.name_any())).within(&namespace))
+        .map(|l| (*l).clone());
 
     // Validate, build, apply.
     let runtime =
@@ -62,8 +76,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
             Ok(config) => {
                 let children = build::build(&account, &config, &ctx.settings).map_err(Error::Malformed)?;
-                children::apply(&ctx, &namespace, &children).await?;
-                children::unstick_rollout(&ctx, &namespace, &account.name_any(), &config.hash()).await?;
+                children::apply_if_changed(&ctx, &namespace, &account.name_any(), &children, &config.hash()).await?;
                 (
                     Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())),
                     Some(config.hash()),
