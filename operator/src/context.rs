@@ -26,8 +26,8 @@ pub struct Stores {
 pub struct Context {
     /// Watched caches.
     pub stores: Stores,
-    /// Children last applied per account: (hash of what was applied, when).
-    pub applied: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// Children last applied per account.
+    pub applied: Mutex<HashMap<String, crate::account::children::Applied>>,
     /// The Kubernetes client.
     pub client: Client,
     /// Installation settings.

@@ -15,3 +15,4 @@ pub mod policy;
 pub mod run;
 pub mod selection;
 pub mod settings;
+pub mod telemetry;

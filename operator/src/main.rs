@@ -63,8 +63,23 @@ struct RunArgs {
     log_json: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(cli())
+}
+
+/// glibc gives each thread its own malloc arena and keeps freed memory in it; a
+/// watch-heavy process then holds several times the memory it uses. Two arenas are
+/// plenty for two worker threads.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn cli() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { dir, stdout } => {
             if stdout {
@@ -79,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_logging(args.log_json);
+            let _telemetry = crmessenger_operator::telemetry::init("crmessenger-operator", args.log_json)?;
             let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
             let client = crmessenger_operator::run::counted_client(metrics.clone()).await?;
             let settings = Settings {
@@ -96,16 +111,5 @@ async fn main() -> anyhow::Result<()> {
             };
             run(client, settings, options, metrics).await
         }
-    }
-}
-
-fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -107,6 +107,16 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
                 .map(|a| ObjectRef::from(a.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // Heartbeats: a renewal changes only the Lease, so watch Leases too (cheap:
+        // nothing is written unless the status changes).
+        .watches(
+            Api::<k8s_openapi::api::coordination::v1::Lease>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}={}", crate::labels::MANAGED_BY, crate::labels::MANAGER)),
+            |lease| {
+                let account = lease.labels().get(crate::labels::ACCOUNT).cloned();
+                account.zip(lease.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
+            },
+        )
         .watches(Api::<SyncPolicy>::all(client.clone()), wc.clone(), {
             let store = account_store.clone();
             move |p| {

@@ -20,16 +20,17 @@ fn helm(cp: &ControlPlane, args: &[&str]) -> String {
 async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let cp = ControlPlane::shared();
     let chart = repo_root().join("charts/crmessenger").display().to_string();
+    // Before the chart: the operator refuses to start, and says how to fix it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crmessenger-operator"))
+        .args(["run", "--leader-election=false", "--admin-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the operator started without its CRDs");
+    assert!(stderr.contains("is not installed") && stderr.contains("crds.install=true"), "{stderr}");
     helm(cp, &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false"]);
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/messengeraccounts.crmessenger.io",
-        "crd/crmbindings.crmessenger.io",
-        "crd/syncpolicies.crmessenger.io",
-    ])
-    .expect("the chart's CRDs become Established");
+    cp.wait_crds_established().expect("the chart's CRDs become Established");
     let deployment = get(cp, RELEASE_NS, "deployment/crmessenger-operator").expect("the operator Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
 
@@ -45,7 +46,9 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         "--identity",
         "chart-operator",
     ];
-    start_operator_as(cp, "chart-operator", &args, Some(&kubeconfig))
+    // It also exports traces to an OTLP/HTTP receiver.
+    let (otlp, mut spans) = otlp_receiver().await;
+    start_operator_as(cp, "chart-operator", &args, Some(&kubeconfig), &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)])
         .expect("start the operator as the chart's ServiceAccount");
 
     let ns = cp.namespace("chart").await.unwrap();
@@ -61,6 +64,16 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     .await;
     let b = get(cp, &ns, "crmbinding/via-chart").unwrap();
     assert!(condition(&b, "CredentialsValid").is_some_and(|c| c["status"] == "True"), "{}", b["status"]);
+    let exported = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(body) = spans.recv().await {
+            if body.windows(b"reconcile".len()).any(|w| w == b"reconcile") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(exported, Ok(true), "no reconcile span reached the OTLP receiver");
     let log = cp.log_tail("chart-operator", 400);
     assert!(!log.to_lowercase().contains("forbidden"), "the chart's ClusterRole lacks a rule:\n{log}");
 
@@ -71,4 +84,24 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").is_none(), "the Deployment survived uninstall");
     assert!(cp.kubectl_ok(&["get", "crd", "messengeraccounts.crmessenger.io"]).is_ok(), "uninstall deleted the CRDs");
     assert!(get(cp, &ns, "messengeraccount/via-chart").is_some(), "uninstall deleted an account");
+}
+
+/// An OTLP/HTTP trace receiver on loopback: its base URL, and the bodies it receives.
+async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    use axum::{Router, body::Bytes, routing::post};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
 }

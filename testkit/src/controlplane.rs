@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// The name of the fake node kwok manages; pods are scheduled onto it.
 pub const NODE_NAME: &str = "kwok-node-0";
 /// The service CIDR the API server allocates ClusterIPs from.
-pub const SERVICE_CIDR: &str = "10.0.0.0/24";
+pub const SERVICE_CIDR: &str = "10.0.0.0/16";
 
 /// A running control plane. Its processes are killed and its directory removed when
 /// the process that started it exits.
@@ -215,19 +215,24 @@ impl ControlPlane {
                     "-f",
                     &dir.display().to_string(),
                 ])?;
-                self.kubectl_ok(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/messengeraccounts.crmessenger.io",
-                    "crd/crmbindings.crmessenger.io",
-                    "crd/syncpolicies.crmessenger.io",
-                ])?;
-                Ok(())
+                self.wait_crds_established()
             };
             apply().map_err(|e| format!("{e:#}"))
         });
         result.clone().map_err(anyhow::Error::msg)
+    }
+
+    /// Waits until the three CRMessenger CRDs are Established (however installed).
+    pub fn wait_crds_established(&self) -> anyhow::Result<()> {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/messengeraccounts.crmessenger.io",
+            "crd/crmbindings.crmessenger.io",
+            "crd/syncpolicies.crmessenger.io",
+        ])
+        .map(drop)
     }
 
     /// The API server's URL, `https://127.0.0.1:PORT`.

@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 async fn apply_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<()>
 where
@@ -37,14 +38,27 @@ pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
 
 /// Children are re-applied when they change, and at least this often (to repair
 /// drift, e.g. a child deleted by hand).
-pub const REAPPLY: std::time::Duration = std::time::Duration::from_secs(300);
+pub const REAPPLY: Duration = Duration::from_secs(300);
+/// While a new config rolls out, a stuck pod is looked for at most this often.
+const UNSTICK_EVERY: Duration = Duration::from_secs(20);
+
+/// What was last applied for an account.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    digest: u64,
+    at: Instant,
+    config_hash: String,
+    rollout_since: Option<Instant>,
+    pods_checked: Option<Instant>,
+}
 
 /// Applies the children unless exactly these were applied less than [`REAPPLY`]
-/// ago, and while a rollout is recent, replaces a stuck pod.
+/// ago. While a new config rolls out (and once after a start), replaces a pod that
+/// is stuck unready on the old config; otherwise it lists no pods.
 pub async fn apply_if_changed(ctx: &Context, namespace: &str, account: &str, c: &Children, hash: &str) -> Result<()> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&(
+    let all = (
         &c.stateful_set,
         &c.service,
         &c.network_policy,
@@ -53,23 +67,32 @@ pub async fn apply_if_changed(ctx: &Context, namespace: &str, account: &str, c: 
         &c.role,
         &c.role_binding,
         &c.config_map,
-    ))?
-    .hash(&mut hasher);
+    );
+    serde_json::to_string(&all)?.hash(&mut hasher);
     let digest = hasher.finish();
     let key = format!("{namespace}/{account}");
-    let last = ctx.applied.lock().ok().and_then(|m| m.get(&key).copied());
-    let fresh = last.is_some_and(|(d, at)| d == digest && at.elapsed() < REAPPLY);
-    if !fresh {
-        apply(ctx, namespace, c).await?;
-        if let Ok(mut m) = ctx.applied.lock() {
-            m.insert(key.clone(), (digest, std::time::Instant::now()));
+    let last = ctx.applied.lock().ok().and_then(|m| m.get(&key).cloned());
+    let mut entry = match last {
+        Some(e) if e.digest == digest && e.at.elapsed() < REAPPLY => e,
+        previous => {
+            apply(ctx, namespace, c).await?;
+            let rollout_since = match &previous {
+                Some(p) if p.config_hash != hash => Some(Instant::now()),
+                Some(p) => p.rollout_since,
+                None => None,
+            };
+            let pods_checked = previous.and_then(|p| p.pods_checked);
+            Applied { digest, at: Instant::now(), config_hash: hash.to_string(), rollout_since, pods_checked }
         }
-    }
-    // A rollout is recent when the children changed within REAPPLY.
-    let rolling =
-        ctx.applied.lock().ok().and_then(|m| m.get(&key).copied()).is_some_and(|(_, at)| at.elapsed() < REAPPLY);
-    if rolling {
+    };
+    let rolling = entry.rollout_since.is_some_and(|t| t.elapsed() < REAPPLY);
+    let due = entry.pods_checked.is_none_or(|t| rolling && t.elapsed() >= UNSTICK_EVERY);
+    if due {
         unstick_rollout(ctx, namespace, account, hash).await?;
+        entry.pods_checked = Some(Instant::now());
+    }
+    if let Ok(mut m) = ctx.applied.lock() {
+        m.insert(key, entry);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The MessengerAccount controller: fetch → validate → build → apply → status.
 
 pub mod build;
-mod children;
+pub mod children;
 pub mod status;
 pub mod validate;
 
@@ -23,8 +23,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often an account is looked at even when nothing changed (heartbeats age).
-pub const RESYNC: Duration = Duration::from_secs(15);
+/// How often an account without a heartbeat to watch is looked at anyway.
+pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Reconciles one account.
 #[tracing::instrument(skip_all, fields(account = %account.name_any(), namespace = account.namespace().unwrap_or_default()))]
@@ -106,7 +106,22 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     if !config_valid.ok {
         ctx.warn(account.as_ref(), &config_valid.reason, config_valid.message.clone(), "Reconcile").await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(next_check(lease.as_ref(), ctx.settings.heartbeat_timeout)))
+}
+
+/// When to look again: just after the heartbeat would go stale (renewals change
+/// only the Lease, not the account, so nothing else would wake us), or after
+/// [`RESYNC`] when there is no heartbeat to watch.
+fn next_check(lease: Option<&Lease>, timeout: Duration) -> Duration {
+    let renewed = lease.and_then(|l| l.spec.as_ref()).and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
+    match renewed {
+        Some(at) => {
+            let stale_at = at.as_millisecond() + timeout.as_millis() as i64 + 500;
+            let left = stale_at - Timestamp::now().as_millisecond();
+            if left > 0 { Duration::from_millis(left as u64).min(RESYNC) } else { RESYNC }
+        }
+        None => RESYNC,
+    }
 }
 
 /// Applies the operator-owned part of the status (server-side apply), only when it

@@ -30,7 +30,7 @@ pub fn cp() -> &'static ControlPlane {
 /// Starts an operator process with the test timeouts, as the admin; returns its
 /// admin address and pid.
 pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<(String, u32)> {
-    start_operator_as(cp, name, extra, None)
+    start_operator_as(cp, name, extra, None, &[])
 }
 
 /// Like [`start_operator`], authenticated by `kubeconfig` instead of the admin.
@@ -39,6 +39,7 @@ pub fn start_operator_as(
     name: &str,
     extra: &[&str],
     kubeconfig: Option<&std::path::Path>,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(String, u32)> {
     let port = crmessenger_testkit::controlplane::free_port()?;
     let admin = format!("127.0.0.1:{port}");
@@ -50,6 +51,7 @@ pub fn start_operator_as(
     if let Some(k) = kubeconfig {
         cmd.env("KUBECONFIG", k);
     }
+    cmd.envs(env.iter().copied());
     if !extra.iter().any(|a| a.starts_with("--leader-election")) {
         cmd.arg("--leader-election=false");
     }
