@@ -50,6 +50,20 @@ pub fn merge(existing: &[Condition], verdicts: &[Verdict], generation: Option<i6
     all
 }
 
+/// Whether `new` says the same as the matching conditions in `existing` (ignoring
+/// transition times): used to skip status writes that would change nothing.
+pub fn unchanged(existing: &[Condition], new: &[Condition]) -> bool {
+    new.iter().all(|c| {
+        existing.iter().any(|o| {
+            o.type_ == c.type_
+                && o.status == c.status
+                && o.reason == c.reason
+                && o.message == c.message
+                && o.observed_generation == c.observed_generation
+        })
+    })
+}
+
 /// Whether `type_` is True in `conditions`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions.iter().any(|c| c.type_ == type_ && c.status == "True")

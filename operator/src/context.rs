@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex};
 /// Caches of what reconciles read, fed by watches (so a reconcile costs no lists).
 #[derive(Clone)]
 pub struct Stores {
+    /// Every MessengerAccount.
+    pub accounts: Store<crate::run::Guarded<crmessenger_api::MessengerAccount>>,
     /// Every CrmBinding.
-    pub bindings: Store<CrmBinding>,
+    pub bindings: Store<crate::run::Guarded<CrmBinding>>,
     /// Every SyncPolicy.
-    pub policies: Store<SyncPolicy>,
+    pub policies: Store<crate::run::Guarded<SyncPolicy>>,
     /// Connector Leases (those the operator labelled).
     pub leases: Store<Lease>,
 }
@@ -85,6 +87,26 @@ impl Context {
     /// Publishes a Normal Event on `obj`.
     pub async fn inform<K: Resource<DynamicType = ()>>(&self, obj: &K, reason: &str, note: String, action: &str) {
         self.publish(obj, EventType::Normal, reason, note, action).await
+    }
+
+    /// Publishes a Warning Event on the object `reference` names.
+    pub async fn warn_ref(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::warn!("could not publish event {reason}: {e}");
+        }
     }
 
     async fn publish<K: Resource<DynamicType = ()>>(

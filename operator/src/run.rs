@@ -92,18 +92,19 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
     let config = ControllerConfig::default().concurrency(options.concurrency);
     let wc = watcher::Config::default();
 
-    let accounts = Controller::new(Api::<MessengerAccount>::all(client.clone()), wc.clone())
+    let accounts = Controller::new(Api::<Guarded<MessengerAccount>>::all(client.clone()), wc.clone())
         .with_config(config.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), wc.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), wc.clone());
     let account_store = accounts.store();
     let store = account_store.clone();
     let accounts = accounts
-        .watches(Api::<CrmBinding>::all(client.clone()), wc.clone(), move |b| {
+        .watches(Api::<Guarded<CrmBinding>>::all(client.clone()), wc.clone(), move |b| {
+            let Ok(b) = b.0 else { return Vec::new() };
             store
                 .state()
                 .into_iter()
-                .filter(|a| selection::selects(&b, a))
+                .filter(|a| a.0.as_ref().is_ok_and(|a| selection::selects(&b, a)))
                 .map(|a| ObjectRef::from(a.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -117,7 +118,7 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
                 account.zip(lease.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
             },
         )
-        .watches(Api::<SyncPolicy>::all(client.clone()), wc.clone(), {
+        .watches(Api::<Guarded<SyncPolicy>>::all(client.clone()), wc.clone(), {
             let store = account_store.clone();
             move |p| {
                 store
@@ -129,13 +130,14 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
             }
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(counted("messengeraccount", account::reconcile), error_policy, ctx.clone())
+        .run(guarded("messengeraccount", account::reconcile), error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    let bindings = Controller::new(Api::<CrmBinding>::all(client.clone()), wc.clone()).with_config(config.clone());
+    let bindings =
+        Controller::new(Api::<Guarded<CrmBinding>>::all(client.clone()), wc.clone()).with_config(config.clone());
     let binding_store = bindings.store();
     let bindings = bindings
-        .watches(Api::<MessengerAccount>::all(client.clone()), wc.clone(), {
+        .watches(Api::<Guarded<MessengerAccount>>::all(client.clone()), wc.clone(), {
             let store = binding_store.clone();
             move |a| {
                 store
@@ -146,28 +148,32 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
                     .collect::<Vec<_>>()
             }
         })
-        .watches(Api::<SyncPolicy>::all(client.clone()), wc.clone(), {
+        .watches(Api::<Guarded<SyncPolicy>>::all(client.clone()), wc.clone(), {
             let store = binding_store.clone();
             move |p| {
                 store
                     .state()
                     .into_iter()
-                    .filter(|b| b.namespace() == p.namespace() && b.spec.policy_ref.name == p.name_any())
+                    .filter(|b| {
+                        b.namespace() == p.namespace()
+                            && b.0.as_ref().is_ok_and(|b| b.spec.policy_ref.name == p.name_any())
+                    })
                     .map(|b| ObjectRef::from(b.as_ref()))
                     .collect::<Vec<_>>()
             }
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(counted("crmbinding", binding::reconcile), error_policy, ctx.clone())
+        .run(guarded("crmbinding", binding::reconcile), error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    let policies = Controller::new(Api::<SyncPolicy>::all(client.clone()), wc.clone())
+    let policies = Controller::new(Api::<Guarded<SyncPolicy>>::all(client.clone()), wc.clone())
         .with_config(config)
-        .watches(Api::<CrmBinding>::all(client.clone()), wc.clone(), |b| {
-            b.namespace().map(|ns| ObjectRef::new(&b.spec.policy_ref.name).within(&ns))
+        .watches(Api::<Guarded<CrmBinding>>::all(client.clone()), wc.clone(), |b| {
+            let ns = b.namespace();
+            b.0.ok().zip(ns).map(|(b, ns)| ObjectRef::new(&b.spec.policy_ref.name).within(&ns))
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(counted("syncpolicy", policy::reconcile), error_policy, ctx.clone())
+        .run(guarded("syncpolicy", policy::reconcile), error_policy, ctx.clone())
         .for_each(|_| async {});
 
     // Ready once every kind can be listed (the watches start from the same lists).
@@ -184,6 +190,47 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
     tokio::join!(accounts, bindings, policies);
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+/// Objects are watched through this guard: one that does not deserialize (say,
+/// stored under an older schema) becomes an error on that object — a Warning Event
+/// — instead of a watch that fails for every object.
+pub type Guarded<K> = kube::core::DeserializeGuard<K>;
+
+/// Reconciles the object inside a [`Guarded`], or reports why it cannot be read.
+fn guarded<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<Guarded<K>>, Arc<Context>) -> ReconcileFuture
+where
+    K: Clone + Send + Sync + 'static + kube::Resource<DynamicType = ()>,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let inner = counted(kind, f);
+    move |obj, ctx| match &obj.0 {
+        Ok(k) => inner(Arc::new(k.clone()), ctx),
+        Err(invalid) => {
+            let invalid = invalid.clone();
+            Box::pin(async move {
+                tracing::warn!(kind, object = invalid.metadata.name, "cannot read object: {}", invalid.error);
+                let reference = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some(K::api_version(&()).to_string()),
+                    kind: Some(K::kind(&()).to_string()),
+                    name: invalid.metadata.name.clone(),
+                    namespace: invalid.metadata.namespace.clone(),
+                    uid: invalid.metadata.uid.clone(),
+                    ..Default::default()
+                };
+                ctx.warn_ref(
+                    &reference,
+                    "InvalidObject",
+                    format!("the operator cannot read this object: {}", invalid.error),
+                    "Reconcile",
+                )
+                .await;
+                ctx.metrics.reconciled(kind, "invalid");
+                Ok(Action::await_change())
+            })
+        }
+    }
 }
 
 type ReconcileFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Action, Error>> + Send>>;
@@ -259,10 +306,12 @@ async fn start_stores(client: &Client) -> anyhow::Result<crate::context::Stores>
     }
     let managed = format!("{}={}", crate::labels::MANAGED_BY, crate::labels::MANAGER);
     let stores = crate::context::Stores {
-        bindings: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
-        policies: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+        accounts: spawn_reflector(Api::<Guarded<MessengerAccount>>::all(client.clone()), watcher::Config::default()),
+        bindings: spawn_reflector(Api::<Guarded<CrmBinding>>::all(client.clone()), watcher::Config::default()),
+        policies: spawn_reflector(Api::<Guarded<SyncPolicy>>::all(client.clone()), watcher::Config::default()),
         leases: spawn_reflector(Api::all(client.clone()), watcher::Config::default().labels(&managed)),
     };
+    stores.accounts.wait_until_ready().await?;
     stores.bindings.wait_until_ready().await?;
     stores.policies.wait_until_ready().await?;
     stores.leases.wait_until_ready().await?;

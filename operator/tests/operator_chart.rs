@@ -29,6 +29,29 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the operator started without its CRDs");
     assert!(stderr.contains("is not installed") && stderr.contains("crds.install=true"), "{stderr}");
+    // An account stored under an older, looser schema that today's types cannot read.
+    let legacy = cp.namespace("legacy").await.unwrap();
+    let loose = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition","metadata":{"name":"messengeraccounts.crmessenger.io"},"spec":{"group":"crmessenger.io","scope":"Namespaced","names":{"kind":"MessengerAccount","plural":"messengeraccounts","singular":"messengeraccount"},"versions":[{"name":"v1alpha1","served":true,"storage":true,"subresources":{"status":{}},"schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+    assert!(cp.kubectl_apply_output(loose, &[]).unwrap().status.success());
+    cp.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/messengeraccounts.crmessenger.io"])
+        .unwrap();
+    let broken = r#"{"apiVersion":"crmessenger.io/v1alpha1","kind":"MessengerAccount","metadata":{"name":"old"},"spec":{"provider":"signal"}}"#;
+    let out = cp.kubectl_apply_output(broken, &["-n", &legacy]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The current CRDs replace it; the chart adopts them, as in an upgrade.
+    let crds = repo_root().join("crds").display().to_string();
+    cp.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &crds]).unwrap();
+    for crd in ["messengeraccounts", "crmbindings", "syncpolicies"] {
+        let name = format!("crd/{crd}.crmessenger.io");
+        cp.kubectl_ok(&["label", &name, "app.kubernetes.io/managed-by=Helm"]).unwrap();
+        cp.kubectl_ok(&[
+            "annotate",
+            &name,
+            "meta.helm.sh/release-name=crmessenger",
+            &format!("meta.helm.sh/release-namespace={RELEASE_NS}"),
+        ])
+        .unwrap();
+    }
     helm(cp, &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false"]);
     cp.wait_crds_established().expect("the chart's CRDs become Established");
     let deployment = get(cp, RELEASE_NS, "deployment/crmessenger-operator").expect("the operator Deployment");
@@ -60,6 +83,12 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
             && get(cp, &ns, "secret/via-chart-crm-token").is_some()
             && condition(&a, "ConnectorAvailable").is_some();
         if ok { Ok(()) } else { Err(a["status"].to_string()) }
+    })
+    .await;
+    // The unreadable account did not stop the watch; it is reported on itself.
+    eventually("an InvalidObject event on the unreadable account", 20, || async {
+        let events = cp.kubectl_ok(&["get", "events", "-n", &legacy, "-o", "json"]).unwrap_or_default();
+        if events.contains("InvalidObject") { Ok(()) } else { Err(events) }
     })
     .await;
     let b = get(cp, &ns, "crmbinding/via-chart").unwrap();

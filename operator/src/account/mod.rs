@@ -48,8 +48,9 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         .bindings
         .state()
         .iter()
+        .filter_map(|b| b.0.as_ref().ok())
         .filter(|b| b.namespace() == account.namespace())
-        .map(|b| (**b).clone())
+        .cloned()
         .collect();
     if selection::owner(&account, &bindings).is_none() {
         // The cache may lag behind the event that brought us here: ask the API
@@ -58,7 +59,10 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     }
     let binding = selection::owner(&account, &bindings);
     let mut policy: Option<SyncPolicy> = binding.and_then(|b| {
-        ctx.stores.policies.get(&ObjectRef::new(&b.spec.policy_ref.name).within(&namespace)).map(|p| (*p).clone())
+        ctx.stores
+            .policies
+            .get(&ObjectRef::new(&b.spec.policy_ref.name).within(&namespace))
+            .and_then(|p| p.0.clone().ok())
     });
     if let (Some(b), None) = (binding, &policy) {
         policy = Api::<SyncPolicy>::namespaced(ctx.client.clone(), &namespace).get_opt(&b.spec.policy_ref.name).await?;
@@ -138,15 +142,7 @@ async fn write_status(
     let unchanged = status.phase == Some(phase)
         && status.observed_generation == account.metadata.generation
         && status.binding.as_ref().map(|b| json!({ "name": b.name })) == binding
-        && conditions.iter().all(|c| {
-            status.conditions.iter().any(|o| {
-                o.type_ == c.type_
-                    && o.status == c.status
-                    && o.reason == c.reason
-                    && o.message == c.message
-                    && o.observed_generation == c.observed_generation
-            })
-        });
+        && crate::conditions::unchanged(&status.conditions, &conditions);
     if unchanged {
         return Ok(());
     }

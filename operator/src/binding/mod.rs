@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::labels::MANAGER;
 use crate::selection;
 use crmessenger_api::common::conditions::{CREDENTIALS_VALID, READY};
-use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
+use crmessenger_api::{CrmBinding, MessengerAccount};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -27,9 +27,24 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     let name = binding.name_any();
 
     // Accounts: the ones this binding selects, split into owned and refused.
-    let accounts: Vec<MessengerAccount> =
-        Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
-    let bindings: Vec<CrmBinding> = Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
+    let accounts: Vec<MessengerAccount> = ctx
+        .stores
+        .accounts
+        .state()
+        .iter()
+        .filter_map(|a| a.0.as_ref().ok())
+        .filter(|a| a.namespace().as_deref() == Some(&ns))
+        .cloned()
+        .collect();
+    let bindings: Vec<CrmBinding> = ctx
+        .stores
+        .bindings
+        .state()
+        .iter()
+        .filter_map(|b| b.0.as_ref().ok())
+        .filter(|b| b.namespace().as_deref() == Some(&ns))
+        .cloned()
+        .collect();
     let mut bound = Vec::new();
     let mut refused = Vec::new();
     for account in accounts.iter().filter(|a| selection::selects(&binding, a)) {
@@ -41,7 +56,11 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     }
     bound.sort();
 
-    let policy = Api::<SyncPolicy>::namespaced(ctx.client.clone(), &ns).get_opt(&binding.spec.policy_ref.name).await?;
+    let policy = ctx
+        .stores
+        .policies
+        .get(&kube::runtime::reflector::ObjectRef::new(&binding.spec.policy_ref.name).within(&ns))
+        .and_then(|p| p.0.clone().ok());
     let (credentials, expires_at, requeue) = credentials(&binding, &ctx, &ns).await?;
 
     let ready = if !credentials.ok {
@@ -78,6 +97,15 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     });
     if let Some(t) = expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()) {
         status["tokenExpiresAt"] = json!(t);
+    }
+    let expires = status.get("tokenExpiresAt").cloned();
+    let same = previous.observed_generation == binding.metadata.generation
+        && previous.bound_accounts == bound
+        && previous.bound_account_count == Some(bound.len() as i32)
+        && previous.token_expires_at.as_ref().map(|t| json!(t)) == expires
+        && crate::conditions::unchanged(&previous.conditions, &conditions);
+    if same {
+        return Ok(Action::requeue(requeue));
     }
     let body = json!({ "apiVersion": CrmBinding::api_version(&()), "kind": CrmBinding::kind(&()), "status": status });
     Api::<CrmBinding>::namespaced(ctx.client.clone(), &ns)

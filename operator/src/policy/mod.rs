@@ -56,7 +56,15 @@ pub fn validate(spec: &SyncPolicySpec) -> Verdict {
 pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = policy.namespace().ok_or_else(|| Error::Malformed("policy without namespace".into()))?;
     let name = policy.name_any();
-    let bindings: Vec<CrmBinding> = Api::namespaced(ctx.client.clone(), &ns).list(&Default::default()).await?.items;
+    let bindings: Vec<CrmBinding> = ctx
+        .stores
+        .bindings
+        .state()
+        .iter()
+        .filter_map(|b| b.0.as_ref().ok())
+        .filter(|b| b.namespace().as_deref() == Some(&ns))
+        .cloned()
+        .collect();
     let mut users: Vec<String> =
         bindings.iter().filter(|b| b.spec.policy_ref.name == name).map(|b| b.name_any()).collect();
     users.sort();
@@ -67,6 +75,13 @@ pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Act
         ctx.warn(policy.as_ref(), &verdict.reason, verdict.message.clone(), "Reconcile").await;
     }
     let conditions = merge(&previous.conditions, &[verdict], policy.metadata.generation, jiff::Timestamp::now());
+    let same = previous.observed_generation == policy.metadata.generation
+        && previous.bindings == users
+        && previous.binding_count == Some(users.len() as i32)
+        && crate::conditions::unchanged(&previous.conditions, &conditions);
+    if same {
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     let body = json!({
         "apiVersion": SyncPolicy::api_version(&()),
         "kind": SyncPolicy::kind(&()),
