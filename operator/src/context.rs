@@ -28,6 +28,11 @@ pub struct Stores {
 pub struct Context {
     /// Watched caches.
     pub stores: Stores,
+    /// Recent successful credential checks per binding (and generation):
+    /// (when, verdict, token expiry, next check).
+    #[allow(clippy::type_complexity)]
+    pub credentials:
+        Mutex<HashMap<String, (std::time::Instant, crate::conditions::Verdict, Option<i64>, std::time::Duration)>>,
     /// Children last applied per account.
     pub applied: Mutex<HashMap<String, crate::account::children::Applied>>,
     /// The Kubernetes client.
@@ -54,6 +59,7 @@ impl Context {
             failures: Mutex::default(),
             stores,
             applied: Mutex::default(),
+            credentials: Mutex::default(),
         }
     }
 

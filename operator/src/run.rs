@@ -139,11 +139,20 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
     let bindings = bindings
         .watches(Api::<Guarded<MessengerAccount>>::all(client.clone()), wc.clone(), {
             let store = binding_store.clone();
+            // Only the bindings that select the account, or list it as bound (it
+            // may have left them), need to look again.
             move |a| {
+                let name = a.name_any();
+                let account = a.0.ok();
                 store
                     .state()
                     .into_iter()
-                    .filter(|b| b.namespace() == a.namespace())
+                    .filter(|b| {
+                        b.0.as_ref().is_ok_and(|b| {
+                            let listed = b.status.as_ref().is_some_and(|s| s.bound_accounts.contains(&name));
+                            listed || account.as_ref().is_some_and(|a| selection::selects(b, a))
+                        })
+                    })
                     .map(|b| ObjectRef::from(b.as_ref()))
                     .collect::<Vec<_>>()
             }

@@ -227,3 +227,91 @@ fn stateful_set_spec(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crmessenger_api::config::{RuntimeSettings, render};
+    use crmessenger_api::{CrmBinding, SyncPolicy};
+    use serde::Deserialize;
+
+    /// The account, binding and policy of an example manifest, as the API server
+    /// would return them (namespace and uid set).
+    fn fixture(file: &str) -> (MessengerAccount, CrmBinding, SyncPolicy) {
+        let text = std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let (mut a, mut b, mut p) = (None, None, None);
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            v["metadata"]["namespace"] = "shop".into();
+            v["metadata"]["uid"] = "0000-1111".into();
+            match v["kind"].as_str() {
+                Some("MessengerAccount") => a = Some(serde_json::from_value(v).unwrap()),
+                Some("CrmBinding") => b = Some(serde_json::from_value(v).unwrap()),
+                Some("SyncPolicy") => p = Some(serde_json::from_value(v).unwrap()),
+                _ => {}
+            }
+        }
+        (a.unwrap(), b.unwrap(), p.unwrap())
+    }
+
+    fn children(file: &str, tweak: impl FnOnce(&mut MessengerAccount)) -> Children {
+        let (mut a, b, p) = fixture(file);
+        tweak(&mut a);
+        let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
+        build(&a, &config, &Settings::default()).unwrap()
+    }
+
+    #[test]
+    fn the_stateful_set_runs_one_restricted_pod_with_the_config_hash() {
+        let c = children("telegram-bot.yaml", |_| {});
+        let spec = c.stateful_set.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let template = spec.template;
+        let hash = template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH].clone();
+        assert_eq!(hash.len(), 16);
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("shop-bot-connector"));
+        let sc = pod.security_context.unwrap();
+        assert_eq!((sc.run_as_non_root, sc.seccomp_profile.unwrap().type_.as_str()), (Some(true), "RuntimeDefault"));
+        for c in &pod.containers {
+            let sc = c.security_context.clone().unwrap();
+            assert_eq!((sc.allow_privilege_escalation, sc.read_only_root_filesystem), (Some(false), Some(true)));
+            assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        }
+        let owner = &c.config_map.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("MessengerAccount", Some(true)));
+    }
+
+    #[test]
+    fn suspend_scales_to_zero_and_overrides_apply() {
+        let c = children("telegram-qr.yaml", |a| {
+            a.spec.suspend = true;
+            a.spec.connector = Some(crmessenger_api::account::ConnectorOverrides {
+                image: Some("registry.example/crm:1".into()),
+                priority_class_name: Some("high".into()),
+                ..Default::default()
+            });
+        });
+        let spec = c.stateful_set.spec.unwrap();
+        assert_eq!(spec.replicas, Some(0));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example/crm:1"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn the_role_names_only_what_the_connector_may_touch() {
+        let c = children("whatsapp-cloud.yaml", |_| {});
+        let rules = c.role.rules.unwrap();
+        let secrets: Vec<_> = rules.iter().filter(|r| r.resources == Some(vec!["secrets".into()])).collect();
+        assert_eq!(
+            secrets[0].resource_names,
+            Some(vec!["support-crm-token".to_string(), "whatsapp-cloud".to_string()])
+        );
+        assert_eq!(secrets[1].resource_names, Some(vec!["support-whatsapp-login".to_string()]));
+        assert!(rules.iter().all(|r| r.resource_names.as_ref().is_some_and(|n| !n.is_empty())));
+        let data = c.config_map.data.unwrap();
+        assert!(!data[CONFIG_KEY].contains("replace-with"), "a Secret value in the ConfigMap");
+    }
+}

@@ -114,8 +114,31 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     Ok(Action::requeue(requeue))
 }
 
-/// CredentialsValid, the access token's expiry, and when to look again.
+/// A credentials check is reused this long when it succeeded (the token is far
+/// from expiry), so account churn does not re-read Secrets for every reconcile.
+const CREDENTIALS_TTL: Duration = Duration::from_secs(60);
+
+/// CredentialsValid, the token's expiry and when to look again — from a recent
+/// successful check, or checked now.
 async fn credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(Verdict, Option<i64>, Duration)> {
+    let key = format!("{ns}/{}/{}", binding.name_any(), binding.metadata.generation.unwrap_or_default());
+    let cached = ctx.credentials.lock().ok().and_then(|m| m.get(&key).cloned());
+    if let Some((at, verdict, expires, requeue)) = cached
+        && at.elapsed() < CREDENTIALS_TTL.min(requeue)
+    {
+        return Ok((verdict, expires, requeue.saturating_sub(at.elapsed()).max(Duration::from_secs(1))));
+    }
+    let checked = check_credentials(binding, ctx, ns).await?;
+    if checked.0.ok
+        && let Ok(mut m) = ctx.credentials.lock()
+    {
+        m.insert(key, (std::time::Instant::now(), checked.0.clone(), checked.1, checked.2));
+    }
+    Ok(checked)
+}
+
+/// Reads the Secrets and makes sure a current token is stored.
+async fn check_credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(Verdict, Option<i64>, Duration)> {
     let Some(amo) = &binding.spec.crm.amocrm else {
         return Ok((
             Verdict::no(CREDENTIALS_VALID, "InvalidSpec", "no amocrm settings"),
