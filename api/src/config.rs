@@ -228,20 +228,9 @@ mod tests {
 
     /// The objects of one example manifest, with a namespace as `kubectl apply -n` gives.
     fn example(file: &str) -> (MessengerAccount, CrmBinding, SyncPolicy) {
-        let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let (mut a, mut b, mut p) = (None, None, None);
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
-            v["metadata"]["namespace"] = "shop".into();
-            match v["kind"].as_str() {
-                Some("MessengerAccount") => a = Some(serde_json::from_value(v).unwrap()),
-                Some("CrmBinding") => b = Some(serde_json::from_value(v).unwrap()),
-                Some("SyncPolicy") => p = Some(serde_json::from_value(v).unwrap()),
-                _ => {}
-            }
-        }
-        (a.unwrap(), b.unwrap(), p.unwrap())
+        let text = std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut m = crate::manifests::parse(&text, "shop").unwrap();
+        (m.accounts.remove(0), m.bindings.remove(0), m.policies.remove(0))
     }
 
     #[test]

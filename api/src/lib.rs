@@ -14,6 +14,7 @@ pub mod binding;
 pub mod common;
 pub mod config;
 pub mod crd;
+pub mod manifests;
 pub mod policy;
 
 pub use account::{MessengerAccount, MessengerAccountSpec, MessengerAccountStatus};

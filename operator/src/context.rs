@@ -24,6 +24,31 @@ pub struct Stores {
     pub leases: Store<Lease>,
 }
 
+impl Stores {
+    /// The readable MessengerAccounts of `namespace`.
+    pub fn accounts_in(&self, namespace: &str) -> Vec<crmessenger_api::MessengerAccount> {
+        readable_in(&self.accounts, namespace)
+    }
+
+    /// The readable CrmBindings of `namespace`.
+    pub fn bindings_in(&self, namespace: &str) -> Vec<CrmBinding> {
+        readable_in(&self.bindings, namespace)
+    }
+}
+
+fn readable_in<K: Clone + Resource<DynamicType = ()>>(
+    store: &Store<crate::run::Guarded<K>>,
+    namespace: &str,
+) -> Vec<K> {
+    store
+        .state()
+        .iter()
+        .filter_map(|o| o.0.as_ref().ok())
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .cloned()
+        .collect()
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     /// Watched caches.

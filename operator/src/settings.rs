@@ -24,7 +24,7 @@ impl Default for Settings {
             image_pull_policy: "IfNotPresent".into(),
             heartbeat_timeout: Duration::from_secs(45),
             cleanup_timeout: Duration::from_secs(120),
-            crm_requests_per_second: 6.5,
+            crm_requests_per_second: crmessenger_crm::budget::Limit::AMOCRM_REST.rate,
         }
     }
 }

@@ -233,25 +233,14 @@ mod tests {
     use super::*;
     use crmessenger_api::config::{RuntimeSettings, render};
     use crmessenger_api::{CrmBinding, SyncPolicy};
-    use serde::Deserialize;
 
     /// The account, binding and policy of an example manifest, as the API server
     /// would return them (namespace and uid set).
     fn fixture(file: &str) -> (MessengerAccount, CrmBinding, SyncPolicy) {
         let text = std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let (mut a, mut b, mut p) = (None, None, None);
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
-            v["metadata"]["namespace"] = "shop".into();
-            v["metadata"]["uid"] = "0000-1111".into();
-            match v["kind"].as_str() {
-                Some("MessengerAccount") => a = Some(serde_json::from_value(v).unwrap()),
-                Some("CrmBinding") => b = Some(serde_json::from_value(v).unwrap()),
-                Some("SyncPolicy") => p = Some(serde_json::from_value(v).unwrap()),
-                _ => {}
-            }
-        }
-        (a.unwrap(), b.unwrap(), p.unwrap())
+        let mut m = crmessenger_api::manifests::parse(&text, "shop").unwrap();
+        m.accounts[0].metadata.uid = Some("0000-1111".into());
+        (m.accounts.remove(0), m.bindings.remove(0), m.policies.remove(0))
     }
 
     fn children(file: &str, tweak: impl FnOnce(&mut MessengerAccount)) -> Children {

@@ -12,7 +12,7 @@ use crate::labels::{CONNECTOR_MANAGER, FINALIZER, MANAGER};
 use crate::selection;
 use crmessenger_api::common::conditions::{CONFIG_VALID, CONNECTOR_AVAILABLE, READY};
 use crmessenger_api::config::{RuntimeSettings, render};
-use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
+use crmessenger_api::{MessengerAccount, SyncPolicy};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -43,15 +43,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     }
 
     // Fetch (from the watched caches).
-    let mut bindings: Vec<CrmBinding> = ctx
-        .stores
-        .bindings
-        .state()
-        .iter()
-        .filter_map(|b| b.0.as_ref().ok())
-        .filter(|b| b.namespace() == account.namespace())
-        .cloned()
-        .collect();
+    let mut bindings = ctx.stores.bindings_in(&namespace);
     if selection::owner(&account, &bindings).is_none() {
         // The cache may lag behind the event that brought us here: ask the API
         // before reporting the account as unbound.

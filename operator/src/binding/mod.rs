@@ -9,8 +9,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::labels::MANAGER;
 use crate::selection;
+use crmessenger_api::CrmBinding;
 use crmessenger_api::common::conditions::{CREDENTIALS_VALID, READY};
-use crmessenger_api::{CrmBinding, MessengerAccount};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -27,24 +27,8 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     let name = binding.name_any();
 
     // Accounts: the ones this binding selects, split into owned and refused.
-    let accounts: Vec<MessengerAccount> = ctx
-        .stores
-        .accounts
-        .state()
-        .iter()
-        .filter_map(|a| a.0.as_ref().ok())
-        .filter(|a| a.namespace().as_deref() == Some(&ns))
-        .cloned()
-        .collect();
-    let bindings: Vec<CrmBinding> = ctx
-        .stores
-        .bindings
-        .state()
-        .iter()
-        .filter_map(|b| b.0.as_ref().ok())
-        .filter(|b| b.namespace().as_deref() == Some(&ns))
-        .cloned()
-        .collect();
+    let accounts = ctx.stores.accounts_in(&ns);
+    let bindings = ctx.stores.bindings_in(&ns);
     let mut bound = Vec::new();
     let mut refused = Vec::new();
     for account in accounts.iter().filter(|a| selection::selects(&binding, a)) {

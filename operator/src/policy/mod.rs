@@ -5,9 +5,9 @@ use crate::conditions::{Verdict, merge};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::labels::MANAGER;
+use crmessenger_api::SyncPolicy;
 use crmessenger_api::common::conditions::READY;
 use crmessenger_api::policy::SyncPolicySpec;
-use crmessenger_api::{CrmBinding, SyncPolicy};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -56,15 +56,7 @@ pub fn validate(spec: &SyncPolicySpec) -> Verdict {
 pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = policy.namespace().ok_or_else(|| Error::Malformed("policy without namespace".into()))?;
     let name = policy.name_any();
-    let bindings: Vec<CrmBinding> = ctx
-        .stores
-        .bindings
-        .state()
-        .iter()
-        .filter_map(|b| b.0.as_ref().ok())
-        .filter(|b| b.namespace().as_deref() == Some(&ns))
-        .cloned()
-        .collect();
+    let bindings = ctx.stores.bindings_in(&ns);
     let mut users: Vec<String> =
         bindings.iter().filter(|b| b.spec.policy_ref.name == name).map(|b| b.name_any()).collect();
     users.sort();

@@ -1,0 +1,63 @@
+//! Reading CRMessenger objects out of multi-document YAML manifests (the examples,
+//! or a directory of manifests in standalone mode). Pure: text in, objects out.
+
+use crate::{CrmBinding, MessengerAccount, SyncPolicy};
+use serde::Deserialize;
+
+/// The CRMessenger objects of a manifest; other kinds are skipped.
+#[derive(Debug, Default, Clone)]
+pub struct Manifests {
+    /// MessengerAccounts, in file order.
+    pub accounts: Vec<MessengerAccount>,
+    /// CrmBindings, in file order.
+    pub bindings: Vec<CrmBinding>,
+    /// SyncPolicies, in file order.
+    pub policies: Vec<SyncPolicy>,
+}
+
+/// Parses `text`; objects without a namespace get `namespace`.
+pub fn parse(text: &str, namespace: &str) -> Result<Manifests, String> {
+    let mut out = Manifests::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        let mut v = serde_json::to_value(value).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        if v["metadata"]["namespace"].is_null() && v["metadata"].is_object() {
+            v["metadata"]["namespace"] = namespace.into();
+        }
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let what = |e: serde_json::Error| format!("document {} ({kind}): {e}", i + 1);
+        match kind.as_str() {
+            "MessengerAccount" => out.accounts.push(serde_json::from_value(v).map_err(what)?),
+            "CrmBinding" => out.bindings.push(serde_json::from_value(v).map_err(what)?),
+            "SyncPolicy" => out.policies.push(serde_json::from_value(v).map_err(what)?),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_parses_into_one_account_binding_and_policy() {
+        let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let m = parse(&std::fs::read_to_string(&path).unwrap(), "shop").unwrap();
+            assert_eq!((m.accounts.len(), m.bindings.len(), m.policies.len()), (1, 1, 1), "{}", path.display());
+            assert_eq!(m.accounts[0].metadata.namespace.as_deref(), Some("shop"));
+        }
+    }
+
+    #[test]
+    fn a_bad_object_names_its_document() {
+        let e = parse("kind: SyncPolicy\nmetadata: {name: p}\nspec: {assignment: {strategy: sometimes}}\n", "ns")
+            .unwrap_err();
+        assert!(e.contains("document 1 (SyncPolicy)"), "{e}");
+    }
+}
