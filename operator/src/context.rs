@@ -25,11 +25,6 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// The readable MessengerAccounts of `namespace`.
-    pub fn accounts_in(&self, namespace: &str) -> Vec<crmessenger_api::MessengerAccount> {
-        readable_in(&self.accounts, namespace)
-    }
-
     /// The readable CrmBindings of `namespace`.
     pub fn bindings_in(&self, namespace: &str) -> Vec<CrmBinding> {
         readable_in(&self.bindings, namespace)

@@ -55,7 +55,14 @@ pub struct Applied {
 /// Applies the children unless exactly these were applied less than [`REAPPLY`]
 /// ago. While a new config rolls out (and once after a start), replaces a pod that
 /// is stuck unready on the old config; otherwise it lists no pods.
-pub async fn apply_if_changed(ctx: &Context, namespace: &str, account: &str, c: &Children, hash: &str) -> Result<()> {
+pub async fn apply_if_changed(
+    ctx: &Context,
+    namespace: &str,
+    account: &str,
+    c: &Children,
+    hash: &str,
+    new_account: bool,
+) -> Result<()> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let all = (
@@ -81,7 +88,8 @@ pub async fn apply_if_changed(ctx: &Context, namespace: &str, account: &str, c: 
                 Some(p) => p.rollout_since,
                 None => None,
             };
-            let pods_checked = previous.and_then(|p| p.pods_checked);
+            // A StatefulSet created just now has no pod on an old config to look for.
+            let pods_checked = previous.and_then(|p| p.pods_checked).or(new_account.then(Instant::now));
             Applied { digest, at: Instant::now(), config_hash: hash.to_string(), rollout_since, pods_checked }
         }
     };

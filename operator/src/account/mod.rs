@@ -72,7 +72,17 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
             Ok(config) => {
                 let children = build::build(&account, &config, &ctx.settings).map_err(Error::Malformed)?;
-                children::apply_if_changed(&ctx, &namespace, &account.name_any(), &children, &config.hash()).await?;
+                let created = account.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+                let new_account = Timestamp::now().duration_since(created).as_secs_f64() < 60.0;
+                children::apply_if_changed(
+                    &ctx,
+                    &namespace,
+                    &account.name_any(),
+                    &children,
+                    &config.hash(),
+                    new_account,
+                )
+                .await?;
                 (
                     Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())),
                     Some(config.hash()),

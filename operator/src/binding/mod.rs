@@ -27,11 +27,13 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     let name = binding.name_any();
 
     // Accounts: the ones this binding selects, split into owned and refused.
-    let accounts = ctx.stores.accounts_in(&ns);
+    // Borrowed from the cache, not cloned: a namespace may hold thousands.
+    let snapshot = ctx.stores.accounts.state();
+    let accounts = snapshot.iter().filter_map(|a| a.0.as_ref().ok()).filter(|a| a.namespace().as_deref() == Some(&ns));
     let bindings = ctx.stores.bindings_in(&ns);
     let mut bound = Vec::new();
     let mut refused = Vec::new();
-    for account in accounts.iter().filter(|a| selection::selects(&binding, a)) {
+    for account in accounts.filter(|a| selection::selects(&binding, a)) {
         match selection::owner(account, &bindings) {
             Some(owner) if owner.name_any() == name => bound.push(account.name_any()),
             Some(owner) => refused.push(format!("{} (bound by {})", account.name_any(), owner.name_any())),
