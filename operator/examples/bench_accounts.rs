@@ -11,6 +11,9 @@ use crmessenger_testkit::ControlPlane;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+/// kubectl processes applying the accounts at once.
+const APPLIERS: usize = 4;
+
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let bindings = 10;
@@ -42,11 +45,33 @@ fn main() -> anyhow::Result<()> {
             i % bindings
         ));
     }
-    let file = cp.dir().join("bench.yaml");
-    std::fs::File::create(&file)?.write_all(yaml.as_bytes())?;
+    // Applied as GitOps tools do: several appliers at once (the policy and bindings
+    // first), since one kubectl applies objects one after the other.
+    let docs: Vec<&str> = yaml.split("\n---\n").collect();
+    let (head, accounts) = docs.split_at(1 + 2 * bindings);
+    let mut files = vec![head.join("\n---\n")];
+    for chunk in accounts.chunks(accounts.len().div_ceil(APPLIERS).max(1)) {
+        files.push(chunk.join("\n---\n"));
+    }
+    let paths: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let path = cp.dir().join(format!("bench-{i}.yaml"));
+            std::fs::write(&path, text).map(|_| path.display().to_string())
+        })
+        .collect::<Result<_, _>>()?;
     let before = metric(&admin, "crmessenger_operator_api_requests_total");
     let started = Instant::now();
-    cp.kubectl_ok(&["apply", "--server-side", "-n", "bench", "-f", &file.display().to_string()])?;
+    cp.kubectl_ok(&["apply", "--server-side", "-n", "bench", "-f", &paths[0]])?;
+    let cp = &cp;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = paths[1..]
+            .iter()
+            .map(|p| scope.spawn(move || cp.kubectl_ok(&["apply", "--server-side", "-n", "bench", "-f", p]).map(drop)))
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("an applier panicked"))?)
+    })?;
     let applied = started.elapsed();
     loop {
         let sts = cp.kubectl_ok(&["get", "statefulsets", "-n", "bench", "-o", "name"])?.lines().count();
