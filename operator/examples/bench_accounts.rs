@@ -6,6 +6,8 @@
 //!
 //!     cargo build --release -p crmessenger-operator --examples --bins
 //!     target/release/examples/bench_accounts 1000
+//!
+//! `BENCH_CONCURRENCY` sets the operator's `--concurrency` (default 8).
 
 use crmessenger_testkit::ControlPlane;
 use std::io::Write;
@@ -27,7 +29,9 @@ fn main() -> anyhow::Result<()> {
     let port = crmessenger_testkit::controlplane::free_port()?;
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = std::process::Command::new(&operator);
-    cmd.args(["run", "--leader-election=false", "--admin-addr", &admin]).env("RUST_LOG", "warn");
+    let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "8".into());
+    cmd.args(["run", "--leader-election=false", "--admin-addr", &admin, "--concurrency", &concurrency])
+        .env("RUST_LOG", "warn");
     let pid = cp.spawn_logged("operator", cmd)?;
     cp.kubectl_ok(&["create", "namespace", "bench"])?;
     std::thread::sleep(Duration::from_secs(2));
