@@ -64,14 +64,13 @@ pub fn unchanged(existing: &[Condition], new: &[Condition]) -> bool {
     })
 }
 
-/// Whether `type_` is True in `conditions`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
-}
-
-/// The condition of `type_`, if present.
-pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+/// Whether `verdict` is a failure the existing conditions do not already report
+/// (not False, or False for another reason): when a Warning Event is due, so a
+/// failure is announced once, not at every reconcile.
+pub fn newly_failed(existing: &[Condition], verdict: &Verdict) -> bool {
+    !verdict.ok
+        && !crmessenger_api::common::conditions::find(existing, verdict.type_)
+            .is_some_and(|c| c.status == "False" && c.reason == verdict.reason)
 }
 
 #[cfg(test)]

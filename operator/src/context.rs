@@ -97,12 +97,25 @@ impl Context {
         }
     }
 
-    /// Consecutive failures of the object whose key ends with `suffix`.
-    pub fn failures_ending_with(&self, suffix: &str) -> u32 {
-        self.failures
-            .lock()
-            .map(|f| f.iter().filter(|(k, _)| k.ends_with(suffix)).map(|(_, v)| *v).max().unwrap_or(1))
-            .unwrap_or(1)
+    /// Applies `status` to `obj`'s status subresource with the operator's field
+    /// manager (server-side apply, the only way the operator writes status).
+    pub async fn apply_status<K>(&self, obj: &K, status: serde_json::Value) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: kube::Api<K> =
+            kube::Api::namespaced(self.client.clone(), obj.meta().namespace.as_deref().unwrap_or_default());
+        let body = serde_json::json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
+        let params = kube::api::PatchParams::apply(crate::labels::MANAGER).force();
+        api.patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&body)).await.map(drop)
+    }
+
+    /// Consecutive failures of the object under `key`.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures.lock().map(|f| f.get(key).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// Publishes a Warning Event on `obj`; failures are logged, never fatal.

@@ -19,8 +19,6 @@ pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const CONFIG_HASH: &str = "crmessenger.io/config-hash";
 /// Finalizer that logs the session out and purges data before deletion.
 pub const FINALIZER: &str = "crmessenger.io/cleanup";
-/// Annotation set when cleanup was asked of the connector (RFC 3339 time).
-pub const CLEANUP_REQUESTED: &str = "crmessenger.io/cleanup-requested-at";
 
 /// Labels of every child of an account.
 pub fn account_labels(account: &str) -> BTreeMap<String, String> {

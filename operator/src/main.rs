@@ -32,7 +32,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Connector image for accounts that do not override it.
-    #[arg(long, env = "CRMESSENGER_CONNECTOR_IMAGE", default_value = "ghcr.io/crmessenger/crmessenger:latest")]
+    #[arg(long, env = "CRMESSENGER_CONNECTOR_IMAGE", default_value = crmessenger_operator::settings::DEFAULT_CONNECTOR_IMAGE)]
     connector_image: String,
     /// Where /livez, /readyz and /metrics are served.
     #[arg(long, env = "CRMESSENGER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]

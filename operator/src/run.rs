@@ -247,17 +247,13 @@ type ReconcileFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result
 /// Wraps a reconcile function so its outcome is counted and its backoff reset.
 fn counted<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: Send + Sync + 'static + kube::Resource,
+    K: Send + Sync + 'static + kube::Resource<DynamicType = ()>,
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
         Box::pin(async move {
-            let key = format!(
-                "{kind}/{}/{}",
-                obj.meta().namespace.clone().unwrap_or_default(),
-                obj.meta().name.clone().unwrap_or_default()
-            );
+            let key = failure_key(obj.as_ref());
             let result = f(obj, ctx.clone()).await;
             match &result {
                 Ok(_) => {
@@ -275,16 +271,24 @@ where
 }
 
 /// Per-object exponential backoff: 2 s, 4 s, … up to 5 minutes.
-fn error_policy<K: kube::Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key_suffix = format!(
-        "/{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    );
-    let failures = ctx.failures_ending_with(&key_suffix);
+fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = failure_key(obj.as_ref());
+    let failures = ctx.failures(&key);
     let delay = Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 8))).min(Duration::from_secs(300));
-    tracing::warn!(object = key_suffix, ?delay, "reconcile failed: {error}");
+    tracing::warn!(object = key, ?delay, "reconcile failed: {error}");
     Action::requeue(delay)
+}
+
+/// The key an object's consecutive failures are counted under: `Kind/namespace/name`
+/// (a guarded object has the kind of what it guards, so both sides agree).
+fn failure_key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
+    let meta = obj.meta();
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Starts the watches behind the caches reconciles read, and waits for their first

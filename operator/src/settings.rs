@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The connector image used when neither the flag nor the account names one.
+pub const DEFAULT_CONNECTOR_IMAGE: &str = "ghcr.io/crmessenger/crmessenger:latest";
+
 /// How the operator builds connectors and judges their health.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -20,7 +23,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            connector_image: "ghcr.io/crmessenger/crmessenger:latest".into(),
+            connector_image: DEFAULT_CONNECTOR_IMAGE.into(),
             image_pull_policy: "IfNotPresent".into(),
             heartbeat_timeout: Duration::from_secs(45),
             cleanup_timeout: Duration::from_secs(120),

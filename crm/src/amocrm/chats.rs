@@ -3,6 +3,7 @@
 
 use super::AmoCrm;
 use super::contacts;
+use super::transport::transport_error;
 use crate::CrmError;
 use crate::budget::{Budget, Limit};
 use crate::clock::Clock;
@@ -133,15 +134,9 @@ impl ChatsClient {
             req = req.body(bytes);
         }
         let write = method != Method::GET;
-        let response = req.send().await.map_err(|e| {
-            if write && !e.is_connect() {
-                CrmError::InDoubt(format!("{path}: {e}"))
-            } else {
-                CrmError::Unavailable(format!("{path}: {e}"))
-            }
-        })?;
+        let response = req.send().await.map_err(|e| transport_error(e, write, path))?;
         let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| CrmError::Unavailable(format!("{path}: {e}")))?;
+        let text = response.text().await.map_err(|e| transport_error(e, write, path))?;
         let body: Option<Value> = serde_json::from_str(&text).ok();
         let detail = || {
             body.as_ref()

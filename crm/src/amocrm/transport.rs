@@ -163,7 +163,8 @@ impl Transport {
     }
 }
 
-fn transport_error(e: reqwest::Error, is_write: bool, path: &str) -> CrmError {
+/// Classifies a failed request: in doubt when a write may have reached the server.
+pub(crate) fn transport_error(e: reqwest::Error, is_write: bool, path: &str) -> CrmError {
     // A write whose request may have reached the server is in doubt; a failure to
     // connect means nothing was sent.
     if is_write && !e.is_connect() && (e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()) {

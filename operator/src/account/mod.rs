@@ -8,17 +8,17 @@ pub mod validate;
 use crate::conditions::{Verdict, merge};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::labels::{CONNECTOR_MANAGER, FINALIZER, MANAGER};
+use crate::labels::FINALIZER;
 use crate::selection;
-use crmessenger_api::common::conditions::{CONFIG_VALID, CONNECTOR_AVAILABLE, READY};
+use crmessenger_api::common::conditions::CONFIG_VALID;
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_api::{MessengerAccount, SyncPolicy};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +37,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     if !account.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = account.finalizers().to_vec();
         finalizers.push(FINALIZER.to_string());
-        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": account.resource_version() } });
-        api.patch(&account.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        set_finalizers(&api, &account, finalizers).await?;
         return Ok(Action::await_change());
     }
 
@@ -71,22 +70,13 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     let (config_valid, desired_hash) = match validate::resolve(binding, policy.as_ref()) {
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
             Ok(config) => {
+                let hash = config.hash();
                 let children = build::build(&account, &config, &ctx.settings).map_err(Error::Malformed)?;
                 let created = account.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
                 let new_account = Timestamp::now().duration_since(created).as_secs_f64() < 60.0;
-                children::apply_if_changed(
-                    &ctx,
-                    &namespace,
-                    &account.name_any(),
-                    &children,
-                    &config.hash(),
-                    new_account,
-                )
-                .await?;
-                (
-                    Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())),
-                    Some(config.hash()),
-                )
+                children::apply_if_changed(&ctx, &namespace, &account.name_any(), &children, &hash, new_account)
+                    .await?;
+                (Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())), Some(hash))
             }
             Err(e) => (Verdict::no(CONFIG_VALID, "InvalidSpec", e.to_string()), None),
         },
@@ -108,10 +98,10 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     let ready = status::ready(&config_valid, &available, &observed);
     let phase = status::phase(&config_valid, &available, &ready, account.spec.suspend, false);
     let binding_ref = binding.map(|b| json!({ "name": b.name_any() }));
-    write_status(&api, &account, &[config_valid.clone(), available, ready], phase, binding_ref).await?;
-    if !config_valid.ok {
+    if crate::conditions::newly_failed(&status.conditions, &config_valid) {
         ctx.warn(account.as_ref(), &config_valid.reason, config_valid.message.clone(), "Reconcile").await;
     }
+    write_status(&ctx, &account, &[config_valid, available, ready], phase, binding_ref).await?;
     Ok(Action::requeue(next_check(lease.as_ref(), ctx.settings.heartbeat_timeout)))
 }
 
@@ -133,7 +123,7 @@ fn next_check(lease: Option<&Lease>, timeout: Duration) -> Duration {
 /// Applies the operator-owned part of the status (server-side apply), only when it
 /// changed.
 async fn write_status(
-    api: &Api<MessengerAccount>,
+    ctx: &Context,
     account: &MessengerAccount,
     verdicts: &[Verdict],
     phase: crmessenger_api::account::AccountPhase,
@@ -148,15 +138,12 @@ async fn write_status(
     if unchanged {
         return Ok(());
     }
-    let mut body = json!({
-        "apiVersion": MessengerAccount::api_version(&()),
-        "kind": MessengerAccount::kind(&()),
-        "status": { "phase": phase, "observedGeneration": account.metadata.generation, "conditions": conditions },
-    });
+    let mut status =
+        json!({ "phase": phase, "observedGeneration": account.metadata.generation, "conditions": conditions });
     if let Some(b) = binding {
-        body["status"]["binding"] = b;
+        status["binding"] = b;
     }
-    api.patch_status(&account.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    ctx.apply_status(account, status).await?;
     Ok(())
 }
 
@@ -180,12 +167,7 @@ async fn cleanup(api: &Api<MessengerAccount>, account: &MessengerAccount, ctx: &
     if !done && waited < timeout {
         let status = account.status.clone().unwrap_or_default();
         if status.phase != Some(crmessenger_api::account::AccountPhase::Terminating) {
-            let body = json!({
-                "apiVersion": MessengerAccount::api_version(&()),
-                "kind": MessengerAccount::kind(&()),
-                "status": { "phase": "Terminating" },
-            });
-            api.patch_status(&account.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+            ctx.apply_status(account, json!({ "phase": "Terminating" })).await?;
         }
         let left = Duration::from_secs_f64((timeout - waited).max(1.0));
         return Ok(Action::requeue(left.min(Duration::from_secs(5))));
@@ -208,12 +190,18 @@ async fn cleanup(api: &Api<MessengerAccount>, account: &MessengerAccount, ctx: &
         .await;
     }
     let finalizers: Vec<String> = account.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": account.resource_version() } });
-    api.patch(&account.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    set_finalizers(api, account, finalizers).await?;
     Ok(Action::await_change())
 }
 
-/// The field manager name the connector uses, re-exported for tests.
-pub const CONNECTOR_FIELD_MANAGER: &str = CONNECTOR_MANAGER;
-/// The condition types the operator owns on an account.
-pub const OPERATOR_CONDITIONS: [&str; 3] = [READY, CONFIG_VALID, CONNECTOR_AVAILABLE];
+/// Replaces the account's finalizers, guarded by its resourceVersion so a list that
+/// changed meanwhile is never overwritten.
+async fn set_finalizers(
+    api: &Api<MessengerAccount>,
+    account: &MessengerAccount,
+    finalizers: Vec<String>,
+) -> Result<()> {
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": account.resource_version() } });
+    api.patch(&account.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}

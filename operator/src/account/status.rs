@@ -1,8 +1,9 @@
 //! Derives an account's operator-owned status (phase, ConfigValid,
 //! ConnectorAvailable, Ready) from what was observed. Pure.
 
-use crate::conditions::{Verdict, get};
+use crate::conditions::Verdict;
 use crmessenger_api::account::AccountPhase;
+use crmessenger_api::common::conditions::find;
 use crmessenger_api::common::conditions::{CONNECTOR_AVAILABLE, LOGGED_IN, MESSENGER_CONNECTED, READY};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -75,7 +76,7 @@ pub fn ready(config_valid: &Verdict, available: &Verdict, o: &Observed) -> Verdi
         return Verdict::no(READY, &available.reason, available.message.clone());
     }
     for (type_, fallback) in [(LOGGED_IN, "NotLoggedIn"), (MESSENGER_CONNECTED, "MessengerDisconnected")] {
-        match get(o.connector_conditions, type_) {
+        match find(o.connector_conditions, type_) {
             Some(c) if c.status == "True" => {}
             Some(c) => return Verdict::no(READY, &c.reason, c.message.clone()),
             None => return Verdict::no(READY, fallback, format!("the connector has not reported {type_} yet")),

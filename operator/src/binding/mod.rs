@@ -7,14 +7,13 @@ pub mod token;
 use crate::conditions::{Verdict, merge};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::labels::MANAGER;
 use crate::selection;
 use crmessenger_api::CrmBinding;
 use crmessenger_api::common::conditions::{CREDENTIALS_VALID, READY};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +68,7 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
         Verdict::yes(READY, "Bound", format!("serves {}", bound.join(", ")))
     };
     let previous = binding.status.clone().unwrap_or_default();
-    let was_ready = previous.conditions.iter().find(|c| c.type_ == READY).map(|c| (c.status.clone(), c.reason.clone()));
-    if !ready.ok && was_ready != Some(("False".into(), ready.reason.clone())) {
+    if crate::conditions::newly_failed(&previous.conditions, &ready) {
         ctx.warn(binding.as_ref(), &ready.reason, ready.message.clone(), "Reconcile").await;
     }
     let conditions =
@@ -93,10 +91,7 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     if same {
         return Ok(Action::requeue(requeue));
     }
-    let body = json!({ "apiVersion": CrmBinding::api_version(&()), "kind": CrmBinding::kind(&()), "status": status });
-    Api::<CrmBinding>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    ctx.apply_status(binding.as_ref(), status).await?;
     Ok(Action::requeue(requeue))
 }
 

@@ -4,13 +4,11 @@
 use crate::conditions::{Verdict, merge};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::labels::MANAGER;
 use crmessenger_api::SyncPolicy;
 use crmessenger_api::common::conditions::READY;
 use crmessenger_api::policy::SyncPolicySpec;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +60,7 @@ pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Act
     users.sort();
     let verdict = validate(&policy.spec);
     let previous = policy.status.clone().unwrap_or_default();
-    let was = previous.conditions.iter().find(|c| c.type_ == READY).map(|c| c.status == "True");
-    if !verdict.ok && was != Some(false) {
+    if crate::conditions::newly_failed(&previous.conditions, &verdict) {
         ctx.warn(policy.as_ref(), &verdict.reason, verdict.message.clone(), "Reconcile").await;
     }
     let conditions = merge(&previous.conditions, &[verdict], policy.metadata.generation, jiff::Timestamp::now());
@@ -74,19 +71,13 @@ pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Act
     if same {
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let body = json!({
-        "apiVersion": SyncPolicy::api_version(&()),
-        "kind": SyncPolicy::kind(&()),
-        "status": {
-            "observedGeneration": policy.metadata.generation,
-            "conditions": conditions,
-            "bindings": users,
-            "bindingCount": users.len(),
-        }
+    let status = json!({
+        "observedGeneration": policy.metadata.generation,
+        "conditions": conditions,
+        "bindings": users,
+        "bindingCount": users.len(),
     });
-    Api::<SyncPolicy>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    ctx.apply_status(policy.as_ref(), status).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
