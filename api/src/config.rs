@@ -228,7 +228,7 @@ mod tests {
 
     /// The objects of one example manifest, with a namespace as `kubectl apply -n` gives.
     fn example(file: &str) -> (MessengerAccount, CrmBinding, SyncPolicy) {
-        let text = std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let text = std::fs::read_to_string(crate::examples_dir().join(file)).unwrap();
         let mut m = crate::manifests::parse(&text, "shop").unwrap();
         (m.accounts.remove(0), m.bindings.remove(0), m.policies.remove(0))
     }

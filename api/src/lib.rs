@@ -21,6 +21,15 @@ pub use account::{MessengerAccount, MessengerAccountSpec, MessengerAccountStatus
 pub use binding::{CrmBinding, CrmBindingSpec, CrmBindingStatus};
 pub use policy::{SyncPolicy, SyncPolicySpec, SyncPolicyStatus};
 
+/// Where the repository's `examples/` are, for unit tests: read at run time (cargo
+/// sets `CARGO_MANIFEST_DIR` for tests), since a test binary reused from a shared
+/// target dir may have been built in another checkout.
+#[cfg(test)]
+pub(crate) fn examples_dir() -> std::path::PathBuf {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&crate_dir).join("../examples")
+}
+
 /// The API group of every CRMessenger resource.
 pub const GROUP: &str = "crmessenger.io";
 /// The served and stored version.

@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn every_example_parses_into_one_account_binding_and_policy() {
-        let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+        let dir = crate::examples_dir();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let m = parse(&std::fs::read_to_string(&path).unwrap(), "shop").unwrap();

@@ -60,7 +60,8 @@ mod tests {
     /// `crds/` must match the types; regenerate with `cargo run -p crmessenger-operator -- crds`.
     #[test]
     fn committed_crds_are_current() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let root = crmessenger_testkit::controlplane::repo_root();
+        let dir = root.join("crds");
         for (file, yaml) in render().unwrap() {
             let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
             assert!(
@@ -68,8 +69,7 @@ mod tests {
                 "crds/{file} is stale: run `cargo run -p crmessenger-operator -- crds` and commit the result"
             );
         }
-        let chart = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(CHART_TEMPLATE))
-            .unwrap_or_default();
+        let chart = std::fs::read_to_string(root.join(CHART_TEMPLATE)).unwrap_or_default();
         assert!(
             chart == render_chart_template().unwrap(),
             "{CHART_TEMPLATE} is stale: run `cargo run -p crmessenger-operator -- crds` and commit the result"

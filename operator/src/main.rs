@@ -20,9 +20,10 @@ enum Command {
     Run(RunArgs),
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
-        /// Directory to write into.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds"))]
-        dir: PathBuf,
+        /// Directory to write into (default: the repository's `crds/` under `cargo
+        /// run`, else `./crds`); the chart's CRD template goes to `DIR/../charts/`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Print the YAML to stdout instead of writing files.
         #[arg(long)]
         stdout: bool,
@@ -87,6 +88,10 @@ async fn cli() -> anyhow::Result<()> {
                     println!("---\n{yaml}");
                 }
             } else {
+                let dir = dir.unwrap_or_else(|| match std::env::var_os("CARGO_MANIFEST_DIR") {
+                    Some(crate_dir) => PathBuf::from(crate_dir).join("../crds"),
+                    None => PathBuf::from("crds"),
+                });
                 for path in crmessenger_operator::crdgen::write_all(&dir)? {
                     eprintln!("wrote {}", path.display());
                 }

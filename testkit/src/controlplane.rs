@@ -442,8 +442,14 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
 }
 
 /// The root of the CRMessenger repository (for `crds/`, `examples/`, `charts/`).
+///
+/// Read at run time: cargo sets `CARGO_MANIFEST_DIR` to the crate under test, a
+/// member of the workspace. The compile-time value would be wrong when a build
+/// from another checkout of the repository is reused from a shared target dir.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    let crate_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    crate_dir.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn kubeconfig_yaml(server: &str, ca_pem: &str, token: &str) -> String {

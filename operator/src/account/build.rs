@@ -237,7 +237,8 @@ mod tests {
     /// The account, binding and policy of an example manifest, as the API server
     /// would return them (namespace and uid set).
     fn fixture(file: &str) -> (MessengerAccount, CrmBinding, SyncPolicy) {
-        let text = std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let path = crmessenger_testkit::controlplane::repo_root().join("examples").join(file);
+        let text = std::fs::read_to_string(path).unwrap();
         let mut m = crmessenger_api::manifests::parse(&text, "shop").unwrap();
         m.accounts[0].metadata.uid = Some("0000-1111".into());
         (m.accounts.remove(0), m.bindings.remove(0), m.policies.remove(0))
