@@ -1,7 +1,26 @@
 //! The CRMessenger connector: one messenger account bridged to a CRM.
 //!
-//! Its subcommands (`run`, `sidecar`, `gateway`, `standalone`) arrive with the
-//! connector core; this crate currently holds the shared library surface.
+//! - [`messenger`]: the domain of messages and the `Messenger` trait adapters
+//!   implement (the scripted messenger's adapter lives here too);
+//! - [`store`]: PostgreSQL / SQLite storage (inbox, outbox, maps, cursors,
+//!   sessions, budgets, routes, the account lock);
+//! - [`bridge`]: the engine that moves messages both ways;
+//! - [`gateway`]: the shared webhook receiver;
+//! - [`sidecar`] and [`admin`]: the login and status pages;
+//! - [`kube`]: the connector's own status, Lease heartbeat and config;
+//! - [`app`]: the subcommands put together.
+
+pub mod admin;
+pub mod app;
+pub mod bridge;
+pub mod gateway;
+pub mod kube;
+pub mod messenger;
+pub mod metrics;
+pub mod qr;
+pub mod sidecar;
+pub mod state;
+pub mod store;
 
 /// The API version this connector speaks.
 pub fn api_version() -> String {

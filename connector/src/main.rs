@@ -1,10 +1,125 @@
 //! `crmessenger-connector`: the connector binary.
 
-fn main() {
-    eprintln!(
-        "crmessenger-connector {} ({}): no subcommands yet; `run`, `sidecar`, `gateway` and `standalone` come with the connector core",
-        env!("CARGO_PKG_VERSION"),
-        crmessenger_connector::api_version()
-    );
-    std::process::exit(2);
+use clap::{Parser, Subcommand};
+use crmessenger_connector::app;
+use crmessenger_connector::kube::KubeEnv;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// The CRMessenger connector: bridges one messenger account to a CRM.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true, env = "CRMESSENGER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one account from the config the operator rendered (in a pod).
+    Run {
+        /// PostgreSQL URL.
+        #[arg(long, env = "CRMESSENGER_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Health, metrics, and (for the sidecar, on loopback) status and login.
+        #[arg(long, env = "CRMESSENGER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+        admin_addr: SocketAddr,
+        /// The gateway's public URL (webhook subscriptions).
+        #[arg(long, env = "CRMESSENGER_GATEWAY_URL")]
+        gateway_url: Option<String>,
+        /// Use the scripted messenger at this URL (tests and demos).
+        #[arg(long, env = "CRMESSENGER_SCRIPTED_MESSENGER")]
+        scripted_messenger: Option<String>,
+        /// The account's namespace.
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// The account's name.
+        #[arg(long, env = "CRMESSENGER_ACCOUNT")]
+        account: String,
+        /// The ConfigMap holding the rendered config.
+        #[arg(long, env = "CRMESSENGER_CONFIG_MAP")]
+        config_map: String,
+        /// The Lease to renew as the heartbeat.
+        #[arg(long, env = "CRMESSENGER_LEASE")]
+        lease: String,
+        /// This pod's name (the Lease holder).
+        #[arg(long, env = "POD_NAME")]
+        pod: String,
+    },
+    /// Serve the login and status pages, reading the connector's admin port.
+    Sidecar {
+        /// Address to listen on.
+        #[arg(long, env = "CRMESSENGER_SIDECAR_ADDR", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The connector's admin URL.
+        #[arg(long, env = "CRMESSENGER_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin_url: String,
+    },
+    /// Receive webhooks for every account and store them for their connectors.
+    Gateway {
+        /// PostgreSQL URL.
+        #[arg(long, env = "CRMESSENGER_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Address to listen on.
+        #[arg(long, env = "CRMESSENGER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+    /// List an account's dead letters and put them back in their queues.
+    Replay {
+        /// Database URL.
+        #[arg(long, env = "CRMESSENGER_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The account, as NAMESPACE/NAME.
+        #[arg(long)]
+        account: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,kube=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json { builder.json().init() } else { builder.init() }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                database_url,
+                admin_addr,
+                gateway_url,
+                scripted_messenger,
+                namespace,
+                account,
+                config_map,
+                lease,
+                pod,
+            } => {
+                let client = kube::Client::try_default().await?;
+                let env = KubeEnv { client, namespace, account, config_map, lease, pod };
+                app::run(app::RunSettings { database_url, admin_addr, gateway_url, scripted_messenger, env }).await
+            }
+            Command::Sidecar { listen, admin_url } => app::sidecar(&admin_url, listen).await,
+            Command::Gateway { database_url, listen } => app::gateway(&database_url, listen).await,
+            Command::Replay { database_url, account } => app::replay(&database_url, &account).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -89,13 +89,13 @@ pub struct Budget {
     store: Arc<dyn BudgetStore>,
     clock: Arc<dyn Clock>,
     key: String,
-    limit: Limit,
+    limit: Arc<std::sync::RwLock<Limit>>,
 }
 
 impl Budget {
     /// A budget for `key` under `limit`, kept in `store`, timed by `clock`.
     pub fn new(store: Arc<dyn BudgetStore>, clock: Arc<dyn Clock>, key: impl Into<String>, limit: Limit) -> Self {
-        Self { store, clock, key: key.into(), limit }
+        Self { store, clock, key: key.into(), limit: Arc::new(std::sync::RwLock::new(limit)) }
     }
 
     /// An unshared in-memory budget.
@@ -106,7 +106,8 @@ impl Budget {
     /// Waits until one request may be made, then takes it.
     pub async fn acquire(&self) -> Result<(), String> {
         loop {
-            match self.store.take(&self.key, self.limit, self.clock.now_ms()).await? {
+            let limit = self.limit();
+            match self.store.take(&self.key, limit, self.clock.now_ms()).await? {
                 Ok(()) => return Ok(()),
                 Err(wait) => self.clock.sleep(wait).await,
             }
@@ -118,6 +119,17 @@ impl Budget {
         // The next request may go once the theoretical arrival time is reached.
         let until = self.clock.now_ms() + d.as_millis() as i64;
         self.store.block_until(&self.key, until).await
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> Limit {
+        *self.limit.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the limit for this budget and every clone of it (a new rate from
+    /// the connector's config applies without a restart).
+    pub fn set_limit(&self, limit: Limit) {
+        *self.limit.write().unwrap_or_else(|e| e.into_inner()) = limit;
     }
 
     /// The key this budget is kept under.

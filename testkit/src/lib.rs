@@ -1,7 +1,7 @@
 //! Test support for CRMessenger: a real Kubernetes control plane on loopback
 //! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok as a
 //! fake kubelet), a test certificate authority, and child processes that never
-//! outlive the test process.
+//! outlive the test process, and a real PostgreSQL server.
 //!
 //! The suite runs under `cargo test`: every test binary is one process, so
 //! [`ControlPlane::shared`] starts one control plane per test binary and each test
@@ -9,7 +9,9 @@
 
 pub mod certs;
 pub mod controlplane;
+pub mod postgres;
 pub mod process;
 
 pub use certs::TestCa;
 pub use controlplane::ControlPlane;
+pub use postgres::Postgres;

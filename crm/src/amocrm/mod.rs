@@ -148,6 +148,10 @@ impl Crm for AmoCrm {
         notes::add(self, lead_id, notes).await
     }
 
+    async fn find_notes(&self, lead_id: i64, since: i64, markers: &[String]) -> Result<Vec<NoteRef>, CrmError> {
+        notes::find(self, lead_id, since, markers).await
+    }
+
     async fn add_task(&self, task: &TaskRequest) -> Result<TaskRef, CrmError> {
         tasks::add(self, task).await
     }

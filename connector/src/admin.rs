@@ -1,0 +1,152 @@
+//! The connector's admin port: health for the kubelet's probes, metrics, and —
+//! to loopback peers only (the sidecar in the same pod) — status and login.
+//!
+//! - `GET /livez`, `/healthz`: the process serves requests;
+//! - `GET /readyz`: the process works (its database answers) — never "logged in";
+//! - `GET /metrics`: OpenMetrics text;
+//! - `GET /status`: every account's state, queue sizes and dead letters (loopback);
+//! - `GET /login?account=NS/NAME`: login progress (loopback);
+//! - `POST /login?account=NS/NAME` with `code` or `password` (loopback).
+
+use crate::messenger::{LoginState, Messenger};
+use crate::metrics::Metrics;
+use crate::state::StateCell;
+use crate::store::Store;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One account served by this process.
+#[derive(Clone)]
+pub struct AccountHandle {
+    /// `namespace/name`.
+    pub key: String,
+    /// Its state.
+    pub state: Arc<StateCell>,
+    /// Its messenger.
+    pub messenger: Arc<dyn Messenger>,
+}
+
+/// What the admin server reads.
+#[derive(Clone)]
+pub struct Admin {
+    /// The accounts.
+    pub accounts: Arc<std::sync::RwLock<Vec<AccountHandle>>>,
+    /// The database.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    /// The router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/livez", get(|| async { "ok" }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/status", get(status))
+            .route("/login", get(login_state).post(login_submit))
+            .with_state(self)
+    }
+
+    fn account(&self, key: Option<&str>) -> Option<AccountHandle> {
+        let accounts = self.accounts.read().ok()?;
+        match key {
+            Some(k) => accounts.iter().find(|a| a.key == k).cloned(),
+            None => accounts.first().cloned(),
+        }
+    }
+}
+
+/// Serves `router` on `listener`, with peer addresses for the loopback checks.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+fn loopback_only(peer: &SocketAddr) -> Option<Response> {
+    (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "only the sidecar (loopback) may read this\n").into_response())
+}
+
+async fn ready(State(a): State<Admin>) -> Response {
+    match sqlx::query("SELECT 1").execute(a.store.pool()).await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], a.metrics.encode()).into_response()
+}
+
+async fn status(State(a): State<Admin>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let accounts = a.accounts.read().map(|v| v.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for h in accounts {
+        let counts = a.store.counts(&h.key).await.ok();
+        let dead = a.store.dead_letters(&h.key).await.unwrap_or_default();
+        out.push(serde_json::json!({ "state": h.state.get(), "queues": counts, "deadLetters": dead }));
+    }
+    Json(serde_json::json!({ "accounts": out })).into_response()
+}
+
+#[derive(Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
+}
+
+async fn login_state(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AccountQuery>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let Some(h) = a.account(q.account.as_deref()) else {
+        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    };
+    let login = h.state.get().login.unwrap_or(LoginState::LoggedOut { reason: "starting".into() });
+    Json(serde_json::json!({ "account": h.key, "login": login })).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    code: Option<String>,
+    password: Option<String>,
+}
+
+async fn login_submit(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AccountQuery>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let Some(h) = a.account(q.account.as_deref()) else {
+        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    };
+    let code = f.code.as_deref().filter(|c| !c.trim().is_empty());
+    let password = f.password.as_deref().filter(|p| !p.is_empty());
+    if code.is_none() && password.is_none() {
+        return (StatusCode::BAD_REQUEST, "give a code or a password\n").into_response();
+    }
+    match h.messenger.submit_login(code, password).await {
+        Ok(()) => {
+            h.state.update(|s| s.login = None);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,385 @@
+//! The subcommands put together: one account's runtime (shared by `run` in a
+//! cluster and `standalone` on one host), the gateway, the sidecar and `replay`.
+
+use crate::admin::{AccountHandle, Admin};
+use crate::bridge::{Bridge, BridgeSettings, ReplySource};
+use crate::gateway::{Gateway, ROUTE_BINDING_CRM};
+use crate::kube::{KubeEnv, SecretToken, StatusRenderer};
+use crate::messenger::Messenger;
+use crate::messenger::scripted::Scripted;
+use crate::metrics::Metrics;
+use crate::state::StateCell;
+use crate::store::budget::DbBudgetStore;
+use crate::store::lock::AccountLock;
+use crate::store::{POOL_SIZE, Store};
+use anyhow::{Context, bail};
+use crmessenger_api::account::Provider;
+use crmessenger_api::binding::ReplyDetection;
+use crmessenger_api::common::parse_duration;
+use crmessenger_api::config::ConnectorConfig;
+use crmessenger_crm::amocrm::{AmoConfig, AmoCrm, IdentityFields, TokenSource, Transport};
+use crmessenger_crm::budget::{Budget, Limit};
+use crmessenger_crm::clock::{Clock, SystemClock};
+use crmessenger_crm::{Channel, Crm};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The parts of one account, built from its config.
+pub struct AccountParts {
+    /// `namespace/name`.
+    pub key: String,
+    /// The CRM adapter.
+    pub crm: Arc<AmoCrm>,
+    /// The messenger adapter.
+    pub messenger: Arc<dyn Messenger>,
+    /// The bridge.
+    pub bridge: Arc<Bridge>,
+    /// The account's state.
+    pub state: Arc<StateCell>,
+    /// The REST budget (its rate follows the config without a restart).
+    pub budget: Budget,
+}
+
+/// The budget rate a config asks for (amoCRM's documented limit when unset).
+pub fn limit_of(config: &ConnectorConfig) -> Limit {
+    let rps = config.runtime.crm_requests_per_second;
+    if rps > 0.0 { Limit { rate: rps, burst: 1 } } else { Limit::AMOCRM_REST }
+}
+
+/// Builds an account's parts. `messenger_url` selects the scripted messenger (tests
+/// and demos); the Telegram and WhatsApp adapters plug in here.
+#[allow(clippy::too_many_arguments)]
+pub fn build_account(
+    config: &ConnectorConfig,
+    store: &Store,
+    tokens: Arc<dyn TokenSource>,
+    ca_pem: Option<String>,
+    messenger_url: Option<&str>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<AccountParts> {
+    let key = format!("{}/{}", config.account.namespace, config.account.name);
+    let messenger: Arc<dyn Messenger> = match messenger_url {
+        Some(url) => Arc::new(Scripted::new(url)?),
+        None => bail!(
+            "this connector has no adapter for provider {:?} yet; run it with --scripted-messenger for a demo",
+            config.provider
+        ),
+    };
+    let amo = &config.crm.amocrm;
+    let budget = Budget::new(
+        Arc::new(DbBudgetStore::new(store.clone())),
+        clock.clone(),
+        format!("amocrm-rest:{}", amo.base_url.trim_end_matches('/')),
+        limit_of(config),
+    );
+    let timeout = Duration::from_secs(10);
+    let rest = Transport::new(&amo.base_url, ca_pem.as_deref(), budget.clone(), tokens, timeout)?;
+    let crm = Arc::new(AmoCrm::new(
+        AmoConfig {
+            base_url: amo.base_url.clone(),
+            ca_pem,
+            identity_fields: IdentityFields {
+                telegram_user_id: amo.contact_fields.telegram_user_id,
+                telegram_username: amo.contact_fields.telegram_username,
+                whatsapp_id: amo.contact_fields.whatsapp_id,
+            },
+            reply_prefix: amo.replies.note_prefix.clone(),
+            request_timeout: timeout,
+            chats: None,
+        },
+        rest,
+        clock.clone(),
+    )?);
+    let replies = match amo.replies.detection {
+        ReplyDetection::Webhook => ReplySource::Webhook,
+        ReplyDetection::Poll => {
+            ReplySource::Poll(parse_duration(&amo.replies.poll_interval).unwrap_or(Duration::from_secs(10)))
+        }
+    };
+    let state = Arc::new(StateCell::new(&key));
+    let settings = BridgeSettings {
+        account: key.clone(),
+        binding: format!("{}/{}", config.binding.namespace, config.binding.name),
+        crm_key: amo.base_url.trim_end_matches('/').to_string(),
+        channel: match config.provider {
+            Provider::Telegram => Channel::Telegram,
+            Provider::Whatsapp => Channel::Whatsapp,
+        },
+        policy: config.policy.clone(),
+        pipeline_id: amo.pipeline_id,
+        status_id: amo.status_id,
+        responsible_user_ids: amo.responsible_user_ids.clone(),
+        replies,
+    };
+    let bridge = Arc::new(Bridge::new(
+        settings,
+        store.clone(),
+        crm.clone() as Arc<dyn Crm>,
+        messenger.clone(),
+        clock,
+        metrics,
+        state.clone(),
+    ));
+    Ok(AccountParts { key, crm, messenger, bridge, state, budget })
+}
+
+/// Registers what the gateway needs to route this account's webhooks, and
+/// subscribes the binding's webhook when replies come that way.
+pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: Option<&str>) -> anyhow::Result<()> {
+    let s = parts.bridge.settings();
+    store.put_route(ROUTE_BINDING_CRM, &s.binding, &s.crm_key).await?;
+    if s.replies == ReplySource::Webhook {
+        let Some(gateway) = gateway_url else {
+            bail!("the binding's replies.detection is webhook, but no gateway URL is configured (--gateway-url)");
+        };
+        let token = store.webhook_token(&s.binding).await?;
+        let url = format!("{}/amocrm/webhook/{token}", gateway.trim_end_matches('/'));
+        parts.crm.subscribe_webhook(&url, &["note_lead"]).await.context("subscribe the amoCRM webhook")?;
+    }
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Settings of `run`.
+pub struct RunSettings {
+    /// Database URL.
+    pub database_url: String,
+    /// Admin (health, metrics; status and login for loopback) address.
+    pub admin_addr: std::net::SocketAddr,
+    /// The gateway's public URL (for webhook subscriptions).
+    pub gateway_url: Option<String>,
+    /// The scripted messenger's URL (tests and demos).
+    pub scripted_messenger: Option<String>,
+    /// Where the connector is in the cluster.
+    pub env: KubeEnv,
+}
+
+/// `run`: one account, in a cluster. Returns the process exit code.
+pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
+    let env = settings.env.clone();
+    let config = env.config().await?;
+    let ns = env.namespace.clone();
+    // Every Secret the config names must exist and hold its key; say which is missing.
+    for r in config.secret_refs() {
+        crate::kube::secret_value(&env.client, &ns, &r).await?;
+    }
+    let ca_pem = match &config.crm.amocrm.ca_secret {
+        Some(r) => Some(crate::kube::secret_value(&env.client, &ns, r).await?),
+        None => None,
+    };
+    let store = Store::connect(&settings.database_url, POOL_SIZE).await.context("connect to the database")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(Metrics::default());
+    let tokens = Arc::new(SecretToken::new(env.client.clone(), &ns, config.crm.token.clone()));
+    let parts = build_account(
+        &config,
+        &store,
+        tokens.clone(),
+        ca_pem,
+        settings.scripted_messenger.as_deref(),
+        clock.clone(),
+        metrics.clone(),
+    )?;
+    let admin = Admin {
+        accounts: Arc::new(std::sync::RwLock::new(vec![AccountHandle {
+            key: parts.key.clone(),
+            state: parts.state.clone(),
+            messenger: parts.messenger.clone(),
+        }])),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.admin_addr).await.context("bind the admin address")?;
+    tracing::info!(addr = %listener.local_addr()?, "admin port listening");
+    tokio::spawn(crate::admin::serve(listener, admin.router()));
+
+    let state = parts.state.clone();
+    let lock = tokio::select! {
+        lock = AccountLock::acquire(&store, &parts.key, |why| {
+            tracing::warn!(account = parts.key, "{why}");
+            state.update(|s| s.waiting = Some(why.to_string()));
+        }) => lock?,
+        _ = terminated() => return Ok(0),
+    };
+    parts.state.update(|s| {
+        s.waiting = None;
+        s.holds_lock = true;
+    });
+    tracing::info!(account = parts.key, "holding the account lock");
+    register_routes(&parts, &store, settings.gateway_url.as_deref()).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let hash = config.hash();
+    let background = vec![
+        tokio::spawn(heartbeat(env.clone(), stop_rx.clone())),
+        tokio::spawn(report_status(env.clone(), parts.state.clone(), hash.clone(), login_method(&config), stop_rx.clone())),
+        tokio::spawn(follow_config(env.clone(), hash, parts.budget.clone(), tokens, stop_tx.clone())),
+    ];
+    let deletion =
+        tokio::spawn(watch_deletion(env.clone(), parts.messenger.clone(), store.clone(), parts.key.clone(), stop_tx.clone()));
+    let bridge = parts.bridge.clone();
+    let lost = tokio::select! {
+        _ = bridge.run(&lock, stop_rx.clone()) => lock.is_lost(),
+        _ = terminated() => false,
+    };
+    if *stop_rx.borrow() && !lost {
+        // Stopped for deletion: let the cleanup finish and confirm.
+        let _ = tokio::time::timeout(Duration::from_secs(60), deletion).await;
+    } else {
+        deletion.abort();
+    }
+    let _ = stop_tx.send(true);
+    for t in background {
+        t.abort();
+    }
+    if lost {
+        tracing::error!(account = parts.key, "exiting: the account lock was lost");
+        return Ok(1);
+    }
+    lock.release().await;
+    tracing::info!(account = parts.key, "stopped");
+    Ok(0)
+}
+
+fn login_method(config: &ConnectorConfig) -> String {
+    let v = match (&config.telegram, &config.whatsapp) {
+        (Some(t), _) => serde_json::to_value(t.login_method),
+        (_, Some(w)) => serde_json::to_value(w.login_method),
+        _ => return String::new(),
+    };
+    v.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+async fn heartbeat(env: KubeEnv, stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if let Err(e) = env.renew().await {
+            tracing::warn!("could not renew the Lease {}: {e}", env.lease);
+        }
+        tokio::time::sleep(crate::kube::RENEW_EVERY).await;
+    }
+}
+
+async fn report_status(env: KubeEnv, state: Arc<StateCell>, hash: String, method: String, stop: watch::Receiver<bool>) {
+    let mut renderer = StatusRenderer::default();
+    let mut rx = state.subscribe();
+    let mut last: Option<serde_json::Value> = None;
+    while !*stop.borrow() {
+        let doc = renderer.render(&state.get(), &hash, &env.pod, &method);
+        if last.as_ref() != Some(&doc) {
+            match env.apply_status(doc.clone()).await {
+                Ok(()) => last = Some(doc),
+                Err(e) => tracing::warn!("could not write the account status: {e}"),
+            }
+        }
+        tokio::time::sleep(crate::kube::STATUS_EVERY).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
+    }
+}
+
+/// Applies config changes that need no restart (budget rate, token version); a
+/// change of anything else is left to the pod rollout the operator starts.
+async fn follow_config(env: KubeEnv, hash: String, budget: Budget, tokens: Arc<SecretToken>, stop: watch::Sender<bool>) {
+    let mut token_version: Option<String> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if *stop.borrow() {
+            return;
+        }
+        let config = match env.config().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("config: {e}");
+                continue;
+            }
+        };
+        let limit = limit_of(&config);
+        if budget.limit() != limit {
+            tracing::info!(rate = limit.rate, "CRM request budget changed");
+            budget.set_limit(limit);
+        }
+        if config.runtime.token_version != token_version {
+            if token_version.is_some() {
+                tokens.invalidate();
+            }
+            token_version = config.runtime.token_version.clone();
+        }
+        if config.hash() != hash {
+            tracing::info!("the config changed in a way that needs a restart; the operator rolls the pod");
+        }
+    }
+}
+
+/// On account deletion: log the messenger out, purge the account's rows, and
+/// confirm in status so the operator removes its finalizer.
+async fn watch_deletion(
+    env: KubeEnv,
+    messenger: Arc<dyn Messenger>,
+    store: Store,
+    key: String,
+    stop: watch::Sender<bool>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let deleting = matches!(env.account().await, Ok(Some(a)) if a.metadata.deletion_timestamp.is_some());
+        if !deleting {
+            continue;
+        }
+        tracing::info!(account = key, "the account is being deleted: logging out and purging its data");
+        let _ = stop.send(true);
+        if let Err(e) = messenger.logout().await {
+            tracing::warn!(account = key, "messenger logout failed: {e}");
+        }
+        if let Err(e) = store.purge(&key).await {
+            tracing::error!(account = key, "purge failed: {e}");
+            continue;
+        }
+        let now = jiff::Timestamp::now().to_string();
+        match env.apply_status(serde_json::json!({ "connector": { "cleanupCompletedAt": now } })).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("could not confirm the cleanup: {e}"),
+        }
+    }
+}
+
+/// `gateway`: serves webhooks until SIGTERM.
+pub async fn gateway(database_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
+    let store =
+        Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, Gateway::new(store).router()).with_graceful_shutdown(terminated()).await?;
+    Ok(0)
+}
+
+/// `sidecar`: serves the login and status pages until SIGTERM.
+pub async fn sidecar(admin_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
+    let listener = tokio::net::TcpListener::bind(listen).await.context("bind the sidecar address")?;
+    tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
+    axum::serve(listener, crate::sidecar::Sidecar::new(admin_url)?.router()).with_graceful_shutdown(terminated()).await?;
+    Ok(0)
+}
+
+/// `replay`: lists the account's dead letters and puts them back in their queues.
+pub async fn replay(database_url: &str, account: &str) -> anyhow::Result<i32> {
+    let store = Store::connect(database_url, 1).await.context("connect to the database")?;
+    let dead = store.dead_letters(account).await?;
+    for d in &dead {
+        println!("{} #{} chat {}: {}", d.queue, d.seq, d.chat_id, d.reason);
+    }
+    let n = store.replay_dead(account).await?;
+    println!("re-queued {n} dead letter(s) of {account}");
+    Ok(0)
+}

@@ -1,0 +1,734 @@
+//! The bridge: messenger events → inbox → CRM, and CRM replies → outbox →
+//! messenger, for one account.
+//!
+//! - **Ingest**: events are written to the inbox together with the messenger
+//!   cursor after them, in one transaction.
+//! - **Inbound**: pending inbox rows are grouped by chat, in arrival order; a chat
+//!   whose head is waiting for a retry waits as a whole (order is kept per chat),
+//!   other chats go on. Contact and lead are resolved once per chat and remembered;
+//!   messages become lead notes, batched. A row whose write may have happened (a
+//!   previous attempt started) is first looked up by its marker in the CRM.
+//! - Errors: retryable ones back off per chat (exponential, jittered) and count
+//!   towards the circuit breaker, which holds all CRM work back during an outage;
+//!   permanent ones dead-letter the one message (a failing batch is retried
+//!   message by message to find it); fatal ones (credentials) hold everything
+//!   back and show in status.
+//! - **Outbound**: replies (from the gateway's webhook rows or from polling, one
+//!   poller per binding) go to the outbox, keyed by their CRM id; each send's
+//!   `random_id` is stored before the first attempt and an interrupted send is
+//!   looked up before it is retried.
+//! - **Escalation**: one CRM task per conversation unanswered for longer than the
+//!   policy allows; completed when a reply goes out.
+
+pub mod retry;
+
+use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
+use crate::metrics::Metrics;
+use crate::state::StateCell;
+use crate::store::lock::AccountLock;
+use crate::store::{Conversation, InboxRow, Store};
+use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
+use crmessenger_crm::assign::Assigner;
+use crmessenger_crm::clock::Clock;
+use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, LeadRequest, NoteRequest, Person, ReplyCursor, TaskRequest};
+use retry::{Breaker, backoff};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How replies written in the CRM are noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplySource {
+    /// Poll lead notes every interval (one poller per binding).
+    Poll(Duration),
+    /// amoCRM REST webhooks through the gateway.
+    Webhook,
+}
+
+/// What a bridge needs to know besides its parts.
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    /// `namespace/name` of the account.
+    pub account: String,
+    /// `namespace/name` of the binding.
+    pub binding: String,
+    /// Names the CRM account (its base URL): leads are routed by it.
+    pub crm_key: String,
+    /// The messenger, for tags and texts.
+    pub channel: Channel,
+    /// How messages flow.
+    pub policy: SyncPolicySpec,
+    /// Pipeline of new leads.
+    pub pipeline_id: Option<i64>,
+    /// Stage of new leads.
+    pub status_id: Option<i64>,
+    /// Users new leads may be assigned to.
+    pub responsible_user_ids: Vec<i64>,
+    /// How replies are noticed.
+    pub replies: ReplySource,
+}
+
+/// The parts of a bridge.
+pub struct Bridge {
+    s: BridgeSettings,
+    store: Store,
+    crm: Arc<dyn Crm>,
+    messenger: Arc<dyn Messenger>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    state: Arc<StateCell>,
+    assigner: Assigner,
+    breaker: Mutex<Breaker>,
+    chat_failures: Mutex<HashMap<String, u32>>,
+    one_by_one: Mutex<HashSet<String>>,
+}
+
+const BATCH: i64 = 1000;
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(300);
+const IDLE: Duration = Duration::from_secs(2);
+
+/// A short, stable id of an account for markers.
+fn short(account: &str) -> String {
+    format!("{:08x}", crate::store::lock::lock_key(account) as u64 >> 32)
+}
+
+impl Bridge {
+    /// A bridge over its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: BridgeSettings,
+        store: Store,
+        crm: Arc<dyn Crm>,
+        messenger: Arc<dyn Messenger>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        state: Arc<StateCell>,
+    ) -> Self {
+        let assigner = Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids, 0);
+        Self {
+            s: settings,
+            store,
+            crm,
+            messenger,
+            clock,
+            metrics,
+            state,
+            assigner,
+            breaker: Mutex::new(Breaker::new(5, Duration::from_secs(5), Duration::from_secs(60))),
+            chat_failures: Mutex::default(),
+            one_by_one: Mutex::default(),
+        }
+    }
+
+    fn account(&self) -> &str {
+        &self.s.account
+    }
+
+    /// Runs every loop until `stop` turns true or the lock is lost.
+    pub async fn run(self: Arc<Self>, lock: &AccountLock, mut stop: watch::Receiver<bool>) {
+        let wake = self.store.wakeups().of(self.account());
+        let tasks = vec![
+            tokio::spawn(self.clone().ingest_loop(stop.clone())),
+            tokio::spawn(self.clone().work_loop(wake, stop.clone())),
+            tokio::spawn(self.clone().escalation_loop(stop.clone())),
+        ];
+        let poller = match self.s.replies {
+            ReplySource::Poll(every) => {
+                let me = self.clone();
+                let lock_name = format!("poll:{}", self.s.binding);
+                let won = lock.try_lock_also(&lock_name).await;
+                won.then(|| tokio::spawn(me.poll_loop(every, stop.clone())))
+            }
+            ReplySource::Webhook => None,
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = lock.lost() => {
+                tracing::error!(account = self.account(), "account lock lost: dropping the messenger connection now");
+            }
+        }
+        for t in tasks.into_iter().chain(poller) {
+            t.abort();
+        }
+    }
+
+    // ---- ingest ------------------------------------------------------------
+
+    async fn ingest_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            let pause = match self.ingest_once().await {
+                Ok(()) => {
+                    failures = 0;
+                    None
+                }
+                Err(MessengerError::FloodWait(d)) => Some(d),
+                Err(e) => {
+                    failures += 1;
+                    self.state.update(|s| {
+                        s.messenger_connected = false;
+                        s.messenger_error = Some(e.to_string());
+                    });
+                    self.metrics.connected.get_or_create(&Metrics::label(self.account())).set(0);
+                    Some(backoff(failures.min(6), Duration::from_millis(500), Duration::from_secs(30)))
+                }
+            };
+            if let Some(d) = pause {
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+
+    /// Checks the login, then stores one page of events.
+    async fn ingest_once(&self) -> Result<(), MessengerError> {
+        let logged_in = matches!(self.state.get().login, Some(crate::messenger::LoginState::LoggedIn { .. }));
+        if !logged_in {
+            let login = self.messenger.login_state().await?;
+            let now_in = matches!(login, crate::messenger::LoginState::LoggedIn { .. });
+            self.state.update(|s| {
+                s.login = Some(login);
+                s.messenger_connected = true;
+                s.messenger_error = None;
+            });
+            self.metrics.logged_in.get_or_create(&Metrics::label(self.account())).set(i64::from(now_in));
+            if !now_in {
+                tokio::time::sleep(IDLE).await;
+                return Ok(());
+            }
+        }
+        let cursor = self.store.cursor(self.account(), "messenger").await.map_err(store_err)?;
+        let batch = match self.messenger.updates(cursor.as_deref(), Duration::from_secs(10)).await {
+            Err(MessengerError::LoggedOut(reason)) => {
+                self.state.update(|s| s.login = Some(crate::messenger::LoginState::LoggedOut { reason }));
+                self.metrics.logged_in.get_or_create(&Metrics::label(self.account())).set(0);
+                return Ok(());
+            }
+            other => other?,
+        };
+        self.state.update(|s| {
+            s.messenger_connected = true;
+            s.messenger_error = None;
+        });
+        self.metrics.connected.get_or_create(&Metrics::label(self.account())).set(1);
+        let rows: Vec<(String, String, String)> = batch
+            .events
+            .iter()
+            .filter(|e| self.wanted(e))
+            .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
+            .collect();
+        if cursor.as_deref() == Some(batch.cursor.as_str()) && rows.is_empty() {
+            return Ok(());
+        }
+        let new = self
+            .store
+            .ingest(self.account(), &rows, "messenger", &batch.cursor, self.clock.now_ms())
+            .await
+            .map_err(store_err)?;
+        if new > 0 {
+            self.store.wakeups().wake(self.account());
+        }
+        Ok(())
+    }
+
+    /// Whether the policy lets this event's chat through.
+    fn wanted(&self, event: &Event) -> bool {
+        match event {
+            Event::Message(m) => chat_allowed(&self.s.policy.chats, m),
+            _ => true,
+        }
+    }
+
+    // ---- inbound and outbound work ------------------------------------------
+
+    async fn work_loop(self: Arc<Self>, wake: Arc<tokio::sync::Notify>, stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            let mut busy = false;
+            match self.inbound_pass().await {
+                Ok(b) => busy |= b,
+                Err(e) => tracing::warn!(account = self.account(), "inbound pass failed: {e}"),
+            }
+            match self.events_pass().await {
+                Ok(b) => busy |= b,
+                Err(e) => tracing::warn!(account = self.account(), "webhook pass failed: {e}"),
+            }
+            match self.outbound_pass().await {
+                Ok(b) => busy |= b,
+                Err(e) => tracing::warn!(account = self.account(), "outbound pass failed: {e}"),
+            }
+            self.publish_counts().await;
+            if !busy {
+                let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
+            }
+        }
+    }
+
+    async fn publish_counts(&self) {
+        let Ok(c) = self.store.counts(self.account()).await else { return };
+        let label = Metrics::label(self.account());
+        self.metrics.undelivered.get_or_create(&label).set(c.inbox_pending + c.outbox_pending);
+        self.metrics.dead_letters.get_or_create(&label).set(c.inbox_dead + c.outbox_dead);
+        let now = self.clock.now_ms();
+        let age = c.oldest_pending_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
+        self.metrics.oldest_undelivered_seconds.get_or_create(&label).set(age);
+        if let Ok(oldest) = self.store.oldest_unanswered_ms(self.account()).await {
+            let age = oldest.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
+            self.metrics.unanswered_seconds.get_or_create(&label).set(age);
+        }
+        let open = self.breaker.lock().map(|b| b.is_open()).unwrap_or(false);
+        self.metrics.crm_circuit_open.get_or_create(&label).set(i64::from(open));
+    }
+
+    /// Delivers what is due in the inbox. Returns whether anything was done.
+    async fn inbound_pass(&self) -> Result<bool, String> {
+        let now = self.clock.now_ms();
+        if !self.breaker.lock().map_err(|e| e.to_string())?.allows(now) {
+            return Ok(false);
+        }
+        let rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+        let mut order: Vec<String> = Vec::new();
+        let mut by_chat: HashMap<String, Vec<InboxRow>> = HashMap::new();
+        for r in rows {
+            if !by_chat.contains_key(&r.chat_id) {
+                order.push(r.chat_id.clone());
+            }
+            by_chat.entry(r.chat_id.clone()).or_default().push(r);
+        }
+        let mut worked = false;
+        for chat in order {
+            let rows = by_chat.remove(&chat).unwrap_or_default();
+            if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
+                continue;
+            }
+            if !self.breaker.lock().map_err(|e| e.to_string())?.allows(self.clock.now_ms()) {
+                break;
+            }
+            worked = true;
+            let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
+            let rows = if single { rows.into_iter().take(1).collect() } else { rows };
+            match self.deliver_chat(&chat, &rows).await {
+                Ok(()) => {
+                    self.breaker.lock().map_err(|e| e.to_string())?.success();
+                    self.chat_failures.lock().map_err(|e| e.to_string())?.remove(&chat);
+                    self.state.update(|s| {
+                        s.crm_ok = true;
+                        s.crm_error = None;
+                    });
+                    if single {
+                        // The dead letter (if any) is out; go back to batches.
+                        self.one_by_one.lock().map_err(|e| e.to_string())?.remove(&chat);
+                    }
+                }
+                Err(e) => self.delivery_failed(&chat, &rows, e).await,
+            }
+        }
+        Ok(worked)
+    }
+
+    async fn delivery_failed(&self, chat: &str, rows: &[InboxRow], e: CrmError) {
+        let now = self.clock.now_ms();
+        self.metrics.crm_errors.get_or_create(&Metrics::label(self.account())).inc();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        match e.class() {
+            ErrorClass::Permanent if rows.len() == 1 => {
+                tracing::warn!(account = self.account(), chat, seq = rows[0].seq, "dead letter: {e}");
+                let _ = self.store.inbox_dead(rows[0].seq, &e.to_string(), now).await;
+                if let Ok(mut s) = self.one_by_one.lock() {
+                    s.remove(chat);
+                }
+            }
+            ErrorClass::Permanent => {
+                tracing::info!(account = self.account(), chat, "a batch was refused; retrying message by message: {e}");
+                if let Ok(mut s) = self.one_by_one.lock() {
+                    s.insert(chat.to_string());
+                }
+            }
+            ErrorClass::Retryable | ErrorClass::Fatal => {
+                let failures = {
+                    let mut f = self.chat_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = f.entry(chat.to_string()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let mut wait = backoff(failures - 1, RETRY_BASE, RETRY_CAP);
+                if let Some(ra) = e.retry_after() {
+                    wait = wait.max(ra);
+                }
+                if let Ok(mut b) = self.breaker.lock() {
+                    b.failure(now);
+                }
+                tracing::warn!(account = self.account(), chat, ?wait, "CRM delivery failed, retrying: {e}");
+                let _ = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await;
+                self.state.update(|s| {
+                    s.crm_ok = false;
+                    s.crm_error = Some(e.to_string());
+                });
+            }
+        }
+    }
+
+    /// Writes one chat's due rows to the CRM.
+    async fn deliver_chat(&self, chat: &str, rows: &[InboxRow]) -> Result<(), CrmError> {
+        let now = self.clock.now_ms();
+        let events: Vec<(&InboxRow, Event)> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.payload).map(|e| (r, e)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
+        let mut conv = self.store.conversation(self.account(), chat).await.map_err(db)?.unwrap_or_default();
+        let first_message = events.iter().find_map(|(_, e)| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        });
+        if conv.lead_id.is_none() {
+            let Some(m) = first_message else {
+                // Deletions or statuses of a chat the CRM never saw: nothing to write.
+                let done: Vec<(i64, String)> = rows.iter().map(|r| (r.seq, "skipped".to_string())).collect();
+                return self.store.inbox_done(&done, now).await.map_err(db);
+            };
+            let person = self.person(m);
+            let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
+            let lead = self
+                .crm
+                .find_or_create_lead(
+                    &contact,
+                    &LeadRequest {
+                        name: self
+                            .s
+                            .policy
+                            .leads
+                            .name_template
+                            .replace("{name}", &person.name)
+                            .replace("{channel}", self.s.channel.label()),
+                        pipeline_id: self.s.pipeline_id,
+                        status_id: self.s.status_id,
+                        responsible_user_id: self.assigner.next(),
+                        tags: std::iter::once(self.s.channel.label().to_string())
+                            .chain(self.s.policy.leads.tags.iter().cloned())
+                            .collect(),
+                        reuse_open: self.s.policy.leads.reuse_open_lead,
+                    },
+                )
+                .await?;
+            conv.contact_id = Some(contact.id);
+            conv.lead_id = Some(lead.id);
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
+        }
+        let lead_id = conv.lead_id.unwrap_or_default();
+        let notes: Vec<(i64, NoteRequest, i64)> =
+            events.iter().map(|(r, e)| (r.seq, self.note(chat, &r.event_key, e), sent_at(e, r))).collect();
+        // Rows whose write may already have happened: look for their markers first.
+        let mut done: Vec<(i64, String)> = Vec::new();
+        let in_doubt: Vec<&(i64, NoteRequest, i64)> =
+            notes.iter().filter(|(seq, _, _)| rows.iter().any(|r| r.seq == *seq && r.attempts > 0)).collect();
+        if !in_doubt.is_empty() {
+            let since = rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now) / 1000 - 5;
+            let markers: Vec<String> = in_doubt.iter().map(|(_, n, _)| n.marker.clone()).collect();
+            let found = self.crm.find_notes(lead_id, since, &markers).await?;
+            for f in found {
+                if let Some((seq, _, _)) = notes.iter().find(|(_, n, _)| n.marker == f.marker) {
+                    done.push((*seq, format!("note:{}", f.id)));
+                }
+            }
+        }
+        let todo: Vec<&(i64, NoteRequest, i64)> =
+            notes.iter().filter(|(seq, _, _)| !done.iter().any(|(d, _)| d == seq)).collect();
+        if !todo.is_empty() {
+            let seqs: Vec<i64> = todo.iter().map(|(s, _, _)| *s).collect();
+            self.store.inbox_started(&seqs, now).await.map_err(db)?;
+            let requests: Vec<NoteRequest> = todo.iter().map(|(_, n, _)| n.clone()).collect();
+            let refs = self.crm.add_notes(lead_id, &requests).await?;
+            for ((seq, _, _), r) in todo.iter().zip(refs) {
+                done.push((*seq, format!("note:{}", r.id)));
+            }
+        }
+        let written = self.clock.now_ms();
+        self.store.inbox_done(&done, written).await.map_err(db)?;
+        let label = Metrics::label(self.account());
+        for (_, _, at) in &notes {
+            self.metrics.messages_in.get_or_create(&label).inc();
+            self.metrics.lag_seconds.get_or_create(&label).observe((written - at).max(0) as f64 / 1000.0);
+        }
+        // The customer now waits for an answer (from their first unanswered message).
+        if conv.unanswered_since_ms.is_none()
+            && let Some(first) = events.iter().find_map(|(_, e)| match e {
+                Event::Message(m) => Some(m.sent_at_ms),
+                _ => None,
+            })
+        {
+            conv.unanswered_since_ms = Some(first.min(written));
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn person(&self, m: &Message) -> Person {
+        let mut p = Person { name: m.sender.name.clone(), phone: m.sender.phone.clone(), ..Person::default() };
+        match self.s.channel {
+            Channel::Telegram => {
+                p.telegram_user_id = m.sender.id.parse().ok();
+                p.telegram_username = m.sender.username.clone();
+            }
+            Channel::Whatsapp => p.whatsapp_id = Some(m.sender.id.clone()),
+        }
+        p
+    }
+
+    fn note(&self, chat: &str, key: &str, event: &Event) -> NoteRequest {
+        let marker = format!("[ref {}:{chat}:{key}]", short(self.account()));
+        let body = match event {
+            Event::Message(m) => {
+                let who = match &m.sender.username {
+                    Some(u) => format!("{} (@{u})", m.sender.name),
+                    None => m.sender.name.clone(),
+                };
+                let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
+                let edited = if m.edited { " (edited)" } else { "" };
+                format!("{} · {who}{place}{edited}:\n{}", self.s.channel.label(), m.summary())
+            }
+            Event::Deleted { message_id, .. } => {
+                format!("{} · the customer deleted message {message_id}", self.s.channel.label())
+            }
+            Event::Status { message_id, status, .. } => {
+                format!("{} · message {message_id}: {status}", self.s.channel.label())
+            }
+        };
+        NoteRequest { text: format!("{body}\n{marker}"), marker }
+    }
+
+    // ---- replies -----------------------------------------------------------
+
+    /// Turns webhook rows from the gateway into outbox rows.
+    async fn events_pass(&self) -> Result<bool, String> {
+        let rows = self.store.events_pending(self.account(), 100).await.map_err(|e| e.to_string())?;
+        let worked = !rows.is_empty();
+        for row in rows {
+            let outcome = match row.kind.as_str() {
+                "amocrm-note" => self.handle_note_event(&row.payload).await,
+                other => Err(CrmError::Protocol(format!("unknown event kind {other}"))),
+            };
+            match outcome {
+                Ok(()) => self.store.event_done(row.id, "done").await.map_err(|e| e.to_string())?,
+                Err(e) if e.class() == ErrorClass::Retryable => {
+                    tracing::warn!(account = self.account(), "webhook {} will be retried: {e}", row.id);
+                    return Ok(worked);
+                }
+                Err(e) => {
+                    tracing::warn!(account = self.account(), "webhook {} ignored: {e}", row.id);
+                    self.store.event_done(row.id, "ignored").await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(worked)
+    }
+
+    async fn handle_note_event(&self, payload: &str) -> Result<(), CrmError> {
+        let v: serde_json::Value = serde_json::from_str(payload).map_err(|e| CrmError::Protocol(e.to_string()))?;
+        let (Some(lead_id), Some(note_id)) =
+            (v.get("lead_id").and_then(|x| x.as_i64()), v.get("note_id").and_then(|x| x.as_i64()))
+        else {
+            return Err(CrmError::Protocol("webhook row without lead_id and note_id".into()));
+        };
+        // Never trust the webhook's text: read the note again.
+        if let Some(reply) = self.crm.read_reply(lead_id, note_id).await? {
+            self.queue_reply(&reply).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a reply in the outbox of the account whose chat the lead belongs to.
+    async fn queue_reply(&self, reply: &crmessenger_crm::Reply) -> Result<bool, crate::store::StoreError> {
+        let Some((account, chat)) = self.store.chat_of_lead(&self.s.crm_key, reply.lead_id).await? else {
+            return Ok(false);
+        };
+        let added = self
+            .store
+            .outbox_add(&account, &reply.source_id, &chat, &reply.text, None, self.clock.now_ms())
+            .await?;
+        if added {
+            self.store.notify(&account).await?;
+        }
+        Ok(added)
+    }
+
+    /// Polls the binding's notes for replies (this connector won the poller lock).
+    async fn poll_loop(self: Arc<Self>, every: Duration, stop: watch::Receiver<bool>) {
+        let scope = format!("binding:{}", self.s.binding);
+        while !*stop.borrow() {
+            let cursor: ReplyCursor = match self.store.cursor(&scope, "replies").await {
+                Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+                Ok(None) => ReplyCursor { updated_since: self.clock.now_secs() - 60, seen_at_cursor: vec![] },
+                Err(e) => {
+                    tracing::warn!("reply cursor: {e}");
+                    self.clock.sleep(every).await;
+                    continue;
+                }
+            };
+            match self.crm.poll_replies(&cursor).await {
+                Ok((replies, next)) => {
+                    let mut ok = true;
+                    for r in &replies {
+                        if let Err(e) = self.queue_reply(r).await {
+                            tracing::warn!("queue reply {}: {e}", r.source_id);
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if ok && let Ok(text) = serde_json::to_string(&next) {
+                        let _ = self.store.set_cursor(&scope, "replies", &text).await;
+                    }
+                }
+                Err(e) => tracing::warn!(binding = self.s.binding, "reply polling failed: {e}"),
+            }
+            self.clock.sleep(every).await;
+        }
+    }
+
+    /// Sends what is due in the outbox. Returns whether anything was done.
+    async fn outbound_pass(&self) -> Result<bool, String> {
+        let rows = self.store.outbox_pending(self.account(), 100).await.map_err(|e| e.to_string())?;
+        let now = self.clock.now_ms();
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut worked = false;
+        for row in rows {
+            if blocked.contains(&row.chat_id) {
+                continue;
+            }
+            if row.next_attempt_ms > now {
+                blocked.insert(row.chat_id.clone());
+                continue;
+            }
+            worked = true;
+            let outgoing = Outgoing { chat_id: row.chat_id.clone(), text: row.text.clone(), random_id: row.random_id };
+            let result = async {
+                if row.attempts > 0
+                    && let Some(sent) = self.messenger.find_sent(&row.chat_id, row.random_id).await?
+                {
+                    return Ok(sent);
+                }
+                self.store.outbox_started(row.seq).await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+                self.messenger.send(&outgoing).await
+            }
+            .await;
+            match result {
+                Ok(sent) => {
+                    self.store.outbox_sent(row.seq, &sent.message_id, self.clock.now_ms()).await.map_err(|e| e.to_string())?;
+                    self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
+                    self.answered(&row.chat_id).await;
+                }
+                Err(MessengerError::Rejected(reason)) => {
+                    tracing::warn!(account = self.account(), chat = row.chat_id, "reply dead-lettered: {reason}");
+                    self.store.outbox_dead(row.seq, &reason).await.map_err(|e| e.to_string())?;
+                }
+                Err(e) => {
+                    let wait = match &e {
+                        MessengerError::FloodWait(d) => *d,
+                        _ => backoff(row.attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
+                    };
+                    tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
+                    self.store
+                        .outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    blocked.insert(row.chat_id.clone());
+                }
+            }
+        }
+        Ok(worked)
+    }
+
+    /// A reply went out: the conversation is answered; its escalation task is done.
+    async fn answered(&self, chat: &str) {
+        let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
+        if let Some(task) = conv.task_id {
+            if let Err(e) = self.crm.complete_task(task, "answered").await {
+                tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
+                return;
+            }
+        }
+        conv.task_id = None;
+        conv.unanswered_since_ms = None;
+        let _ = self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await;
+    }
+
+    // ---- escalation --------------------------------------------------------
+
+    async fn escalation_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let esc = self.s.policy.escalation.clone();
+        let after = crmessenger_api::common::parse_duration(&esc.after);
+        let deadline = crmessenger_api::common::parse_duration(&esc.deadline).unwrap_or(Duration::from_secs(3600));
+        let (true, Some(after)) = (esc.enabled, after) else { return };
+        while !*stop.borrow() {
+            let now = self.clock.now_ms();
+            match self.store.unanswered(self.account(), now - after.as_millis() as i64).await {
+                Ok(list) => {
+                    for (chat, mut conv) in list {
+                        let Some(lead_id) = conv.lead_id else { continue };
+                        let task = TaskRequest {
+                            lead_id,
+                            text: esc.task_text.clone(),
+                            complete_till: (now + deadline.as_millis() as i64) / 1000,
+                            responsible_user_id: None,
+                        };
+                        match self.crm.add_task(&task).await {
+                            Ok(t) => {
+                                conv.task_id = Some(t.id);
+                                let _ = self.store.put_conversation(self.account(), &chat, &self.s.crm_key, &conv, now).await;
+                            }
+                            Err(e) => tracing::warn!(account = self.account(), chat, "escalation task failed: {e}"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("escalation: {e}"),
+            }
+            self.clock.sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Removes the account's conversation for tests and cleanup.
+    pub fn settings(&self) -> &BridgeSettings {
+        &self.s
+    }
+
+    /// The conversation of `chat`.
+    pub async fn conversation(&self, chat: &str) -> Option<Conversation> {
+        self.store.conversation(self.account(), chat).await.ok().flatten()
+    }
+}
+
+fn sent_at(e: &Event, r: &InboxRow) -> i64 {
+    match e {
+        Event::Message(m) if m.sent_at_ms > 0 => m.sent_at_ms,
+        _ => r.received_ms,
+    }
+}
+
+fn db(e: crate::store::StoreError) -> CrmError {
+    CrmError::Unavailable(format!("local database: {e}"))
+}
+
+fn store_err(e: crate::store::StoreError) -> MessengerError {
+    MessengerError::Unavailable(format!("local database: {e}"))
+}
+
+/// Whether the policy's chat filter lets `m` through: deny wins, then allow (when
+/// set, only listed chats pass), then the chat kind.
+pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
+    let names: Vec<String> = [Some(m.chat_id.clone()), m.sender.username.clone(), m.sender.username.as_ref().map(|u| format!("@{u}"))]
+        .into_iter()
+        .flatten()
+        .collect();
+    let listed = |list: &[String]| list.iter().any(|e| names.iter().any(|n| n.eq_ignore_ascii_case(e)));
+    if listed(&filter.deny) {
+        return false;
+    }
+    if !filter.allow.is_empty() {
+        return listed(&filter.allow);
+    }
+    match m.chat_kind {
+        crate::messenger::ChatKind::Private => filter.private,
+        crate::messenger::ChatKind::Group => filter.groups,
+        crate::messenger::ChatKind::Channel => filter.channels,
+    }
+}

@@ -1,0 +1,270 @@
+//! The messenger side: the domain of messages and the [`Messenger`] trait every
+//! adapter (Telegram, WhatsApp, the scripted messenger for tests) implements.
+//!
+//! The trait is pull-based: [`Messenger::updates`] returns the events after a
+//! cursor and the cursor to continue from. The bridge writes the events into its
+//! inbox and commits the cursor in the same transaction, so a crash at any point
+//! makes the messenger deliver again exactly what was not yet stored.
+
+pub mod scripted;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The kind of a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    /// A private chat with one person.
+    Private,
+    /// A group.
+    Group,
+    /// A broadcast channel.
+    Channel,
+}
+
+/// A person as the messenger knows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Messenger user id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Phone number, when shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Username, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// An attachment, fetched from the messenger on demand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// The messenger's id of the file.
+    pub id: String,
+    /// `photo`, `video`, `voice`, `audio` or `document`.
+    pub kind: String,
+    /// File name.
+    pub file_name: String,
+    /// MIME type.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Content {
+    /// Plain text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A file with an optional caption.
+    Media {
+        /// The file.
+        media: MediaRef,
+        /// Caption.
+        caption: String,
+    },
+    /// A shared location.
+    Location {
+        /// Latitude.
+        latitude: f64,
+        /// Longitude.
+        longitude: f64,
+    },
+    /// A shared contact card.
+    Contact {
+        /// Name on the card.
+        name: String,
+        /// Phone on the card.
+        phone: String,
+    },
+}
+
+/// A customer's message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Chat id (stable per chat).
+    pub chat_id: String,
+    /// Chat kind.
+    pub chat_kind: ChatKind,
+    /// Chat title (groups and channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_title: Option<String>,
+    /// Message id, unique within the chat: with the account and chat, the
+    /// idempotency key of the message.
+    pub message_id: String,
+    /// Author.
+    pub sender: Identity,
+    /// What it carries.
+    pub content: Content,
+    /// When it was written, Unix milliseconds.
+    pub sent_at_ms: i64,
+    /// Whether this is an edit of an earlier message.
+    #[serde(default)]
+    pub edited: bool,
+}
+
+impl Message {
+    /// The text of the message, or a description of what it carries.
+    pub fn summary(&self) -> String {
+        match &self.content {
+            Content::Text { text } => text.clone(),
+            Content::Media { media, caption } => {
+                let what = format!("[{}: {}, {} bytes]", media.kind, media.file_name, media.size);
+                if caption.is_empty() { what } else { format!("{what} {caption}") }
+            }
+            Content::Location { latitude, longitude } => {
+                format!("[location: {latitude:.6}, {longitude:.6} https://maps.google.com/?q={latitude},{longitude}]")
+            }
+            Content::Contact { name, phone } => format!("[contact: {name}, {phone}]"),
+        }
+    }
+}
+
+/// An event from the messenger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new (or edited) message.
+    Message(Message),
+    /// A message was deleted.
+    Deleted {
+        /// Chat id.
+        chat_id: String,
+        /// Message id.
+        message_id: String,
+    },
+    /// A message we sent was delivered or read.
+    Status {
+        /// Chat id.
+        chat_id: String,
+        /// The messenger's id of our message.
+        message_id: String,
+        /// `delivered` or `read`.
+        status: String,
+    },
+}
+
+impl Event {
+    /// The chat the event belongs to.
+    pub fn chat_id(&self) -> &str {
+        match self {
+            Event::Message(m) => &m.chat_id,
+            Event::Deleted { chat_id, .. } | Event::Status { chat_id, .. } => chat_id,
+        }
+    }
+
+    /// Id of the event within its chat (with the chat, the idempotency key).
+    pub fn key(&self) -> String {
+        match self {
+            Event::Message(m) if m.edited => format!("{}#edit@{}", m.message_id, m.sent_at_ms),
+            Event::Message(m) => m.message_id.clone(),
+            Event::Deleted { message_id, .. } => format!("{message_id}#deleted"),
+            Event::Status { message_id, status, .. } => format!("{message_id}#{status}"),
+        }
+    }
+}
+
+/// A page of events and the cursor after them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Events, oldest first.
+    pub events: Vec<Event>,
+    /// Where to continue from: store it with the events.
+    pub cursor: String,
+}
+
+/// Login progress, shown on the login page and in the account's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LoginState {
+    /// Show this QR code; scan it with the phone before it expires.
+    Qr {
+        /// The QR code's content.
+        code: String,
+        /// Expiry, Unix milliseconds.
+        expires_at_ms: i64,
+    },
+    /// Type the code the messenger sent.
+    CodeRequired,
+    /// Type the two-factor password.
+    PasswordRequired,
+    /// Logged in.
+    LoggedIn {
+        /// Who.
+        identity: Identity,
+    },
+    /// The session ended (logged out from the phone, or revoked).
+    LoggedOut {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Chat id.
+    pub chat_id: String,
+    /// Text.
+    pub text: String,
+    /// Idempotency key, stored before the first attempt.
+    pub random_id: i64,
+}
+
+/// A sent message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRef {
+    /// The messenger's id of it.
+    pub message_id: String,
+}
+
+/// Why a messenger call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MessengerError {
+    /// Sent too much: wait this long (Telegram FLOOD_WAIT, WhatsApp 131056).
+    #[error("flood wait: retry after {0:?}")]
+    FloodWait(Duration),
+    /// A transient failure: retry later.
+    #[error("messenger unavailable: {0}")]
+    Unavailable(String),
+    /// The request may or may not have taken effect.
+    #[error("in doubt: {0}")]
+    InDoubt(String),
+    /// Can never succeed (blocked by the user, chat gone, invalid content).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The session is not (or no longer) logged in.
+    #[error("not logged in: {0}")]
+    LoggedOut(String),
+}
+
+/// A messenger account.
+#[async_trait]
+pub trait Messenger: Send + Sync {
+    /// Where login stands (and the next step: a QR code, a code, a password).
+    async fn login_state(&self) -> Result<LoginState, MessengerError>;
+    /// Submits a login code or password typed by a person.
+    async fn submit_login(&self, code: Option<&str>, password: Option<&str>) -> Result<(), MessengerError>;
+    /// Events after `cursor` (from the start when `None`), waiting up to `wait`
+    /// for the first one.
+    async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError>;
+    /// Sends a text. Sending the same `random_id` twice delivers once.
+    async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError>;
+    /// Finds a message sent with `random_id` (resolving an in-doubt send).
+    async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError>;
+    /// Marks the chat read up to `message_id`.
+    async fn mark_read(&self, chat_id: &str, message_id: &str) -> Result<(), MessengerError>;
+    /// Downloads an attachment.
+    async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError>;
+    /// Messages of a chat before `before` (newest first), for history backfill.
+    async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError>;
+    /// Ends the session on the messenger's side (account deletion).
+    async fn logout(&self) -> Result<(), MessengerError>;
+}

@@ -1,0 +1,162 @@
+//! The adapter for the scripted messenger (`crmessenger-fake-messenger`), used by
+//! the tests and for demos. It speaks that messenger's HTTP API and maps it onto
+//! the [`Messenger`] trait exactly as a real adapter would: long-polled updates
+//! after a cursor, idempotent sends by `random_id`, QR login.
+
+use super::*;
+use crmessenger_fake_messenger as wire;
+use reqwest::StatusCode;
+
+/// A scripted messenger reached at a base URL.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Scripted {
+    /// An adapter for the messenger at `base_url`.
+    pub fn new(base_url: &str) -> Result<Self, MessengerError> {
+        let http = crmessenger_crm::tls::client_builder(None)
+            .and_then(|b| b.timeout(Duration::from_secs(40)).build().map_err(|e| e.to_string()))
+            .map_err(MessengerError::Unavailable)?;
+        Ok(Self { http, base: base_url.trim_end_matches('/').to_string() })
+    }
+
+    async fn check(resp: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, MessengerError> {
+        let resp = resp.map_err(|e| {
+            if e.is_connect() {
+                MessengerError::Unavailable(format!("connect: {e}"))
+            } else {
+                MessengerError::InDoubt(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(resp);
+        }
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("").to_string();
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS => MessengerError::FloodWait(Duration::from_secs(
+                body.get("flood_wait_secs").and_then(|v| v.as_u64()).unwrap_or(1),
+            )),
+            StatusCode::UNAUTHORIZED => MessengerError::LoggedOut(error),
+            s if s.is_client_error() => MessengerError::Rejected(format!("{s}: {error}")),
+            s => MessengerError::Unavailable(format!("{s}: {error}")),
+        })
+    }
+}
+
+fn to_message(u: wire::Update) -> Message {
+    let content = if let Some(m) = u.media {
+        Content::Media {
+            media: MediaRef { id: m.id, kind: m.kind, file_name: m.file_name, mime_type: m.mime_type, size: m.size },
+            caption: u.text,
+        }
+    } else if let Some((latitude, longitude)) = u.location {
+        Content::Location { latitude, longitude }
+    } else if let Some((name, phone)) = u.contact {
+        Content::Contact { name, phone }
+    } else {
+        Content::Text { text: u.text }
+    };
+    Message {
+        chat_id: u.chat_id,
+        chat_kind: match u.chat_kind {
+            wire::ChatKind::Private => ChatKind::Private,
+            wire::ChatKind::Group => ChatKind::Group,
+            wire::ChatKind::Channel => ChatKind::Channel,
+        },
+        chat_title: u.chat_title,
+        message_id: u.message_id,
+        sender: Identity { id: u.sender.id, name: u.sender.name, phone: u.sender.phone, username: u.sender.username },
+        content,
+        sent_at_ms: u.sent_at_ms,
+        edited: u.kind == "edit",
+    }
+}
+
+#[async_trait]
+impl Messenger for Scripted {
+    async fn login_state(&self) -> Result<LoginState, MessengerError> {
+        let resp = Self::check(self.http.get(format!("{}/v1/session", self.base)).send().await).await?;
+        let s: wire::Session = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+        Ok(match s.state.as_str() {
+            "logged_in" => LoginState::LoggedIn {
+                identity: Identity {
+                    id: s.user_id.unwrap_or_default(),
+                    name: s.username.clone().unwrap_or_default(),
+                    phone: s.phone,
+                    username: s.username,
+                },
+            },
+            "qr" => LoginState::Qr { code: s.qr.unwrap_or_default(), expires_at_ms: s.qr_expires_at_ms.unwrap_or(0) },
+            other => LoginState::LoggedOut { reason: other.to_string() },
+        })
+    }
+
+    async fn submit_login(&self, _code: Option<&str>, _password: Option<&str>) -> Result<(), MessengerError> {
+        Err(MessengerError::Rejected("the scripted messenger logs in by QR code only".into()))
+    }
+
+    async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError> {
+        let after: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+        let url = format!("{}/v1/updates?after={after}&timeout_ms={}", self.base, wait.as_millis());
+        let resp = Self::check(self.http.get(url).send().await).await.map_err(|e| match e {
+            // Reading is always safe to repeat.
+            MessengerError::InDoubt(m) => MessengerError::Unavailable(m),
+            e => e,
+        })?;
+        let page: wire::Updates = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+        let cursor = page.updates.last().map(|u| u.seq).unwrap_or(after).to_string();
+        let events = page
+            .updates
+            .into_iter()
+            .map(|u| match u.kind.as_str() {
+                "delete" => Event::Deleted { chat_id: u.chat_id, message_id: u.message_id },
+                _ => Event::Message(to_message(u)),
+            })
+            .collect();
+        Ok(Batch { events, cursor })
+    }
+
+    async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError> {
+        let body = wire::SendRequest {
+            chat_id: message.chat_id.clone(),
+            text: message.text.clone(),
+            random_id: message.random_id,
+        };
+        let resp = Self::check(self.http.post(format!("{}/v1/send", self.base)).json(&body).send().await).await?;
+        let sent: wire::SendResponse = resp.json().await.map_err(|e| MessengerError::InDoubt(e.to_string()))?;
+        Ok(SentRef { message_id: sent.message_id })
+    }
+
+    async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError> {
+        let url = format!("{}/v1/sent", self.base);
+        let resp = Self::check(self.http.get(url).query(&[("chat_id", chat_id), ("random_id", &random_id.to_string())]).send().await)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let sent: wire::Sent = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+        Ok(Some(SentRef { message_id: sent.message_id }))
+    }
+
+    async fn mark_read(&self, _chat_id: &str, _message_id: &str) -> Result<(), MessengerError> {
+        Ok(())
+    }
+
+    async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError> {
+        let resp = Self::check(self.http.get(format!("{}/v1/media/{}", self.base, media.id)).send().await).await?;
+        Ok(resp.bytes().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?.to_vec())
+    }
+
+    async fn backfill(&self, _chat: &str, _before: Option<&str>, _limit: u32) -> Result<Vec<Message>, MessengerError> {
+        Ok(Vec::new())
+    }
+
+    async fn logout(&self) -> Result<(), MessengerError> {
+        Self::check(self.http.post(format!("{}/v1/logout", self.base)).send().await).await.map(drop)
+    }
+}

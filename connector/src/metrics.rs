@@ -1,0 +1,101 @@
+//! Per-account Prometheus metrics of the connector.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+/// The account label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    /// `namespace/name`.
+    pub account: String,
+}
+
+/// The connector's metrics (one process may serve many accounts in standalone mode).
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Customer messages delivered to the CRM.
+    pub messages_in: Family<AccountLabel, Counter>,
+    /// Replies delivered to the messenger.
+    pub messages_out: Family<AccountLabel, Counter>,
+    /// Inbox and outbox rows not yet delivered.
+    pub undelivered: Family<AccountLabel, Gauge>,
+    /// Age in seconds of the oldest undelivered customer message.
+    pub oldest_undelivered_seconds: Family<AccountLabel, Gauge<f64, AtomicU64>>,
+    /// Dead letters waiting for `replay`.
+    pub dead_letters: Family<AccountLabel, Gauge>,
+    /// Seconds from the messenger event to the CRM write.
+    pub lag_seconds: Family<AccountLabel, Histogram>,
+    /// Age in seconds of the oldest unanswered customer message.
+    pub unanswered_seconds: Family<AccountLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while logged in to the messenger.
+    pub logged_in: Family<AccountLabel, Gauge>,
+    /// 1 while the messenger connection works.
+    pub connected: Family<AccountLabel, Gauge>,
+    /// 1 while the CRM circuit breaker is open (deliveries held back).
+    pub crm_circuit_open: Family<AccountLabel, Gauge>,
+    /// CRM calls that failed, by account.
+    pub crm_errors: Family<AccountLabel, Counter>,
+}
+
+fn lag_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("crmessenger_connector");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            undelivered: Family::default(),
+            oldest_undelivered_seconds: Family::default(),
+            dead_letters: Family::default(),
+            lag_seconds: Family::new_with_constructor(lag_histogram),
+            unanswered_seconds: Family::default(),
+            logged_in: Family::default(),
+            connected: Family::default(),
+            crm_circuit_open: Family::default(),
+            crm_errors: Family::default(),
+        };
+        r.register("messages_in", "Customer messages delivered to the CRM", m.messages_in.clone());
+        r.register("messages_out", "Replies delivered to the messenger", m.messages_out.clone());
+        r.register("undelivered", "Inbox and outbox rows not yet delivered", m.undelivered.clone());
+        r.register(
+            "oldest_undelivered_seconds",
+            "Age of the oldest undelivered customer message",
+            m.oldest_undelivered_seconds.clone(),
+        );
+        r.register("dead_letters", "Dead letters waiting for replay", m.dead_letters.clone());
+        r.register("lag_seconds", "Seconds from messenger event to CRM write", m.lag_seconds.clone());
+        r.register("unanswered_seconds", "Age of the oldest unanswered customer message", m.unanswered_seconds.clone());
+        r.register("logged_in", "1 while logged in to the messenger", m.logged_in.clone());
+        r.register("messenger_connected", "1 while the messenger connection works", m.connected.clone());
+        r.register("crm_circuit_open", "1 while CRM deliveries are held back", m.crm_circuit_open.clone());
+        r.register("crm_errors", "Failed CRM calls", m.crm_errors.clone());
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
+        m
+    }
+}
+
+impl Metrics {
+    /// The label of `account`.
+    pub fn label(account: &str) -> AccountLabel {
+        AccountLabel { account: account.to_string() }
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}

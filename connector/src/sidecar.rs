@@ -1,0 +1,175 @@
+//! The sidecar: the pod's only exposed port (ClusterIP; people reach it with
+//! `kubectl port-forward`). It serves the login page with the current QR code and
+//! the status, reading everything from the connector's admin port on loopback, so
+//! it holds no state and no credentials of its own.
+//!
+//! `GET /login` (HTML, refreshed before the QR code expires), `/login/qr.svg`,
+//! `/login/qr.png`, `POST /login` (code or password form), `/status` (JSON),
+//! `/healthz`, `/readyz`, `/metrics`.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Where the connector's admin port is.
+#[derive(Clone)]
+pub struct Sidecar {
+    admin: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize, Default)]
+struct AccountQuery {
+    account: Option<String>,
+}
+
+impl Sidecar {
+    /// A sidecar reading from `admin_url` (e.g. `http://127.0.0.1:9090`).
+    pub fn new(admin_url: &str) -> anyhow::Result<Self> {
+        let http = crmessenger_crm::tls::client_builder(None)
+            .and_then(|b| b.timeout(std::time::Duration::from_secs(10)).build().map_err(|e| e.to_string()))
+            .map_err(anyhow::Error::msg)?;
+        Ok(Self { admin: admin_url.trim_end_matches('/').to_string(), http })
+    }
+
+    /// The router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/login", get(page).post(submit))
+            .route("/login/qr.svg", get(qr_svg))
+            .route("/login/qr.png", get(qr_png))
+            .route("/status", get(|s: State<Sidecar>| proxy(s, "/status")))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|s: State<Sidecar>| proxy(s, "/readyz")))
+            .route("/metrics", get(|s: State<Sidecar>| proxy(s, "/metrics")))
+            .with_state(self)
+    }
+
+    async fn login(&self, account: Option<&str>) -> Result<Value, Response> {
+        let mut req = self.http.get(format!("{}/login", self.admin));
+        if let Some(a) = account {
+            req = req.query(&[("account", a)]);
+        }
+        let resp = req.send().await.map_err(unavailable)?;
+        if !resp.status().is_success() {
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            return Err((status, resp.text().await.unwrap_or_default()).into_response());
+        }
+        resp.json().await.map_err(unavailable)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("the connector is not answering: {e}\n")).into_response()
+}
+
+async fn proxy(State(s): State<Sidecar>, path: &str) -> Response {
+    match s.http.get(format!("{}{path}", s.admin)).send().await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
+            (status, [("content-type", ct)], r.bytes().await.unwrap_or_default()).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn qr_code(login: &Value) -> Option<(String, i64)> {
+    let l = login.get("login")?;
+    (l.get("state")?.as_str()? == "qr")
+        .then(|| Some((l.get("code")?.as_str()?.to_string(), l.get("expires_at_ms")?.as_i64()?)))
+        .flatten()
+}
+
+async fn page(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
+    let login = match s.login(q.account.as_deref()).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let account = login.get("account").and_then(Value::as_str).unwrap_or("").to_string();
+    let state = login.pointer("/login/state").and_then(Value::as_str).unwrap_or("unknown").to_string();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let (body, refresh) = match state.as_str() {
+        "qr" => {
+            let (code, expires) = qr_code(&login).unwrap_or_default();
+            let svg = crate::qr::svg(&code).unwrap_or_default();
+            // Reload a little before the code expires, so the page always shows a live one.
+            let refresh = ((expires - now) / 1000 - 2).clamp(2, 60);
+            (format!("<p>Scan this code with the messenger app on your phone (it renews itself).</p>{svg}"), refresh)
+        }
+        "code_required" => (
+            "<form method=post><label>Login code <input name=code autocomplete=one-time-code autofocus></label> <button>Send</button></form>"
+                .to_string(),
+            30,
+        ),
+        "password_required" => (
+            "<form method=post><label>Two-factor password <input name=password type=password autofocus></label> <button>Send</button></form>"
+                .to_string(),
+            30,
+        ),
+        "logged_in" => {
+            let who = login.pointer("/login/identity/username").and_then(Value::as_str).unwrap_or("");
+            (format!("<p>Logged in as <b>{}</b>.</p>", escape(who)), 30)
+        }
+        other => (format!("<p>Login state: {}</p>", escape(other)), 5),
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content={refresh}><title>CRMessenger login — {a}</title></head>\
+         <body><h1>{a}</h1>{body}<p><a href=/status>status</a></p></body></html>",
+        a = escape(&account)
+    ))
+    .into_response()
+}
+
+async fn qr_svg(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
+    match s.login(q.account.as_deref()).await.map(|v| qr_code(&v)) {
+        Ok(Some((code, _))) => match crate::qr::svg(&code) {
+            Ok(svg) => ([("content-type", "image/svg+xml"), ("cache-control", "no-store")], svg).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        },
+        Ok(None) => (StatusCode::NOT_FOUND, "no QR code to show: not waiting for a scan\n").into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn qr_png(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
+    match s.login(q.account.as_deref()).await.map(|v| qr_code(&v)) {
+        Ok(Some((code, _))) => match crate::qr::png(&code, 6) {
+            Ok(png) => ([("content-type", "image/png"), ("cache-control", "no-store")], png).into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        },
+        Ok(None) => (StatusCode::NOT_FOUND, "no QR code to show: not waiting for a scan\n").into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    code: Option<String>,
+    password: Option<String>,
+}
+
+async fn submit(State(s): State<Sidecar>, Query(q): Query<AccountQuery>, Form(f): Form<LoginForm>) -> Response {
+    let mut req = s.http.post(format!("{}/login", s.admin));
+    if let Some(a) = &q.account {
+        req = req.query(&[("account", a)]);
+    }
+    let form: Vec<(&str, String)> =
+        [("code", f.code), ("password", f.password)].into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+    match req.form(&form).send().await {
+        Ok(r) if r.status().is_success() => (StatusCode::SEE_OTHER, [("location", "/login")]).into_response(),
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, r.text().await.unwrap_or_default()).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}

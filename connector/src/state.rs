@@ -1,0 +1,74 @@
+//! What a connector knows about its account right now: login progress, the
+//! messenger connection, the CRM's health. The bridge writes it; the status
+//! reporter, the admin endpoints and the metrics read it.
+
+use crate::messenger::LoginState;
+use serde::Serialize;
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// A snapshot of an account's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountState {
+    /// `namespace/name`.
+    pub account: String,
+    /// Login progress (`None` until first asked).
+    pub login: Option<LoginState>,
+    /// Whether the messenger connection works.
+    pub messenger_connected: bool,
+    /// Why it does not, when it does not.
+    pub messenger_error: Option<String>,
+    /// Whether the last CRM call succeeded.
+    pub crm_ok: bool,
+    /// The last CRM error.
+    pub crm_error: Option<String>,
+    /// Whether this connector holds the account's lock (only then does it work).
+    pub holds_lock: bool,
+    /// Why it is waiting, while it is.
+    pub waiting: Option<String>,
+}
+
+/// Shared, observable account state.
+#[derive(Debug)]
+pub struct StateCell {
+    tx: watch::Sender<AccountState>,
+    lock: Mutex<()>,
+}
+
+impl StateCell {
+    /// A fresh state for `account`.
+    pub fn new(account: &str) -> Self {
+        let (tx, _) = watch::channel(AccountState {
+            account: account.to_string(),
+            login: None,
+            messenger_connected: false,
+            messenger_error: None,
+            crm_ok: true,
+            crm_error: None,
+            holds_lock: false,
+            waiting: None,
+        });
+        Self { tx, lock: Mutex::new(()) }
+    }
+
+    /// The current state.
+    pub fn get(&self) -> AccountState {
+        self.tx.borrow().clone()
+    }
+
+    /// Changes the state (watchers are woken only on a real change).
+    pub fn update(&self, f: impl FnOnce(&mut AccountState)) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.tx.send_if_modified(|s| {
+            let before = s.clone();
+            f(s);
+            *s != before
+        });
+    }
+
+    /// A receiver woken on every change.
+    pub fn subscribe(&self) -> watch::Receiver<AccountState> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,548 @@
+//! A scripted messenger: what a test (or a demo) says customers write is appended to
+//! a durable log and served to the connector as updates after a cursor, the way
+//! Telegram serves updates after a `pts`; what the connector sends is recorded,
+//! idempotent by `random_id` per chat (as Telegram's `messages.sendMessage` is). It
+//! runs in-process ([`ScriptedMessenger::start`]) or as its own process
+//! (`fake-messenger`), so crash tests can restart the connector and have everything
+//! after the last committed cursor delivered again.
+//!
+//! HTTP API (the connector's side under `/v1`, the script's under `/_script`):
+//! - `GET /v1/updates?after=N&timeout_ms=T` — events with `seq > N` (long poll);
+//! - `POST /v1/send` `{chat_id, text, random_id}` — `{message_id, duplicate}`;
+//! - `GET /v1/sent?chat_id=C&random_id=R` — the message sent with that id, or 404;
+//! - `GET /v1/session`, `POST /v1/logout` — QR login state;
+//! - `GET /v1/media/{id}` — an attachment's bytes;
+//! - `POST /_script/inbound` (one message or a list), `GET /_script/sent`,
+//!   `POST /_script/scan` (the phone scans the QR code), `POST /_script/fault`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The kind of a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    /// One customer.
+    #[default]
+    Private,
+    /// A group.
+    Group,
+    /// A broadcast channel.
+    Channel,
+}
+
+/// Who wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Sender {
+    /// Messenger user id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Phone number, when the messenger shares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Username, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// An attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// Id to fetch it with (`/v1/media/{id}`).
+    pub id: String,
+    /// `photo`, `video`, `voice`, `audio` or `document`.
+    pub kind: String,
+    /// File name.
+    pub file_name: String,
+    /// MIME type.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One update: a message written by a customer, or an edit or deletion of one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// Position in the log (assigned by the messenger).
+    #[serde(default)]
+    pub seq: u64,
+    /// `message`, `edit` or `delete`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Chat id.
+    pub chat_id: String,
+    /// Chat kind.
+    #[serde(default)]
+    pub chat_kind: ChatKind,
+    /// Chat title (groups and channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_title: Option<String>,
+    /// Message id, unique within the chat.
+    pub message_id: String,
+    /// Author.
+    pub sender: Sender,
+    /// Text or caption.
+    #[serde(default)]
+    pub text: String,
+    /// Attachment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Media>,
+    /// A shared location `(latitude, longitude)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<(f64, f64)>,
+    /// A shared contact `(name, phone)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<(String, String)>,
+    /// When it was written, Unix milliseconds (assigned when unset).
+    #[serde(default)]
+    pub sent_at_ms: i64,
+}
+
+fn default_kind() -> String {
+    "message".into()
+}
+
+/// A message the connector sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// Chat id.
+    pub chat_id: String,
+    /// Text.
+    pub text: String,
+    /// The sender's idempotency key.
+    pub random_id: i64,
+    /// Id the messenger gave it.
+    pub message_id: String,
+    /// When it was accepted, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A send request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Chat id.
+    pub chat_id: String,
+    /// Text.
+    pub text: String,
+    /// Idempotency key: a second send with the same id in the same chat is not
+    /// delivered again.
+    pub random_id: i64,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// Id of the message.
+    pub message_id: String,
+    /// The `random_id` had been used already; nothing new was delivered.
+    pub duplicate: bool,
+}
+
+/// A page of updates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Updates {
+    /// Updates after the requested cursor, oldest first.
+    pub updates: Vec<Update>,
+    /// The newest `seq` in the log.
+    pub last_seq: u64,
+}
+
+/// Login state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    /// `qr` (waiting for a scan), `logged_in` or `logged_out`.
+    pub state: String,
+    /// The QR code's content, while waiting for a scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
+    /// When the QR code expires, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_expires_at_ms: Option<i64>,
+    /// The account's own user id, once logged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The account's username, once logged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The account's phone number, once logged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// A fault to inject into the connector's side of the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    /// `send` or `updates`.
+    pub op: String,
+    /// HTTP status to answer with (429 carries `flood_wait_secs`).
+    pub status: u16,
+    /// How many calls fail.
+    pub times: u32,
+    /// For 429: seconds the client must wait (Telegram's FLOOD_WAIT_X).
+    #[serde(default)]
+    pub flood_wait_secs: u64,
+}
+
+/// How to start a scripted messenger.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the durable logs (`updates.jsonl`, `sent.jsonl`); in memory
+    /// when unset.
+    pub dir: Option<PathBuf>,
+    /// Start logged in (no QR scan needed).
+    pub logged_in: bool,
+    /// How long a QR code lives.
+    pub qr_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { listen: ([127, 0, 0, 1], 0).into(), dir: None, logged_in: true, qr_ttl: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    updates: Vec<Update>,
+    sent: Vec<Sent>,
+    faults: Vec<Fault>,
+    logged_in: bool,
+    qr: Option<(String, i64)>,
+    send_calls: u64,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    dir: Option<PathBuf>,
+    qr_ttl: Duration,
+}
+
+/// A running scripted messenger.
+#[derive(Clone)]
+pub struct ScriptedMessenger {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn load<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> anyhow::Result<Vec<T>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    // A torn last line (a crash while appending) is dropped.
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+impl ScriptedMessenger {
+    /// Starts the messenger, reloading its logs from `options.dir`.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let mut inner = Inner { logged_in: options.logged_in, ..Inner::default() };
+        if let Some(dir) = &options.dir {
+            std::fs::create_dir_all(dir)?;
+            inner.updates = load(&dir.join("updates.jsonl"))?;
+            inner.sent = load(&dir.join("sent.jsonl"))?;
+            if dir.join("logged_in").exists() {
+                inner.logged_in = true;
+            }
+        }
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            notify: Notify::new(),
+            dir: options.dir.clone(),
+            qr_ttl: options.qr_ttl,
+        });
+        let listener = tokio::net::TcpListener::bind(options.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { shared, addr })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Appends customer messages to the log; returns their `seq`s.
+    pub fn push(&self, updates: Vec<Update>) -> Vec<u64> {
+        push(&self.shared, updates)
+    }
+
+    /// Everything the connector sent, in order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.shared.inner.lock().map(|i| i.sent.clone()).unwrap_or_default()
+    }
+
+    /// How many send calls were made (including duplicates and failures).
+    pub fn send_calls(&self) -> u64 {
+        self.shared.inner.lock().map(|i| i.send_calls).unwrap_or_default()
+    }
+
+    /// Makes the next calls of an operation fail.
+    pub fn inject(&self, fault: Fault) {
+        if let Ok(mut i) = self.shared.inner.lock() {
+            i.faults.push(fault);
+        }
+    }
+
+    /// The phone scans the current QR code.
+    pub fn scan(&self) {
+        scan(&self.shared);
+    }
+}
+
+fn append<T: Serialize>(dir: &Option<PathBuf>, file: &str, items: &[T]) {
+    let Some(dir) = dir else { return };
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(file)) else { return };
+    let mut buf = Vec::new();
+    for item in items {
+        if let Ok(line) = serde_json::to_string(item) {
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+    }
+    let _ = f.write_all(&buf);
+}
+
+fn push(shared: &Shared, mut updates: Vec<Update>) -> Vec<u64> {
+    let Ok(mut inner) = shared.inner.lock() else { return Vec::new() };
+    let mut seq = inner.updates.last().map(|u| u.seq).unwrap_or(0);
+    for u in &mut updates {
+        seq += 1;
+        u.seq = seq;
+        if u.sent_at_ms == 0 {
+            u.sent_at_ms = now_ms();
+        }
+    }
+    append(&shared.dir, "updates.jsonl", &updates);
+    let seqs = updates.iter().map(|u| u.seq).collect();
+    inner.updates.extend(updates);
+    drop(inner);
+    shared.notify.notify_waiters();
+    seqs
+}
+
+fn scan(shared: &Shared) {
+    if let Ok(mut i) = shared.inner.lock() {
+        i.logged_in = true;
+        i.qr = None;
+    }
+    if let Some(dir) = &shared.dir {
+        let _ = std::fs::write(dir.join("logged_in"), b"1");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/updates", get(updates))
+        .route("/v1/send", post(send))
+        .route("/v1/sent", get(find_sent))
+        .route("/v1/session", get(session))
+        .route("/v1/logout", post(logout))
+        .route("/v1/media/{id}", get(media))
+        .route("/_script/inbound", post(inbound))
+        .route("/_script/sent", get(script_sent))
+        .route("/_script/scan", post(script_scan))
+        .route("/_script/fault", post(script_fault))
+        .with_state(shared)
+}
+
+/// Takes one matching fault, if any.
+fn fault(shared: &Shared, op: &str) -> Option<Response> {
+    let mut inner = shared.inner.lock().ok()?;
+    let f = inner.faults.iter_mut().find(|f| f.op == op && f.times > 0)?;
+    f.times -= 1;
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({ "error": format!("injected {}", f.status), "flood_wait_secs": f.flood_wait_secs });
+    Some((status, Json(body)).into_response())
+}
+
+fn not_logged_in() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": "AUTH_KEY_UNREGISTERED" }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct UpdatesQuery {
+    after: u64,
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn updates(State(s): State<Arc<Shared>>, Query(q): Query<UpdatesQuery>) -> Response {
+    if let Some(r) = fault(&s, "updates") {
+        return r;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.timeout_ms.min(30_000));
+    loop {
+        let notified = s.notify.notified();
+        {
+            let Ok(inner) = s.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+            if !inner.logged_in {
+                return not_logged_in();
+            }
+            let last_seq = inner.updates.last().map(|u| u.seq).unwrap_or(0);
+            let start = inner.updates.partition_point(|u| u.seq <= q.after);
+            let end = (start + q.limit.unwrap_or(500).clamp(1, 1000)).min(inner.updates.len());
+            if start < end || tokio::time::Instant::now() >= deadline {
+                return Json(Updates { updates: inner.updates[start..end].to_vec(), last_seq }).into_response();
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Response {
+    if let Ok(mut i) = s.inner.lock() {
+        i.send_calls += 1;
+    }
+    if let Some(r) = fault(&s, "send") {
+        return r;
+    }
+    let Ok(mut inner) = s.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    if !inner.logged_in {
+        return not_logged_in();
+    }
+    if req.text.trim().is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "MESSAGE_EMPTY" }))).into_response();
+    }
+    if let Some(prev) = inner.sent.iter().find(|m| m.chat_id == req.chat_id && m.random_id == req.random_id) {
+        return Json(SendResponse { message_id: prev.message_id.clone(), duplicate: true }).into_response();
+    }
+    let sent = Sent {
+        chat_id: req.chat_id,
+        text: req.text,
+        random_id: req.random_id,
+        message_id: format!("out-{}", inner.sent.len() + 1),
+        at_ms: now_ms(),
+    };
+    append(&s.dir, "sent.jsonl", std::slice::from_ref(&sent));
+    let message_id = sent.message_id.clone();
+    inner.sent.push(sent);
+    Json(SendResponse { message_id, duplicate: false }).into_response()
+}
+
+#[derive(Deserialize)]
+struct SentQuery {
+    chat_id: String,
+    random_id: i64,
+}
+
+async fn find_sent(State(s): State<Arc<Shared>>, Query(q): Query<SentQuery>) -> Response {
+    let Ok(inner) = s.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    match inner.sent.iter().find(|m| m.chat_id == q.chat_id && m.random_id == q.random_id) {
+        Some(m) => Json(m.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn session(State(s): State<Arc<Shared>>) -> Json<Session> {
+    let mut inner = s.inner.lock().unwrap_or_else(|e| e.into_inner());
+    if inner.logged_in {
+        return Json(Session {
+            state: "logged_in".into(),
+            qr: None,
+            qr_expires_at_ms: None,
+            user_id: Some("777000".into()),
+            username: Some("scripted_shop".into()),
+            phone: Some("+15550001122".into()),
+        });
+    }
+    let now = now_ms();
+    if inner.qr.as_ref().is_none_or(|(_, exp)| *exp <= now) {
+        let code = format!("scripted://login?token={}", uuid::Uuid::new_v4().simple());
+        inner.qr = Some((code, now + s.qr_ttl.as_millis() as i64));
+    }
+    let (qr, exp) = inner.qr.clone().unwrap_or_default();
+    Json(Session {
+        state: "qr".into(),
+        qr: Some(qr),
+        qr_expires_at_ms: Some(exp),
+        user_id: None,
+        username: None,
+        phone: None,
+    })
+}
+
+async fn logout(State(s): State<Arc<Shared>>) -> StatusCode {
+    if let Ok(mut i) = s.inner.lock() {
+        i.logged_in = false;
+    }
+    if let Some(dir) = &s.dir {
+        let _ = std::fs::remove_file(dir.join("logged_in"));
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn media(Path(id): Path<String>) -> Response {
+    // Deterministic content, so a test can check what arrived.
+    let body: Vec<u8> = id.bytes().cycle().take(1024).collect();
+    ([("content-type", "application/octet-stream")], body).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    Many(Vec<Update>),
+    One(Box<Update>),
+}
+
+async fn inbound(State(s): State<Arc<Shared>>, Json(body): Json<OneOrMany>) -> Json<Vec<u64>> {
+    let updates = match body {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(u) => vec![*u],
+    };
+    Json(push(&s, updates))
+}
+
+async fn script_sent(State(s): State<Arc<Shared>>) -> Json<Vec<Sent>> {
+    Json(s.inner.lock().map(|i| i.sent.clone()).unwrap_or_default())
+}
+
+async fn script_scan(State(s): State<Arc<Shared>>) -> StatusCode {
+    scan(&s);
+    StatusCode::NO_CONTENT
+}
+
+async fn script_fault(State(s): State<Arc<Shared>>, Json(f): Json<Fault>) -> StatusCode {
+    if let Ok(mut i) = s.inner.lock() {
+        i.faults.push(f);
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// A customer's text message in a private chat (the common case in tests).
+pub fn text(chat: &str, message_id: &str, name: &str, text: &str) -> Update {
+    Update {
+        seq: 0,
+        kind: default_kind(),
+        chat_id: chat.into(),
+        chat_kind: ChatKind::Private,
+        chat_title: None,
+        message_id: message_id.into(),
+        sender: Sender { id: chat.into(), name: name.into(), phone: None, username: None },
+        text: text.into(),
+        media: None,
+        location: None,
+        contact: None,
+        sent_at_ms: 0,
+    }
+}
