@@ -1,0 +1,238 @@
+//! The thin slice end to end on the real control plane: the operator renders the
+//! account; the connector runs out of cluster with the token of the ServiceAccount
+//! the operator created (so its Role is what is tested), reads its ConfigMap and
+//! Secrets, renews its Lease and reports status, and the account turns Ready. A
+//! customer's message reaches the amoCRM fake; a manager's reply comes back through
+//! the gateway (an amoCRM REST webhook) to the messenger. The sidecar serves the
+//! status. No Secret value shows up in logs, status or ConfigMaps.
+
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_testkit::controlplane::free_port;
+use crmessenger_testkit::{ControlPlane, Postgres};
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn get(cp: &ControlPlane, ns: &str, what: &str) -> Option<Value> {
+    let out = cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]).ok()?;
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+fn condition(obj: &Value, type_: &str) -> Option<Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("timed out waiting for {what}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+fn wait_http(cp: &ControlPlane, name: &str, addr: &str, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(addr, path).map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "{name}: {addr}{path} never answered 200:\n{}", cp.log_tail(name, 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_and_its_reply_cross_the_whole_system() {
+    let cp = ControlPlane::shared();
+    cp.install_crds().unwrap();
+    let pg = Postgres::shared();
+    let db = pg.database("cluster").unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+
+    // The operator (in process here; its own suite runs it as a process).
+    let op_admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let settings = crmessenger_operator::settings::Settings {
+        connector_image: "example.invalid/crmessenger:test".into(),
+        heartbeat_timeout: Duration::from_secs(15),
+        ..Default::default()
+    };
+    let options = crmessenger_operator::run::RunOptions {
+        admin_addr: op_admin.parse().unwrap(),
+        leader_election: None,
+        concurrency: 4,
+    };
+    let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
+    tokio::spawn(crmessenger_operator::run::run(cp.client().await.unwrap(), settings, options, metrics));
+    wait_http(cp, "operator", &op_admin, "/readyz");
+
+    // The gateway, sharing the database.
+    let connector_bin = env!("CARGO_BIN_EXE_crmessenger-connector");
+    let gw_addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut gw = Command::new(connector_bin);
+    gw.args(["gateway", "--listen", &gw_addr]).env("CRMESSENGER_DATABASE_URL", &db);
+    cp.spawn_logged("gateway", gw).unwrap();
+    wait_http(cp, "gateway", &gw_addr, "/readyz");
+
+    let ns = cp.namespace("e2e").await.unwrap();
+    let manifests = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: tg-api }}
+stringData: {{ api_id: "12345", api_hash: canary-api-hash-5e1f }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: amo }}
+stringData: {{ long_lived_token: {token} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec:
+  provider: telegram
+  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: {base}
+      credentialsSecret: {{ name: amo }}
+      replies: {{ detection: webhook }}
+"#,
+        base = fake.base_url()
+    );
+    let out = cp.kubectl_apply_output(&manifests, &["-n", &ns]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The operator created the connector's ServiceAccount; run as it.
+    eventually("the connector's ServiceAccount and ConfigMap", 60, || {
+        let sa = get(cp, &ns, "serviceaccount/shop-connector").ok_or("no ServiceAccount")?;
+        let cm = get(cp, &ns, "configmap/shop-connector").ok_or("no ConfigMap")?;
+        Ok::<_, String>((sa, cm))
+    })
+    .await;
+    let sa_token = cp.kubectl_ok(&["create", "token", "shop-connector", "-n", &ns, "--duration", "1h"]).unwrap();
+    let kubeconfig = cp.kubeconfig_for_token(&format!("{ns}-connector"), sa_token.trim()).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut run = Command::new(connector_bin);
+    run.args(["run", "--admin-addr", &admin, "--gateway-url", &format!("http://{gw_addr}")])
+        .args(["--scripted-messenger", &messenger.base_url()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("CRMESSENGER_DATABASE_URL", &db)
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_NAME", "shop-connector-0")
+        .env("CRMESSENGER_ACCOUNT", "shop")
+        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
+        .env("CRMESSENGER_LEASE", "shop-connector");
+    cp.spawn_logged("connector", run).unwrap();
+
+    // Ready: the pod (kwok) runs, the heartbeat is fresh, the hash matches, the
+    // connector is logged in and connected.
+    let account = eventually("the account to be Ready", 120, || {
+        let a = get(cp, &ns, "messengeraccount/shop").ok_or("no account")?;
+        let ready = condition(&a, "Ready").ok_or("no Ready")?;
+        (ready["status"] == "True").then_some(a.clone()).ok_or(format!("{ready}\n{}", cp.log_tail("connector", 20)))
+    })
+    .await;
+    for c in ["LoggedIn", "MessengerConnected", "CrmSynced", "ConnectorAvailable"] {
+        assert_eq!(condition(&account, c).unwrap()["status"], "True", "{c}");
+    }
+    assert_eq!(account["status"]["identity"]["maskedPhone"], "+*******1122");
+    let hash = account["status"]["connector"]["configHash"].as_str().unwrap().to_string();
+    let sts = get(cp, &ns, "statefulset/shop-connector").unwrap();
+    assert_eq!(sts["spec"]["template"]["metadata"]["annotations"]["crmessenger.io/config-hash"], hash.as_str());
+    let lease = get(cp, &ns, "lease/shop-connector").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "shop-connector-0");
+
+    // A customer writes: a contact, a lead and a note appear in amoCRM.
+    messenger.push(vec![text("5001", "1", "Maria", "Do you deliver on Sundays?")]);
+    let lead = eventually("the note in amoCRM", 60, || {
+        let s = fake.snapshot();
+        s.notes
+            .iter()
+            .find(|n| n.params["text"].as_str().unwrap_or_default().contains("Sundays"))
+            .map(|n| n.entity_id)
+            .ok_or(format!("{} notes", s.notes.len()))
+    })
+    .await;
+    // The manager answers in amoCRM; the webhook goes through the gateway.
+    fake.add_manager_note(lead, 1001, ">> Yes, every day 9-21");
+    let sent = eventually("the reply in the messenger", 60, || {
+        let sent = messenger.sent();
+        (!sent.is_empty()).then_some(sent).ok_or(cp.log_tail("connector", 10))
+    })
+    .await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].chat_id.as_str(), sent[0].text.as_str()), ("5001", "Yes, every day 9-21"));
+    let deliveries = fake.snapshot().webhook_deliveries;
+    assert!(!deliveries.is_empty(), "the reply came by webhook, through the gateway");
+
+    // The sidecar reads the connector's admin port.
+    let side = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut sidecar = Command::new(connector_bin);
+    sidecar.args(["sidecar", "--listen", &side, "--admin-url", &format!("http://{admin}")]);
+    cp.spawn_logged("sidecar", sidecar).unwrap();
+    wait_http(cp, "sidecar", &side, "/healthz");
+    let (status, body) = http_get(&side, "/status").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["accounts"][0]["state"]["account"], format!("{ns}/shop"));
+    let (status, page) = http_get(&side, "/login").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("Logged in as"), "{page}");
+    // The admin port refuses status to anyone but loopback peers; here the peer is
+    // loopback, so it answers (the refusal is unit-tested by address).
+
+    // Secrets canary: no Secret value in logs, status or the ConfigMap.
+    let cm = get(cp, &ns, "configmap/shop-connector").unwrap().to_string();
+    let status_text = get(cp, &ns, "messengeraccount/shop").unwrap()["status"].to_string();
+    let logs = ["connector", "gateway", "sidecar"].map(|c| cp.log_tail(c, 100_000)).join("\n");
+    for secret in [token.as_str(), "canary-api-hash-5e1f"] {
+        for (what, text) in [("ConfigMap", &cm), ("status", &status_text), ("logs", &logs)] {
+            assert!(!text.contains(secret), "a Secret value leaked into the {what}");
+        }
+    }
+
+    // Deleting the account: the connector logs out, purges and confirms; the
+    // finalizer goes away without waiting for the timeout.
+    let started = Instant::now();
+    let out = cp.kubectl_output(&["delete", "messengeraccount/shop", "-n", &ns, "--wait=true", "--timeout=60s"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(get(cp, &ns, "messengeraccount/shop").is_none());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let rows: i64 = {
+        let store = crmessenger_connector::store::Store::connect(&db, 1).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE account = $1")
+            .bind(format!("{ns}/shop"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(rows, 0, "the account's rows were purged");
+}
