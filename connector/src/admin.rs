@@ -71,7 +71,8 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
 }
 
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {
-    (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, "only the sidecar (loopback) may read this\n").into_response())
+    (!peer.ip().is_loopback())
+        .then(|| (StatusCode::FORBIDDEN, "only the sidecar (loopback) may read this\n").into_response())
 }
 
 async fn ready(State(a): State<Admin>) -> Response {
@@ -82,7 +83,8 @@ async fn ready(State(a): State<Admin>) -> Response {
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], a.metrics.encode()).into_response()
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], a.metrics.encode())
+        .into_response()
 }
 
 async fn status(State(a): State<Admin>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {

@@ -225,11 +225,22 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
     let hash = config.hash();
     let background = vec![
         tokio::spawn(heartbeat(env.clone(), stop_rx.clone())),
-        tokio::spawn(report_status(env.clone(), parts.state.clone(), hash.clone(), login_method(&config), stop_rx.clone())),
+        tokio::spawn(report_status(
+            env.clone(),
+            parts.state.clone(),
+            hash.clone(),
+            login_method(&config),
+            stop_rx.clone(),
+        )),
         tokio::spawn(follow_config(env.clone(), hash, parts.budget.clone(), tokens, stop_tx.clone())),
     ];
-    let deletion =
-        tokio::spawn(watch_deletion(env.clone(), parts.messenger.clone(), store.clone(), parts.key.clone(), stop_tx.clone()));
+    let deletion = tokio::spawn(watch_deletion(
+        env.clone(),
+        parts.messenger.clone(),
+        store.clone(),
+        parts.key.clone(),
+        stop_tx.clone(),
+    ));
     let bridge = parts.bridge.clone();
     let lost = tokio::select! {
         _ = bridge.run(&lock, stop_rx.clone()) => lock.is_lost(),
@@ -291,7 +302,13 @@ async fn report_status(env: KubeEnv, state: Arc<StateCell>, hash: String, method
 
 /// Applies config changes that need no restart (budget rate, token version); a
 /// change of anything else is left to the pod rollout the operator starts.
-async fn follow_config(env: KubeEnv, hash: String, budget: Budget, tokens: Arc<SecretToken>, stop: watch::Sender<bool>) {
+async fn follow_config(
+    env: KubeEnv,
+    hash: String,
+    budget: Budget,
+    tokens: Arc<SecretToken>,
+    stop: watch::Sender<bool>,
+) {
     let mut token_version: Option<String> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -368,7 +385,9 @@ pub async fn gateway(database_url: &str, listen: std::net::SocketAddr) -> anyhow
 pub async fn sidecar(admin_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the sidecar address")?;
     tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
-    axum::serve(listener, crate::sidecar::Sidecar::new(admin_url)?.router()).with_graceful_shutdown(terminated()).await?;
+    axum::serve(listener, crate::sidecar::Sidecar::new(admin_url)?.router())
+        .with_graceful_shutdown(terminated())
+        .await?;
     Ok(0)
 }
 

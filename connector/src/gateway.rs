@@ -17,12 +17,12 @@
 //! deadline is answered 503, so the sender (amoCRM retries REST webhooks) tries again.
 
 use crate::store::Store;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use std::time::Duration;
 
 /// Route kind: binding → the CRM key its leads are routed by.

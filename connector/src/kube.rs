@@ -72,13 +72,16 @@ impl KubeEnv {
             .await
             .map_err(|e| anyhow::anyhow!("read ConfigMap {}/{}: {e}", self.namespace, self.config_map))?
             .ok_or_else(|| anyhow::anyhow!("ConfigMap {}/{} does not exist", self.namespace, self.config_map))?;
-        let text = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(CONFIG_KEY))
-            .ok_or_else(|| anyhow::anyhow!("ConfigMap {}/{} has no key {CONFIG_KEY}", self.namespace, self.config_map))?;
-        serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("ConfigMap {}/{} key {CONFIG_KEY} is not a connector config: {e}", self.namespace, self.config_map))
+        let text = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)).ok_or_else(|| {
+            anyhow::anyhow!("ConfigMap {}/{} has no key {CONFIG_KEY}", self.namespace, self.config_map)
+        })?;
+        serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "ConfigMap {}/{} key {CONFIG_KEY} is not a connector config: {e}",
+                self.namespace,
+                self.config_map
+            )
+        })
     }
 
     /// Renews the Lease once.
@@ -190,9 +193,11 @@ impl StatusRenderer {
         let now = Time(jiff::Timestamp::now());
         let (logged_in, login_reason, login_message) = match &state.login {
             Some(LoginState::LoggedIn { .. }) => (true, "LoggedIn", "the messenger session is active".to_string()),
-            Some(LoginState::Qr { .. }) => {
-                (false, "WaitingForQrScan", "scan the QR code on the login page (kubectl port-forward to the sidecar)".into())
-            }
+            Some(LoginState::Qr { .. }) => (
+                false,
+                "WaitingForQrScan",
+                "scan the QR code on the login page (kubectl port-forward to the sidecar)".into(),
+            ),
             Some(LoginState::CodeRequired) => (false, "CodeRequired", "enter the login code on the login page".into()),
             Some(LoginState::PasswordRequired) => {
                 (false, "PasswordRequired", "enter the two-factor password on the login page".into())
@@ -205,7 +210,9 @@ impl StatusRenderer {
             ("LoggedIn", logged_in, login_reason.to_string(), login_message),
             match (&waiting, state.messenger_connected) {
                 (Some(w), _) => ("MessengerConnected", false, "WaitingForLock".into(), w.clone()),
-                (None, true) => ("MessengerConnected", true, "Connected".into(), "the messenger connection works".into()),
+                (None, true) => {
+                    ("MessengerConnected", true, "Connected".into(), "the messenger connection works".into())
+                }
                 (None, false) => (
                     "MessengerConnected",
                     false,

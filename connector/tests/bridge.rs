@@ -62,8 +62,9 @@ async fn rig(db_url: &str) -> Rig {
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
     let mut m = crmessenger_api::manifests::parse(&manifests(&fake.base_url(), "poll"), "shop").unwrap();
-    let config = render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
-        .unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
     let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
     let token = fake.issue_token_pair().access_token;
     let parts = build_account(
@@ -100,12 +101,8 @@ async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) ->
 
 /// Texts of the fake's common notes on `lead`, in id order.
 fn notes_of(fake: &FakeAmo, lead: i64) -> Vec<String> {
-    let mut notes: Vec<_> = fake
-        .snapshot()
-        .notes
-        .into_iter()
-        .filter(|n| n.entity_id == lead && n.note_type == "common")
-        .collect();
+    let mut notes: Vec<_> =
+        fake.snapshot().notes.into_iter().filter(|n| n.entity_id == lead && n.note_type == "common").collect();
     notes.sort_by_key(|n| n.id);
     notes.iter().map(|n| n.params["text"].as_str().unwrap_or_default().to_string()).collect()
 }
@@ -114,7 +111,10 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
     let r = rig(db_url).await;
     let chats = ["1001", "1002", "1003"];
     for i in 0..10 {
-        let batch: Vec<_> = chats.iter().map(|c| text(c, &format!("m{i}"), &format!("Customer {c}"), &format!("hello {i} from {c}"))).collect();
+        let batch: Vec<_> = chats
+            .iter()
+            .map(|c| text(c, &format!("m{i}"), &format!("Customer {c}"), &format!("hello {i} from {c}")))
+            .collect();
         r.messenger.push(batch);
     }
     // One contact and one lead per chat; ten notes per lead, in order, once each.
@@ -144,7 +144,11 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
     // Replaying the same messages (the messenger redelivering) changes nothing.
     r.messenger.push(vec![text("1001", "m0", "Customer 1001", "hello 0 from 1001")]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(r.fake.snapshot().notes.iter().filter(|n| n.note_type == "common").count(), 31, "30 notes plus the manager's");
+    assert_eq!(
+        r.fake.snapshot().notes.iter().filter(|n| n.note_type == "common").count(),
+        31,
+        "30 notes plus the manager's"
+    );
     assert_eq!(r.messenger.sent().len(), 1, "the reply was sent once");
     let counts = r.store.counts(&r.account).await.unwrap();
     assert_eq!((counts.inbox_pending, counts.inbox_dead, counts.outbox_pending), (0, 0, 0));
@@ -185,13 +189,9 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
 
 async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {
     let r = rig(db_url).await;
-    r.fake.inject(Fault {
-        method: None,
-        path_prefix: "/api/v4/".into(),
-        kind: FaultKind::Status(503),
-        times: 12,
-    });
-    let batch: Vec<_> = (0..20).map(|i| text("3001", &format!("o{i}"), "Olga", &format!("during outage {i}"))).collect();
+    r.fake.inject(Fault { method: None, path_prefix: "/api/v4/".into(), kind: FaultKind::Status(503), times: 12 });
+    let batch: Vec<_> =
+        (0..20).map(|i| text("3001", &format!("o{i}"), "Olga", &format!("during outage {i}"))).collect();
     r.messenger.push(batch);
     let lead = wait_for("the notes after the outage", 120, || {
         let s = r.fake.snapshot();
@@ -199,7 +199,8 @@ async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {
         (notes.len() == 20).then(|| notes[0].entity_id)
     })
     .await;
-    let got: Vec<String> = notes_of(&r.fake, lead).iter().map(|t| t.lines().nth(1).unwrap_or_default().to_string()).collect();
+    let got: Vec<String> =
+        notes_of(&r.fake, lead).iter().map(|t| t.lines().nth(1).unwrap_or_default().to_string()).collect();
     let expected: Vec<String> = (0..20).map(|i| format!("during outage {i}")).collect();
     assert_eq!(got, expected);
     assert_eq!(r.fake.snapshot().contacts.len(), 1, "no duplicate contact from the retries");

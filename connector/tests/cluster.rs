@@ -222,7 +222,8 @@ spec:
     // Deleting the account: the connector logs out, purges and confirms; the
     // finalizer goes away without waiting for the timeout.
     let started = Instant::now();
-    let out = cp.kubectl_output(&["delete", "messengeraccount/shop", "-n", &ns, "--wait=true", "--timeout=60s"]).unwrap();
+    let out =
+        cp.kubectl_output(&["delete", "messengeraccount/shop", "-n", &ns, "--wait=true", "--timeout=60s"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(get(cp, &ns, "messengeraccount/shop").is_none());
     assert!(started.elapsed() < Duration::from_secs(60));

@@ -49,7 +49,15 @@ impl Postgres {
             std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
         }
         let mut init = Command::new(bin.join("initdb"));
-        init.args(["-D"]).arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"]);
+        init.args(["-D"]).arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]);
         as_user(&mut init, user);
         let out = init.stdin(Stdio::null()).output().context("run initdb")?;
         if !out.status.success() {

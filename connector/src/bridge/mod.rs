@@ -542,10 +542,8 @@ impl Bridge {
         let Some((account, chat)) = self.store.chat_of_lead(&self.s.crm_key, reply.lead_id).await? else {
             return Ok(false);
         };
-        let added = self
-            .store
-            .outbox_add(&account, &reply.source_id, &chat, &reply.text, None, self.clock.now_ms())
-            .await?;
+        let added =
+            self.store.outbox_add(&account, &reply.source_id, &chat, &reply.text, None, self.clock.now_ms()).await?;
         if added {
             self.store.notify(&account).await?;
         }
@@ -613,7 +611,10 @@ impl Bridge {
             .await;
             match result {
                 Ok(sent) => {
-                    self.store.outbox_sent(row.seq, &sent.message_id, self.clock.now_ms()).await.map_err(|e| e.to_string())?;
+                    self.store
+                        .outbox_sent(row.seq, &sent.message_id, self.clock.now_ms())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
                     self.answered(&row.chat_id).await;
                 }
@@ -641,11 +642,11 @@ impl Bridge {
     /// A reply went out: the conversation is answered; its escalation task is done.
     async fn answered(&self, chat: &str) {
         let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
-        if let Some(task) = conv.task_id {
-            if let Err(e) = self.crm.complete_task(task, "answered").await {
-                tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
-                return;
-            }
+        if let Some(task) = conv.task_id
+            && let Err(e) = self.crm.complete_task(task, "answered").await
+        {
+            tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
+            return;
         }
         conv.task_id = None;
         conv.unanswered_since_ms = None;
@@ -674,7 +675,10 @@ impl Bridge {
                         match self.crm.add_task(&task).await {
                             Ok(t) => {
                                 conv.task_id = Some(t.id);
-                                let _ = self.store.put_conversation(self.account(), &chat, &self.s.crm_key, &conv, now).await;
+                                let _ = self
+                                    .store
+                                    .put_conversation(self.account(), &chat, &self.s.crm_key, &conv, now)
+                                    .await;
                             }
                             Err(e) => tracing::warn!(account = self.account(), chat, "escalation task failed: {e}"),
                         }
@@ -715,10 +719,11 @@ fn store_err(e: crate::store::StoreError) -> MessengerError {
 /// Whether the policy's chat filter lets `m` through: deny wins, then allow (when
 /// set, only listed chats pass), then the chat kind.
 pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
-    let names: Vec<String> = [Some(m.chat_id.clone()), m.sender.username.clone(), m.sender.username.as_ref().map(|u| format!("@{u}"))]
-        .into_iter()
-        .flatten()
-        .collect();
+    let names: Vec<String> =
+        [Some(m.chat_id.clone()), m.sender.username.clone(), m.sender.username.as_ref().map(|u| format!("@{u}"))]
+            .into_iter()
+            .flatten()
+            .collect();
     let listed = |list: &[String]| list.iter().any(|e| names.iter().any(|n| n.eq_ignore_ascii_case(e)));
     if listed(&filter.deny) {
         return false;

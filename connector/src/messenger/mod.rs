@@ -132,7 +132,7 @@ impl Message {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A new (or edited) message.
-    Message(Message),
+    Message(Box<Message>),
     /// A message was deleted.
     Deleted {
         /// Chat id.

@@ -115,7 +115,7 @@ impl Messenger for Scripted {
             .into_iter()
             .map(|u| match u.kind.as_str() {
                 "delete" => Event::Deleted { chat_id: u.chat_id, message_id: u.message_id },
-                _ => Event::Message(to_message(u)),
+                _ => Event::Message(Box::new(to_message(u))),
             })
             .collect();
         Ok(Batch { events, cursor })
@@ -134,8 +134,10 @@ impl Messenger for Scripted {
 
     async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError> {
         let url = format!("{}/v1/sent", self.base);
-        let resp = Self::check(self.http.get(url).query(&[("chat_id", chat_id), ("random_id", &random_id.to_string())]).send().await)
-            .await?;
+        let resp = Self::check(
+            self.http.get(url).query(&[("chat_id", chat_id), ("random_id", &random_id.to_string())]).send().await,
+        )
+        .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }

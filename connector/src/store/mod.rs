@@ -334,12 +334,14 @@ impl Store {
     pub async fn inbox_done(&self, done: &[(i64, String)], now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (seq, crm_ref) in done {
-            sqlx::query("UPDATE inbox SET state = 'done', done_ms = $2, crm_ref = $3, last_error = NULL WHERE seq = $1")
-                .bind(seq)
-                .bind(now_ms)
-                .bind(crm_ref)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE inbox SET state = 'done', done_ms = $2, crm_ref = $3, last_error = NULL WHERE seq = $1",
+            )
+            .bind(seq)
+            .bind(now_ms)
+            .bind(crm_ref)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -600,12 +602,14 @@ impl Store {
 
     /// Marks `seq` sent.
     pub async fn outbox_sent(&self, seq: i64, message_id: &str, now_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE outbox SET state = 'sent', message_id = $2, sent_ms = $3, last_error = NULL WHERE seq = $1")
-            .bind(seq)
-            .bind(message_id)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'sent', message_id = $2, sent_ms = $3, last_error = NULL WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(message_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -676,7 +680,14 @@ impl Store {
 
     /// Stores a webhook for `account` (once per `dedup_key`) and wakes its
     /// connector. Returns false for a replay.
-    pub async fn put_event(&self, account: &str, kind: &str, dedup_key: &str, payload: &str, now_ms: i64) -> Result<bool> {
+    pub async fn put_event(
+        &self,
+        account: &str,
+        kind: &str,
+        dedup_key: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         let r = sqlx::query(
             "INSERT INTO events (account, kind, dedup_key, payload, received_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (account, kind, dedup_key) DO NOTHING",
@@ -721,7 +732,10 @@ impl Store {
             .bind(token)
             .execute(&self.pool)
             .await?;
-        let r = sqlx::query("SELECT token FROM webhook_tokens WHERE binding = $1").bind(binding).fetch_one(&self.pool).await?;
+        let r = sqlx::query("SELECT token FROM webhook_tokens WHERE binding = $1")
+            .bind(binding)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(r.try_get("token")?)
     }
 

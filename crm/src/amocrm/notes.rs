@@ -61,7 +61,8 @@ async fn add_batch(amo: &AmoCrm, lead_id: i64, batch: &[NoteRequest]) -> Result<
 
 /// Notes whose marker is on the lead (written since `since`).
 pub(super) async fn find(amo: &AmoCrm, lead_id: i64, since: i64, markers: &[String]) -> Result<Vec<NoteRef>, CrmError> {
-    let wanted: Vec<NoteRequest> = markers.iter().map(|m| NoteRequest { marker: m.clone(), text: String::new() }).collect();
+    let wanted: Vec<NoteRequest> =
+        markers.iter().map(|m| NoteRequest { marker: m.clone(), text: String::new() }).collect();
     let refs: Vec<&NoteRequest> = wanted.iter().collect();
     let found = find_markers(amo, lead_id, since, &refs).await?;
     Ok(markers.iter().filter_map(|m| found.get(m).map(|&id| NoteRef { id, marker: m.clone() })).collect())
