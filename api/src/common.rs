@@ -121,6 +121,18 @@ mod tests {
     }
 }
 
+/// A Secret's data as strings (values that are not UTF-8 are skipped); `data`
+/// wins over `stringData` for a key in both.
+pub fn secret_strings(secret: &k8s_openapi::api::core::v1::Secret) -> std::collections::BTreeMap<String, String> {
+    let mut out = secret.string_data.clone().unwrap_or_default();
+    for (k, v) in secret.data.iter().flatten() {
+        if let Ok(s) = String::from_utf8(v.0.clone()) {
+            out.insert(k.clone(), s);
+        }
+    }
+    out
+}
+
 /// Parses a Go-style duration as the CRDs accept it (`15m`, `1h30m`, `500ms`):
 /// one or more `<digits><unit>` with units `ms`, `s`, `m`, `h`.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {

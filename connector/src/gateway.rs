@@ -23,6 +23,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use crmessenger_crm::clock::{Clock, SystemClock};
 use std::time::Duration;
 
 /// Route kind: binding → the CRM key its leads are routed by.
@@ -62,10 +63,6 @@ async fn ready(State(g): State<Gateway>) -> Response {
     }
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 async fn amocrm_rest(State(g): State<Gateway>, Path(token): Path<String>, body: Bytes) -> Response {
     let work = async {
         let Some(binding) = g.store.binding_of_token(&token).await? else {
@@ -85,7 +82,10 @@ async fn amocrm_rest(State(g): State<Gateway>, Path(token): Path<String>, body: 
                 continue;
             };
             let payload = serde_json::json!({ "lead_id": lead_id, "note_id": note_id }).to_string();
-            if g.store.put_event(&account, "amocrm-note", &format!("note:{note_id}"), &payload, now_ms()).await? {
+            if g.store
+                .put_event(&account, "amocrm-note", &format!("note:{note_id}"), &payload, SystemClock.now_ms())
+                .await?
+            {
                 stored += 1;
             }
         }

@@ -53,14 +53,13 @@ pub async fn secret_value(client: &kube::Client, namespace: &str, r: &SecretKeyR
         .await
         .map_err(|e| anyhow::anyhow!("read Secret {namespace}/{}: {e}", r.name))?
         .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{} does not exist", r.name))?;
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).map(|s| s.clone().into_bytes()))
-        .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{} has no key {:?}", r.name, r.key))?;
-    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("Secret {namespace}/{} key {:?} is not UTF-8", r.name, r.key))
+    if let Some(value) = crmessenger_api::common::secret_strings(&secret).remove(&r.key) {
+        return Ok(value);
+    }
+    if secret.data.as_ref().is_some_and(|d| d.contains_key(&r.key)) {
+        anyhow::bail!("Secret {namespace}/{} key {:?} is not UTF-8", r.name, r.key);
+    }
+    anyhow::bail!("Secret {namespace}/{} has no key {:?}", r.name, r.key)
 }
 
 impl KubeEnv {

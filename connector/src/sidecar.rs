@@ -129,10 +129,16 @@ async fn page(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Respon
     .into_response()
 }
 
-async fn qr_svg(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
-    match s.login(q.account.as_deref()).await.map(|v| qr_code(&v)) {
-        Ok(Some((code, _))) => match crate::qr::svg(&code) {
-            Ok(svg) => ([("content-type", "image/svg+xml"), ("cache-control", "no-store")], svg).into_response(),
+/// The current QR code rendered by `render`, or 404 when no scan is awaited.
+async fn qr_image(
+    s: &Sidecar,
+    account: Option<&str>,
+    content_type: &'static str,
+    render: impl Fn(&str) -> Result<Vec<u8>, String>,
+) -> Response {
+    match s.login(account).await.map(|v| qr_code(&v)) {
+        Ok(Some((code, _))) => match render(&code) {
+            Ok(body) => ([("content-type", content_type), ("cache-control", "no-store")], body).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         },
         Ok(None) => (StatusCode::NOT_FOUND, "no QR code to show: not waiting for a scan\n").into_response(),
@@ -140,15 +146,12 @@ async fn qr_svg(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Resp
     }
 }
 
+async fn qr_svg(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
+    qr_image(&s, q.account.as_deref(), "image/svg+xml", |code| crate::qr::svg(code).map(String::into_bytes)).await
+}
+
 async fn qr_png(State(s): State<Sidecar>, Query(q): Query<AccountQuery>) -> Response {
-    match s.login(q.account.as_deref()).await.map(|v| qr_code(&v)) {
-        Ok(Some((code, _))) => match crate::qr::png(&code, 6) {
-            Ok(png) => ([("content-type", "image/png"), ("cache-control", "no-store")], png).into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        },
-        Ok(None) => (StatusCode::NOT_FOUND, "no QR code to show: not waiting for a scan\n").into_response(),
-        Err(r) => r,
-    }
+    qr_image(&s, q.account.as_deref(), "image/png", |code| crate::qr::png(code, 6)).await
 }
 
 #[derive(Deserialize)]

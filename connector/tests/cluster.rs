@@ -8,42 +8,12 @@
 
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_testkit::checks::{condition, eventually, get, http_get};
 use crmessenger_testkit::controlplane::free_port;
 use crmessenger_testkit::{ControlPlane, Postgres};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn get(cp: &ControlPlane, ns: &str, what: &str) -> Option<Value> {
-    let out = cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]).ok()?;
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn condition(obj: &Value, type_: &str) -> Option<Value> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
-}
-
-async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("timed out waiting for {what}; last: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
-}
 
 fn wait_http(cp: &ControlPlane, name: &str, addr: &str, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -131,7 +101,7 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The operator created the connector's ServiceAccount; run as it.
-    eventually("the connector's ServiceAccount and ConfigMap", 60, || {
+    eventually("the connector's ServiceAccount and ConfigMap", 60, || async {
         let sa = get(cp, &ns, "serviceaccount/shop-connector").ok_or("no ServiceAccount")?;
         let cm = get(cp, &ns, "configmap/shop-connector").ok_or("no ConfigMap")?;
         Ok::<_, String>((sa, cm))
@@ -154,7 +124,7 @@ spec:
 
     // Ready: the pod (kwok) runs, the heartbeat is fresh, the hash matches, the
     // connector is logged in and connected.
-    let account = eventually("the account to be Ready", 120, || {
+    let account = eventually("the account to be Ready", 120, || async {
         let a = get(cp, &ns, "messengeraccount/shop").ok_or("no account")?;
         let ready = condition(&a, "Ready").ok_or("no Ready")?;
         (ready["status"] == "True").then_some(a.clone()).ok_or(format!("{ready}\n{}", cp.log_tail("connector", 20)))
@@ -172,7 +142,7 @@ spec:
 
     // A customer writes: a contact, a lead and a note appear in amoCRM.
     messenger.push(vec![text("5001", "1", "Maria", "Do you deliver on Sundays?")]);
-    let lead = eventually("the note in amoCRM", 60, || {
+    let lead = eventually("the note in amoCRM", 60, || async {
         let s = fake.snapshot();
         s.notes
             .iter()
@@ -183,7 +153,7 @@ spec:
     .await;
     // The manager answers in amoCRM; the webhook goes through the gateway.
     fake.add_manager_note(lead, 1001, ">> Yes, every day 9-21");
-    let sent = eventually("the reply in the messenger", 60, || {
+    let sent = eventually("the reply in the messenger", 60, || async {
         let sent = messenger.sent();
         (!sent.is_empty()).then_some(sent).ok_or(cp.log_tail("connector", 10))
     })

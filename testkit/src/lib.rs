@@ -8,6 +8,7 @@
 //! takes a namespace of its own with [`ControlPlane::namespace`].
 
 pub mod certs;
+pub mod checks;
 pub mod controlplane;
 pub mod postgres;
 pub mod process;

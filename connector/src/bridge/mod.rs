@@ -26,7 +26,7 @@ use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::lock::AccountLock;
-use crate::store::{Conversation, InboxRow, Store};
+use crate::store::{InboxRow, Store};
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
@@ -243,6 +243,8 @@ impl Bridge {
     // ---- inbound and outbound work ------------------------------------------
 
     async fn work_loop(self: Arc<Self>, wake: Arc<tokio::sync::Notify>, stop: watch::Receiver<bool>) {
+        // Queue gauges are refreshed at most once a second, not on every busy pass.
+        let mut published: Option<std::time::Instant> = None;
         while !*stop.borrow() {
             let mut busy = false;
             match self.inbound_pass().await {
@@ -257,7 +259,10 @@ impl Bridge {
                 Ok(b) => busy |= b,
                 Err(e) => tracing::warn!(account = self.account(), "outbound pass failed: {e}"),
             }
-            self.publish_counts().await;
+            if published.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.publish_counts().await;
+                published = Some(std::time::Instant::now());
+            }
             if !busy {
                 let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
             }
@@ -690,14 +695,9 @@ impl Bridge {
         }
     }
 
-    /// Removes the account's conversation for tests and cleanup.
+    /// What the bridge was built with.
     pub fn settings(&self) -> &BridgeSettings {
         &self.s
-    }
-
-    /// The conversation of `chat`.
-    pub async fn conversation(&self, chat: &str) -> Option<Conversation> {
-        self.store.conversation(self.account(), chat).await.ok().flatten()
     }
 }
 

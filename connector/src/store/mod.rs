@@ -189,6 +189,17 @@ fn opt_i64(row: &AnyRow, col: &str) -> Result<Option<i64>> {
     Ok(row.try_get::<Option<i64>, _>(col)?)
 }
 
+/// A [`Conversation`] from a row of `conversations`.
+fn conversation_of(r: &AnyRow) -> Result<Conversation> {
+    Ok(Conversation {
+        contact_id: opt_i64(r, "contact_id")?,
+        lead_id: opt_i64(r, "lead_id")?,
+        crm_chat_id: r.try_get("crm_chat_id")?,
+        unanswered_since_ms: opt_i64(r, "unanswered_since_ms")?,
+        task_id: opt_i64(r, "task_id")?,
+    })
+}
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://…`) and runs the migrations.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self> {
@@ -451,16 +462,7 @@ impl Store {
         .bind(chat_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(Conversation {
-                contact_id: opt_i64(&r, "contact_id")?,
-                lead_id: opt_i64(&r, "lead_id")?,
-                crm_chat_id: r.try_get("crm_chat_id")?,
-                unanswered_since_ms: opt_i64(&r, "unanswered_since_ms")?,
-                task_id: opt_i64(&r, "task_id")?,
-            })
-        })
-        .transpose()
+        row.map(|r| conversation_of(&r)).transpose()
     }
 
     /// Stores what `chat_id` maps to (`crm` names the CRM account, for routing).
@@ -514,20 +516,7 @@ impl Store {
         .bind(before_ms)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("chat_id")?,
-                    Conversation {
-                        contact_id: opt_i64(r, "contact_id")?,
-                        lead_id: opt_i64(r, "lead_id")?,
-                        crm_chat_id: r.try_get("crm_chat_id")?,
-                        unanswered_since_ms: opt_i64(r, "unanswered_since_ms")?,
-                        task_id: opt_i64(r, "task_id")?,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(|r| Ok((r.try_get("chat_id")?, conversation_of(r)?))).collect()
     }
 
     /// The oldest unanswered customer message of `account`, if any.

@@ -66,16 +66,7 @@ pub fn read(secret_name: &str, data: &BTreeMap<String, String>) -> Result<Bootst
     })
 }
 
-/// Secret data as strings (values that are not UTF-8 are skipped).
-pub fn decode(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = secret.string_data.clone().unwrap_or_default();
-    for (k, v) in secret.data.iter().flatten() {
-        if let Ok(s) = String::from_utf8(v.0.clone()) {
-            out.insert(k.clone(), s);
-        }
-    }
-    out
-}
+pub use crmessenger_api::common::secret_strings as decode;
 
 #[cfg(test)]
 mod tests {

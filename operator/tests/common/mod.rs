@@ -4,8 +4,7 @@
 #![allow(dead_code)]
 
 use crmessenger_testkit::ControlPlane;
-use serde_json::Value;
-use std::future::Future;
+pub use crmessenger_testkit::checks::{condition, eventually, get, http_get};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -67,54 +66,10 @@ pub fn start_operator_as(
     Ok((admin, pid))
 }
 
-/// A plain HTTP/1.0 GET: (status, body).
-pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    Some((status, body))
-}
-
 /// `kubectl apply -n ns` of `yaml`, which must succeed.
 pub fn apply(cp: &ControlPlane, ns: &str, yaml: &str) {
     let out = cp.kubectl_apply_output(yaml, &["-n", ns]).expect("run kubectl");
     assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `kubectl get -o json`, or None when it does not exist.
-pub fn get(cp: &ControlPlane, ns: &str, what: &str) -> Option<Value> {
-    let out = cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]).ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-/// The condition `type_` of an object.
-pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
-}
-
-/// Polls `check` until it returns Some, or panics after `secs` with `what` and the
-/// last observation.
-pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("timed out waiting for {what}; last: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
 }
 
 /// The manifests of one account with its binding, policy and Secrets.
