@@ -16,6 +16,7 @@ pub mod config;
 pub mod crd;
 pub mod manifests;
 pub mod policy;
+pub mod selection;
 
 pub use account::{MessengerAccount, MessengerAccountSpec, MessengerAccountStatus};
 pub use binding::{CrmBinding, CrmBindingSpec, CrmBindingStatus};

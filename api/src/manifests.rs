@@ -4,7 +4,7 @@
 use crate::{CrmBinding, MessengerAccount, SyncPolicy};
 use serde::Deserialize;
 
-/// The CRMessenger objects of a manifest; other kinds are skipped.
+/// The CRMessenger objects and Secrets of a manifest; other kinds are skipped.
 #[derive(Debug, Default, Clone)]
 pub struct Manifests {
     /// MessengerAccounts, in file order.
@@ -13,6 +13,18 @@ pub struct Manifests {
     pub bindings: Vec<CrmBinding>,
     /// SyncPolicies, in file order.
     pub policies: Vec<SyncPolicy>,
+    /// Secrets (standalone mode reads credentials from them), in file order.
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+}
+
+impl Manifests {
+    /// Adds everything in `other`.
+    pub fn extend(&mut self, other: Manifests) {
+        self.accounts.extend(other.accounts);
+        self.bindings.extend(other.bindings);
+        self.policies.extend(other.policies);
+        self.secrets.extend(other.secrets);
+    }
 }
 
 /// Parses `text`; objects without a namespace get `namespace`.
@@ -33,6 +45,7 @@ pub fn parse(text: &str, namespace: &str) -> Result<Manifests, String> {
             "MessengerAccount" => out.accounts.push(serde_json::from_value(v).map_err(what)?),
             "CrmBinding" => out.bindings.push(serde_json::from_value(v).map_err(what)?),
             "SyncPolicy" => out.policies.push(serde_json::from_value(v).map_err(what)?),
+            "Secret" if v["apiVersion"] == "v1" => out.secrets.push(serde_json::from_value(v).map_err(what)?),
             _ => {}
         }
     }
@@ -52,6 +65,19 @@ mod tests {
             assert_eq!((m.accounts.len(), m.bindings.len(), m.policies.len()), (1, 1, 1), "{}", path.display());
             assert_eq!(m.accounts[0].metadata.namespace.as_deref(), Some("shop"));
         }
+    }
+
+    #[test]
+    fn secrets_are_read_with_data_and_string_data() {
+        let m = parse(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: aGk=}\nstringData: {b: there}\n---\nkind: ConfigMap\nmetadata: {name: c}\n",
+            "ns",
+        )
+        .unwrap();
+        assert_eq!(m.secrets.len(), 1);
+        let data = crate::common::secret_strings(&m.secrets[0]);
+        assert_eq!((data["a"].as_str(), data["b"].as_str()), ("hi", "there"));
+        assert_eq!(m.secrets[0].metadata.namespace.as_deref(), Some("ns"));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`gateway`]: the shared webhook receiver;
 //! - [`sidecar`] and [`admin`]: the login and status pages;
 //! - [`kube`]: the connector's own status, Lease heartbeat and config;
-//! - [`app`]: the subcommands put together.
+//! - [`app`]: the subcommands put together;
+//! - [`standalone`]: every account of a manifest directory in one process.
 
 pub mod admin;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod messenger;
 pub mod metrics;
 pub mod qr;
 pub mod sidecar;
+pub mod standalone;
 pub mod state;
 pub mod store;
 

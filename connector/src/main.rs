@@ -67,6 +67,39 @@ enum Command {
         #[arg(long, env = "CRMESSENGER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
     },
+    /// Run every account declared in a directory of manifests, on one host.
+    Standalone {
+        /// The directory of manifests: MessengerAccount, CrmBinding, SyncPolicy and Secret objects.
+        #[arg(short = 'f', long = "filename")]
+        dir: std::path::PathBuf,
+        /// Namespace for objects that name none.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// Where the SQLite database and the generated session key live.
+        #[arg(long, env = "CRMESSENGER_DATA_DIR", default_value = "crmessenger-data")]
+        data_dir: std::path::PathBuf,
+        /// A PostgreSQL URL to use instead of SQLite.
+        #[arg(long, env = "CRMESSENGER_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// The session key (64 hex digits or base64); default: DATA_DIR/session.key, generated.
+        #[arg(long, env = "CRMESSENGER_SESSION_KEY", hide_env_values = true)]
+        session_key: Option<String>,
+        /// Health, metrics, status (status and login state to loopback only).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_addr: SocketAddr,
+        /// The login pages.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        login_addr: SocketAddr,
+        /// The webhook gateway.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        gateway_addr: SocketAddr,
+        /// The gateway's URL as the CRM reaches it (default: http://GATEWAY_ADDR).
+        #[arg(long, env = "CRMESSENGER_GATEWAY_URL")]
+        gateway_url: Option<String>,
+        /// Scripted messenger for demos and tests: URL (every account) or NAMESPACE/NAME=URL; repeatable.
+        #[arg(long)]
+        scripted_messenger: Vec<String>,
+    },
     /// List an account's dead letters and put them back in their queues.
     Replay {
         /// Database URL.
@@ -112,6 +145,32 @@ fn main() -> ExitCode {
                 let client = kube::Client::try_default().await?;
                 let env = KubeEnv { client, namespace, account, config_map, lease, pod };
                 app::run(app::RunSettings { database_url, admin_addr, gateway_url, scripted_messenger, env }).await
+            }
+            Command::Standalone {
+                dir,
+                namespace,
+                data_dir,
+                database_url,
+                session_key,
+                admin_addr,
+                login_addr,
+                gateway_addr,
+                gateway_url,
+                scripted_messenger,
+            } => {
+                crmessenger_connector::standalone::standalone(crmessenger_connector::standalone::StandaloneSettings {
+                    dir,
+                    namespace,
+                    data_dir,
+                    database_url,
+                    session_key,
+                    admin_addr,
+                    login_addr,
+                    gateway_addr,
+                    gateway_url,
+                    scripted_messengers: scripted_messenger,
+                })
+                .await
             }
             Command::Sidecar { listen, admin_url } => app::sidecar(&admin_url, listen).await,
             Command::Gateway { database_url, listen } => app::gateway(&database_url, listen).await,

@@ -13,6 +13,6 @@ pub mod labels;
 pub mod metrics;
 pub mod policy;
 pub mod run;
-pub mod selection;
+pub use crmessenger_api::selection;
 pub mod settings;
 pub mod telemetry;

@@ -97,3 +97,88 @@ if [ "$3" != keep ]; then rm -rf "$2"; fi
     }
     cmd.spawn().map(drop)
 }
+
+/// A logged child process tied to the test process (see [`spawn_tied`]), for tests
+/// that kill and restart what they run.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with its output in `dir/<name>.log` (appended, so restarts keep
+    /// the earlier output); its pid goes to `dir/pids`.
+    pub fn start(name: &str, mut cmd: Command, dir: &Path) -> io::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        let child = spawn_tied(cmd, &dir.join("pids"))?;
+        Ok(Proc { name: name.to_string(), child, log })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits up to `timeout` for the exit. `None` if it did not exit.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.wait(timeout)
+    }
+
+    /// Waits up to `timeout` for the exit.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log, headed by the process name.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        format!("--- {}:\n{}", self.name, all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A binary of this workspace, built by `cargo test --workspace` beside the test
+/// executables (`target/<profile>/<name>`).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("a target directory");
+    assert!(path.exists(), "{} is not built; run the tests with `cargo test --workspace`", path.display());
+    path
+}

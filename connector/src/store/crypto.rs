@@ -28,6 +28,12 @@ impl SessionKey {
         Ok(Self(*Key::from_slice(&bytes)))
     }
 
+    /// A new random key, and its text form (64 hex digits) for [`SessionKey::parse`].
+    pub fn generate() -> (Self, String) {
+        let key = ChaCha20Poly1305::generate_key(&mut OsRng);
+        (Self(key), hex::encode(key))
+    }
+
     /// Encrypts `plain` for `account`: `(nonce, ciphertext)`.
     pub fn seal(&self, account: &str, plain: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
         let cipher = ChaCha20Poly1305::new(&self.0);

@@ -3,6 +3,7 @@
 
 mod chats;
 mod contacts;
+pub mod grant;
 mod leads;
 mod notes;
 pub mod oauth;

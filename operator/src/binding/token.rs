@@ -2,13 +2,14 @@
 //! GitOps tool never reverts a rotated single-use refresh token). Bootstrapped from
 //! the user's Secret, refreshed before expiry, by the leader only.
 
-use super::credentials::{Bootstrap, Grant, decode};
+use super::credentials::{Bootstrap, decode};
 use crate::context::Context;
 use crate::error::Result;
 use crate::labels::{self, MANAGER};
 use crmessenger_api::CrmBinding;
 use crmessenger_api::config::{ACCESS_TOKEN_KEY, token_secret_name};
 use crmessenger_crm::CrmError;
+use crmessenger_crm::amocrm::grant::{self, Renewal};
 use crmessenger_crm::amocrm::{OAuthClient, TokenPair};
 use crmessenger_crm::clock::SystemClock;
 use k8s_openapi::ByteString;
@@ -17,10 +18,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Refresh this long before the access token expires.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(6 * 3600);
+pub use crmessenger_crm::amocrm::grant::REFRESH_MARGIN;
 
 /// The stored pair and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,23 +108,10 @@ pub async fn ensure(
         Err(e) => return Ok(Outcome::Refused(e)),
     };
     let now = jiff::Timestamp::now().as_second();
-    let current = load(ctx, binding).await?;
-    let fresh = match &current {
-        Some(s) if s.bootstrap_version == bootstrap_version => {
-            let due = s.pair.expires_at - REFRESH_MARGIN.as_secs() as i64;
-            match (&s.pair.refresh_token, now >= due) {
-                (Some(refresh), true) => Some(oauth.refresh(refresh).await),
-                _ => return Ok(Outcome::Valid(s.clone())),
-            }
-        }
-        _ => Some(match &bootstrap.grant {
-            Grant::LongLived(t) => Ok(TokenPair { access_token: t.clone(), refresh_token: None, expires_at: i64::MAX }),
-            Grant::AuthorizationCode(code) => oauth.exchange_code(code).await,
-            Grant::RefreshToken(refresh) => oauth.refresh(refresh).await,
-        }),
-    };
-    match fresh {
-        Some(Ok(pair)) => {
+    let current = load(ctx, binding).await?.filter(|s| s.bootstrap_version == bootstrap_version);
+    match grant::renew(&oauth, bootstrap, current.as_ref().map(|s| &s.pair), now).await {
+        Renewal::Keep => Ok(Outcome::Valid(current.unwrap_or_else(|| unreachable!("Keep needs a current pair")))),
+        Renewal::New(pair) => {
             if pair.refresh_token.is_some() {
                 ctx.metrics.token_refreshes.inc();
             }
@@ -143,16 +129,10 @@ pub async fn ensure(
         }
         // A refresh that failed for a passing reason leaves the current token usable
         // until it expires; the next reconcile tries again.
-        Some(Err(e))
-            if e.class() == crmessenger_crm::ErrorClass::Retryable
-                && current
-                    .as_ref()
-                    .is_some_and(|s| s.bootstrap_version == bootstrap_version && now < s.pair.expires_at) =>
-        {
+        Renewal::KeepAfterFailure(e) => {
             tracing::warn!(binding = binding.name_any(), "token refresh failed, keeping the current token: {e}");
-            Ok(Outcome::Valid(current.unwrap_or_else(|| unreachable!("checked above"))))
+            Ok(Outcome::Valid(current.unwrap_or_else(|| unreachable!("only with a current pair"))))
         }
-        Some(Err(e)) => Ok(Outcome::Refused(e)),
-        None => Ok(Outcome::Refused(CrmError::Protocol("no token".into()))),
+        Renewal::Refused(e) => Ok(Outcome::Refused(e)),
     }
 }

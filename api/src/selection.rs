@@ -4,7 +4,7 @@
 //! binding (then the first by name) keeps it; the others are refused with the reason
 //! `AccountAlreadyBound`.
 
-use crmessenger_api::{CrmBinding, MessengerAccount};
+use crate::{CrmBinding, MessengerAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use std::collections::BTreeMap;

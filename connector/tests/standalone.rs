@@ -1,0 +1,169 @@
+//! `crmessenger-connector standalone -f DIR` as a user runs it on one host: the
+//! manifests and Secrets in a directory, SQLite in a data directory, the amoCRM
+//! token obtained with a single-use refresh token and kept (sealed) in the
+//! database, so a restart goes on with the stored pair instead of the spent one.
+
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_testkit::checks::{eventually, http_get};
+use crmessenger_testkit::controlplane::free_port;
+use crmessenger_testkit::process::Proc;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Ports {
+    admin: String,
+    login: String,
+    gateway: String,
+}
+
+fn start(dir: &Path, messenger: &str, ports: &Ports) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    cmd.args(["standalone", "-f"])
+        .arg(dir.join("manifests"))
+        .args(["-n", "home", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
+        .args(["--scripted-messenger", &format!("home/shop={messenger}")]);
+    let p = Proc::start("standalone", cmd, dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&ports.login, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "{}", p.log_tail(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+async fn note_with(fake: &FakeAmo, needle: &str, p: &Proc) -> i64 {
+    eventually(&format!("a note with {needle:?}"), 60, || async {
+        let s = fake.snapshot();
+        s.notes
+            .iter()
+            .find(|n| n.params["text"].as_str().unwrap_or_default().contains(needle))
+            .map(|n| n.entity_id)
+            .ok_or(p.log_tail(15))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_runs_its_manifests_on_sqlite_and_keeps_the_refreshed_token() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let refresh = fake.issue_token_pair().refresh_token;
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("secrets.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{ name: amo }}
+stringData:
+  client_id: fake-client
+  client_secret: fake-secret
+  redirect_uri: https://example.test/oauth
+  refresh_token: {refresh}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: tg-api }}
+stringData: {{ api_id: "12345", api_hash: canary-api-hash-77aa }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        format!(
+            r#"apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec:
+  provider: telegram
+  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: unbound }}
+spec:
+  provider: telegram
+  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: {base}
+      credentialsSecret: {{ name: amo }}
+      replies: {{ detection: webhook }}
+"#,
+            base = fake.base_url()
+        ),
+    )
+    .unwrap();
+    let ports = Ports {
+        admin: format!("127.0.0.1:{}", free_port().unwrap()),
+        login: format!("127.0.0.1:{}", free_port().unwrap()),
+        gateway: format!("127.0.0.1:{}", free_port().unwrap()),
+    };
+
+    let mut p = start(dir.path(), &messenger.base_url(), &ports);
+    messenger.push(vec![text("7001", "1", "Olga", "Is the blue one in stock?")]);
+    let lead = note_with(&fake, "blue one", &p).await;
+    // A manager's answer comes back by webhook through the in-process gateway.
+    fake.add_manager_note(lead, 1001, ">> Yes, two left");
+    eventually("the reply in the messenger", 60, || async {
+        let sent = messenger.sent();
+        sent.iter().any(|s| s.chat_id == "7001" && s.text == "Yes, two left").then_some(()).ok_or(p.log_tail(10))
+    })
+    .await;
+    // The login page and status cover the account; the unbound one is named in the log.
+    let (code, page) = http_get(&ports.login, "/login?account=home/shop").unwrap();
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("Logged in as"), "{page}");
+    let (code, status) = http_get(&ports.admin, "/status").unwrap();
+    assert_eq!(code, 200);
+    assert!(status.contains("home/shop"), "{status}");
+    assert!(p.log().contains("home/unbound") && p.log().contains("no CrmBinding selects this account"));
+
+    // SIGTERM: a clean exit.
+    let status = p.terminate(Duration::from_secs(20)).expect("exits within 20 s of SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.log_tail(20));
+
+    // The refresh token in the manifest is spent; a restart uses the stored pair.
+    let p = start(dir.path(), &messenger.base_url(), &ports);
+    messenger.push(vec![text("7001", "2", "Olga", "And the red one?")]);
+    note_with(&fake, "red one", &p).await;
+    let notes = fake.snapshot().notes;
+    assert_eq!(notes.iter().filter(|n| n.params["text"].as_str().unwrap_or_default().contains("blue one")).count(), 1);
+    assert!(!p.log().contains("ReauthorizationRequired") && !p.log().contains("reauthoriz"), "{}", p.log_tail(30));
+
+    // Secrets canary: no Secret value in the log or the database file in clear.
+    let log = p.log();
+    let mut db = std::fs::read(dir.path().join("data/crmessenger.db")).unwrap();
+    db.extend(std::fs::read(dir.path().join("data/crmessenger.db-wal")).unwrap_or_default());
+    for secret in [refresh.as_str(), "canary-api-hash-77aa", "fake-secret"] {
+        assert!(!log.contains(secret), "a Secret value leaked into the log");
+        assert!(
+            !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a Secret value is in the database in clear"
+        );
+    }
+    let key = std::fs::metadata(dir.path().join("data/session.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
