@@ -99,6 +99,9 @@ enum Command {
         /// Scripted messenger for demos and tests: URL (every account) or NAMESPACE/NAME=URL; repeatable.
         #[arg(long)]
         scripted_messenger: Vec<String>,
+        /// CRM requests per second, shared by the accounts of one CRM (amoCRM allows 7).
+        #[arg(long, default_value_t = 7.0)]
+        crm_requests_per_second: f64,
     },
     /// List an account's dead letters and put them back in their queues.
     Replay {
@@ -157,6 +160,7 @@ fn main() -> ExitCode {
                 gateway_addr,
                 gateway_url,
                 scripted_messenger,
+                crm_requests_per_second,
             } => {
                 crmessenger_connector::standalone::standalone(crmessenger_connector::standalone::StandaloneSettings {
                     dir,
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
                     gateway_addr,
                     gateway_url,
                     scripted_messengers: scripted_messenger,
+                    crm_requests_per_second,
                 })
                 .await
             }

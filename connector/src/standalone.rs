@@ -21,7 +21,6 @@ use crmessenger_api::selection;
 use crmessenger_crm::CrmError;
 use crmessenger_crm::amocrm::grant::{self, Bootstrap, Renewal};
 use crmessenger_crm::amocrm::{OAuthClient, TokenPair, TokenSource};
-use crmessenger_crm::budget::Limit;
 use crmessenger_crm::clock::{Clock, SystemClock};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
@@ -55,6 +54,8 @@ pub struct StandaloneSettings {
     pub gateway_url: Option<String>,
     /// Scripted messengers: `URL` for every account, or `NAMESPACE/NAME=URL`.
     pub scripted_messengers: Vec<String>,
+    /// CRM requests per second, shared by every account of one CRM.
+    pub crm_requests_per_second: f64,
 }
 
 /// Reads every manifest file of `dir` (sorted by name); errors name the file.
@@ -91,7 +92,7 @@ pub fn secrets_of(m: &Manifests) -> BTreeMap<(String, String), BTreeMap<String, 
 /// Decides, for every account, its binding and policy and renders its config —
 /// the same rules as the operator (the oldest binding that selects an account owns
 /// it; every Secret the config names must exist and hold its key). Pure.
-pub fn plan(m: &Manifests) -> Plan {
+pub fn plan(m: &Manifests, crm_requests_per_second: f64) -> Plan {
     let secrets = secrets_of(m);
     let mut out = Plan::default();
     for account in &m.accounts {
@@ -107,7 +108,7 @@ pub fn plan(m: &Manifests) -> Plan {
                 .ok_or_else(|| {
                     format!("CrmBinding {} names SyncPolicy {policy_name}, which is not declared", binding.name_any())
                 })?;
-            let runtime = RuntimeSettings { crm_requests_per_second: Limit::AMOCRM_REST.rate, token_version: None };
+            let runtime = RuntimeSettings { crm_requests_per_second, token_version: None };
             let config = render(account, binding, policy, runtime).map_err(|e| e.to_string())?;
             let amo = &config.crm.amocrm;
             let credentials = secrets.get(&(ns.clone(), amo.credentials_secret.name.clone())).ok_or_else(|| {
@@ -305,7 +306,7 @@ fn session_key(s: &StandaloneSettings) -> anyhow::Result<SessionKey> {
 /// `standalone`: runs until SIGTERM. Returns the exit code.
 pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
     let declared = load(&s.dir, &s.namespace)?;
-    let plan = plan(&declared);
+    let plan = plan(&declared, s.crm_requests_per_second);
     for (account, why) in &plan.skipped {
         tracing::error!(account, "not started: {why}");
     }
@@ -485,6 +486,7 @@ async fn refresh_tokens(tokens: Vec<Arc<StoredToken>>, mut stop: watch::Receiver
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crmessenger_crm::budget::Limit;
 
     const DIR: &str = r#"
 apiVersion: crmessenger.io/v1alpha1
@@ -528,9 +530,13 @@ stringData: {long_lived_token: t}
         .unwrap()
     }
 
+    fn plan_default(m: &Manifests) -> Plan {
+        plan(m, Limit::AMOCRM_REST.rate)
+    }
+
     #[test]
     fn plans_bound_accounts_and_says_why_others_cannot_run() {
-        let p = plan(&with_tg("{api_id: '1', api_hash: h, bot: b}"));
+        let p = plan_default(&with_tg("{api_id: '1', api_hash: h, bot: b}"));
         assert_eq!(p.accounts.len(), 1);
         assert_eq!(p.accounts[0].0.account.name, "shop-bot");
         assert_eq!(p.skipped, vec![("home/orphan".to_string(), "no CrmBinding selects this account".to_string())]);
@@ -538,7 +544,7 @@ stringData: {long_lived_token: t}
 
     #[test]
     fn a_missing_secret_key_is_named() {
-        let p = plan(&with_tg("{api_id: '1', api_hash: h}"));
+        let p = plan_default(&with_tg("{api_id: '1', api_hash: h}"));
         assert!(p.accounts.is_empty());
         assert_eq!(p.skipped[0], ("home/shop-bot".to_string(), "Secret tg has no key bot".to_string()));
     }

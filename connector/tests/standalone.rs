@@ -3,37 +3,14 @@
 //! token obtained with a single-use refresh token and kept (sealed) in the
 //! database, so a restart goes on with the stored pair instead of the spent one.
 
+mod common;
+
+use common::{Ports, start_standalone, write_manifests};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::checks::{eventually, http_get};
-use crmessenger_testkit::controlplane::free_port;
 use crmessenger_testkit::process::Proc;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-struct Ports {
-    admin: String,
-    login: String,
-    gateway: String,
-}
-
-fn start(dir: &Path, messenger: &str, ports: &Ports) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
-    cmd.args(["standalone", "-f"])
-        .arg(dir.join("manifests"))
-        .args(["-n", "home", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
-        .args(["--scripted-messenger", &format!("home/shop={messenger}")]);
-    let p = Proc::start("standalone", cmd, dir).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&ports.login, "/healthz").map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "{}", p.log_tail(30));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p
-}
+use std::time::Duration;
 
 async fn note_with(fake: &FakeAmo, needle: &str, p: &Proc) -> i64 {
     eventually(&format!("a note with {needle:?}"), 60, || async {
@@ -54,74 +31,22 @@ async fn one_host_runs_its_manifests_on_sqlite_and_keeps_the_refreshed_token() {
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let refresh = fake.issue_token_pair().refresh_token;
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
+    let credentials = format!(
+        "  client_id: fake-client\n  client_secret: fake-secret\n  redirect_uri: https://example.test/oauth\n  refresh_token: {refresh}"
+    );
+    let manifests = write_manifests(dir.path(), &fake.base_url(), &credentials, "canary-api-hash-77aa");
+    // A second account no binding selects: named in the log, not started.
     std::fs::write(
-        manifests.join("secrets.yaml"),
-        format!(
-            r#"apiVersion: v1
-kind: Secret
-metadata: {{ name: amo }}
-stringData:
-  client_id: fake-client
-  client_secret: fake-secret
-  redirect_uri: https://example.test/oauth
-  refresh_token: {refresh}
----
-apiVersion: v1
-kind: Secret
-metadata: {{ name: tg-api }}
-stringData: {{ api_id: "12345", api_hash: canary-api-hash-77aa }}
-"#
-        ),
+        manifests.join("unbound.yaml"),
+        "apiVersion: crmessenger.io/v1alpha1\nkind: MessengerAccount\nmetadata: { name: unbound }\n\
+         spec: { provider: telegram, telegram: { apiCredentials: { secretName: tg-api } } }\n",
     )
     .unwrap();
-    std::fs::write(
-        manifests.join("shop.yaml"),
-        format!(
-            r#"apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec:
-  provider: telegram
-  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: unbound }}
-spec:
-  provider: telegram
-  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {{}}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm:
-    type: amocrm
-    amocrm:
-      baseUrl: {base}
-      credentialsSecret: {{ name: amo }}
-      replies: {{ detection: webhook }}
-"#,
-            base = fake.base_url()
-        ),
-    )
-    .unwrap();
-    let ports = Ports {
-        admin: format!("127.0.0.1:{}", free_port().unwrap()),
-        login: format!("127.0.0.1:{}", free_port().unwrap()),
-        gateway: format!("127.0.0.1:{}", free_port().unwrap()),
-    };
+    let ports = Ports::free();
+    let scripted = format!("home/shop={}", messenger.base_url());
+    let args = ["--scripted-messenger", scripted.as_str()];
 
-    let mut p = start(dir.path(), &messenger.base_url(), &ports);
+    let mut p = start_standalone(dir.path(), &ports, &args);
     messenger.push(vec![text("7001", "1", "Olga", "Is the blue one in stock?")]);
     let lead = note_with(&fake, "blue one", &p).await;
     // A manager's answer comes back by webhook through the in-process gateway.
@@ -145,7 +70,7 @@ spec:
     assert!(status.success(), "{status}\n{}", p.log_tail(20));
 
     // The refresh token in the manifest is spent; a restart uses the stored pair.
-    let p = start(dir.path(), &messenger.base_url(), &ports);
+    let p = start_standalone(dir.path(), &ports, &args);
     messenger.push(vec![text("7001", "2", "Olga", "And the red one?")]);
     note_with(&fake, "red one", &p).await;
     let notes = fake.snapshot().notes;

@@ -1,0 +1,94 @@
+//! Helpers of the tests that run `crmessenger-connector standalone` as a process.
+
+#![allow(dead_code)]
+
+use crmessenger_testkit::checks::http_get;
+use crmessenger_testkit::controlplane::free_port;
+use crmessenger_testkit::process::Proc;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Writes `DIR/manifests/`: Secrets `amo` (with `credentials`, YAML `stringData`
+/// lines) and `tg-api`, and the account `shop` bound to `base_url` by `shop`.
+pub fn write_manifests(dir: &Path, base_url: &str, credentials: &str, api_hash: &str) -> PathBuf {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("secrets.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: amo }}\nstringData:\n{credentials}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"12345\", api_hash: {api_hash} }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        format!(
+            r#"apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec:
+  provider: telegram
+  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: {base_url}
+      credentialsSecret: {{ name: amo }}
+      replies: {{ detection: webhook }}
+"#
+        ),
+    )
+    .unwrap();
+    manifests
+}
+
+/// The addresses one standalone process listens on.
+pub struct Ports {
+    /// Admin (status, metrics).
+    pub admin: String,
+    /// Login pages.
+    pub login: String,
+    /// Gateway.
+    pub gateway: String,
+}
+
+impl Ports {
+    /// Three free loopback ports.
+    pub fn free() -> Ports {
+        let p = || format!("127.0.0.1:{}", free_port().unwrap());
+        Ports { admin: p(), login: p(), gateway: p() }
+    }
+}
+
+/// Starts `standalone` on `DIR/manifests` with namespace `home`, data in
+/// `DIR/data`, and `extra` arguments; returns once its pages answer.
+pub fn start_standalone(dir: &Path, ports: &Ports, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    cmd.args(["standalone", "-f"])
+        .arg(dir.join("manifests"))
+        .args(["-n", "home", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
+        .args(extra);
+    let mut p = Proc::start("standalone", cmd, dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&ports.login, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(p.exited().is_none() && Instant::now() < deadline, "{}", p.log_tail(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}

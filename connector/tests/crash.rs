@@ -1,0 +1,178 @@
+//! Crash safety: the connector (standalone on PostgreSQL) is SIGKILLed at random
+//! points while 5,000 messages stream in from an out-of-process scripted messenger
+//! with a durable log, toward an out-of-process amoCRM fake — and twice right
+//! after the fake wrote a batch of notes but before the connector heard back (the
+//! fake withholds the answer). After the restarts every message is in the fake
+//! exactly once, in per-chat order, with one contact and one lead per chat.
+//!
+//! The fake gets a high rate limit (and the connector a matching budget) so the
+//! test stays short; the seed is printed so a failure can be replayed with
+//! `CRASH_SEED=<seed>`.
+
+mod common;
+
+use common::{Ports, start_standalone, write_manifests};
+use crmessenger_fake_messenger::text;
+use crmessenger_testkit::Postgres;
+use crmessenger_testkit::controlplane::free_port;
+use crmessenger_testkit::process::{Proc, workspace_bin};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CHATS: usize = 25;
+const PER_CHAT: usize = 200;
+
+/// xorshift64*: enough randomness for kill times, reproducible from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+fn marker(chat: usize, n: usize) -> String {
+    format!("crash-{chat:02}-{n:04}")
+}
+
+async fn snapshot(http: &reqwest::Client, base: &str) -> Value {
+    http.get(format!("{base}/_fake/snapshot")).send().await.unwrap().json().await.unwrap()
+}
+
+fn notes_count(snap: &Value) -> usize {
+    snap["notes"].as_array().map_or(0, Vec::len)
+}
+
+/// Every marker in the fake's notes, by chat, in note order.
+fn delivered(snap: &Value) -> BTreeMap<usize, Vec<usize>> {
+    let mut notes: Vec<&Value> = snap["notes"].as_array().unwrap().iter().collect();
+    notes.sort_by_key(|n| n["id"].as_i64());
+    let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for note in notes {
+        let text = note["params"]["text"].as_str().unwrap_or_default();
+        for (i, _) in text.match_indices("crash-") {
+            let m = &text[i..(i + 15).min(text.len())];
+            let (Some(chat), Some(n)) = (m.get(6..8).and_then(|c| c.parse().ok()), m.get(9..13).and_then(|c| c.parse().ok()))
+            else {
+                continue;
+            };
+            out.entry(chat).or_default().push(n);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_once_and_in_order_across_sigkills() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    println!("CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Postgres::shared().database("crash").unwrap();
+    let http = reqwest::Client::new();
+
+    // The two fakes, each its own process.
+    let amo_port = free_port().unwrap();
+    let amo = format!("http://127.0.0.1:{amo_port}");
+    let mut cmd = Command::new(workspace_bin("fake-amocrm"));
+    cmd.args(["--listen", &format!("127.0.0.1:{amo_port}"), "--rate-limit", "1000", "--abuse-threshold", "100000"]);
+    let amo_proc = Proc::start("fake-amocrm", cmd, dir.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        if let Some(line) = amo_proc.log().lines().find_map(|l| l.strip_prefix("access_token: ").map(str::to_string)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "{}", amo_proc.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let msg_port = free_port().unwrap();
+    let messenger = format!("http://127.0.0.1:{msg_port}");
+    let mut cmd = Command::new(workspace_bin("fake-messenger"));
+    cmd.args(["--listen", &format!("127.0.0.1:{msg_port}"), "--dir"]).arg(dir.path().join("messenger"));
+    let msg_proc = Proc::start("fake-messenger", cmd, dir.path()).unwrap();
+    while http.get(format!("{messenger}/v1/session")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{}", msg_proc.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    write_manifests(dir.path(), &amo, &format!("  long_lived_token: {token}"), "h");
+    let ports = Ports::free();
+    let args = ["--database-url", &db, "--scripted-messenger", &messenger, "--crm-requests-per-second", "500"];
+    let start = || start_standalone(dir.path(), &ports, &args);
+
+    // The stream: 5,000 messages over 25 chats, interleaved, in batches of 50.
+    let feeder = {
+        let (http, messenger) = (http.clone(), messenger.clone());
+        tokio::spawn(async move {
+            let all: Vec<_> = (0..PER_CHAT)
+                .flat_map(|n| (0..CHATS).map(move |c| (c, n)))
+                .map(|(c, n)| text(&format!("90{c:02}"), &n.to_string(), &format!("Customer {c}"), &marker(c, n)))
+                .collect();
+            for batch in all.chunks(50) {
+                let r = http.post(format!("{messenger}/_script/inbound")).json(&batch).send().await.unwrap();
+                assert!(r.status().is_success());
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        })
+    };
+
+    let mut connector = start();
+    let mut kills = 0;
+    let mut in_doubt_kills = 0;
+    while !feeder.is_finished() || kills < 8 {
+        if in_doubt_kills < 2 && kills % 3 == 1 {
+            // The fake writes the next batch of notes and withholds the answer;
+            // kill the connector once the notes are there.
+            let before = notes_count(&snapshot(&http, &amo).await);
+            let fault = json!({ "method": "POST", "path_prefix": "/api/v4/leads/notes", "drop_response": true });
+            http.post(format!("{amo}/_fake/faults")).json(&fault).send().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while notes_count(&snapshot(&http, &amo).await) == before {
+                assert!(Instant::now() < deadline, "no notes written\n{}", connector.log_tail(20));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            in_doubt_kills += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.between(150, 1500))).await;
+        }
+        connector.kill();
+        kills += 1;
+        connector = start();
+    }
+    feeder.await.unwrap();
+
+    // After the last restart everything arrives.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let snap = loop {
+        let snap = snapshot(&http, &amo).await;
+        let got: usize = delivered(&snap).values().map(Vec::len).sum();
+        if got >= CHATS * PER_CHAT {
+            break snap;
+        }
+        assert!(Instant::now() < deadline, "{got} of {} delivered\n{}", CHATS * PER_CHAT, connector.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Give any straggling duplicate a moment to show up before judging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snap = if notes_count(&snapshot(&http, &amo).await) != notes_count(&snap) { snapshot(&http, &amo).await } else { snap };
+    let by_chat = delivered(&snap);
+    assert_eq!(by_chat.len(), CHATS);
+    for (chat, ns) in &by_chat {
+        let expected: Vec<usize> = (0..PER_CHAT).collect();
+        assert_eq!(ns, &expected, "chat {chat}: every message once, in order (seed {seed})");
+    }
+    assert_eq!(snap["contacts"].as_array().unwrap().len(), CHATS, "one contact per chat");
+    assert_eq!(snap["leads"].as_array().unwrap().len(), CHATS, "one lead per chat");
+    println!("{kills} kills ({in_doubt_kills} with a batch written but unanswered), seed {seed}");
+}
