@@ -8,7 +8,7 @@ use crmessenger_connector::metrics::Metrics;
 use crmessenger_connector::store::lock::AccountLock;
 use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
-use crmessenger_crm::clock::SystemClock;
+use crmessenger_crm::clock::{Clock, OffsetClock, SystemClock};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, Fault, FaultKind};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::Postgres;
@@ -59,6 +59,10 @@ spec:
 }
 
 async fn rig(db_url: &str) -> Rig {
+    rig_on(db_url, Arc::new(SystemClock)).await
+}
+
+async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
     let mut m = crmessenger_api::manifests::parse(&manifests(&fake.base_url(), "poll"), "shop").unwrap();
@@ -73,7 +77,7 @@ async fn rig(db_url: &str) -> Rig {
         Arc::new(StaticToken(token)),
         None,
         Some(&messenger.base_url()),
-        Arc::new(SystemClock),
+        clock,
         Arc::new(Metrics::default()),
     )
     .unwrap();
@@ -207,6 +211,141 @@ async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {
     let _ = r.stop.send(true);
 }
 
+/// A 10-minute outage, driven by the connector's clock and the fake's clock moved
+/// together (real time would make this test 10 minutes long; a paused tokio clock
+/// would also fire the database's timeouts).
+async fn a_ten_minute_outage_delays_delivery_in_order_within_the_budget(db_url: &str) {
+    let clock = OffsetClock::default();
+    let r = rig_on(db_url, Arc::new(clock.clone())).await;
+    let fake_clock = r.fake.clock();
+    let advance = |d: Duration| {
+        clock.advance(d);
+        fake_clock.advance(d);
+    };
+    r.messenger.push(vec![text("4000", "before", "Ivan", "before the outage")]);
+    wait_for("the first note", 30, || (!r.fake.snapshot().notes.is_empty()).then_some(())).await;
+
+    r.fake.inject(Fault {
+        method: None,
+        path_prefix: "/api/v4/".into(),
+        kind: FaultKind::Status(503),
+        times: u32::MAX,
+    });
+    let outage_started = r.fake.snapshot().requests.len();
+    let batch: Vec<_> = (0..30)
+        .map(|i| text(&format!("400{}", i % 3 + 1), &format!("o{i}"), "Ivan", &format!("outage {} #{i}", i % 3 + 1)))
+        .collect();
+    r.messenger.push(batch);
+    for _ in 0..40 {
+        advance(Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ten minutes later: nothing delivered, nothing lost, and the breaker kept the
+    // connector from hammering the CRM (the budget would have allowed 4,200 calls).
+    let s = r.fake.snapshot();
+    assert_eq!(s.notes.iter().filter(|n| n.note_type == "common").count(), 1);
+    let counts = r.store.counts(&r.account).await.unwrap();
+    assert_eq!(counts.inbox_pending, 30, "{counts:?}");
+    let during = s.requests.len() - outage_started;
+    assert!((1..=60).contains(&during), "{during} requests during the outage");
+
+    r.fake.clear_faults();
+    let mut delivered = 0;
+    for _ in 0..600 {
+        advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delivered = r.fake.snapshot().notes.iter().filter(|n| n.note_type == "common").count();
+        if delivered == 31 {
+            break;
+        }
+    }
+    if delivered != 31 {
+        let s = r.fake.snapshot();
+        for q in s.requests.iter().rev().take(15) {
+            eprintln!("{} {} {} {}", q.at_ms, q.method, q.path, q.status);
+        }
+        eprintln!("{:?} dead {:?}", r.store.counts(&r.account).await, r.store.dead_letters(&r.account).await);
+    }
+    assert_eq!(delivered, 31, "every message after the outage");
+    let s = r.fake.snapshot();
+    for chat in 1..=3 {
+        let needle = format!("outage {chat} #");
+        let leads: std::collections::BTreeSet<i64> = s
+            .notes
+            .iter()
+            .filter(|n| n.params["text"].as_str().unwrap_or_default().contains(&needle))
+            .map(|n| n.entity_id)
+            .collect();
+        assert_eq!(leads.len(), 1, "one lead for chat 400{chat}");
+        let lead = *leads.first().unwrap();
+        let got: Vec<String> =
+            notes_of(&r.fake, lead).iter().map(|t| t.lines().nth(1).unwrap_or_default().to_string()).collect();
+        let expected: Vec<String> =
+            (0..30).filter(|i| i % 3 + 1 == chat).map(|i| format!("outage {chat} #{i}")).collect();
+        assert_eq!(got, expected, "chat 400{chat} in order");
+    }
+    assert_eq!(s.contacts.len(), 4, "one contact per chat");
+    // The budget held on the shared clock: no 429, and never more than 7 calls
+    // (plus the one burst slot) in any second of the fake's clock.
+    assert!(s.requests.iter().all(|q| q.status != 429), "the fake refused a call for the rate");
+    let times: Vec<i64> = s.requests.iter().filter(|q| q.path.starts_with("/api/v4/")).map(|q| q.at_ms).collect();
+    let busiest = times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < t + 1000).count()).max().unwrap_or(0);
+    assert!(busiest <= 8, "{busiest} calls in one second");
+    let _ = r.stop.send(true);
+}
+
+/// Escalation (policy: after 1m): one task per unanswered conversation, however
+/// long it stays unanswered; the reply going out completes it.
+async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str) {
+    let clock = OffsetClock::default();
+    let r = rig_on(db_url, Arc::new(clock.clone())).await;
+    r.messenger.push(vec![text("5001", "a", "Anna", "anyone there?"), text("5002", "b", "Boris", "hello?")]);
+    let leads = wait_for("two leads with notes", 30, || {
+        let s = r.fake.snapshot();
+        (s.notes.iter().filter(|n| n.note_type == "common").count() == 2).then_some(s.leads)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(r.fake.snapshot().tasks.is_empty(), "no task before the delay");
+    // Three minutes unanswered: still one task each.
+    for _ in 0..18 {
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tasks = wait_for("two tasks", 30, || {
+        let t = r.fake.snapshot().tasks;
+        (t.len() >= 2).then_some(t)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tasks_later = r.fake.snapshot().tasks;
+    assert_eq!(tasks_later.len(), 2, "one task per conversation: {tasks:?}");
+    let mut on: Vec<i64> = tasks_later.iter().map(|t| t.entity_id).collect();
+    on.sort();
+    let mut lead_ids: Vec<i64> = leads.iter().map(|l| l.id).collect();
+    lead_ids.sort();
+    assert_eq!(on, lead_ids);
+    // The manager answers Anna: the reply goes out and her task is completed.
+    let anna = r
+        .fake
+        .snapshot()
+        .notes
+        .iter()
+        .find(|n| n.params["text"].as_str().unwrap_or_default().contains("anyone"))
+        .unwrap()
+        .entity_id;
+    r.fake.add_manager_note(anna, 1001, ">> Here, how can I help?");
+    wait_for("Anna's task completed", 30, || {
+        r.fake.snapshot().tasks.iter().any(|t| t.entity_id == anna && t.is_completed).then_some(())
+    })
+    .await;
+    assert_eq!(r.messenger.sent().len(), 1);
+    let s = r.fake.snapshot();
+    assert!(s.tasks.iter().any(|t| t.entity_id != anna && !t.is_completed), "Boris's task stays open");
+    assert_eq!(s.tasks.len(), 2);
+    let _ = r.stop.send(true);
+}
+
 fn pg(prefix: &str) -> String {
     Postgres::shared().database(prefix).unwrap()
 }
@@ -240,6 +379,28 @@ async fn sqlite_dead_letter_and_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crm_outage() {
     a_crm_outage_delays_delivery_and_loses_nothing(&pg("outage")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ten_minute_outage() {
+    a_ten_minute_outage_delays_delivery_in_order_within_the_budget(&pg("outage10")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_ten_minute_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    a_ten_minute_outage_delays_delivery_in_order_within_the_budget(&sqlite(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_escalation() {
+    unanswered_conversations_get_one_task_each_until_answered(&pg("escalation")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_escalation() {
+    let dir = tempfile::tempdir().unwrap();
+    unanswered_conversations_get_one_task_each_until_answered(&sqlite(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

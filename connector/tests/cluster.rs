@@ -207,3 +207,77 @@ spec:
     };
     assert_eq!(rows, 0, "the account's rows were purged");
 }
+
+/// `run` with a ConfigMap that is not a connector config, or naming a Secret key
+/// that is not there: a message naming the object, exit 1, no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_1_on_a_malformed_config_or_a_missing_secret_key() {
+    let cp = ControlPlane::shared();
+    cp.install_crds().unwrap();
+    let db = Postgres::shared().database("badcfg").unwrap();
+    let ns = cp.namespace("badcfg").await.unwrap();
+    let m = crmessenger_api::manifests::parse(
+        r#"
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: { name: shop }
+spec: { provider: telegram, telegram: { apiCredentials: { secretName: tg-api } } }
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: { name: p }
+spec: {}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: { name: b }
+spec: { accountNames: [shop], policyRef: { name: p }, crm: { type: amocrm, amocrm: { baseUrl: "http://127.0.0.1:9", credentialsSecret: { name: amo } } } }
+"#,
+        &ns,
+    )
+    .unwrap();
+    let config = crmessenger_api::config::render(
+        &m.accounts[0],
+        &m.bindings[0],
+        &m.policies[0],
+        crmessenger_api::config::RuntimeSettings::default(),
+    )
+    .unwrap();
+    let good = serde_json::to_string(&config).unwrap();
+    let cases = [
+        ("{not json", "", "is not a connector config"),
+        (good.as_str(), "", "b-crm-token does not exist"),
+        (good.as_str(), "{ api_id: \"1\" }", "has no key \"api_hash\""),
+    ];
+    for (i, (config_text, tg_data, expected)) in cases.into_iter().enumerate() {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: shop-connector }}\ndata:\n  connector.json: {}\n",
+            serde_json::to_string(config_text).unwrap()
+        );
+        if !tg_data.is_empty() {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {tg_data}\n"
+            ));
+            yaml.push_str(
+                "---\napiVersion: v1\nkind: Secret\nmetadata: { name: b-crm-token }\nstringData: { access_token: t }\n",
+            );
+        }
+        let out = cp.kubectl_apply_output(&yaml, &["-n", &ns]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"))
+            .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port().unwrap())])
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("CRMESSENGER_DATABASE_URL", &db)
+            .env("POD_NAMESPACE", &ns)
+            .env("POD_NAME", "shop-connector-0")
+            .env("CRMESSENGER_ACCOUNT", "shop")
+            .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
+            .env("CRMESSENGER_LEASE", "shop-connector")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.contains(expected), "case {i}: expected {expected:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+    }
+}

@@ -60,7 +60,8 @@ fn delivered(snap: &Value) -> BTreeMap<usize, Vec<usize>> {
         let text = note["params"]["text"].as_str().unwrap_or_default();
         for (i, _) in text.match_indices("crash-") {
             let m = &text[i..(i + 15).min(text.len())];
-            let (Some(chat), Some(n)) = (m.get(6..8).and_then(|c| c.parse().ok()), m.get(9..13).and_then(|c| c.parse().ok()))
+            let (Some(chat), Some(n)) =
+                (m.get(6..8).and_then(|c| c.parse().ok()), m.get(9..13).and_then(|c| c.parse().ok()))
             else {
                 continue;
             };
@@ -165,7 +166,11 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     };
     // Give any straggling duplicate a moment to show up before judging.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let snap = if notes_count(&snapshot(&http, &amo).await) != notes_count(&snap) { snapshot(&http, &amo).await } else { snap };
+    let snap = if notes_count(&snapshot(&http, &amo).await) != notes_count(&snap) {
+        snapshot(&http, &amo).await
+    } else {
+        snap
+    };
     let by_chat = delivered(&snap);
     assert_eq!(by_chat.len(), CHATS);
     for (chat, ns) in &by_chat {

@@ -92,3 +92,63 @@ async fn one_host_runs_its_manifests_on_sqlite_and_keeps_the_refreshed_token() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
 }
+
+/// Runs `standalone` to its exit (30 s at most); returns its code and output.
+fn run_to_exit(dir: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let ports = Ports::free();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    cmd.args(["standalone", "-f"])
+        .arg(dir.join("manifests"))
+        .args(["-n", "home", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
+        .args(extra);
+    let mut p = Proc::start("bad", cmd, dir).unwrap();
+    let status = p.wait(Duration::from_secs(30)).unwrap_or_else(|| panic!("still running:\n{}", p.log_tail(20)));
+    (status.code().unwrap_or(-1), p.log())
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_exit_1_never_a_panic() {
+    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, Vec<&str>, &str)> = vec![
+        (
+            "malformed YAML",
+            Box::new(|m| std::fs::write(m.join("broken.yaml"), "kind: CrmBinding\nmetadata: [\n").unwrap()),
+            vec![],
+            "broken.yaml",
+        ),
+        (
+            "an object that does not fit its schema",
+            Box::new(|m| {
+                std::fs::write(m.join("bad.yaml"), "apiVersion: crmessenger.io/v1alpha1\nkind: SyncPolicy\nmetadata: {name: p}\nspec: {assignment: {strategy: sometimes}}\n").unwrap()
+            }),
+            vec![],
+            "bad.yaml: document 1 (SyncPolicy)",
+        ),
+        (
+            "a Secret without the key the account names",
+            Box::new(|m| {
+                let text = std::fs::read_to_string(m.join("secrets.yaml")).unwrap().replace("api_hash: h", "other: h");
+                std::fs::write(m.join("secrets.yaml"), text).unwrap()
+            }),
+            vec![],
+            "Secret tg-api has no key api_hash",
+        ),
+        ("a malformed session key", Box::new(|_| {}), vec!["--session-key", "nope"], "--session-key"),
+        (
+            "an unreachable database",
+            Box::new(|_| {}),
+            vec!["--database-url", "postgres://crm@127.0.0.1:1/none"],
+            "open the database",
+        ),
+    ];
+    for (what, break_it, args, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = write_manifests(dir.path(), "http://127.0.0.1:9", "  long_lived_token: t", "h");
+        break_it(&manifests);
+        let (code, log) = run_to_exit(dir.path(), &args);
+        assert_eq!(code, 1, "{what}: exit code\n{log}");
+        assert!(log.contains(expected), "{what}: the error should say {expected:?}\n{log}");
+        assert!(!log.contains("panicked"), "{what}: panicked\n{log}");
+    }
+}

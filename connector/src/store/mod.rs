@@ -217,7 +217,7 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(size)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

@@ -96,7 +96,7 @@ pub struct FakeConfig {
     pub redirect_uri: String,
     /// Access token lifetime (fake clock).
     pub access_token_ttl_secs: i64,
-    /// REST requests admitted per real-time second.
+    /// REST requests admitted per second of the fake's clock.
     pub rate_limit_per_sec: u32,
     /// After this many 429s within 60 s (fake clock), every REST call gets 403 until reset.
     pub abuse_threshold: u32,
@@ -229,6 +229,11 @@ impl FakeAmo {
     /// Injects a fault.
     pub fn inject(&self, fault: Fault) {
         self.shared.faults().push(fault);
+    }
+
+    /// Ends every injected fault (an outage injected with a large `times`).
+    pub fn clear_faults(&self) {
+        self.shared.faults().clear();
     }
 
     /// A manager writes a common note on a lead (fires `note_lead` REST webhooks).

@@ -1,7 +1,7 @@
 //! The REST rate limit (429, then 403 after abuse) and fault injection.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What an injected fault does to a matching request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,11 @@ impl Faults {
         }
     }
 
+    /// Drops every fault not yet used up.
+    pub fn clear(&mut self) {
+        self.list.clear();
+    }
+
     /// Takes one use of the first fault matching this request.
     pub fn take(&mut self, method: &http::Method, path: &str) -> Option<FaultKind> {
         let idx = self
@@ -71,31 +76,32 @@ pub(crate) enum Refusal {
 /// The sliding windows.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
-    /// Real-time instants of admitted requests within the last second.
-    admitted: VecDeque<Instant>,
+    /// Fake-clock ms of admitted requests within the last second (the fake's
+    /// clock, so tests that move it move the limit's window with it).
+    admitted: VecDeque<i64>,
     /// Fake-clock ms of 429 replies within the last 60 s.
     refused: VecDeque<i64>,
     blocked: bool,
 }
 
-const WINDOW: Duration = Duration::from_secs(1);
+const WINDOW_MS: i64 = 1_000;
 const ABUSE_WINDOW_MS: i64 = 60_000;
 
 impl Limits {
-    /// Admits or refuses a REST request arriving at `now` (real) / `fake_ms`.
-    pub fn check(&mut self, now: Instant, fake_ms: i64, per_sec: u32, abuse_threshold: u32) -> Result<(), Refusal> {
+    /// Admits or refuses a REST request arriving at `fake_ms` on the fake's clock.
+    pub fn check(&mut self, fake_ms: i64, per_sec: u32, abuse_threshold: u32) -> Result<(), Refusal> {
         if self.blocked {
             return Err(Refusal::Blocked);
         }
         while let Some(front) = self.admitted.front() {
-            if now.duration_since(*front) >= WINDOW {
+            if fake_ms - *front >= WINDOW_MS {
                 self.admitted.pop_front();
             } else {
                 break;
             }
         }
         if self.admitted.len() < per_sec as usize {
-            self.admitted.push_back(now);
+            self.admitted.push_back(fake_ms);
             return Ok(());
         }
         while let Some(front) = self.refused.front() {
@@ -125,21 +131,20 @@ mod tests {
     #[test]
     fn eighth_request_in_a_second_is_refused_and_abuse_blocks() {
         let mut l = Limits::default();
-        let t0 = Instant::now();
         for _ in 0..7 {
-            assert_eq!(l.check(t0, 0, 7, 3), Ok(()));
+            assert_eq!(l.check(0, 7, 3), Ok(()));
         }
-        assert_eq!(l.check(t0, 0, 7, 3), Err(Refusal::TooMany));
+        assert_eq!(l.check(0, 7, 3), Err(Refusal::TooMany));
         // A second later the window is free again.
         for _ in 0..7 {
-            assert_eq!(l.check(t0 + WINDOW, 10, 7, 3), Ok(()));
+            assert_eq!(l.check(WINDOW_MS, 7, 3), Ok(()));
         }
-        assert_eq!(l.check(t0 + WINDOW, 10, 7, 3), Err(Refusal::TooMany));
-        assert_eq!(l.check(t0 + WINDOW, 20, 7, 3), Err(Refusal::TooMany));
+        assert_eq!(l.check(WINDOW_MS, 7, 3), Err(Refusal::TooMany));
+        assert_eq!(l.check(WINDOW_MS + 10, 7, 3), Err(Refusal::TooMany));
         // The third 429 within 60 s blocks everything.
-        assert_eq!(l.check(t0 + WINDOW * 5, 30, 7, 3), Err(Refusal::Blocked));
+        assert_eq!(l.check(WINDOW_MS * 5, 7, 3), Err(Refusal::Blocked));
         l.reset();
-        assert_eq!(l.check(t0 + WINDOW * 5, 0, 7, 3), Ok(()));
+        assert_eq!(l.check(WINDOW_MS * 5, 7, 3), Ok(()));
     }
 
     #[test]

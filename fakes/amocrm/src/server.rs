@@ -2,7 +2,7 @@
 //! auth, dispatches to REST, OAuth, Chats or control, and logs API requests.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
@@ -119,8 +119,7 @@ fn process(
 ) -> Resp {
     if path == "/api/v4" || path.starts_with("/api/v4/") {
         let cfg = &shared.config;
-        let verdict =
-            shared.limits().check(Instant::now(), shared.clock.now_ms(), cfg.rate_limit_per_sec, cfg.abuse_threshold);
+        let verdict = shared.limits().check(shared.clock.now_ms(), cfg.rate_limit_per_sec, cfg.abuse_threshold);
         match verdict {
             Ok(()) => {}
             Err(Refusal::TooMany) => return respond::too_many_requests(1),
