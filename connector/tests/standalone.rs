@@ -108,9 +108,12 @@ fn run_to_exit(dir: &std::path::Path, extra: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), p.log())
 }
 
+/// What a bad-input case changes in the manifest directory.
+type Breaks = Box<dyn Fn(&std::path::Path)>;
+
 #[test]
 fn bad_input_is_a_clear_error_and_exit_1_never_a_panic() {
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, Vec<&str>, &str)> = vec![
+    let cases: Vec<(&str, Breaks, Vec<&str>, &str)> = vec![
         (
             "malformed YAML",
             Box::new(|m| std::fs::write(m.join("broken.yaml"), "kind: CrmBinding\nmetadata: [\n").unwrap()),
