@@ -1,0 +1,330 @@
+//! Connector benchmarks (outside the test suite). Build in release and run:
+//!
+//! ```sh
+//! cargo build --release -p crmessenger-connector --examples --bins
+//! $HOME/.cache/crmessenger/target/release/examples/bench_connector [throughput|latency|rss|commits|all]
+//! ```
+//!
+//! - `throughput`: messages per second into the amoCRM fake at its real limit of 7
+//!   requests/s, against the ceiling batching allows for the workload;
+//! - `latency`: p50/p99 from the messenger event to the CRM write at 20 msg/s;
+//! - `rss`: idle RSS of `gateway`, `sidecar`, a one-account `standalone`, and the
+//!   RSS each further account adds to `standalone` (100 accounts);
+//! - `commits`: inbox and outbox commits per second on PostgreSQL and SQLite.
+//!
+//! Needs the binaries beside this example (`--bins` above) and PostgreSQL installed
+//! (as for the tests). Prints medians of several runs where a run is short.
+
+use crmessenger_api::config::{RuntimeSettings, render};
+use crmessenger_connector::app::{build_account, register_routes};
+use crmessenger_connector::metrics::Metrics;
+use crmessenger_connector::store::lock::AccountLock;
+use crmessenger_connector::store::{POOL_SIZE, Store};
+use crmessenger_crm::amocrm::StaticToken;
+use crmessenger_crm::clock::SystemClock;
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_testkit::Postgres;
+use crmessenger_testkit::controlplane::free_port;
+use crmessenger_testkit::process::Proc;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const AMO_RPS: f64 = 7.0;
+const NOTES_PER_REQUEST: usize = 250;
+
+struct Rig {
+    fake: FakeAmo,
+    messenger: ScriptedMessenger,
+    _stop: watch::Sender<bool>,
+}
+
+fn account_yaml(name: &str, binding_selects: &str, base_url: &str) -> String {
+    format!(
+        r#"
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: {name}, labels: {{ bench: "yes" }} }}
+spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: p }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: b }}
+spec:
+  {binding_selects}
+  policyRef: {{ name: p }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{base_url}", credentialsSecret: {{ name: amo }}, replies: {{ detection: webhook }} }} }}
+"#
+    )
+}
+
+/// One account bridged in process, on `db_url`, to a fresh fake at 7 requests/s.
+async fn rig(db_url: &str) -> Rig {
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let mut m = crmessenger_api::manifests::parse(&account_yaml("shop", "accountNames: [shop]", &fake.base_url()), "bench")
+        .unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default()).unwrap();
+    let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
+    let parts = build_account(
+        &config,
+        &store,
+        Arc::new(StaticToken(fake.issue_token_pair().access_token)),
+        None,
+        Some(&messenger.base_url()),
+        Arc::new(SystemClock),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    register_routes(&parts, &store, Some("http://127.0.0.1:9")).await.unwrap();
+    let lock = AccountLock::acquire(&store, &parts.key, |_| {}).await.unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let bridge = parts.bridge.clone();
+    tokio::spawn(async move {
+        bridge.run(&lock, stop_rx).await;
+        lock.release().await;
+    });
+    Rig { fake, messenger, _stop: stop }
+}
+
+fn common_notes(fake: &FakeAmo) -> usize {
+    fake.snapshot().notes.iter().filter(|n| n.note_type == "common").count()
+}
+
+async fn wait_notes(fake: &FakeAmo, n: usize, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while common_notes(fake) < n {
+        if t0.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Some(t0.elapsed())
+}
+
+async fn throughput() {
+    println!("== throughput at amoCRM's 7 requests/s (PostgreSQL)");
+    println!("| chats | messages | ceiling msg/s | measured msg/s | fraction |");
+    println!("|---|---|---|---|---|");
+    for (chats, per_chat) in [(1usize, 2000usize), (20, 100), (200, 10)] {
+        let r = rig(&Postgres::shared().database("benchtp").unwrap()).await;
+        // Warm-up: each chat's contact and lead exist, so what follows is notes only.
+        r.messenger.push((0..chats).map(|c| text(&format!("c{c}"), "w", "Bench", "warm-up")).collect());
+        wait_notes(&r.fake, chats, Duration::from_secs(600)).await.expect("warm-up");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let batch: Vec<_> = (0..per_chat)
+            .flat_map(|i| (0..chats).map(move |c| text(&format!("c{c}"), &format!("m{i}"), "Bench", &format!("message {i}"))))
+            .collect();
+        let total = batch.len();
+        r.messenger.push(batch);
+        let took = wait_notes(&r.fake, chats + total, Duration::from_secs(600)).await.expect("delivery");
+        // The fewest requests that carry the backlog: per chat, one per 250 notes.
+        let requests = chats * per_chat.div_ceil(NOTES_PER_REQUEST);
+        let ceiling = total as f64 / (requests as f64 / AMO_RPS);
+        let measured = total as f64 / took.as_secs_f64();
+        println!("| {chats} | {total} | {ceiling:.0} | {measured:.0} | {:.0}% |", 100.0 * measured / ceiling);
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency() {
+    println!("== latency from messenger event to CRM write at 20 msg/s (PostgreSQL)");
+    println!("| chats | messages | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    for chats in [1usize, 5] {
+        let r = rig(&Postgres::shared().database("benchlat").unwrap()).await;
+        r.messenger.push((0..chats).map(|c| text(&format!("c{c}"), "w", "Bench", "warm-up")).collect());
+        wait_notes(&r.fake, chats, Duration::from_secs(120)).await.expect("warm-up");
+        let total = 600;
+        let mut pushed: HashMap<String, Instant> = HashMap::new();
+        let mut written: HashMap<String, Instant> = HashMap::new();
+        let start = Instant::now();
+        let mut next = 0;
+        while written.len() < total {
+            if next < total && start.elapsed() >= Duration::from_millis(50 * next as u64) {
+                let marker = format!("lat-{next:04}");
+                r.messenger.push(vec![text(&format!("c{}", next % chats), &format!("m{next}"), "Bench", &marker)]);
+                pushed.insert(marker, Instant::now());
+                next += 1;
+            }
+            let now = Instant::now();
+            for n in r.fake.snapshot().notes {
+                let t = n.params["text"].as_str().unwrap_or_default();
+                if let Some(i) = t.find("lat-") {
+                    written.entry(t[i..i + 8].to_string()).or_insert(now);
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(300), "stalled at {} of {total}", written.len());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut ms: Vec<f64> =
+            written.iter().map(|(k, w)| w.duration_since(pushed[k]).as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "| {chats} | {total} | {:.0} | {:.0} | {:.0} |",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            ms[ms.len() - 1]
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bin(name: &str) -> std::path::PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name)
+}
+
+fn wait_up(addr: &str, p: &mut Proc) {
+    let t0 = Instant::now();
+    while crmessenger_testkit::checks::http_get(addr, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(p.exited().is_none() && t0.elapsed() < Duration::from_secs(60), "{}", p.log_tail(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `standalone` with `n` accounts (each with its own scripted messenger) and
+/// returns its RSS in KiB after it settles.
+async fn standalone_rss(n: usize, fake: &FakeAmo, dir: &std::path::Path) -> u64 {
+    let mut messengers = Vec::new();
+    let manifests = dir.join(format!("m{n}"));
+    std::fs::create_dir_all(&manifests).unwrap();
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: amo }}\nstringData: {{ long_lived_token: {} }}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"1\", api_hash: h }}\n",
+        fake.issue_token_pair().access_token
+    );
+    let mut args = Vec::new();
+    for i in 0..n {
+        let m = ScriptedMessenger::start(Options::default()).await.unwrap();
+        args.push("--scripted-messenger".to_string());
+        args.push(format!("bench/a{i}={}", m.base_url()));
+        messengers.push(m);
+        let doc = account_yaml(&format!("a{i}"), "accountSelector: { matchLabels: { bench: \"yes\" } }", &fake.base_url());
+        // One binding and policy are enough; keep only the account document after the first.
+        let doc = if i == 0 { doc } else { doc.split("\n---\n").next().unwrap_or_default().to_string() };
+        yaml.push_str("---\n");
+        yaml.push_str(&doc);
+        yaml.push('\n');
+    }
+    std::fs::write(manifests.join("all.yaml"), yaml).unwrap();
+    let p = |_: ()| format!("127.0.0.1:{}", free_port().unwrap());
+    let (admin, login, gateway) = (p(()), p(()), p(()));
+    let mut cmd = Command::new(bin("crmessenger-connector"));
+    cmd.args(["standalone", "-f"])
+        .arg(&manifests)
+        .args(["-n", "bench", "--data-dir"])
+        .arg(dir.join(format!("data{n}")))
+        .args(["--admin-addr", &admin, "--login-addr", &login, "--gateway-addr", &gateway])
+        .args(&args)
+        .env("RUST_LOG", "warn");
+    let mut proc = Proc::start(&format!("standalone{n}"), cmd, dir).unwrap();
+    wait_up(&login, &mut proc);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut samples: Vec<u64> = Vec::new();
+    for _ in 0..5 {
+        samples.push(rss_kib(proc.id()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+async fn rss() {
+    println!("== idle RSS (median of 5 samples after 5 s idle)");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Postgres::shared().database("benchrss").unwrap();
+    let mut rows = Vec::new();
+    let gw_addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut cmd = Command::new(bin("crmessenger-connector"));
+    cmd.args(["gateway", "--listen", &gw_addr]).env("CRMESSENGER_DATABASE_URL", &db).env("RUST_LOG", "warn");
+    let mut gw = Proc::start("gateway", cmd, dir.path()).unwrap();
+    wait_up(&gw_addr, &mut gw);
+    let side_addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut cmd = Command::new(bin("crmessenger-connector"));
+    cmd.args(["sidecar", "--listen", &side_addr, "--admin-url", "http://127.0.0.1:9"]).env("RUST_LOG", "warn");
+    let mut side = Proc::start("sidecar", cmd, dir.path()).unwrap();
+    wait_up(&side_addr, &mut side);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rows.push(("gateway", rss_kib(gw.id())));
+    rows.push(("sidecar", rss_kib(side.id())));
+    let fake = FakeAmo::start(FakeConfig { chats: None, rate_limit_per_sec: 10_000, ..FakeConfig::default() }).await.unwrap();
+    let one = standalone_rss(1, &fake, dir.path()).await;
+    rows.push(("standalone, 1 account (run + gateway + login pages)", one));
+    let hundred = standalone_rss(101, &fake, dir.path()).await;
+    rows.push(("standalone, 101 accounts", hundred));
+    println!("| process | RSS MiB |");
+    println!("|---|---|");
+    for (what, kib) in rows {
+        println!("| {what} | {:.1} |", kib as f64 / 1024.0);
+    }
+    println!("RSS per added account: {:.0} KiB", (hundred as f64 - one as f64) / 100.0);
+}
+
+async fn commits() {
+    println!("== commits per second (one row per transaction, 3 s each)");
+    println!("| store | inbox commits/s | outbox commits/s |");
+    println!("|---|---|---|");
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [
+        ("PostgreSQL", Postgres::shared().database("benchcommit").unwrap()),
+        ("SQLite", format!("sqlite://{}", dir.path().join("bench.db").display())),
+    ];
+    for (name, url) in urls {
+        let store = Store::connect(&url, POOL_SIZE).await.unwrap();
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed() < Duration::from_secs(3) {
+            let row = ("chat".to_string(), format!("k{n}"), "{}".to_string());
+            store.ingest("bench/a", &[row], "messenger", &n.to_string(), 0).await.unwrap();
+            n += 1;
+        }
+        let inbox = n as f64 / t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let mut m = 0u64;
+        while t0.elapsed() < Duration::from_secs(3) {
+            store.outbox_add("bench/a", &format!("s{m}"), "chat", "text", None, 0).await.unwrap();
+            m += 1;
+        }
+        let outbox = m as f64 / t0.elapsed().as_secs_f64();
+        println!("| {name} | {inbox:.0} | {outbox:.0} |");
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let all = what == "all";
+    if all || what == "commits" {
+        commits().await;
+    }
+    if all || what == "throughput" {
+        throughput().await;
+    }
+    if all || what == "latency" {
+        latency().await;
+    }
+    if all || what == "rss" {
+        rss().await;
+    }
+}
