@@ -70,10 +70,12 @@ spec:
 async fn rig(db_url: &str) -> Rig {
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
-    let mut m = crmessenger_api::manifests::parse(&account_yaml("shop", "accountNames: [shop]", &fake.base_url()), "bench")
-        .unwrap();
+    let mut m =
+        crmessenger_api::manifests::parse(&account_yaml("shop", "accountNames: [shop]", &fake.base_url()), "bench")
+            .unwrap();
     let config =
-        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default()).unwrap();
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
     let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
     let parts = build_account(
         &config,
@@ -122,7 +124,9 @@ async fn throughput() {
         wait_notes(&r.fake, chats, Duration::from_secs(600)).await.expect("warm-up");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let batch: Vec<_> = (0..per_chat)
-            .flat_map(|i| (0..chats).map(move |c| text(&format!("c{c}"), &format!("m{i}"), "Bench", &format!("message {i}"))))
+            .flat_map(|i| {
+                (0..chats).map(move |c| text(&format!("c{c}"), &format!("m{i}"), "Bench", &format!("message {i}")))
+            })
             .collect();
         let total = batch.len();
         r.messenger.push(batch);
@@ -219,7 +223,8 @@ async fn standalone_rss(n: usize, fake: &FakeAmo, dir: &std::path::Path) -> u64 
         args.push("--scripted-messenger".to_string());
         args.push(format!("bench/a{i}={}", m.base_url()));
         messengers.push(m);
-        let doc = account_yaml(&format!("a{i}"), "accountSelector: { matchLabels: { bench: \"yes\" } }", &fake.base_url());
+        let doc =
+            account_yaml(&format!("a{i}"), "accountSelector: { matchLabels: { bench: \"yes\" } }", &fake.base_url());
         // One binding and policy are enough; keep only the account document after the first.
         let doc = if i == 0 { doc } else { doc.split("\n---\n").next().unwrap_or_default().to_string() };
         yaml.push_str("---\n");
@@ -267,7 +272,8 @@ async fn rss() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     rows.push(("gateway", rss_kib(gw.id())));
     rows.push(("sidecar", rss_kib(side.id())));
-    let fake = FakeAmo::start(FakeConfig { chats: None, rate_limit_per_sec: 10_000, ..FakeConfig::default() }).await.unwrap();
+    let fake =
+        FakeAmo::start(FakeConfig { chats: None, rate_limit_per_sec: 10_000, ..FakeConfig::default() }).await.unwrap();
     let one = standalone_rss(1, &fake, dir.path()).await;
     rows.push(("standalone, 1 account (run + gateway + login pages)", one));
     let hundred = standalone_rss(101, &fake, dir.path()).await;

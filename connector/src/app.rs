@@ -242,11 +242,23 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         stop_tx.clone(),
     ));
     let bridge = parts.bridge.clone();
-    let lost = tokio::select! {
-        _ = bridge.run(&lock, stop_rx.clone()) => lock.is_lost(),
-        _ = terminated() => false,
+    let by_signal = {
+        let bridge_run = bridge.run(&lock, stop_rx.clone());
+        tokio::pin!(bridge_run);
+        let by_signal = tokio::select! {
+            _ = &mut bridge_run => false,
+            _ = terminated() => true,
+        };
+        if by_signal {
+            // Stop taking work; the calls in flight finish (bounded by the bridge).
+            tracing::info!(account = parts.key, "SIGTERM: finishing the calls in flight");
+            let _ = stop_tx.send(true);
+            bridge_run.await;
+        }
+        by_signal
     };
-    if *stop_rx.borrow() && !lost {
+    let lost = lock.is_lost();
+    if *stop_rx.borrow() && !lost && !by_signal {
         // Stopped for deletion: let the cleanup finish and confirm.
         let _ = tokio::time::timeout(Duration::from_secs(60), deletion).await;
     } else {

@@ -52,10 +52,25 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         ])
         .unwrap();
     }
-    helm(cp, &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false"]);
+    let bundled = "postgres.bundled.enabled=true";
+    helm(
+        cp,
+        &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false", "--set", bundled],
+    );
     cp.wait_crds_established().expect("the chart's CRDs become Established");
     let deployment = get(cp, RELEASE_NS, "deployment/crmessenger-operator").expect("the operator Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
+    // The gateway: two replicas on the generated DSN, a Service and a PDB; the
+    // evaluation PostgreSQL with its generated password.
+    let gateway = get(cp, RELEASE_NS, "deployment/crmessenger-gateway").expect("the gateway Deployment");
+    assert_eq!(gateway["spec"]["replicas"], 2);
+    let env = &gateway["spec"]["template"]["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "crmessenger-postgres", "{env}");
+    assert_eq!(get(cp, RELEASE_NS, "pdb/crmessenger-gateway").unwrap()["spec"]["minAvailable"], 1);
+    assert!(get(cp, RELEASE_NS, "service/crmessenger-gateway").is_some());
+    assert!(get(cp, RELEASE_NS, "statefulset/crmessenger-postgres").is_some());
+    let password = get(cp, RELEASE_NS, "secret/crmessenger-postgres").unwrap()["data"]["password"].clone();
+    assert!(password.as_str().is_some_and(|p| p.len() > 20));
 
     // The operator, out of cluster, authenticated as the chart's ServiceAccount.
     let token = cp.kubectl_ok(&["create", "token", "crmessenger", "-n", RELEASE_NS, "--duration=2h"]).unwrap();
@@ -106,8 +121,24 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     let log = cp.log_tail("chart-operator", 400);
     assert!(!log.to_lowercase().contains("forbidden"), "the chart's ClusterRole lacks a rule:\n{log}");
 
-    helm(cp, &["upgrade", "crmessenger", &chart, "-n", RELEASE_NS, "--set", "operator.replicas=1", "--wait=false"]);
+    helm(
+        cp,
+        &[
+            "upgrade",
+            "crmessenger",
+            &chart,
+            "-n",
+            RELEASE_NS,
+            "--set",
+            "operator.replicas=1",
+            "--set",
+            bundled,
+            "--wait=false",
+        ],
+    );
     assert_eq!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").unwrap()["spec"]["replicas"], 1);
+    let kept = get(cp, RELEASE_NS, "secret/crmessenger-postgres").unwrap()["data"]["password"].clone();
+    assert_eq!(kept, password, "an upgrade keeps the bundled database's password");
 
     helm(cp, &["uninstall", "crmessenger", "-n", RELEASE_NS, "--wait"]);
     assert!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").is_none(), "the Deployment survived uninstall");

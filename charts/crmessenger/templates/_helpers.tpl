@@ -27,3 +27,15 @@ app.kubernetes.io/component: operator
 {{- define "crmessenger.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- define "crmessenger.dsnSecretName" -}}
+{{- if .Values.postgres.dsnSecret.name -}}
+{{- .Values.postgres.dsnSecret.name -}}
+{{- else if .Values.postgres.bundled.enabled -}}
+{{- printf "%s-postgres" (include "crmessenger.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "crmessenger.dsnSecretKey" -}}
+{{- if .Values.postgres.dsnSecret.name -}}{{ .Values.postgres.dsnSecret.key }}{{- else -}}dsn{{- end -}}
+{{- end -}}

@@ -85,6 +85,8 @@ pub struct Bridge {
 }
 
 const BATCH: i64 = 1000;
+/// How long a stopping connector waits for the CRM calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
 const IDLE: Duration = Duration::from_secs(2);
@@ -143,14 +145,24 @@ impl Bridge {
             }
             ReplySource::Webhook => None,
         };
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => {}
+        let lost = tokio::select! {
+            _ = stop.wait_for(|s| *s) => false,
             _ = lock.lost() => {
                 tracing::error!(account = self.account(), "account lock lost: dropping the messenger connection now");
+                true
             }
-        }
-        for t in tasks.into_iter().chain(poller) {
+        };
+        let mut tasks = tasks.into_iter();
+        let (ingest, work) = (tasks.next(), tasks.next());
+        for t in tasks.chain(poller).chain(ingest) {
             t.abort();
+        }
+        // A stop (SIGTERM) lets the work loop finish the calls in flight: it ends
+        // after its current pass. A lost lock stops everything at once.
+        if let Some(mut work) = work
+            && (lost || tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.is_err())
+        {
+            work.abort();
         }
     }
 
