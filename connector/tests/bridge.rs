@@ -188,7 +188,50 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
     let texts = notes_of(&r.fake, lead);
     assert_eq!(texts.iter().filter(|t| t.contains("second")).count(), 1);
     assert!(r.store.dead_letters(&r.account).await.unwrap().is_empty());
+
+    // Two chats share one request; it is refused, and so is the first chat's
+    // message alone: that one is dead-lettered, the other chat's goes through.
+    r.messenger.push(vec![text("2002", "x", "Bob", "hello from bob")]);
+    wait_for("bob's first note", 30, || {
+        r.fake
+            .snapshot()
+            .notes
+            .iter()
+            .any(|n| n.params["text"].as_str().unwrap_or_default().contains("hello from bob"))
+            .then_some(())
+    })
+    .await;
+    r.fake.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/leads/notes".into(),
+        kind: FaultKind::Status(400),
+        times: 2,
+    });
+    r.messenger.push(vec![text("2001", "d", "Ann", "fourth"), text("2002", "y", "Bob", "bob again")]);
+    let dead = wait_for("one dead letter of the two chats", 30, || {
+        let dead = block_on_store(r.store.dead_letters(&r.account));
+        let delivered = r
+            .fake
+            .snapshot()
+            .notes
+            .iter()
+            .filter(|n| {
+                let t = n.params["text"].as_str().unwrap_or_default();
+                t.contains("fourth") || t.contains("bob again")
+            })
+            .count();
+        (dead.len() == 1 && delivered == 1).then_some(dead)
+    })
+    .await;
+    assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(r.store.dead_letters(&r.account).await.unwrap().len(), 1, "only one message was refused");
     let _ = r.stop.send(true);
+}
+
+/// Runs a store call from a synchronous check (the test runtime has worker threads).
+fn block_on_store<T>(f: impl std::future::Future<Output = Result<T, crmessenger_connector::store::StoreError>>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)).unwrap()
 }
 
 async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {

@@ -37,6 +37,10 @@ pub trait Crm: Send + Sync {
     /// marker is already on the lead are not written again.
     async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError>;
 
+    /// Adds notes to several leads — `(lead_id, note)` pairs, in order — in as few
+    /// requests as the CRM allows. Same guarantees as [`Crm::add_notes`].
+    async fn add_lead_notes(&self, notes: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError>;
+
     /// Notes on the lead written since `since` (Unix seconds) whose text contains
     /// one of `markers`: how a write interrupted by a crash is found again.
     async fn find_notes(&self, lead_id: i64, since: i64, markers: &[String]) -> Result<Vec<NoteRef>, CrmError>;

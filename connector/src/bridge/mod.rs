@@ -26,7 +26,7 @@ use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::lock::AccountLock;
-use crate::store::{InboxRow, Store};
+use crate::store::{Conversation, InboxRow, Store};
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
@@ -85,6 +85,24 @@ pub struct Bridge {
 }
 
 const BATCH: i64 = 1000;
+/// One chat's rows, ready to be written.
+struct Prepared {
+    chat: String,
+    single: bool,
+    rows: Vec<InboxRow>,
+    conv: Conversation,
+    lead_id: i64,
+    /// Rows already in the CRM (found by marker), with what they became.
+    done: Vec<(i64, String)>,
+    /// Rows to write, in order.
+    todo: Vec<(i64, NoteRequest)>,
+    /// When each row's event happened (for the lag metric).
+    sent_at: Vec<i64>,
+    first_message_at: Option<i64>,
+}
+
+/// amoCRM's entity limit per request: the notes of one shared write.
+const NOTES_PER_REQUEST: usize = 250;
 /// How long a stopping connector waits for the CRM calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -313,6 +331,7 @@ impl Bridge {
             by_chat.entry(r.chat_id.clone()).or_default().push(r);
         }
         let mut worked = false;
+        let mut ready: Vec<Prepared> = Vec::new();
         for chat in order {
             let rows = by_chat.remove(&chat).unwrap_or_default();
             if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
@@ -323,27 +342,63 @@ impl Bridge {
             }
             worked = true;
             let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
-            let rows = if single { rows.into_iter().take(1).collect() } else { rows };
-            match self.deliver_chat(&chat, &rows).await {
-                Ok(()) => {
-                    self.breaker.lock().map_err(|e| e.to_string())?.success();
-                    self.chat_failures.lock().map_err(|e| e.to_string())?.remove(&chat);
-                    self.state.update(|s| {
-                        s.crm_ok = true;
-                        s.crm_error = None;
-                    });
-                    if single {
-                        // The dead letter (if any) is out; go back to batches.
-                        self.one_by_one.lock().map_err(|e| e.to_string())?.remove(&chat);
-                    }
+            let rows: Vec<InboxRow> = if single { rows.into_iter().take(1).collect() } else { rows };
+            match self.prepare_chat(&chat, &rows, single).await {
+                Ok(Some(p)) if single => self.write_notes(vec![p]).await,
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => self.chat_delivered(&chat, single),
+                Err(e) => {
+                    self.breaker_failure(&e);
+                    self.delivery_failed(&chat, &rows, &e).await
                 }
-                Err(e) => self.delivery_failed(&chat, &rows, e).await,
             }
+        }
+        // The notes of many chats share requests (250 notes to a request); a chat
+        // is split across requests only when it alone has more.
+        let mut chunk: Vec<Prepared> = Vec::new();
+        let mut size = 0;
+        for p in ready {
+            if !chunk.is_empty() && size + p.todo.len() > NOTES_PER_REQUEST {
+                self.write_notes(std::mem::take(&mut chunk)).await;
+                size = 0;
+            }
+            size += p.todo.len();
+            chunk.push(p);
+        }
+        if !chunk.is_empty() {
+            self.write_notes(chunk).await;
         }
         Ok(worked)
     }
 
-    async fn delivery_failed(&self, chat: &str, rows: &[InboxRow], e: CrmError) {
+    /// A CRM call failed: retryable failures count toward the circuit breaker.
+    fn breaker_failure(&self, e: &CrmError) {
+        if e.class() != ErrorClass::Permanent
+            && let Ok(mut b) = self.breaker.lock()
+        {
+            b.failure(self.clock.now_ms());
+        }
+    }
+
+    /// A chat's rows went through: its backoff and one-by-one mode end.
+    fn chat_delivered(&self, chat: &str, single: bool) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.success();
+        }
+        if let Ok(mut f) = self.chat_failures.lock() {
+            f.remove(chat);
+        }
+        self.state.update(|s| {
+            s.crm_ok = true;
+            s.crm_error = None;
+        });
+        if single && let Ok(mut s) = self.one_by_one.lock() {
+            // The dead letter (if any) is out; go back to batches.
+            s.remove(chat);
+        }
+    }
+
+    async fn delivery_failed(&self, chat: &str, rows: &[InboxRow], e: &CrmError) {
         let now = self.clock.now_ms();
         self.metrics.crm_errors.get_or_create(&Metrics::label(self.account())).inc();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -372,9 +427,6 @@ impl Bridge {
                 if let Some(ra) = e.retry_after() {
                     wait = wait.max(ra);
                 }
-                if let Ok(mut b) = self.breaker.lock() {
-                    b.failure(now);
-                }
                 tracing::warn!(account = self.account(), chat, ?wait, "CRM delivery failed, retrying: {e}");
                 let _ = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await;
                 self.state.update(|s| {
@@ -385,8 +437,10 @@ impl Bridge {
         }
     }
 
-    /// Writes one chat's due rows to the CRM.
-    async fn deliver_chat(&self, chat: &str, rows: &[InboxRow]) -> Result<(), CrmError> {
+    /// Gets one chat's due rows ready to be written: the contact and lead exist
+    /// (created once per chat), and rows whose write may already have happened are
+    /// looked up by marker. `None` when nothing is left to write or record.
+    async fn prepare_chat(&self, chat: &str, rows: &[InboxRow], single: bool) -> Result<Option<Prepared>, CrmError> {
         let now = self.clock.now_ms();
         let events: Vec<(&InboxRow, Event)> = rows
             .iter()
@@ -402,7 +456,8 @@ impl Bridge {
             let Some(m) = first_message else {
                 // Deletions or statuses of a chat the CRM never saw: nothing to write.
                 let done: Vec<(i64, String)> = rows.iter().map(|r| (r.seq, "skipped".to_string())).collect();
-                return self.store.inbox_done(&done, now).await.map_err(db);
+                self.store.inbox_done(&done, now).await.map_err(db)?;
+                return Ok(None);
             };
             let person = self.person(m);
             let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
@@ -433,49 +488,104 @@ impl Bridge {
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
         }
         let lead_id = conv.lead_id.unwrap_or_default();
-        let notes: Vec<(i64, NoteRequest, i64)> =
-            events.iter().map(|(r, e)| (r.seq, self.note(chat, &r.event_key, e), sent_at(e, r))).collect();
+        let notes: Vec<(i64, NoteRequest)> =
+            events.iter().map(|(r, e)| (r.seq, self.note(chat, &r.event_key, e))).collect();
         // Rows whose write may already have happened: look for their markers first.
         let mut done: Vec<(i64, String)> = Vec::new();
-        let in_doubt: Vec<&(i64, NoteRequest, i64)> =
-            notes.iter().filter(|(seq, _, _)| rows.iter().any(|r| r.seq == *seq && r.attempts > 0)).collect();
+        let in_doubt: Vec<&(i64, NoteRequest)> =
+            notes.iter().filter(|(seq, _)| rows.iter().any(|r| r.seq == *seq && r.attempts > 0)).collect();
         if !in_doubt.is_empty() {
             let since = rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now) / 1000 - 5;
-            let markers: Vec<String> = in_doubt.iter().map(|(_, n, _)| n.marker.clone()).collect();
+            let markers: Vec<String> = in_doubt.iter().map(|(_, n)| n.marker.clone()).collect();
             let found = self.crm.find_notes(lead_id, since, &markers).await?;
             for f in found {
-                if let Some((seq, _, _)) = notes.iter().find(|(_, n, _)| n.marker == f.marker) {
+                if let Some((seq, _)) = notes.iter().find(|(_, n)| n.marker == f.marker) {
                     done.push((*seq, format!("note:{}", f.id)));
                 }
             }
         }
-        let todo: Vec<&(i64, NoteRequest, i64)> =
-            notes.iter().filter(|(seq, _, _)| !done.iter().any(|(d, _)| d == seq)).collect();
-        if !todo.is_empty() {
-            let seqs: Vec<i64> = todo.iter().map(|(s, _, _)| *s).collect();
-            self.store.inbox_started(&seqs, now).await.map_err(db)?;
-            let requests: Vec<NoteRequest> = todo.iter().map(|(_, n, _)| n.clone()).collect();
-            let refs = self.crm.add_notes(lead_id, &requests).await?;
-            for ((seq, _, _), r) in todo.iter().zip(refs) {
-                done.push((*seq, format!("note:{}", r.id)));
+        let todo: Vec<(i64, NoteRequest)> =
+            notes.into_iter().filter(|(seq, _)| !done.iter().any(|(d, _)| d == seq)).collect();
+        Ok(Some(Prepared {
+            chat: chat.to_string(),
+            single,
+            rows: rows.to_vec(),
+            sent_at: events.iter().map(|(r, e)| sent_at(e, r)).collect(),
+            first_message_at: first_message.map(|m| m.sent_at_ms),
+            conv,
+            lead_id,
+            done,
+            todo,
+        }))
+    }
+
+    /// Writes the notes of prepared chats in one request (or as few as the CRM
+    /// allows) and records the outcome per chat.
+    async fn write_notes(&self, chunk: Vec<Prepared>) {
+        let now = self.clock.now_ms();
+        let items: Vec<(i64, NoteRequest)> =
+            chunk.iter().flat_map(|p| p.todo.iter().map(|(_, n)| (p.lead_id, n.clone()))).collect();
+        let result = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let seqs: Vec<i64> = chunk.iter().flat_map(|p| p.todo.iter().map(|(s, _)| *s)).collect();
+            match self.store.inbox_started(&seqs, now).await {
+                Ok(()) => self.crm.add_lead_notes(&items).await,
+                Err(e) => Err(db(e)),
+            }
+        };
+        match result {
+            Ok(refs) => {
+                let mut refs = refs.into_iter();
+                for mut p in chunk {
+                    for (seq, _) in &p.todo {
+                        if let Some(r) = refs.next() {
+                            p.done.push((*seq, format!("note:{}", r.id)));
+                        }
+                    }
+                    let (chat, single) = (p.chat.clone(), p.single);
+                    match self.finish_chat(p).await {
+                        Ok(()) => self.chat_delivered(&chat, single),
+                        Err(e) => tracing::warn!(account = self.account(), chat, "recording a delivery: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                self.breaker_failure(&e);
+                if chunk.len() > 1 && e.class() == ErrorClass::Permanent {
+                    // Some chat's note was refused: each chat goes alone until the
+                    // refused message is found and dead-lettered.
+                    tracing::info!(account = self.account(), "a shared batch was refused; retrying chat by chat: {e}");
+                    if let Ok(mut s) = self.one_by_one.lock() {
+                        s.extend(chunk.iter().map(|p| p.chat.clone()));
+                    }
+                    return;
+                }
+                for p in &chunk {
+                    self.delivery_failed(&p.chat, &p.rows, &e).await;
+                }
             }
         }
+    }
+
+    /// Records a chat's written rows, its metrics and that the customer waits.
+    async fn finish_chat(&self, mut p: Prepared) -> Result<(), CrmError> {
         let written = self.clock.now_ms();
-        self.store.inbox_done(&done, written).await.map_err(db)?;
+        self.store.inbox_done(&p.done, written).await.map_err(db)?;
         let label = Metrics::label(self.account());
-        for (_, _, at) in &notes {
+        for at in &p.sent_at {
             self.metrics.messages_in.get_or_create(&label).inc();
             self.metrics.lag_seconds.get_or_create(&label).observe((written - at).max(0) as f64 / 1000.0);
         }
         // The customer now waits for an answer (from their first unanswered message).
-        if conv.unanswered_since_ms.is_none()
-            && let Some(first) = events.iter().find_map(|(_, e)| match e {
-                Event::Message(m) => Some(m.sent_at_ms),
-                _ => None,
-            })
+        if p.conv.unanswered_since_ms.is_none()
+            && let Some(first) = p.first_message_at
         {
-            conv.unanswered_since_ms = Some(first.min(written));
-            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
+            p.conv.unanswered_since_ms = Some(first.min(written));
+            self.store
+                .put_conversation(self.account(), &p.chat, &self.s.crm_key, &p.conv, written)
+                .await
+                .map_err(db)?;
         }
         Ok(())
     }

@@ -149,6 +149,10 @@ impl Crm for AmoCrm {
         notes::add(self, lead_id, notes).await
     }
 
+    async fn add_lead_notes(&self, notes: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError> {
+        notes::add_many(self, notes).await
+    }
+
     async fn find_notes(&self, lead_id: i64, since: i64, markers: &[String]) -> Result<Vec<NoteRef>, CrmError> {
         notes::find(self, lead_id, since, markers).await
     }

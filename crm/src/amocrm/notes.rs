@@ -1,5 +1,5 @@
-//! Notes: each message as a note on the lead, batched up to amoCRM's documented
-//! 250 entities per request. After an in-doubt write, the lead's recent notes are
+//! Notes: each message as a note on its lead, batched up to amoCRM's documented
+//! 250 entities per request (the notes of many leads in one request). After an in-doubt write, the lead's recent notes are
 //! searched for the markers before anything is written again.
 
 use super::AmoCrm;
@@ -14,18 +14,25 @@ pub(super) const MAX_BATCH: usize = 250;
 const ATTEMPTS: usize = 3;
 
 pub(super) async fn add(amo: &AmoCrm, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
-    let mut written = Vec::with_capacity(notes.len());
-    for batch in notes.chunks(MAX_BATCH) {
-        written.extend(add_batch(amo, lead_id, batch).await?);
+    let items: Vec<(i64, NoteRequest)> = notes.iter().map(|n| (lead_id, n.clone())).collect();
+    add_many(amo, &items).await
+}
+
+/// Notes on several leads, in order, 250 to a request (amoCRM takes each item's
+/// `entity_id`, so one request carries the notes of many leads).
+pub(super) async fn add_many(amo: &AmoCrm, items: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError> {
+    let mut written = Vec::with_capacity(items.len());
+    for batch in items.chunks(MAX_BATCH) {
+        written.extend(add_batch(amo, batch).await?);
     }
     Ok(written)
 }
 
-async fn add_batch(amo: &AmoCrm, lead_id: i64, batch: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
+async fn add_batch(amo: &AmoCrm, batch: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError> {
     let mut done: HashMap<String, i64> = HashMap::new();
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        let pending: Vec<&NoteRequest> = batch.iter().filter(|n| !done.contains_key(&n.marker)).collect();
+        let pending: Vec<&(i64, NoteRequest)> = batch.iter().filter(|(_, n)| !done.contains_key(&n.marker)).collect();
         if pending.is_empty() {
             break;
         }
@@ -33,18 +40,25 @@ async fn add_batch(amo: &AmoCrm, lead_id: i64, batch: &[NoteRequest]) -> Result<
         let items: Vec<Value> = pending
             .iter()
             .enumerate()
-            .map(|(i, n)| json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": n.text }, "request_id": i.to_string() }))
+            .map(|(i, (lead_id, n))| json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": n.text }, "request_id": i.to_string() }))
             .collect();
         match amo.rest.post("/api/v4/leads/notes", &Value::Array(items)).await {
             Ok(created) => {
                 let ids = created_ids(&created, "notes", pending.len())?;
-                for (n, id) in pending.iter().zip(ids) {
+                for ((_, n), id) in pending.iter().zip(ids) {
                     done.insert(n.marker.clone(), id);
                 }
             }
             Err(e @ CrmError::InDoubt(_)) => {
-                tracing::warn!(lead_id, "note write in doubt, looking for its markers: {e}");
-                done.extend(find_markers(amo, lead_id, started - 5, &pending).await?);
+                tracing::warn!("note write in doubt, looking for its markers: {e}");
+                let mut leads: Vec<i64> = pending.iter().map(|(l, _)| *l).collect();
+                leads.sort_unstable();
+                leads.dedup();
+                for lead_id in leads {
+                    let on_lead: Vec<&NoteRequest> =
+                        pending.iter().filter(|(l, _)| *l == lead_id).map(|(_, n)| n).collect();
+                    done.extend(find_markers(amo, lead_id, started - 5, &on_lead).await?);
+                }
                 last = Some(e);
             }
             Err(e) => return Err(e),
@@ -52,7 +66,7 @@ async fn add_batch(amo: &AmoCrm, lead_id: i64, batch: &[NoteRequest]) -> Result<
     }
     batch
         .iter()
-        .map(|n| match done.get(&n.marker) {
+        .map(|(_, n)| match done.get(&n.marker) {
             Some(&id) => Ok(NoteRef { id, marker: n.marker.clone() }),
             None => Err(last.take().unwrap_or_else(|| CrmError::Protocol("note write did not settle".into()))),
         })
