@@ -40,6 +40,8 @@ pub trait BudgetStore: Send + Sync + std::fmt::Debug {
     async fn take(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Result<(), Duration>, String>;
     /// Blocks `key` until `until_ms` (the CRM said `retry_after`).
     async fn block_until(&self, key: &str, until_ms: i64) -> Result<(), String>;
+    /// How long until `take` would succeed at `now_ms`, taking nothing.
+    async fn peek(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Duration, String>;
 }
 
 /// The GCRA step, shared by every store: given the stored theoretical arrival time
@@ -81,6 +83,11 @@ impl BudgetStore for MemoryBudgetStore {
         *tat = tat.max(until_ms as f64);
         Ok(())
     }
+
+    async fn peek(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Duration, String> {
+        let state = self.state.lock().map_err(|_| "budget state poisoned".to_string())?;
+        Ok(gcra(state.get(key).copied(), limit, now_ms).err().unwrap_or_default())
+    }
 }
 
 /// A budget for one key (e.g. `amocrm-rest:<host>:<client id>`).
@@ -111,6 +118,21 @@ impl Budget {
                 Ok(()) => return Ok(()),
                 Err(wait) => self.clock.sleep(wait).await,
             }
+        }
+    }
+
+    /// Waits until a request could be made, taking nothing: a caller that gathers
+    /// work into one request waits here first, so what arrives meanwhile goes in
+    /// the same request. Returns whether it waited.
+    pub async fn ready(&self) -> Result<bool, String> {
+        let mut waited = false;
+        loop {
+            let wait = self.store.peek(&self.key, self.limit(), self.clock.now_ms()).await?;
+            if wait.is_zero() {
+                return Ok(waited);
+            }
+            waited = true;
+            self.clock.sleep(wait).await;
         }
     }
 

@@ -41,6 +41,13 @@ pub trait Crm: Send + Sync {
     /// requests as the CRM allows. Same guarantees as [`Crm::add_notes`].
     async fn add_lead_notes(&self, notes: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError>;
 
+    /// Waits until a request could go out under the CRM's rate budget, taking
+    /// nothing; returns whether it waited. Work gathered after this goes out in the
+    /// next request.
+    async fn ready(&self) -> bool {
+        false
+    }
+
     /// Notes on the lead written since `since` (Unix seconds) whose text contains
     /// one of `markers`: how a write interrupted by a crash is found again.
     async fn find_notes(&self, lead_id: i64, since: i64, markers: &[String]) -> Result<Vec<NoteRef>, CrmError>;

@@ -321,7 +321,13 @@ impl Bridge {
         if !self.breaker.lock().map_err(|e| e.to_string())?.allows(now) {
             return Ok(false);
         }
-        let rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+        let mut rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+        // Wait for the budget before gathering: what arrives meanwhile goes out in
+        // the same request instead of waiting for the next one.
+        if rows.iter().any(|r| r.next_attempt_ms <= now) && self.crm.ready().await {
+            rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+        }
+        let now = self.clock.now_ms();
         let mut order: Vec<String> = Vec::new();
         let mut by_chat: HashMap<String, Vec<InboxRow>> = HashMap::new();
         for r in rows {

@@ -64,4 +64,14 @@ impl BudgetStore for DbBudgetStore {
         .map(drop)
         .map_err(|e| format!("budget {key}: {e}"))
     }
+
+    async fn peek(&self, key: &str, limit: Limit, now_ms: i64) -> Result<Duration, String> {
+        let tat: Option<f64> = sqlx::query("SELECT tat_ms FROM budgets WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.store.pool)
+            .await
+            .and_then(|r| r.map(|r| r.try_get("tat_ms")).transpose())
+            .map_err(|e| format!("budget {key}: {e}"))?;
+        Ok(gcra(tat, limit, now_ms).err().unwrap_or_default())
+    }
 }

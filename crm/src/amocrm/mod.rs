@@ -149,6 +149,10 @@ impl Crm for AmoCrm {
         notes::add(self, lead_id, notes).await
     }
 
+    async fn ready(&self) -> bool {
+        self.rest.budget().ready().await.unwrap_or(false)
+    }
+
     async fn add_lead_notes(&self, notes: &[(i64, NoteRequest)]) -> Result<Vec<NoteRef>, CrmError> {
         notes::add_many(self, notes).await
     }

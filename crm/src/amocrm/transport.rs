@@ -63,6 +63,11 @@ impl Transport {
         Ok(Self { http, base: base.as_str().trim_end_matches('/').to_string(), budget, tokens, timeout })
     }
 
+    /// The request budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     /// GET `path` with `query`; `None` for amoCRM's 204 (nothing found).
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Option<Value>, CrmError> {
         self.call(Method::GET, path, query, None).await
