@@ -338,6 +338,7 @@ impl Bridge {
         }
         let mut worked = false;
         let mut ready: Vec<Prepared> = Vec::new();
+        let mut known = self.store.conversations(self.account(), &order).await.map_err(|e| e.to_string())?;
         for chat in order {
             let rows = by_chat.remove(&chat).unwrap_or_default();
             if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
@@ -349,7 +350,8 @@ impl Bridge {
             worked = true;
             let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
             let rows: Vec<InboxRow> = if single { rows.into_iter().take(1).collect() } else { rows };
-            match self.prepare_chat(&chat, &rows, single).await {
+            let conv = known.remove(&chat).unwrap_or_default();
+            match self.prepare_chat(&chat, &rows, single, conv).await {
                 Ok(Some(p)) if single => self.write_notes(vec![p]).await,
                 Ok(Some(p)) => ready.push(p),
                 Ok(None) => self.chat_delivered(&chat, single),
@@ -446,14 +448,19 @@ impl Bridge {
     /// Gets one chat's due rows ready to be written: the contact and lead exist
     /// (created once per chat), and rows whose write may already have happened are
     /// looked up by marker. `None` when nothing is left to write or record.
-    async fn prepare_chat(&self, chat: &str, rows: &[InboxRow], single: bool) -> Result<Option<Prepared>, CrmError> {
+    async fn prepare_chat(
+        &self,
+        chat: &str,
+        rows: &[InboxRow],
+        single: bool,
+        mut conv: Conversation,
+    ) -> Result<Option<Prepared>, CrmError> {
         let now = self.clock.now_ms();
         let events: Vec<(&InboxRow, Event)> = rows
             .iter()
             .map(|r| serde_json::from_str(&r.payload).map(|e| (r, e)))
             .collect::<Result<_, _>>()
             .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
-        let mut conv = self.store.conversation(self.account(), chat).await.map_err(db)?.unwrap_or_default();
         let first_message = events.iter().find_map(|(_, e)| match e {
             Event::Message(m) => Some(m),
             _ => None,
@@ -543,14 +550,25 @@ impl Bridge {
         match result {
             Ok(refs) => {
                 let mut refs = refs.into_iter();
-                for mut p in chunk {
+                let mut chunk = chunk;
+                for p in &mut chunk {
                     for (seq, _) in &p.todo {
                         if let Some(r) = refs.next() {
                             p.done.push((*seq, format!("note:{}", r.id)));
                         }
                     }
+                }
+                // One transaction records the whole request (rows left unrecorded
+                // by a crash are found by marker on the next attempt).
+                let written = self.clock.now_ms();
+                let done: Vec<(i64, String)> = chunk.iter().flat_map(|p| p.done.iter().cloned()).collect();
+                if let Err(e) = self.store.inbox_done(&done, written).await {
+                    tracing::warn!(account = self.account(), "recording a delivery: {e}");
+                    return;
+                }
+                for p in chunk {
                     let (chat, single) = (p.chat.clone(), p.single);
-                    match self.finish_chat(p).await {
+                    match self.finish_chat(p, written).await {
                         Ok(()) => self.chat_delivered(&chat, single),
                         Err(e) => tracing::warn!(account = self.account(), chat, "recording a delivery: {e}"),
                     }
@@ -574,10 +592,8 @@ impl Bridge {
         }
     }
 
-    /// Records a chat's written rows, its metrics and that the customer waits.
-    async fn finish_chat(&self, mut p: Prepared) -> Result<(), CrmError> {
-        let written = self.clock.now_ms();
-        self.store.inbox_done(&p.done, written).await.map_err(db)?;
+    /// After a chat's rows are recorded: its metrics, and that the customer waits.
+    async fn finish_chat(&self, mut p: Prepared, written: i64) -> Result<(), CrmError> {
         let label = Metrics::label(self.account());
         for at in &p.sent_at {
             self.metrics.messages_in.get_or_create(&label).inc();

@@ -465,6 +465,27 @@ impl Store {
         row.map(|r| conversation_of(&r)).transpose()
     }
 
+    /// What each of `chats` maps to (chats never seen are absent), in one query.
+    pub async fn conversations(&self, account: &str, chats: &[String]) -> Result<HashMap<String, Conversation>> {
+        let mut out = HashMap::new();
+        for part in chats.chunks(500) {
+            let marks: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT chat_id, contact_id, lead_id, crm_chat_id, unanswered_since_ms, task_id FROM conversations
+                 WHERE account = $1 AND chat_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(account);
+            for chat in part {
+                q = q.bind(chat);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("chat_id")?, conversation_of(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores what `chat_id` maps to (`crm` names the CRM account, for routing).
     pub async fn put_conversation(
         &self,
