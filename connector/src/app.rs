@@ -161,6 +161,8 @@ pub struct RunSettings {
     pub admin_addr: std::net::SocketAddr,
     /// The gateway's public URL (for webhook subscriptions).
     pub gateway_url: Option<String>,
+    /// The session key (messenger sessions at rest).
+    pub session_key: Option<String>,
     /// The scripted messenger's URL (tests and demos).
     pub scripted_messenger: Option<String>,
     /// Where the connector is in the cluster.
@@ -169,6 +171,14 @@ pub struct RunSettings {
 
 /// `run`: one account, in a cluster. Returns the process exit code.
 pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
+    // Checked at start so a bad key fails the pod at once, not at the first login.
+    let _session_key = match &settings.session_key {
+        Some(text) => Some(
+            crate::store::crypto::SessionKey::parse(text)
+                .map_err(|e| anyhow::anyhow!("CRMESSENGER_SESSION_KEY: {e}"))?,
+        ),
+        None => None,
+    };
     let env = settings.env.clone();
     let config = env.config().await?;
     let ns = env.namespace.clone();

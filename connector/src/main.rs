@@ -30,6 +30,9 @@ enum Command {
         /// The gateway's public URL (webhook subscriptions).
         #[arg(long, env = "CRMESSENGER_GATEWAY_URL")]
         gateway_url: Option<String>,
+        /// The key that encrypts messenger sessions (64 hex digits or base64 of 32 bytes).
+        #[arg(long, env = "CRMESSENGER_SESSION_KEY", hide_env_values = true)]
+        session_key: Option<String>,
         /// Use the scripted messenger at this URL (tests and demos).
         #[arg(long, env = "CRMESSENGER_SCRIPTED_MESSENGER")]
         scripted_messenger: Option<String>,
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
                 database_url,
                 admin_addr,
                 gateway_url,
+                session_key,
                 scripted_messenger,
                 namespace,
                 account,
@@ -147,7 +151,15 @@ fn main() -> ExitCode {
             } => {
                 let client = kube::Client::try_default().await?;
                 let env = KubeEnv { client, namespace, account, config_map, lease, pod };
-                app::run(app::RunSettings { database_url, admin_addr, gateway_url, scripted_messenger, env }).await
+                app::run(app::RunSettings {
+                    database_url,
+                    admin_addr,
+                    gateway_url,
+                    session_key,
+                    scripted_messenger,
+                    env,
+                })
+                .await
             }
             Command::Standalone {
                 dir,

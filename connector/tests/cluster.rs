@@ -280,4 +280,20 @@ spec: { accountNames: [shop], policyRef: { name: p }, crm: { type: amocrm, amocr
         assert!(err.contains(expected), "case {i}: expected {expected:?} in:\n{err}");
         assert!(!err.contains("panicked"), "case {i}: {err}");
     }
+    // A session key that is not 32 bytes: named, exit 1, before anything else.
+    let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"))
+        .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port().unwrap())])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("CRMESSENGER_DATABASE_URL", &db)
+        .env("CRMESSENGER_SESSION_KEY", "too-short")
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_NAME", "shop-connector-0")
+        .env("CRMESSENGER_ACCOUNT", "shop")
+        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
+        .env("CRMESSENGER_LEASE", "shop-connector")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("CRMESSENGER_SESSION_KEY") && !err.contains("too-short"), "{err}");
 }

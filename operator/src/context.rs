@@ -65,7 +65,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The connectors' runtime values, read from the operator's namespace.
+    runtime: tokio::sync::Mutex<Option<(std::time::Instant, crate::account::build::RuntimeValues)>>,
 }
+
+/// How long the connectors' runtime values are reused before the Secrets are read again.
+const RUNTIME_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Context {
     /// A context for `client`.
@@ -80,7 +85,50 @@ impl Context {
             stores,
             applied: Mutex::default(),
             credentials: Mutex::default(),
+            runtime: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// What every connector pod gets beyond its config: the database URL and session
+    /// key (from Secrets in the operator's namespace; a missing one is logged and
+    /// left out) and the gateway URL. Read at most every 30 s.
+    pub async fn runtime_values(&self) -> crate::account::build::RuntimeValues {
+        let mut cached = self.runtime.lock().await;
+        if let Some((at, v)) = cached.as_ref()
+            && at.elapsed() < RUNTIME_TTL
+        {
+            return v.clone();
+        }
+        let r = &self.settings.connector_runtime;
+        let read = |source: Option<(String, String)>| async move {
+            let (name, key) = source?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(self.client.clone(), &r.namespace);
+            match api.get_opt(&name).await {
+                Ok(Some(secret)) => {
+                    let value = crmessenger_api::common::secret_strings(&secret).remove(&key);
+                    if value.is_none() {
+                        tracing::warn!("Secret {}/{name} has no key {key}; connectors will not get it", r.namespace);
+                    }
+                    value
+                }
+                Ok(None) => {
+                    tracing::warn!("Secret {}/{name} does not exist; connectors will not get it", r.namespace);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("reading Secret {}/{name}: {e}", r.namespace);
+                    None
+                }
+            }
+        };
+        let values = crate::account::build::RuntimeValues {
+            database_url: read(r.database.clone()).await,
+            session_key: read(r.session_key.clone()).await,
+            gateway_url: r.gateway_url.clone(),
+        };
+        *cached = Some((std::time::Instant::now(), values.clone()));
+        values
     }
 
     /// Counts a failed reconcile of `key`.

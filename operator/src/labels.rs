@@ -17,6 +17,9 @@ pub const BINDING: &str = "crmessenger.io/binding";
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 /// Pod-template annotation: the hash of the config the pod runs.
 pub const CONFIG_HASH: &str = "crmessenger.io/config-hash";
+/// Pod-template annotation: a hash of the runtime Secret's values (a new database
+/// URL or session key rolls the pod; the values themselves never leave the Secret).
+pub const RUNTIME_HASH: &str = "crmessenger.io/runtime-hash";
 /// Finalizer that logs the session out and purges data before deletion.
 pub const FINALIZER: &str = "crmessenger.io/cleanup";
 

@@ -62,6 +62,21 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "CRMESSENGER_LOG_JSON")]
     log_json: bool,
+    /// Secret (in the operator's namespace) with the connectors' PostgreSQL URL.
+    #[arg(long)]
+    database_secret: Option<String>,
+    /// Key of the database Secret.
+    #[arg(long, default_value = "dsn")]
+    database_secret_key: String,
+    /// Secret (in the operator's namespace) with the key that encrypts messenger sessions.
+    #[arg(long)]
+    session_key_secret: Option<String>,
+    /// Key of the session key Secret.
+    #[arg(long, default_value = "key")]
+    session_key_secret_key: String,
+    /// The gateway's public URL (connectors subscribe webhooks to it).
+    #[arg(long)]
+    gateway_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +121,12 @@ async fn cli() -> anyhow::Result<()> {
                 connector_image: args.connector_image,
                 heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
                 cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
+                connector_runtime: crmessenger_operator::settings::ConnectorRuntime {
+                    namespace: args.lease_namespace.clone(),
+                    database: args.database_secret.map(|n| (n, args.database_secret_key)),
+                    session_key: args.session_key_secret.map(|n| (n, args.session_key_secret_key)),
+                    gateway_url: args.gateway_url.filter(|u| !u.is_empty()),
+                },
                 ..Settings::default()
             };
             let identity = args.identity.unwrap_or_else(|| format!("crmessenger-operator-{}", std::process::id()));

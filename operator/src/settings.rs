@@ -18,6 +18,23 @@ pub struct Settings {
     pub cleanup_timeout: Duration,
     /// amoCRM REST requests per second per integration, shared by all connectors.
     pub crm_requests_per_second: f64,
+    /// What connectors need beyond their config: the database, the session key, the gateway.
+    pub connector_runtime: ConnectorRuntime,
+}
+
+/// Where connectors find their database URL and session key — Secrets in the
+/// operator's namespace, copied into a Secret beside each account (pods cannot
+/// read Secrets of other namespaces) — and the gateway URL they subscribe webhooks to.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorRuntime {
+    /// The operator's namespace, where the source Secrets are.
+    pub namespace: String,
+    /// `(Secret, key)` holding the PostgreSQL URL.
+    pub database: Option<(String, String)>,
+    /// `(Secret, key)` holding the session key.
+    pub session_key: Option<(String, String)>,
+    /// The gateway's public URL.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -28,6 +45,7 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_secs(45),
             cleanup_timeout: Duration::from_secs(120),
             crm_requests_per_second: crmessenger_crm::budget::Limit::AMOCRM_REST.rate,
+            connector_runtime: ConnectorRuntime::default(),
         }
     }
 }

@@ -75,7 +75,18 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     // The operator, out of cluster, authenticated as the chart's ServiceAccount.
     let token = cp.kubectl_ok(&["create", "token", "crmessenger", "-n", RELEASE_NS, "--duration=2h"]).unwrap();
     let kubeconfig = cp.kubeconfig_for_token("chart-operator", token.trim()).unwrap();
-    let args = [
+    // The chart's arguments that say where connectors find their database and
+    // session key (the rest are the test's own, shorter timeouts).
+    let chart_args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.starts_with("--database-secret") || a.starts_with("--session-key-secret"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(chart_args.len(), 4, "{chart_args:?}");
+    let mut args = vec![
         "--leader-election=true",
         "--lease-namespace",
         RELEASE_NS,
@@ -84,6 +95,15 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         "--identity",
         "chart-operator",
     ];
+    args.extend(chart_args.iter().map(String::as_str));
+    // The generated session key: base64 of 32 random bytes, kept across upgrades.
+    let session_key = get(cp, RELEASE_NS, "secret/crmessenger-session-key").unwrap()["data"]["key"].clone();
+    {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD.decode(session_key.as_str().unwrap()).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+        assert_eq!(raw.len(), 32);
+    }
     // It also exports traces to an OTLP/HTTP receiver.
     let (otlp, mut spans) = otlp_receiver().await;
     start_operator_as(cp, "chart-operator", &args, Some(&kubeconfig), &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)])
@@ -94,6 +114,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     eventually("children and status, written with the chart's RBAC", 40, || async {
         let a = get(cp, &ns, "messengeraccount/via-chart").ok_or("no account")?;
         let ok = get(cp, &ns, "statefulset/via-chart-connector").is_some()
+            && get(cp, &ns, "secret/via-chart-connector-runtime").is_some()
             && get(cp, &ns, "role/via-chart-connector").is_some()
             && get(cp, &ns, "secret/via-chart-crm-token").is_some()
             && condition(&a, "ConnectorAvailable").is_some();
@@ -106,6 +127,14 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         if events.contains("InvalidObject") { Ok(()) } else { Err(events) }
     })
     .await;
+    // The pod gets the database URL and session key by reference to a Secret beside it.
+    let runtime = get(cp, &ns, "secret/via-chart-connector-runtime").unwrap();
+    let keys: Vec<&String> = runtime["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["database_url", "session_key"]);
+    let sts = get(cp, &ns, "statefulset/via-chart-connector").unwrap();
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("CRMESSENGER_DATABASE_URL") && env.contains("via-chart-connector-runtime"), "{env}");
+    assert!(!sts.to_string().contains("postgres://"), "the URL is referenced, never inlined");
     let b = get(cp, &ns, "crmbinding/via-chart").unwrap();
     assert!(condition(&b, "CredentialsValid").is_some_and(|c| c["status"] == "True"), "{}", b["status"]);
     let exported = tokio::time::timeout(std::time::Duration::from_secs(30), async {
@@ -139,6 +168,8 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert_eq!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").unwrap()["spec"]["replicas"], 1);
     let kept = get(cp, RELEASE_NS, "secret/crmessenger-postgres").unwrap()["data"]["password"].clone();
     assert_eq!(kept, password, "an upgrade keeps the bundled database's password");
+    let kept = get(cp, RELEASE_NS, "secret/crmessenger-session-key").unwrap()["data"]["key"].clone();
+    assert_eq!(kept, session_key, "an upgrade keeps the session key");
 
     helm(cp, &["uninstall", "crmessenger", "-n", RELEASE_NS, "--wait"]);
     assert!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").is_none(), "the Deployment survived uninstall");

@@ -39,3 +39,7 @@ app.kubernetes.io/component: operator
 {{- define "crmessenger.dsnSecretKey" -}}
 {{- if .Values.postgres.dsnSecret.name -}}{{ .Values.postgres.dsnSecret.key }}{{- else -}}dsn{{- end -}}
 {{- end -}}
+
+{{- define "crmessenger.sessionKeySecretName" -}}
+{{- default (printf "%s-session-key" (include "crmessenger.fullname" .)) .Values.sessionKey.secret.name -}}
+{{- end -}}

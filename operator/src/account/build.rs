@@ -1,13 +1,13 @@
 //! Builds the desired children of a MessengerAccount from its rendered config. Pure:
 //! no IO, so every field is tested from fixtures.
 
-use crate::labels::{self, CONFIG_HASH};
+use crate::labels::{self, CONFIG_HASH, RUNTIME_HASH};
 use crate::settings::Settings;
 use crmessenger_api::MessengerAccount;
 use crmessenger_api::config::{CONFIG_KEY, ConnectorConfig, config_map_name};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -42,6 +42,29 @@ pub struct Children {
     pub role_binding: RoleBinding,
     /// The rendered config.
     pub config_map: ConfigMap,
+    /// The database URL and session key for the pod's environment, when configured.
+    pub runtime_secret: Option<Secret>,
+}
+
+/// What a connector pod gets beyond its config (see [`crate::settings::ConnectorRuntime`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeValues {
+    /// PostgreSQL URL.
+    pub database_url: Option<String>,
+    /// Session key.
+    pub session_key: Option<String>,
+    /// The gateway's public URL.
+    pub gateway_url: Option<String>,
+}
+
+/// The key of the runtime Secret holding the database URL.
+pub const DATABASE_URL_KEY: &str = "database_url";
+/// The key of the runtime Secret holding the session key.
+pub const SESSION_KEY_KEY: &str = "session_key";
+
+/// The name of the Secret with an account's runtime values.
+pub fn runtime_secret_name(account: &str) -> String {
+    format!("{}-runtime", child_name(account))
 }
 
 /// The name shared by an account's children.
@@ -55,7 +78,12 @@ pub fn login_secret_name(account: &str) -> String {
 }
 
 /// Builds the children of `account` running `config`.
-pub fn build(account: &MessengerAccount, config: &ConnectorConfig, settings: &Settings) -> Result<Children, String> {
+pub fn build(
+    account: &MessengerAccount,
+    config: &ConnectorConfig,
+    settings: &Settings,
+    runtime: &RuntimeValues,
+) -> Result<Children, String> {
     let name = account.metadata.name.clone().ok_or("account without a name")?;
     let namespace = account.metadata.namespace.clone().ok_or("account without a namespace")?;
     let owner = owner_reference(account)?;
@@ -74,7 +102,19 @@ pub fn build(account: &MessengerAccount, config: &ConnectorConfig, settings: &Se
         data: Some([(CONFIG_KEY.to_string(), config_json)].into()),
         ..ConfigMap::default()
     };
-    let mut stateful_set: StatefulSet = from_json(stateful_set_spec(account, config, settings, &child, &name))?;
+    let mut stateful_set: StatefulSet =
+        from_json(stateful_set_spec(account, config, settings, runtime, &child, &name))?;
+    let runtime_data: std::collections::BTreeMap<String, String> =
+        [(DATABASE_URL_KEY, runtime.database_url.clone()), (SESSION_KEY_KEY, runtime.session_key.clone())]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect();
+    let runtime_secret = (!runtime_data.is_empty()).then(|| Secret {
+        metadata: meta(&runtime_secret_name(&name)),
+        type_: Some("Opaque".into()),
+        string_data: Some(runtime_data),
+        ..Secret::default()
+    });
     stateful_set.metadata = meta(&child);
     let mut service: Service = from_json(json!({
         "spec": {
@@ -102,7 +142,17 @@ pub fn build(account: &MessengerAccount, config: &ConnectorConfig, settings: &Se
         "subjects": [{ "kind": "ServiceAccount", "name": child, "namespace": namespace }],
     }))?;
     role_binding.metadata = meta(&child);
-    Ok(Children { stateful_set, service, network_policy, lease, service_account, role, role_binding, config_map })
+    Ok(Children {
+        stateful_set,
+        service,
+        network_policy,
+        lease,
+        service_account,
+        role,
+        role_binding,
+        config_map,
+        runtime_secret,
+    })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
@@ -139,6 +189,7 @@ fn stateful_set_spec(
     account: &MessengerAccount,
     config: &ConnectorConfig,
     settings: &Settings,
+    runtime: &RuntimeValues,
     child: &str,
     name: &str,
 ) -> Value {
@@ -151,13 +202,32 @@ fn stateful_set_spec(
         "capabilities": { "drop": ["ALL"] },
         "seccompProfile": { "type": "RuntimeDefault" },
     });
-    let env = json!([
-        { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-        { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-        { "name": "CRMESSENGER_ACCOUNT", "value": name },
-        { "name": "CRMESSENGER_CONFIG_MAP", "value": child },
-        { "name": "CRMESSENGER_LEASE", "value": child },
-    ]);
+    let mut env = vec![
+        json!({ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }),
+        json!({ "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }),
+        json!({ "name": "CRMESSENGER_ACCOUNT", "value": name }),
+        json!({ "name": "CRMESSENGER_CONFIG_MAP", "value": child }),
+        json!({ "name": "CRMESSENGER_LEASE", "value": child }),
+    ];
+    // Secret values reach the pod by reference only; their hash in the template
+    // rolls the pod when one changes.
+    let secret_name = runtime_secret_name(name);
+    for (var, key, present) in [
+        ("CRMESSENGER_DATABASE_URL", DATABASE_URL_KEY, runtime.database_url.is_some()),
+        ("CRMESSENGER_SESSION_KEY", SESSION_KEY_KEY, runtime.session_key.is_some()),
+    ] {
+        if present {
+            env.push(json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret_name, "key": key } } }));
+        }
+    }
+    if let Some(url) = &runtime.gateway_url {
+        env.push(json!({ "name": "CRMESSENGER_GATEWAY_URL", "value": url }));
+    }
+    let runtime_hash = {
+        use sha2::Digest;
+        let text = format!("{:?}", (&runtime.database_url, &runtime.session_key));
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    };
     let resources = overrides
         .resources
         .map(|r| serde_json::to_value(r).unwrap_or_default())
@@ -221,7 +291,10 @@ fn stateful_set_spec(
             "updateStrategy": { "type": "RollingUpdate" },
             "selector": { "matchLabels": labels::pod_selector(name) },
             "template": {
-                "metadata": { "labels": pod_labels, "annotations": { CONFIG_HASH: config.hash() } },
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": { CONFIG_HASH: config.hash(), RUNTIME_HASH: runtime_hash },
+                },
                 "spec": pod_spec,
             },
         }
@@ -248,7 +321,37 @@ mod tests {
         let (mut a, b, p) = fixture(file);
         tweak(&mut a);
         let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
-        build(&a, &config, &Settings::default()).unwrap()
+        build(&a, &config, &Settings::default(), &RuntimeValues::default()).unwrap()
+    }
+
+    #[test]
+    fn runtime_values_reach_the_pod_only_through_its_secret() {
+        let (a, b, p) = fixture("telegram-qr.yaml");
+        let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
+        let runtime = RuntimeValues {
+            database_url: Some("postgres://u:canary-pw@db/x".into()),
+            session_key: Some("11".repeat(32)),
+            gateway_url: Some("https://hooks.example.com".into()),
+        };
+        let c = build(&a, &config, &Settings::default(), &runtime).unwrap();
+        let secret = c.runtime_secret.as_ref().expect("a runtime Secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some("support-telegram-connector-runtime"));
+        let data = secret.string_data.as_ref().unwrap();
+        assert_eq!(data[DATABASE_URL_KEY], "postgres://u:canary-pw@db/x");
+        let sts = serde_json::to_value(&c.stateful_set).unwrap();
+        assert!(!sts.to_string().contains("canary-pw"), "the URL is referenced, never inlined");
+        let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+        let db = env.as_array().unwrap().iter().find(|e| e["name"] == "CRMESSENGER_DATABASE_URL").unwrap();
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "support-telegram-connector-runtime");
+        assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "CRMESSENGER_GATEWAY_URL"));
+        // A new database URL rolls the pod; no values, no Secret.
+        let hash = |c: &Children| {
+            serde_json::to_value(&c.stateful_set).unwrap()["spec"]["template"]["metadata"]["annotations"][RUNTIME_HASH]
+                .clone()
+        };
+        let moved = RuntimeValues { database_url: Some("postgres://u:pw@db2/x".into()), ..runtime.clone() };
+        assert_ne!(hash(&c), hash(&build(&a, &config, &Settings::default(), &moved).unwrap()));
+        assert!(build(&a, &config, &Settings::default(), &RuntimeValues::default()).unwrap().runtime_secret.is_none());
     }
 
     #[test]

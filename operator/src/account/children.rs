@@ -29,6 +29,9 @@ pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
     apply_one(ctx, namespace, &c.role).await?;
     apply_one(ctx, namespace, &c.role_binding).await?;
     apply_one(ctx, namespace, &c.config_map).await?;
+    if let Some(secret) = &c.runtime_secret {
+        apply_one(ctx, namespace, secret).await?;
+    }
     apply_one(ctx, namespace, &c.lease).await?;
     apply_one(ctx, namespace, &c.service).await?;
     apply_one(ctx, namespace, &c.network_policy).await?;
@@ -74,6 +77,7 @@ pub async fn apply_if_changed(
         &c.role,
         &c.role_binding,
         &c.config_map,
+        &c.runtime_secret,
     );
     serde_json::to_string(&all)?.hash(&mut hasher);
     let digest = hasher.finish();

@@ -71,7 +71,8 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
             Ok(config) => {
                 let hash = config.hash();
-                let children = build::build(&account, &config, &ctx.settings).map_err(Error::Malformed)?;
+                let runtime = ctx.runtime_values().await;
+                let children = build::build(&account, &config, &ctx.settings, &runtime).map_err(Error::Malformed)?;
                 let created = account.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
                 let new_account = Timestamp::now().duration_since(created).as_secs_f64() < 60.0;
                 children::apply_if_changed(&ctx, &namespace, &account.name_any(), &children, &hash, new_account)
