@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (in a cluster, or out of it with a kubeconfig).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
         /// Directory to write into (default: the repository's `crds/` under `cargo
