@@ -114,6 +114,7 @@ async fn cli() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            let args = *args;
             let _telemetry = crmessenger_operator::telemetry::init("crmessenger-operator", args.log_json)?;
             let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
             let client = crmessenger_operator::run::counted_client(metrics.clone()).await?;
