@@ -119,14 +119,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,kube=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    let _telemetry =
+        match crmessenger_telemetry::init("crmessenger-connector", cli.log_json, "info,sqlx=warn,kube=warn,hyper=warn")
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot set up logging: {e:#}");
+                return ExitCode::from(1);
+            }
+        };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,

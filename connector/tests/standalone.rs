@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Ports, start_standalone, write_manifests};
+use common::{Ports, start_standalone, start_standalone_with, write_manifests};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::checks::{eventually, http_get};
@@ -154,4 +154,35 @@ fn bad_input_is_a_clear_error_and_exit_1_never_a_panic() {
         assert!(log.contains(expected), "{what}: the error should say {expected:?}\n{log}");
         assert!(!log.contains("panicked"), "{what}: panicked\n{log}");
     }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message is one span from the
+/// messenger event to the CRM write, named by its correlation id, exported over OTLP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_a_span_exported_over_otlp() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+    write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+    let (otlp, mut bodies) = crmessenger_testkit::otlp::receiver().await;
+    let ports = Ports::free();
+    let scripted = messenger.base_url();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let p = start_standalone_with(dir.path(), &ports, &["--scripted-messenger", &scripted], &env);
+    messenger.push(vec![text("8123", "m-77", "Vera", "trace me")]);
+    note_with(&fake, "trace me", &p).await;
+    // The correlation id is `<account hash>:<chat>:<event key>`; the chat and key are ours.
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(body) = bodies.recv().await {
+            let has = |s: &str| body.windows(s.len()).any(|w| w == s.as_bytes());
+            if has("message") && has("crmessenger.correlation_id") && has(":8123:") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no message span reached the OTLP receiver\n{}", p.log_tail(20));
 }

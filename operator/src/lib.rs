@@ -15,4 +15,4 @@ pub mod policy;
 pub mod run;
 pub use crmessenger_api::selection;
 pub mod settings;
-pub mod telemetry;
+pub use crmessenger_telemetry as telemetry;

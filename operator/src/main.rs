@@ -115,7 +115,8 @@ async fn cli() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let args = *args;
-            let _telemetry = crmessenger_operator::telemetry::init("crmessenger-operator", args.log_json)?;
+            let _telemetry =
+                crmessenger_operator::telemetry::init("crmessenger-operator", args.log_json, "info,kube=warn")?;
             let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
             let client = crmessenger_operator::run::counted_client(metrics.clone()).await?;
             let settings = Settings {

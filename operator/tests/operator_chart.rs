@@ -105,7 +105,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         assert_eq!(raw.len(), 32);
     }
     // It also exports traces to an OTLP/HTTP receiver.
-    let (otlp, mut spans) = otlp_receiver().await;
+    let (otlp, mut spans) = crmessenger_testkit::otlp::receiver().await;
     start_operator_as(cp, "chart-operator", &args, Some(&kubeconfig), &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)])
         .expect("start the operator as the chart's ServiceAccount");
 
@@ -175,24 +175,4 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert!(get(cp, RELEASE_NS, "deployment/crmessenger-operator").is_none(), "the Deployment survived uninstall");
     assert!(cp.kubectl_ok(&["get", "crd", "messengeraccounts.crmessenger.io"]).is_ok(), "uninstall deleted the CRDs");
     assert!(get(cp, &ns, "messengeraccount/via-chart").is_some(), "uninstall deleted an account");
-}
-
-/// An OTLP/HTTP trace receiver on loopback: its base URL, and the bodies it receives.
-async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
-    use axum::{Router, body::Bytes, routing::post};
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(body.to_vec());
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
 }

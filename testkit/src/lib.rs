@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod checks;
 pub mod controlplane;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 

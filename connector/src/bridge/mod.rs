@@ -595,9 +595,11 @@ impl Bridge {
     /// After a chat's rows are recorded: its metrics, and that the customer waits.
     async fn finish_chat(&self, mut p: Prepared, written: i64) -> Result<(), CrmError> {
         let label = Metrics::label(self.account());
-        for at in &p.sent_at {
+        for (row, at) in p.rows.iter().zip(&p.sent_at) {
             self.metrics.messages_in.get_or_create(&label).inc();
             self.metrics.lag_seconds.get_or_create(&label).observe((written - at).max(0) as f64 / 1000.0);
+            let crm_ref = p.done.iter().find(|(seq, _)| *seq == row.seq).map(|(_, r)| r.as_str()).unwrap_or_default();
+            self.trace_message(&p.chat, row, *at, crm_ref, written);
         }
         // The customer now waits for an answer (from their first unanswered message).
         if p.conv.unanswered_since_ms.is_none()
@@ -610,6 +612,32 @@ impl Bridge {
                 .map_err(db)?;
         }
         Ok(())
+    }
+
+    /// One trace per message: a span from the messenger event to the CRM write,
+    /// named by the message's correlation id (also in the CRM note's marker and in
+    /// the logs). A no-op unless OTLP export is configured.
+    fn trace_message(&self, chat: &str, row: &InboxRow, event_ms: i64, crm_ref: &str, written_ms: i64) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Span, Tracer};
+        let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+        let correlation = format!("{}:{chat}:{}", short(self.account()), row.event_key);
+        tracing::debug!(account = self.account(), correlation, crm_ref, "delivered");
+        let tracer = crmessenger_telemetry::tracer();
+        let mut span = tracer
+            .span_builder("message")
+            .with_start_time(at(event_ms.min(row.received_ms)))
+            .with_attributes([
+                KeyValue::new("crmessenger.account", self.account().to_string()),
+                KeyValue::new("crmessenger.chat", chat.to_string()),
+                KeyValue::new("crmessenger.correlation_id", correlation),
+                KeyValue::new("crmessenger.crm_ref", crm_ref.to_string()),
+                KeyValue::new("crmessenger.received_ms", row.received_ms),
+                KeyValue::new("crmessenger.attempts", row.attempts + 1),
+            ])
+            .start(&tracer);
+        span.add_event_with_timestamp("stored in the inbox", at(row.received_ms), Vec::new());
+        span.end_with_timestamp(at(written_ms));
     }
 
     fn person(&self, m: &Message) -> Person {

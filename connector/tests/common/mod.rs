@@ -77,7 +77,13 @@ impl Ports {
 /// Starts `standalone` on `DIR/manifests` with namespace `home`, data in
 /// `DIR/data`, and `extra` arguments; returns once its pages answer.
 pub fn start_standalone(dir: &Path, ports: &Ports, extra: &[&str]) -> Proc {
+    start_standalone_with(dir, ports, extra, &[])
+}
+
+/// [`start_standalone`] with environment variables.
+pub fn start_standalone_with(dir: &Path, ports: &Ports, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    cmd.envs(env.iter().copied());
     cmd.args(["standalone", "-f"])
         .arg(dir.join("manifests"))
         .args(["-n", "home", "--data-dir"])

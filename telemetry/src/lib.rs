@@ -1,5 +1,7 @@
 //! Logs (text or JSON lines) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
-//! OpenTelemetry traces exported over OTLP/HTTP — one span per reconcile.
+//! OpenTelemetry traces exported over OTLP/HTTP: the `tracing` spans of the process
+//! (the operator's reconciles), and spans made directly with the OpenTelemetry API
+//! through [`tracer`] (the connector's one span per message).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -21,11 +23,18 @@ impl Drop for Telemetry {
     }
 }
 
-/// Sets up logging and tracing for `service`.
-pub fn init(service: &'static str, json: bool) -> anyhow::Result<Telemetry> {
+/// The tracer spans made with the OpenTelemetry API go to (a no-op one when no
+/// endpoint is configured).
+pub fn tracer() -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer("crmessenger")
+}
+
+/// Sets up logging and tracing for `service`; `default_filter` applies when
+/// `RUST_LOG` is unset.
+pub fn init(service: &'static str, json: bool, default_filter: &str) -> anyhow::Result<Telemetry> {
     // reqwest is built without a default TLS provider: use ring, as everywhere else.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().boxed()
     } else {
@@ -42,6 +51,7 @@ pub fn init(service: &'static str, json: bool) -> anyhow::Result<Telemetry> {
         .build()?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
