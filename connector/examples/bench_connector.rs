@@ -83,6 +83,7 @@ async fn rig(db_url: &str) -> Rig {
         Arc::new(StaticToken(fake.issue_token_pair().access_token)),
         None,
         Some(&messenger.base_url()),
+        None,
         Arc::new(SystemClock),
         Arc::new(Metrics::default()),
     )

@@ -39,6 +39,36 @@ pub struct AccountParts {
     pub state: Arc<StateCell>,
     /// The REST budget (its rate follows the config without a restart).
     pub budget: Budget,
+    /// The Chats API channel, when the binding sends messages to the CRM's chat.
+    pub chats: Option<ChatsSettings>,
+}
+
+/// The installation's amoCRM Chats API channel (one per installation).
+#[derive(Clone)]
+pub struct ChatsSettings {
+    /// The amojo host, e.g. `https://amojo.amocrm.ru`.
+    pub base_url: String,
+    /// Channel id.
+    pub channel_id: String,
+    /// Channel secret (signs requests and hooks).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ChatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatsSettings").field("base_url", &self.base_url).field("channel_id", &self.channel_id).finish()
+    }
+}
+
+impl ChatsSettings {
+    /// From the three values, when the channel id and secret are both set.
+    pub fn from_parts(base_url: Option<String>, channel_id: Option<String>, secret: Option<String>) -> Option<Self> {
+        Some(Self {
+            base_url: base_url.filter(|s| !s.is_empty()).unwrap_or_else(|| "https://amojo.amocrm.ru".into()),
+            channel_id: channel_id.filter(|s| !s.is_empty())?,
+            secret: secret.filter(|s| !s.is_empty())?,
+        })
+    }
 }
 
 /// The budget rate a config asks for (amoCRM's documented limit when unset).
@@ -56,6 +86,7 @@ pub fn build_account(
     tokens: Arc<dyn TokenSource>,
     ca_pem: Option<String>,
     messenger_url: Option<&str>,
+    chats: Option<&ChatsSettings>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<AccountParts> {
@@ -98,6 +129,13 @@ pub fn build_account(
             ReplySource::Poll(parse_duration(&amo.replies.poll_interval).unwrap_or(Duration::from_secs(10)))
         }
     };
+    let chats = match (amo.chats_channel, chats) {
+        (true, Some(c)) => Some(c.clone()),
+        (true, None) => bail!(
+            "the binding asks for the Chats API (chatsChannel: true), but this installation has no Chats API channel (channel id and secret)"
+        ),
+        (false, _) => None,
+    };
     let state = Arc::new(StateCell::new(&key));
     let settings = BridgeSettings {
         account: key.clone(),
@@ -112,6 +150,7 @@ pub fn build_account(
         status_id: amo.status_id,
         responsible_user_ids: amo.responsible_user_ids.clone(),
         replies,
+        chats: chats.is_some(),
     };
     let bridge = Arc::new(Bridge::new(
         settings,
@@ -122,13 +161,20 @@ pub fn build_account(
         metrics,
         state.clone(),
     ));
-    Ok(AccountParts { key, crm, messenger, bridge, state, budget })
+    Ok(AccountParts { key, crm, messenger, bridge, state, budget, chats })
 }
 
 /// Registers what the gateway needs to route this account's webhooks, and
 /// subscribes the binding's webhook when replies come that way.
 pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: Option<&str>) -> anyhow::Result<()> {
     let s = parts.bridge.settings();
+    if let Some(c) = &parts.chats {
+        parts
+            .crm
+            .attach_chats(&c.base_url, &c.channel_id, &c.secret, "CRMessenger")
+            .await
+            .context("connect the Chats API channel to the amoCRM account")?;
+    }
     store.put_route(ROUTE_BINDING_CRM, &s.binding, &s.crm_key).await?;
     if s.replies == ReplySource::Webhook {
         let Some(gateway) = gateway_url else {
@@ -163,6 +209,8 @@ pub struct RunSettings {
     pub gateway_url: Option<String>,
     /// The session key (messenger sessions at rest).
     pub session_key: Option<String>,
+    /// The installation's Chats API channel.
+    pub chats: Option<ChatsSettings>,
     /// The scripted messenger's URL (tests and demos).
     pub scripted_messenger: Option<String>,
     /// Where the connector is in the cluster.
@@ -200,6 +248,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         tokens.clone(),
         ca_pem,
         settings.scripted_messenger.as_deref(),
+        settings.chats.as_ref(),
         clock.clone(),
         metrics.clone(),
     )?;
@@ -393,13 +442,19 @@ async fn watch_deletion(
     }
 }
 
-/// `gateway`: serves webhooks until SIGTERM.
-pub async fn gateway(database_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
+/// `gateway`: serves webhooks until SIGTERM; `chats_secret` verifies Chats API hooks.
+pub async fn gateway(
+    database_url: &str,
+    listen: std::net::SocketAddr,
+    chats_secret: Option<String>,
+) -> anyhow::Result<i32> {
     let store =
         Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, Gateway::new(store).router()).with_graceful_shutdown(terminated()).await?;
+    axum::serve(listener, Gateway::new(store).with_chats_secret(chats_secret).router())
+        .with_graceful_shutdown(terminated())
+        .await?;
     Ok(0)
 }
 

@@ -10,6 +10,12 @@
 //!   token in each binding's URL authenticates them). Routed by the binding's CRM
 //!   and the lead id; the note is re-read over REST by the connector before it is
 //!   acted on, so a forged body can at most cause a read.
+//! - `POST /amocrm/chats/{scope_id}`: amoCRM Chats API hooks (a manager wrote in a
+//!   chat), signed with HMAC-SHA1 of the raw body under the installation's channel
+//!   secret (`X-Signature`; a bad or missing signature is 401). Routed by the
+//!   conversation id the connector registered when it first posted in that chat.
+//!   amoCRM sends each hook once; connectors also read chat history for any they
+//!   missed.
 //! - `GET /healthz`, `/readyz`.
 //!
 //! Bad input never has a side effect: an unknown token is 404, a malformed body 400,
@@ -37,18 +43,26 @@ pub const MAX_BODY: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct Gateway {
     store: Store,
+    chats_secret: Option<std::sync::Arc<str>>,
 }
 
 impl Gateway {
     /// A gateway writing into `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, chats_secret: None }
+    }
+
+    /// Accepts Chats API hooks signed with `secret` (none: the route answers 404).
+    pub fn with_chats_secret(mut self, secret: Option<String>) -> Self {
+        self.chats_secret = secret.filter(|s| !s.is_empty()).map(Into::into);
+        self
     }
 
     /// The router.
     pub fn router(self) -> Router {
         Router::new()
             .route("/amocrm/webhook/{token}", post(amocrm_rest))
+            .route("/amocrm/chats/{scope_id}", post(amocrm_chats))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -99,5 +113,60 @@ async fn amocrm_rest(State(g): State<Gateway>, Path(token): Path<String>, body: 
             (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n").into_response()
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time; try again\n").into_response(),
+    }
+}
+
+/// The parts of a Chats hook the connector needs.
+fn parse_chat_hook(body: &[u8]) -> Result<(String, String, String), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let m = v.get("message").ok_or("no message")?;
+    let conversation = m
+        .get("conversation")
+        .and_then(|c| c.get("client_id"))
+        .and_then(|x| x.as_str())
+        .ok_or("no message.conversation.client_id")?;
+    let inner = m.get("message").ok_or("no message.message")?;
+    let id = inner.get("id").and_then(|x| x.as_str()).ok_or("no message.message.id")?;
+    let text = inner.get("text").and_then(|x| x.as_str()).unwrap_or_default();
+    Ok((conversation.to_string(), id.to_string(), text.to_string()))
+}
+
+async fn amocrm_chats(
+    State(g): State<Gateway>,
+    Path(scope_id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = g.chats_secret.clone() else {
+        return (StatusCode::NOT_FOUND, "the Chats API is not configured on this gateway\n").into_response();
+    };
+    let signature = headers.get("x-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !crmessenger_crm::amocrm::verify_hook_signature(&secret, &body, signature) {
+        return (StatusCode::UNAUTHORIZED, "bad or missing X-Signature\n").into_response();
+    }
+    let (conversation, message_id, text) = match parse_chat_hook(&body) {
+        Ok(parts) => parts,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed Chats hook: {e}\n")).into_response(),
+    };
+    let work = async {
+        let Some(account) = g.store.route(crate::bridge::chats::ROUTE_CHATS_CONVERSATION, &conversation).await? else {
+            // A chat no connector posted in (not ours): accepted, nothing to do.
+            tracing::debug!(scope_id, "Chats hook for an unknown conversation ignored");
+            return Ok((StatusCode::OK, "ok\n").into_response());
+        };
+        let payload =
+            serde_json::json!({ "conversation_id": conversation, "message_id": message_id, "text": text }).to_string();
+        g.store
+            .put_event(&account, crate::bridge::chats::EVENT_CHAT, &message_id, &payload, SystemClock.now_ms())
+            .await?;
+        Ok::<_, crate::store::StoreError>((StatusCode::OK, "ok\n").into_response())
+    };
+    match tokio::time::timeout(DEADLINE, work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!("Chats hook not stored: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time\n").into_response(),
     }
 }

@@ -33,6 +33,15 @@ enum Command {
         /// The key that encrypts messenger sessions (64 hex digits or base64 of 32 bytes).
         #[arg(long, env = "CRMESSENGER_SESSION_KEY", hide_env_values = true)]
         session_key: Option<String>,
+        /// Chats API channel id of this installation.
+        #[arg(long, env = "CRMESSENGER_CHATS_CHANNEL_ID")]
+        chats_channel_id: Option<String>,
+        /// Chats API channel secret.
+        #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
+        chats_secret: Option<String>,
+        /// Chats API host (amojo).
+        #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
+        chats_base_url: Option<String>,
         /// Use the scripted messenger at this URL (tests and demos).
         #[arg(long, env = "CRMESSENGER_SCRIPTED_MESSENGER")]
         scripted_messenger: Option<String>,
@@ -69,6 +78,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "CRMESSENGER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// Chats API channel secret (verifies the signature of Chats hooks).
+        #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
+        chats_secret: Option<String>,
     },
     /// Run every account declared in a directory of manifests, on one host.
     Standalone {
@@ -105,6 +117,15 @@ enum Command {
         /// CRM requests per second, shared by the accounts of one CRM (amoCRM allows 7).
         #[arg(long, default_value_t = 7.0)]
         crm_requests_per_second: f64,
+        /// Chats API channel id of this installation.
+        #[arg(long, env = "CRMESSENGER_CHATS_CHANNEL_ID")]
+        chats_channel_id: Option<String>,
+        /// Chats API channel secret.
+        #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
+        chats_secret: Option<String>,
+        /// Chats API host (amojo).
+        #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
+        chats_base_url: Option<String>,
     },
     /// List an account's dead letters and put them back in their queues.
     Replay {
@@ -143,6 +164,9 @@ fn main() -> ExitCode {
                 admin_addr,
                 gateway_url,
                 session_key,
+                chats_channel_id,
+                chats_secret,
+                chats_base_url,
                 scripted_messenger,
                 namespace,
                 account,
@@ -152,11 +176,13 @@ fn main() -> ExitCode {
             } => {
                 let client = kube::Client::try_default().await?;
                 let env = KubeEnv { client, namespace, account, config_map, lease, pod };
+                let chats = app::ChatsSettings::from_parts(chats_base_url, chats_channel_id, chats_secret);
                 app::run(app::RunSettings {
                     database_url,
                     admin_addr,
                     gateway_url,
                     session_key,
+                    chats,
                     scripted_messenger,
                     env,
                 })
@@ -174,6 +200,9 @@ fn main() -> ExitCode {
                 gateway_url,
                 scripted_messenger,
                 crm_requests_per_second,
+                chats_channel_id,
+                chats_secret,
+                chats_base_url,
             } => {
                 crmessenger_connector::standalone::standalone(crmessenger_connector::standalone::StandaloneSettings {
                     dir,
@@ -187,11 +216,14 @@ fn main() -> ExitCode {
                     gateway_url,
                     scripted_messengers: scripted_messenger,
                     crm_requests_per_second,
+                    chats: app::ChatsSettings::from_parts(chats_base_url, chats_channel_id, chats_secret),
                 })
                 .await
             }
             Command::Sidecar { listen, admin_url } => app::sidecar(&admin_url, listen).await,
-            Command::Gateway { database_url, listen } => app::gateway(&database_url, listen).await,
+            Command::Gateway { database_url, listen, chats_secret } => {
+                app::gateway(&database_url, listen, chats_secret).await
+            }
             Command::Replay { database_url, account } => app::replay(&database_url, &account).await,
         }
     });

@@ -56,6 +56,8 @@ pub struct StandaloneSettings {
     pub scripted_messengers: Vec<String>,
     /// CRM requests per second, shared by every account of one CRM.
     pub crm_requests_per_second: f64,
+    /// The installation's Chats API channel, for bindings with `chatsChannel: true`.
+    pub chats: Option<crate::app::ChatsSettings>,
 }
 
 /// Reads every manifest file of `dir` (sorted by name); errors name the file.
@@ -337,7 +339,11 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
     tokio::spawn(async move { axum::serve(login_listener, sidecar.router()).await });
     // The same store: on SQLite its in-process wake-ups are how a stored webhook
     // reaches its account at once.
-    tokio::spawn(axum::serve(gateway_listener, Gateway::new(store.clone()).router()).into_future());
+    let chats_secret = s.chats.as_ref().map(|c| c.secret.clone());
+    tokio::spawn(
+        axum::serve(gateway_listener, Gateway::new(store.clone()).with_chats_secret(chats_secret).router())
+            .into_future(),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tokens: BTreeMap<String, Arc<StoredToken>> = BTreeMap::new();
@@ -382,6 +388,7 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
             token,
             ca_pem,
             scripted_url(&s.scripted_messengers, &account),
+            s.chats.as_ref(),
             clock.clone(),
             metrics.clone(),
         ) {

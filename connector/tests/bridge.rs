@@ -77,6 +77,7 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
         Arc::new(StaticToken(token)),
         None,
         Some(&messenger.base_url()),
+        None,
         clock,
         Arc::new(Metrics::default()),
     )

@@ -20,6 +20,7 @@
 //! - **Escalation**: one CRM task per conversation unanswered for longer than the
 //!   policy allows; completed when a reply goes out.
 
+pub mod chats;
 pub mod retry;
 
 use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
@@ -67,6 +68,8 @@ pub struct BridgeSettings {
     pub responsible_user_ids: Vec<i64>,
     /// How replies are noticed.
     pub replies: ReplySource,
+    /// Messages go to the CRM's chat (Chats API) instead of lead notes.
+    pub chats: bool,
 }
 
 /// The parts of a bridge.
@@ -149,11 +152,14 @@ impl Bridge {
     /// Runs every loop until `stop` turns true or the lock is lost.
     pub async fn run(self: Arc<Self>, lock: &AccountLock, mut stop: watch::Receiver<bool>) {
         let wake = self.store.wakeups().of(self.account());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(self.clone().ingest_loop(stop.clone())),
             tokio::spawn(self.clone().work_loop(wake, stop.clone())),
             tokio::spawn(self.clone().escalation_loop(stop.clone())),
         ];
+        if self.s.chats {
+            tasks.push(tokio::spawn(self.clone().history_loop(stop.clone())));
+        }
         let poller = match self.s.replies {
             ReplySource::Poll(every) => {
                 let me = self.clone();
@@ -351,6 +357,16 @@ impl Bridge {
             let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
             let rows: Vec<InboxRow> = if single { rows.into_iter().take(1).collect() } else { rows };
             let conv = known.remove(&chat).unwrap_or_default();
+            if self.s.chats {
+                match self.post_chat(&chat, &rows, conv).await {
+                    Ok(()) => self.chat_delivered(&chat, single),
+                    Err(e) => {
+                        self.breaker_failure(&e);
+                        self.delivery_failed(&chat, &rows, &e).await
+                    }
+                }
+                continue;
+            }
             match self.prepare_chat(&chat, &rows, single, conv).await {
                 Ok(Some(p)) if single => self.write_notes(vec![p]).await,
                 Ok(Some(p)) => ready.push(p),
@@ -683,6 +699,7 @@ impl Bridge {
         for row in rows {
             let outcome = match row.kind.as_str() {
                 "amocrm-note" => self.handle_note_event(&row.payload).await,
+                chats::EVENT_CHAT => self.handle_chat_event(&row.payload).await,
                 other => Err(CrmError::Protocol(format!("unknown event kind {other}"))),
             };
             match outcome {
@@ -794,10 +811,16 @@ impl Bridge {
                         .map_err(|e| e.to_string())?;
                     self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
                     self.answered(&row.chat_id).await;
+                    if let Some(id) = &row.crm_message_id {
+                        self.report_delivery(id, None).await;
+                    }
                 }
                 Err(MessengerError::Rejected(reason)) => {
                     tracing::warn!(account = self.account(), chat = row.chat_id, "reply dead-lettered: {reason}");
                     self.store.outbox_dead(row.seq, &reason).await.map_err(|e| e.to_string())?;
+                    if let Some(id) = &row.crm_message_id {
+                        self.report_delivery(id, Some(&reason)).await;
+                    }
                 }
                 Err(e) => {
                     let wait = match &e {

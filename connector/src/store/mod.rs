@@ -465,6 +465,19 @@ impl Store {
         row.map(|r| conversation_of(&r)).transpose()
     }
 
+    /// The account's chats that have a CRM chat (Chats API), most recently active first.
+    pub async fn chat_conversations(&self, account: &str, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT chat_id FROM conversations WHERE account = $1 AND crm_chat_id IS NOT NULL
+             ORDER BY updated_ms DESC LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("chat_id")?)).collect()
+    }
+
     /// What each of `chats` maps to (chats never seen are absent), in one query.
     pub async fn conversations(&self, account: &str, chats: &[String]) -> Result<HashMap<String, Conversation>> {
         let mut out = HashMap::new();

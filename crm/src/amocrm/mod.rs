@@ -76,7 +76,7 @@ pub struct AmoCrm {
     rest: Transport,
     config: AmoConfig,
     clock: Arc<dyn Clock>,
-    chats: Option<chats::ChatsClient>,
+    chats: std::sync::OnceLock<chats::ChatsClient>,
     /// Chats already linked to a contact (chat id → contact id), to skip the lookup.
     linked_chats: Mutex<HashMap<String, (String, i64)>>,
 }
@@ -84,16 +84,60 @@ pub struct AmoCrm {
 impl AmoCrm {
     /// An adapter over `rest` (which carries the budget and the token source).
     pub fn new(config: AmoConfig, rest: Transport, clock: Arc<dyn Clock>) -> Result<Self, CrmError> {
-        let chats = match &config.chats {
-            Some(channel) => Some(chats::ChatsClient::new(
+        let chats = std::sync::OnceLock::new();
+        if let Some(channel) = &config.chats {
+            let client = chats::ChatsClient::new(
                 channel.clone(),
                 clock.clone(),
                 config.ca_pem.as_deref(),
                 config.request_timeout,
-            )?),
-            None => None,
-        };
+            )?;
+            let _ = chats.set(client);
+        }
         Ok(Self { rest, config, clock, chats, linked_chats: Mutex::new(HashMap::new()) })
+    }
+
+    /// Connects the installation's Chats API channel to this account (its
+    /// `amojo_id`, read over REST) and uses it from now on. Idempotent.
+    pub async fn attach_chats(
+        &self,
+        amojo_base_url: &str,
+        channel_id: &str,
+        secret: &str,
+        title: &str,
+    ) -> Result<(), CrmError> {
+        if self.chats.get().is_some() {
+            return Ok(());
+        }
+        let amojo_id =
+            self.account().await?.amojo_id.ok_or_else(|| {
+                CrmError::Protocol("the account has no amojo_id: the Chats API is not available".into())
+            })?;
+        let scope_id = chats::connect(
+            amojo_base_url,
+            channel_id,
+            secret,
+            &amojo_id,
+            title,
+            self.config.ca_pem.as_deref(),
+            self.clock.clone(),
+        )
+        .await?;
+        let channel = ChatsChannel {
+            base_url: amojo_base_url.to_string(),
+            channel_id: channel_id.to_string(),
+            secret: secret.to_string(),
+            scope_id,
+            limit: crate::budget::Limit { rate: 10.0, burst: 1 },
+        };
+        let client = chats::ChatsClient::new(
+            channel,
+            self.clock.clone(),
+            self.config.ca_pem.as_deref(),
+            self.config.request_timeout,
+        )?;
+        let _ = self.chats.set(client);
+        Ok(())
     }
 
     /// The REST transport (for calls outside the [`Crm`] trait, e.g. account info).
@@ -129,9 +173,7 @@ impl AmoCrm {
     }
 
     fn chats(&self) -> Result<&chats::ChatsClient, CrmError> {
-        self.chats
-            .as_ref()
-            .ok_or_else(|| CrmError::Config("no Chats API channel is configured for this binding".into()))
+        self.chats.get().ok_or_else(|| CrmError::Config("no Chats API channel is configured for this binding".into()))
     }
 }
 

@@ -1,0 +1,183 @@
+//! The Chats API path: when the binding has `chatsChannel: true` and the
+//! installation has a channel, customers' messages go into amoCRM's chat (one call
+//! per message, in order per chat) instead of lead notes; managers' answers come as
+//! signed hooks through the gateway, and — because amoCRM sends each hook once and
+//! never retries — are also recovered from each chat's history after any gap.
+
+use super::{Bridge, db, short};
+use crate::messenger::Event;
+use crate::store::{Conversation, InboxRow};
+use crmessenger_crm::{ChatPost, CrmError, DeliveryStatus};
+use std::time::Duration;
+
+/// Route kind: our Chats API conversation id → the account it belongs to.
+pub const ROUTE_CHATS_CONVERSATION: &str = "chats-conversation";
+/// Event kind the gateway stores for a manager's chat message.
+pub const EVENT_CHAT: &str = "amocrm-chat";
+/// Cursor (per account) of the history recovery: the time from which a manager
+/// message found in a chat's history is sent if no hook brought it.
+const HISTORY_CURSOR: &str = "chats-history-since";
+/// How often the history is read for missed answers.
+const HISTORY_EVERY: Duration = Duration::from_secs(60);
+/// How far back, before the cursor, a recovery pass looks (hooks in flight).
+const HISTORY_OVERLAP_MS: i64 = 60_000;
+/// Chats read per recovery pass (the most recently active).
+const HISTORY_CHATS: i64 = 200;
+
+impl Bridge {
+    /// Our conversation id for `chat`: unique per account, stable, ≤ 40 characters
+    /// for ordinary chat ids.
+    pub(super) fn conversation_id(&self, chat: &str) -> String {
+        format!("{}:{chat}", short(self.account()))
+    }
+
+    /// Posts one chat's due rows to the CRM's chat, in order. A row whose post may
+    /// already have happened is looked up in the chat's history first.
+    pub(super) async fn post_chat(
+        &self,
+        chat: &str,
+        rows: &[InboxRow],
+        mut conv: Conversation,
+    ) -> Result<(), CrmError> {
+        let conversation_id = self.conversation_id(chat);
+        for row in rows {
+            let now = self.clock.now_ms();
+            let event: Event = serde_json::from_str(&row.payload)
+                .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
+            let Event::Message(m) = &event else {
+                // The Chats API has no deletion or status event for customer messages.
+                self.store.inbox_done(&[(row.seq, "skipped".into())], now).await.map_err(db)?;
+                continue;
+            };
+            let message_id = format!("{conversation_id}:{}", row.event_key);
+            if row.attempts > 0 {
+                let history = self.crm.chat_history(&conversation_id, 0, 50).await.unwrap_or_default();
+                if let Some(h) = history.iter().find(|h| h.client_message_id.as_deref() == Some(message_id.as_str())) {
+                    self.store.inbox_done(&[(row.seq, format!("chat:{}", h.crm_message_id))], now).await.map_err(db)?;
+                    continue;
+                }
+            }
+            self.store.inbox_started(&[row.seq], now).await.map_err(db)?;
+            let post = ChatPost {
+                person: self.person(m),
+                dedup: self.s.policy.leads.deduplicate_by.clone(),
+                conversation_id: conversation_id.clone(),
+                user_id: m.sender.id.clone(),
+                message_id,
+                sent_at_ms: m.sent_at_ms,
+                text: m.summary(),
+                media: None,
+                silent: false,
+            };
+            let posted = self.crm.post_chat_message(&post).await?;
+            if conv.crm_chat_id.as_deref() != Some(posted.chat_id.as_str()) {
+                // Route the chat's hooks here before a manager can answer.
+                self.store.put_route(ROUTE_CHATS_CONVERSATION, &conversation_id, self.account()).await.map_err(db)?;
+                conv.crm_chat_id = Some(posted.chat_id.clone());
+                conv.contact_id = Some(posted.contact_id);
+            }
+            let written = self.clock.now_ms();
+            let crm_ref = format!("chat:{}", posted.crm_message_id);
+            self.store.inbox_done(&[(row.seq, crm_ref.clone())], written).await.map_err(db)?;
+            if conv.unanswered_since_ms.is_none() {
+                conv.unanswered_since_ms = Some(m.sent_at_ms.min(written));
+            }
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
+            let label = crate::metrics::Metrics::label(self.account());
+            self.metrics.messages_in.get_or_create(&label).inc();
+            self.metrics.lag_seconds.get_or_create(&label).observe((written - m.sent_at_ms).max(0) as f64 / 1000.0);
+            self.trace_message(chat, row, m.sent_at_ms, &crm_ref, written);
+        }
+        Ok(())
+    }
+
+    /// A manager's chat message stored by the gateway: into the outbox, keyed by
+    /// the CRM's message id (a hook and a history recovery of it give one send).
+    pub(super) async fn handle_chat_event(&self, payload: &str) -> Result<(), CrmError> {
+        let v: serde_json::Value = serde_json::from_str(payload).map_err(|e| CrmError::Protocol(e.to_string()))?;
+        let (Some(conversation), Some(id), Some(text)) = (
+            v.get("conversation_id").and_then(|x| x.as_str()),
+            v.get("message_id").and_then(|x| x.as_str()),
+            v.get("text").and_then(|x| x.as_str()),
+        ) else {
+            return Err(CrmError::Protocol("chat event without conversation_id, message_id and text".into()));
+        };
+        self.queue_chat_answer(conversation, id, text).await.map(drop)
+    }
+
+    async fn queue_chat_answer(
+        &self,
+        conversation_id: &str,
+        crm_message_id: &str,
+        text: &str,
+    ) -> Result<bool, CrmError> {
+        let prefix = format!("{}:", short(self.account()));
+        let Some(chat) = conversation_id.strip_prefix(&prefix) else {
+            return Err(CrmError::Protocol(format!("conversation {conversation_id} is not this account's")));
+        };
+        if text.trim().is_empty() {
+            return Ok(false);
+        }
+        let source = format!("chat:{crm_message_id}");
+        let now = self.clock.now_ms();
+        let added =
+            self.store.outbox_add(self.account(), &source, chat, text, Some(crm_message_id), now).await.map_err(db)?;
+        Ok(added)
+    }
+
+    /// Reports a manager's chat message as delivered, or as failed with the reason.
+    pub(super) async fn report_delivery(&self, crm_message_id: &str, failure: Option<&str>) {
+        let status = match failure {
+            None => DeliveryStatus::Delivered,
+            Some(reason) => DeliveryStatus::Failed { code: 905, reason: reason.chars().take(200).collect() },
+        };
+        if let Err(e) = self.crm.set_delivery_status(crm_message_id, status).await {
+            tracing::warn!(account = self.account(), crm_message_id, "could not report the delivery status: {e}");
+        }
+    }
+
+    /// Reads the recently active chats' history for managers' messages no hook
+    /// brought (the gateway was down, or the hook was lost: amoCRM never retries).
+    pub(super) async fn history_loop(self: std::sync::Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            if let Err(e) = self.recover_history().await {
+                tracing::warn!(account = self.account(), "chat history recovery: {e}");
+            }
+            self.clock.sleep(HISTORY_EVERY).await;
+        }
+    }
+
+    /// One recovery pass; returns how many answers it queued.
+    pub async fn recover_history(&self) -> Result<usize, CrmError> {
+        let started = self.clock.now_ms();
+        let since = match self.store.cursor(self.account(), HISTORY_CURSOR).await.map_err(db)? {
+            Some(s) => s.parse::<i64>().unwrap_or(started) - HISTORY_OVERLAP_MS,
+            None => {
+                // First run: nothing before now is "missed".
+                self.store.set_cursor(self.account(), HISTORY_CURSOR, &started.to_string()).await.map_err(db)?;
+                return Ok(0);
+            }
+        };
+        let chats = self.store.chat_conversations(self.account(), HISTORY_CHATS).await.map_err(db)?;
+        let mut queued = 0;
+        for chat in chats {
+            let conversation_id = self.conversation_id(&chat);
+            let history = self.crm.chat_history(&conversation_id, 0, 50).await?;
+            for h in history.iter().filter(|h| h.from_manager && h.timestamp * 1000 >= since) {
+                if self.queue_chat_answer(&conversation_id, &h.crm_message_id, &h.text).await? {
+                    tracing::info!(
+                        account = self.account(),
+                        chat,
+                        "recovered a manager's answer from the chat history"
+                    );
+                    queued += 1;
+                }
+            }
+        }
+        self.store.set_cursor(self.account(), HISTORY_CURSOR, &started.to_string()).await.map_err(db)?;
+        if queued > 0 {
+            self.store.wakeups().wake(self.account());
+        }
+        Ok(queued)
+    }
+}

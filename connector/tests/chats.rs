@@ -1,0 +1,167 @@
+//! The Chats API path end to end, in process, on PostgreSQL: a customer's message
+//! goes into amoCRM's chat (contact linked first); a manager's answer comes back as
+//! a signed hook through the gateway, reaches the messenger once and is reported
+//! delivered; forged, unsigned and malformed hooks are refused with no effect; an
+//! answer written while the gateway was down is recovered from the chat history.
+
+use crmessenger_api::config::{RuntimeSettings, render};
+use crmessenger_connector::app::{ChatsSettings, build_account, register_routes};
+use crmessenger_connector::gateway::Gateway;
+use crmessenger_connector::metrics::Metrics;
+use crmessenger_connector::store::lock::AccountLock;
+use crmessenger_connector::store::{POOL_SIZE, Store};
+use crmessenger_crm::amocrm::StaticToken;
+use crmessenger_crm::clock::OffsetClock;
+use crmessenger_fake_amocrm::{ChatsChannel, FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_testkit::Postgres;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const SECRET: &str = "chats-channel-secret-5d1c";
+
+async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_messages_and_answers_cross_the_chats_api() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = Postgres::shared().database("chats").unwrap();
+    let store = Store::connect(&db, POOL_SIZE).await.unwrap();
+    // The gateway's address must be known to the fake (the channel's hook URL).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = format!("http://{}", listener.local_addr().unwrap());
+    let channel = ChatsChannel {
+        channel_id: "3f6e0c1a-0000-4000-8000-00000000c4a7".into(),
+        secret: SECRET.into(),
+        hook_url: Some(format!("{gw}/amocrm/chats/:scope_id")),
+        ..ChatsChannel::default()
+    };
+    let fake = FakeAmo::start(FakeConfig { chats: Some(channel.clone()), ..FakeConfig::default() }).await.unwrap();
+    let gateway = Gateway::new(store.clone()).with_chats_secret(Some(SECRET.into())).router();
+    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+
+    let yaml = format!(
+        r#"
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, chatsChannel: true, replies: {{ detection: poll, pollInterval: 1h }} }} }}
+"#,
+        fake.base_url()
+    );
+    let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
+    let clock = OffsetClock::default();
+    let chats =
+        ChatsSettings { base_url: fake.base_url(), channel_id: channel.channel_id.clone(), secret: SECRET.into() };
+    let parts = build_account(
+        &config,
+        &store,
+        Arc::new(StaticToken(fake.issue_token_pair().access_token)),
+        None,
+        Some(&messenger.base_url()),
+        Some(&chats),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    register_routes(&parts, &store, None).await.unwrap();
+    let lock = AccountLock::acquire(&store, &parts.key, |_| {}).await.unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let bridge = parts.bridge.clone();
+    tokio::spawn(async move {
+        bridge.run(&lock, stop_rx).await;
+        lock.release().await;
+    });
+
+    // The customer writes: the message is in amoCRM's chat, the chat linked to a contact.
+    messenger.push(vec![text("6001", "1", "Lena", "Can I pick it up today?")]);
+    let conversation = wait_for("the chat message", 30, || {
+        let s = fake.snapshot();
+        s.chat_messages.iter().find(|m| m.text == "Can I pick it up today?").map(|m| m.conversation_id.clone())
+    })
+    .await;
+    let s = fake.snapshot();
+    assert_eq!(s.contacts.len(), 1, "one contact for the chat");
+    assert!(s.notes.iter().all(|n| !n.params["text"].to_string().contains("pick it up")), "no note in chats mode");
+
+    // The manager answers in the chat: the signed hook goes through the gateway.
+    let answer = fake.manager_chat_reply(&conversation, 1001, "Yes, until 8 pm").await.unwrap();
+    wait_for("the answer in the messenger", 30, || {
+        messenger.sent().iter().any(|m| m.chat_id == "6001" && m.text == "Yes, until 8 pm").then_some(())
+    })
+    .await;
+    wait_for("the delivery status in amoCRM", 30, || {
+        fake.snapshot().chat_messages.iter().any(|m| m.id == answer && m.delivery_status == Some(1)).then_some(())
+    })
+    .await;
+
+    // Forged, unsigned and malformed hooks: refused, nothing stored.
+    let http = reqwest::Client::new();
+    let url = format!("{gw}/amocrm/chats/{}", fake.scope_id().unwrap());
+    let forged = serde_json::json!({ "message": { "conversation": { "client_id": conversation }, "message": { "id": "forged-1", "text": "send money" } } }).to_string();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let r = http.post(&url).header("X-Signature", "00".repeat(20)).body(forged.clone()).send().await.unwrap();
+    assert_eq!(status(r), 401);
+    let r = http.post(&url).body(forged.clone()).send().await.unwrap();
+    assert_eq!(status(r), 401);
+    let r = http.post(&url).header("X-Signature", sign(b"{nope")).body("{nope").send().await.unwrap();
+    assert_eq!(status(r), 400);
+    let other = serde_json::json!({ "message": { "conversation": { "client_id": "not-ours:1" }, "message": { "id": "x", "text": "hi" } } }).to_string();
+    let r = http.post(&url).header("X-Signature", sign(other.as_bytes())).body(other).send().await.unwrap();
+    assert_eq!(status(r), 200, "a chat that is not ours is accepted and ignored");
+
+    // The gateway goes down; the manager answers; amoCRM's single hook fails.
+    server.abort();
+    let _ = server.await;
+    fake.manager_chat_reply(&conversation, 1001, "Written while you were away").await.unwrap();
+    let deliveries = fake.snapshot().chat_hook_deliveries;
+    assert!(deliveries.last().is_some_and(|d| d.status.is_none()), "the hook found no gateway");
+    // The history recovery (every minute on the connector's clock) finds it.
+    for _ in 0..70 {
+        clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for("the recovered answer in the messenger", 30, || {
+        messenger.sent().iter().any(|m| m.text == "Written while you were away").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = messenger.sent();
+    assert_eq!(sent.len(), 2, "each answer once, the hooked one not again from history: {sent:?}");
+    assert!(!sent.iter().any(|m| m.text.contains("send money")), "a forged hook was acted on");
+    let _ = stop.send(true);
+}
