@@ -126,6 +126,9 @@ impl Context {
             database_url: read(r.database.clone()).await,
             session_key: read(r.session_key.clone()).await,
             gateway_url: r.gateway_url.clone(),
+            chats_secret: read(r.chats_secret.clone()).await,
+            chats_channel_id: r.chats_channel_id.clone(),
+            chats_base_url: r.chats_base_url.clone(),
         };
         *cached = Some((std::time::Instant::now(), values.clone()));
         values

@@ -77,6 +77,18 @@ struct RunArgs {
     /// The gateway's public URL (connectors subscribe webhooks to it).
     #[arg(long)]
     gateway_url: Option<String>,
+    /// The installation's amoCRM Chats API channel id.
+    #[arg(long)]
+    chats_channel_id: Option<String>,
+    /// Secret (in the operator's namespace) with the Chats API channel secret.
+    #[arg(long)]
+    chats_secret_secret: Option<String>,
+    /// Key of the Chats API channel secret.
+    #[arg(long, default_value = "secret")]
+    chats_secret_key: String,
+    /// The Chats API host.
+    #[arg(long, default_value = "https://amojo.amocrm.ru")]
+    chats_base_url: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +140,12 @@ async fn cli() -> anyhow::Result<()> {
                     database: args.database_secret.map(|n| (n, args.database_secret_key)),
                     session_key: args.session_key_secret.map(|n| (n, args.session_key_secret_key)),
                     gateway_url: args.gateway_url.filter(|u| !u.is_empty()),
+                    chats_channel_id: args.chats_channel_id.filter(|c| !c.is_empty()),
+                    chats_secret: args
+                        .chats_secret_secret
+                        .filter(|n| !n.is_empty())
+                        .map(|n| (n, args.chats_secret_key)),
+                    chats_base_url: Some(args.chats_base_url),
                 },
                 ..Settings::default()
             };

@@ -35,6 +35,12 @@ pub struct ConnectorRuntime {
     pub session_key: Option<(String, String)>,
     /// The gateway's public URL.
     pub gateway_url: Option<String>,
+    /// The installation's Chats API channel id.
+    pub chats_channel_id: Option<String>,
+    /// `(Secret, key)` holding the Chats API channel secret.
+    pub chats_secret: Option<(String, String)>,
+    /// The Chats API host.
+    pub chats_base_url: Option<String>,
 }
 
 impl Default for Settings {

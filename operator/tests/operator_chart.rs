@@ -52,7 +52,12 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         ])
         .unwrap();
     }
-    let bundled = "postgres.bundled.enabled=true";
+    let bundled = "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.secret.name=amo-chats";
+    let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {RELEASE_NS} }}\n");
+    assert!(cp.kubectl_apply_output(&ns_yaml, &[]).unwrap().status.success());
+    let chats_secret =
+        "apiVersion: v1\nkind: Secret\nmetadata: { name: amo-chats }\nstringData: { secret: canary-chats-secret-91 }\n";
+    assert!(cp.kubectl_apply_output(chats_secret, &["-n", RELEASE_NS]).unwrap().status.success());
     helm(
         cp,
         &["install", "crmessenger", &chart, "-n", RELEASE_NS, "--create-namespace", "--wait=false", "--set", bundled],
@@ -82,10 +87,14 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         .unwrap()
         .iter()
         .filter_map(|a| a.as_str())
-        .filter(|a| a.starts_with("--database-secret") || a.starts_with("--session-key-secret"))
+        .filter(|a| {
+            a.starts_with("--database-secret") || a.starts_with("--session-key-secret") || a.starts_with("--chats-")
+        })
         .map(str::to_string)
         .collect();
-    assert_eq!(chart_args.len(), 4, "{chart_args:?}");
+    assert_eq!(chart_args.len(), 8, "{chart_args:?}");
+    let gw_env = gateway["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(gw_env.contains("CRMESSENGER_CHATS_SECRET") && gw_env.contains("amo-chats"), "{gw_env}");
     let mut args = vec![
         "--leader-election=true",
         "--lease-namespace",
@@ -130,11 +139,13 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     // The pod gets the database URL and session key by reference to a Secret beside it.
     let runtime = get(cp, &ns, "secret/via-chart-connector-runtime").unwrap();
     let keys: Vec<&String> = runtime["data"].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["database_url", "session_key"]);
+    assert_eq!(keys, ["chats_secret", "database_url", "session_key"]);
     let sts = get(cp, &ns, "statefulset/via-chart-connector").unwrap();
     let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("CRMESSENGER_DATABASE_URL") && env.contains("via-chart-connector-runtime"), "{env}");
     assert!(!sts.to_string().contains("postgres://"), "the URL is referenced, never inlined");
+    assert!(!sts.to_string().contains("canary-chats-secret"), "the channel secret is referenced, never inlined");
+    assert!(env.contains("CRMESSENGER_CHATS_CHANNEL_ID"), "{env}");
     let b = get(cp, &ns, "crmbinding/via-chart").unwrap();
     assert!(condition(&b, "CredentialsValid").is_some_and(|c| c["status"] == "True"), "{}", b["status"]);
     let exported = tokio::time::timeout(std::time::Duration::from_secs(30), async {

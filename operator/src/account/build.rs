@@ -55,12 +55,20 @@ pub struct RuntimeValues {
     pub session_key: Option<String>,
     /// The gateway's public URL.
     pub gateway_url: Option<String>,
+    /// The Chats API channel secret.
+    pub chats_secret: Option<String>,
+    /// The Chats API channel id.
+    pub chats_channel_id: Option<String>,
+    /// The Chats API host.
+    pub chats_base_url: Option<String>,
 }
 
 /// The key of the runtime Secret holding the database URL.
 pub const DATABASE_URL_KEY: &str = "database_url";
 /// The key of the runtime Secret holding the session key.
 pub const SESSION_KEY_KEY: &str = "session_key";
+/// The key of the runtime Secret holding the Chats API channel secret.
+pub const CHATS_SECRET_KEY: &str = "chats_secret";
 
 /// The name of the Secret with an account's runtime values.
 pub fn runtime_secret_name(account: &str) -> String {
@@ -104,11 +112,14 @@ pub fn build(
     };
     let mut stateful_set: StatefulSet =
         from_json(stateful_set_spec(account, config, settings, runtime, &child, &name))?;
-    let runtime_data: std::collections::BTreeMap<String, String> =
-        [(DATABASE_URL_KEY, runtime.database_url.clone()), (SESSION_KEY_KEY, runtime.session_key.clone())]
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v?)))
-            .collect();
+    let runtime_data: std::collections::BTreeMap<String, String> = [
+        (DATABASE_URL_KEY, runtime.database_url.clone()),
+        (SESSION_KEY_KEY, runtime.session_key.clone()),
+        (CHATS_SECRET_KEY, runtime.chats_secret.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+    .collect();
     let runtime_secret = (!runtime_data.is_empty()).then(|| Secret {
         metadata: meta(&runtime_secret_name(&name)),
         type_: Some("Opaque".into()),
@@ -215,17 +226,24 @@ fn stateful_set_spec(
     for (var, key, present) in [
         ("CRMESSENGER_DATABASE_URL", DATABASE_URL_KEY, runtime.database_url.is_some()),
         ("CRMESSENGER_SESSION_KEY", SESSION_KEY_KEY, runtime.session_key.is_some()),
+        ("CRMESSENGER_CHATS_SECRET", CHATS_SECRET_KEY, runtime.chats_secret.is_some()),
     ] {
         if present {
             env.push(json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret_name, "key": key } } }));
         }
     }
-    if let Some(url) = &runtime.gateway_url {
-        env.push(json!({ "name": "CRMESSENGER_GATEWAY_URL", "value": url }));
+    for (var, value) in [
+        ("CRMESSENGER_GATEWAY_URL", &runtime.gateway_url),
+        ("CRMESSENGER_CHATS_CHANNEL_ID", &runtime.chats_channel_id),
+        ("CRMESSENGER_CHATS_BASE_URL", &runtime.chats_base_url),
+    ] {
+        if let Some(v) = value {
+            env.push(json!({ "name": var, "value": v }));
+        }
     }
     let runtime_hash = {
         use sha2::Digest;
-        let text = format!("{:?}", (&runtime.database_url, &runtime.session_key));
+        let text = format!("{:?}", (&runtime.database_url, &runtime.session_key, &runtime.chats_secret));
         hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
     };
     let resources = overrides
@@ -332,6 +350,8 @@ mod tests {
             database_url: Some("postgres://u:canary-pw@db/x".into()),
             session_key: Some("11".repeat(32)),
             gateway_url: Some("https://hooks.example.com".into()),
+            chats_secret: Some("canary-chats-secret".into()),
+            ..RuntimeValues::default()
         };
         let c = build(&a, &config, &Settings::default(), &runtime).unwrap();
         let secret = c.runtime_secret.as_ref().expect("a runtime Secret");
@@ -340,6 +360,8 @@ mod tests {
         assert_eq!(data[DATABASE_URL_KEY], "postgres://u:canary-pw@db/x");
         let sts = serde_json::to_value(&c.stateful_set).unwrap();
         assert!(!sts.to_string().contains("canary-pw"), "the URL is referenced, never inlined");
+        assert!(!sts.to_string().contains("canary-chats-secret"), "the channel secret is referenced, never inlined");
+        assert_eq!(data[CHATS_SECRET_KEY], "canary-chats-secret");
         let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
         let db = env.as_array().unwrap().iter().find(|e| e["name"] == "CRMESSENGER_DATABASE_URL").unwrap();
         assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "support-telegram-connector-runtime");
