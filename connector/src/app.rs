@@ -292,6 +292,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
             stop_rx.clone(),
         )),
         tokio::spawn(follow_config(env.clone(), hash, parts.budget.clone(), tokens, stop_tx.clone())),
+        tokio::spawn(login_from_secret(env.clone(), parts.messenger.clone(), parts.state.clone(), stop_rx.clone())),
     ];
     let deletion = tokio::spawn(watch_deletion(
         env.clone(),
@@ -368,6 +369,48 @@ async fn report_status(env: KubeEnv, state: Arc<StateCell>, hash: String, method
         }
         tokio::time::sleep(crate::kube::STATUS_EVERY).await;
         let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
+    }
+}
+
+/// While the messenger waits for a login code or password, takes it from the
+/// account's `<account>-login` Secret (`code`, `password` keys) and deletes the
+/// Secret once used, so the value is not left behind.
+async fn login_from_secret(
+    env: KubeEnv,
+    messenger: Arc<dyn Messenger>,
+    state: Arc<StateCell>,
+    stop: watch::Receiver<bool>,
+) {
+    use crate::messenger::LoginState;
+    while !*stop.borrow() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let wants = match state.get().login {
+            Some(LoginState::CodeRequired) => "code",
+            Some(LoginState::PasswordRequired) => "password",
+            _ => continue,
+        };
+        let (code, password) = match env.login_secret_values().await {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("reading the Secret {}: {e}", env.login_secret());
+                continue;
+            }
+        };
+        let (code, password) = if wants == "code" { (code, password) } else { (None, password) };
+        if code.is_none() && password.is_none() {
+            continue;
+        }
+        match messenger.submit_login(code.as_deref(), password.as_deref()).await {
+            Ok(()) => tracing::info!("login {wants} from the Secret {} accepted", env.login_secret()),
+            Err(e) => tracing::warn!("login {wants} from the Secret {} refused: {e}", env.login_secret()),
+        }
+        // Used (accepted or not): a wrong value must be replaced, not retried.
+        if let Err(e) = env.delete_login_secret().await {
+            tracing::warn!("could not delete the Secret {}: {e}", env.login_secret());
+        }
+        // The ingest loop notices the new login state.
+        state.update(|s| s.login = None);
     }
 }
 

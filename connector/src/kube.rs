@@ -63,6 +63,32 @@ pub async fn secret_value(client: &kube::Client, namespace: &str, r: &SecretKeyR
 }
 
 impl KubeEnv {
+    /// The name of the Secret a person can put a login code or password in.
+    pub fn login_secret(&self) -> String {
+        format!("{}-login", self.account)
+    }
+
+    /// The `code` and `password` in the account's login Secret, if it exists.
+    pub async fn login_secret_values(&self) -> anyhow::Result<Option<(Option<String>, Option<String>)>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let Some(secret) = api.get_opt(&self.login_secret()).await? else { return Ok(None) };
+        let mut data = crmessenger_api::common::secret_strings(&secret);
+        let take = |d: &mut std::collections::BTreeMap<String, String>, k: &str| {
+            d.remove(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        };
+        Ok(Some((take(&mut data, "code"), take(&mut data, "password"))))
+    }
+
+    /// Deletes the login Secret (after its values were used).
+    pub async fn delete_login_secret(&self) -> anyhow::Result<()> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api.delete(&self.login_secret(), &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads and parses the config from the ConfigMap.
     pub async fn config(&self) -> anyhow::Result<ConnectorConfig> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);

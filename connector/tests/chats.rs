@@ -76,7 +76,7 @@ metadata: {{ name: shop }}
 spec:
   accountNames: [shop]
   policyRef: {{ name: shop }}
-  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, chatsChannel: true, replies: {{ detection: poll, pollInterval: 1h }} }} }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, chatsChannel: true, replies: {{ detection: poll, pollInterval: 10m }} }} }}
 "#,
         fake.base_url()
     );

@@ -297,3 +297,101 @@ spec: { accountNames: [shop], policyRef: { name: p }, crm: { type: amocrm, amocr
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("CRMESSENGER_SESSION_KEY") && !err.contains("too-short"), "{err}");
 }
+
+/// Login by code and two-factor password through the `<account>-login` Secret: the
+/// connector uses each value, deletes the Secret, and the account logs in; the
+/// values never reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_code_and_password_from_the_login_secret_are_used_and_deleted() {
+    let cp = ControlPlane::shared();
+    cp.install_crds().unwrap();
+    let db = Postgres::shared().database("loginsecret").unwrap();
+    let ns = cp.namespace("login").await.unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let messenger = ScriptedMessenger::start(Options {
+        logged_in: false,
+        login_code: Some("24680".into()),
+        password: Some("canary-2fa-open-sesame".into()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let objects = format!(
+        r#"
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: p }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: b }}
+spec: {{ accountNames: [shop], policyRef: {{ name: p }}, crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, replies: {{ detection: poll, pollInterval: 10m }} }} }} }}
+"#,
+        fake.base_url()
+    );
+    let m = crmessenger_api::manifests::parse(&objects, &ns).unwrap();
+    let config = crmessenger_api::config::render(
+        &m.accounts[0],
+        &m.bindings[0],
+        &m.policies[0],
+        crmessenger_api::config::RuntimeSettings::default(),
+    )
+    .unwrap();
+    // What the operator would have made (it is not running in this test).
+    let token = fake.issue_token_pair().access_token;
+    let children = format!(
+        "{objects}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: shop-connector }}\ndata:\n  connector.json: {}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"1\", api_hash: h }}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: b-crm-token }}\nstringData: {{ access_token: {token} }}\n\
+         ---\napiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{ name: shop-connector }}\nspec: {{ leaseDurationSeconds: 30 }}\n",
+        serde_json::to_string(&serde_json::to_string(&config).unwrap()).unwrap()
+    );
+    let out = cp.kubectl_apply_output(&children, &["-n", &ns]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut run = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    run.args(["run", "--admin-addr", &admin, "--scripted-messenger", &messenger.base_url()])
+        .env("CRMESSENGER_DATABASE_URL", &db)
+        .env("POD_NAMESPACE", &ns)
+        .env("POD_NAME", "shop-connector-0")
+        .env("CRMESSENGER_ACCOUNT", "shop")
+        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
+        .env("CRMESSENGER_LEASE", "shop-connector");
+    cp.spawn_logged("login-connector", run).unwrap();
+    let login_state = || http_get(&admin, "/login").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok());
+    let wait_state = |want: &'static str| async move {
+        eventually(&format!("login state {want}"), 60, || async {
+            let v = login_state().ok_or("no admin answer".to_string())?;
+            (v["login"]["state"] == want).then_some(()).ok_or(format!("{v}\n{}", cp.log_tail("login-connector", 10)))
+        })
+        .await
+    };
+    wait_state("code_required").await;
+    let secret =
+        |data: &str| format!("apiVersion: v1\nkind: Secret\nmetadata: {{ name: shop-login }}\nstringData: {data}\n");
+    assert!(cp.kubectl_apply_output(&secret("{ code: \"24680\" }"), &["-n", &ns]).unwrap().status.success());
+    wait_state("password_required").await;
+    eventually("the used login Secret deleted", 30, || async {
+        get(cp, &ns, "secret/shop-login").is_none().then_some(()).ok_or("still there".to_string())
+    })
+    .await;
+    assert!(
+        cp.kubectl_apply_output(&secret("{ password: canary-2fa-open-sesame }"), &["-n", &ns])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_state("logged_in").await;
+    eventually("the used login Secret deleted", 30, || async {
+        get(cp, &ns, "secret/shop-login").is_none().then_some(()).ok_or("still there".to_string())
+    })
+    .await;
+    let log = cp.log_tail("login-connector", 100_000);
+    assert!(!log.contains("canary-2fa-open-sesame") && !log.contains("24680"), "a login value reached the log");
+}

@@ -92,12 +92,15 @@ impl Messenger for Scripted {
                 },
             },
             "qr" => LoginState::Qr { code: s.qr.unwrap_or_default(), expires_at_ms: s.qr_expires_at_ms.unwrap_or(0) },
+            "code" => LoginState::CodeRequired,
+            "password" => LoginState::PasswordRequired,
             other => LoginState::LoggedOut { reason: other.to_string() },
         })
     }
 
-    async fn submit_login(&self, _code: Option<&str>, _password: Option<&str>) -> Result<(), MessengerError> {
-        Err(MessengerError::Rejected("the scripted messenger logs in by QR code only".into()))
+    async fn submit_login(&self, code: Option<&str>, password: Option<&str>) -> Result<(), MessengerError> {
+        let body = serde_json::json!({ "code": code, "password": password });
+        Self::check(self.http.post(format!("{}/v1/login", self.base)).json(&body).send().await).await.map(drop)
     }
 
     async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError> {

@@ -10,7 +10,8 @@
 //! - `GET /v1/updates?after=N&timeout_ms=T` — events with `seq > N` (long poll);
 //! - `POST /v1/send` `{chat_id, text, random_id}` — `{message_id, duplicate}`;
 //! - `GET /v1/sent?chat_id=C&random_id=R` — the message sent with that id, or 404;
-//! - `GET /v1/session`, `POST /v1/logout` — QR login state;
+//! - `GET /v1/session`, `POST /v1/logout` — login state (QR, or code then password);
+//! - `POST /v1/login` `{code?, password?}` — a typed code or password;
 //! - `GET /v1/media/{id}` — an attachment's bytes;
 //! - `POST /_script/inbound` (one message or a list), `GET /_script/sent`,
 //!   `POST /_script/scan` (the phone scans the QR code), `POST /_script/fault`.
@@ -206,11 +207,22 @@ pub struct Options {
     pub logged_in: bool,
     /// How long a QR code lives.
     pub qr_ttl: Duration,
+    /// Log in by a code sent to the phone (instead of a QR code): the code to type.
+    pub login_code: Option<String>,
+    /// Then ask for this two-factor password.
+    pub password: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 0).into(), dir: None, logged_in: true, qr_ttl: Duration::from_secs(30) }
+        Self {
+            listen: ([127, 0, 0, 1], 0).into(),
+            dir: None,
+            logged_in: true,
+            qr_ttl: Duration::from_secs(30),
+            login_code: None,
+            password: None,
+        }
     }
 }
 
@@ -222,6 +234,8 @@ struct Inner {
     logged_in: bool,
     qr: Option<(String, i64)>,
     send_calls: u64,
+    /// The code was typed; the password (if any) is next.
+    code_ok: bool,
 }
 
 struct Shared {
@@ -229,6 +243,8 @@ struct Shared {
     notify: Notify,
     dir: Option<PathBuf>,
     qr_ttl: Duration,
+    login_code: Option<String>,
+    password: Option<String>,
 }
 
 /// A running scripted messenger.
@@ -265,6 +281,8 @@ impl ScriptedMessenger {
             notify: Notify::new(),
             dir: options.dir.clone(),
             qr_ttl: options.qr_ttl,
+            login_code: options.login_code.clone(),
+            password: options.password.clone(),
         });
         let listener = tokio::net::TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
@@ -356,6 +374,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/sent", get(find_sent))
         .route("/v1/session", get(session))
         .route("/v1/logout", post(logout))
+        .route("/v1/login", post(login))
         .route("/v1/media/{id}", get(media))
         .route("/_script/inbound", post(inbound))
         .route("/_script/sent", get(script_sent))
@@ -466,6 +485,17 @@ async fn session(State(s): State<Arc<Shared>>) -> Json<Session> {
             phone: Some("+15550001122".into()),
         });
     }
+    if s.login_code.is_some() {
+        let state = if inner.code_ok { "password" } else { "code" };
+        return Json(Session {
+            state: state.into(),
+            qr: None,
+            qr_expires_at_ms: None,
+            user_id: None,
+            username: None,
+            phone: None,
+        });
+    }
     let now = now_ms();
     if inner.qr.as_ref().is_none_or(|(_, exp)| *exp <= now) {
         let code = format!("scripted://login?token={}", uuid::Uuid::new_v4().simple());
@@ -480,6 +510,49 @@ async fn session(State(s): State<Arc<Shared>>) -> Json<Session> {
         username: None,
         phone: None,
     })
+}
+
+/// A typed login code or password.
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /v1/login`: the code, then (if one is set) the password; a wrong one is
+/// 400 with Telegram's error name.
+async fn login(State(s): State<Arc<Shared>>, Json(f): Json<LoginForm>) -> Response {
+    let Ok(mut inner) = s.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let Some(expected) = &s.login_code else {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "this messenger logs in by QR code" })))
+            .into_response();
+    };
+    if !inner.code_ok {
+        if f.code.as_deref() != Some(expected.as_str()) {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "PHONE_CODE_INVALID" })))
+                .into_response();
+        }
+        inner.code_ok = true;
+    }
+    if let Some(pw) = &s.password
+        && !inner.logged_in
+    {
+        match f.password.as_deref() {
+            None => return StatusCode::NO_CONTENT.into_response(),
+            Some(p) if p == pw.as_str() => {}
+            Some(_) => {
+                return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "PASSWORD_HASH_INVALID" })))
+                    .into_response();
+            }
+        }
+    }
+    inner.logged_in = true;
+    if let Some(dir) = &s.dir {
+        let _ = std::fs::write(dir.join("logged_in"), b"");
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn logout(State(s): State<Arc<Shared>>) -> StatusCode {

@@ -21,6 +21,12 @@ struct Args {
     /// QR code lifetime in seconds.
     #[arg(long, default_value_t = 30)]
     qr_ttl_secs: u64,
+    /// Log in by this code (instead of a QR code); implies --logged-out.
+    #[arg(long)]
+    login_code: Option<String>,
+    /// Then ask for this two-factor password.
+    #[arg(long)]
+    password: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,8 +36,10 @@ async fn main() -> anyhow::Result<()> {
     let messenger = ScriptedMessenger::start(Options {
         listen: args.listen,
         dir: args.dir,
-        logged_in: !args.logged_out,
+        logged_in: !args.logged_out && args.login_code.is_none(),
         qr_ttl: Duration::from_secs(args.qr_ttl_secs),
+        login_code: args.login_code,
+        password: args.password,
     })
     .await?;
     // The first line of output is the URL, for scripts to read.
