@@ -52,6 +52,9 @@ pub struct ChatsSettings {
     pub channel_id: String,
     /// Channel secret (signs requests and hooks).
     pub secret: String,
+    /// The gateway's public URL, under which attachments are served to amoCRM
+    /// (without one, a media message goes as its text and a description).
+    pub media_url: Option<String>,
 }
 
 impl std::fmt::Debug for ChatsSettings {
@@ -67,6 +70,7 @@ impl ChatsSettings {
             base_url: base_url.filter(|s| !s.is_empty()).unwrap_or_else(|| "https://amojo.amocrm.ru".into()),
             channel_id: channel_id.filter(|s| !s.is_empty())?,
             secret: secret.filter(|s| !s.is_empty())?,
+            media_url: None,
         })
     }
 }
@@ -151,6 +155,7 @@ pub fn build_account(
         responsible_user_ids: amo.responsible_user_ids.clone(),
         replies,
         chats: chats.is_some(),
+        media_url: chats.as_ref().and_then(|c| c.media_url.clone()),
     };
     let bridge = Arc::new(Bridge::new(
         settings,
@@ -248,7 +253,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         tokens.clone(),
         ca_pem,
         settings.scripted_messenger.as_deref(),
-        settings.chats.as_ref(),
+        settings.chats.clone().map(|c| ChatsSettings { media_url: settings.gateway_url.clone(), ..c }).as_ref(),
         clock.clone(),
         metrics.clone(),
     )?;

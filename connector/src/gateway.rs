@@ -16,6 +16,9 @@
 //!   conversation id the connector registered when it first posted in that chat.
 //!   amoCRM sends each hook once; connectors also read chat history for any they
 //!   missed.
+//! - `GET /media/{id}?exp=…&sig=…`: an attachment for amoCRM to download, under a
+//!   URL signed (HMAC-SHA256 with the installation's key kept in the database) and
+//!   expiring after a day; a bad signature is 403, an expired URL 410.
 //! - `GET /healthz`, `/readyz`.
 //!
 //! Bad input never has a side effect: an unknown token is 404, a malformed body 400,
@@ -63,6 +66,7 @@ impl Gateway {
         Router::new()
             .route("/amocrm/webhook/{token}", post(amocrm_rest))
             .route("/amocrm/chats/{scope_id}", post(amocrm_chats))
+            .route("/media/{id}", get(media))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -168,5 +172,48 @@ async fn amocrm_chats(
             (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time\n").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MediaQuery {
+    exp: i64,
+    sig: String,
+}
+
+async fn media(
+    State(g): State<Gateway>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<MediaQuery>,
+) -> Response {
+    let work = async {
+        let key = g.store.media_key().await?;
+        if !crate::store::media::verify(&key, &id, q.exp, &q.sig) {
+            return Ok((StatusCode::FORBIDDEN, "bad signature\n").into_response());
+        }
+        if q.exp < SystemClock.now_ms() {
+            return Ok((StatusCode::GONE, "this link has expired\n").into_response());
+        }
+        let Some(m) = g.store.media(&id).await? else {
+            return Ok((StatusCode::GONE, "no longer available\n").into_response());
+        };
+        let disposition = format!("attachment; filename=\"{}\"", m.file_name.replace(['"', '\\', '\r', '\n'], "_"));
+        Ok::<_, crate::store::StoreError>(
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, m.content_type),
+                    (axum::http::header::CONTENT_DISPOSITION, disposition),
+                ],
+                m.body,
+            )
+                .into_response(),
+        )
+    };
+    match work.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("media: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
+        }
     }
 }

@@ -388,7 +388,7 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
             token,
             ca_pem,
             scripted_url(&s.scripted_messengers, &account),
-            s.chats.as_ref(),
+            s.chats.clone().map(|c| crate::app::ChatsSettings { media_url: Some(gateway_url.clone()), ..c }).as_ref(),
             clock.clone(),
             metrics.clone(),
         ) {

@@ -85,8 +85,12 @@ spec:
         render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
             .unwrap();
     let clock = OffsetClock::default();
-    let chats =
-        ChatsSettings { base_url: fake.base_url(), channel_id: channel.channel_id.clone(), secret: SECRET.into() };
+    let chats = ChatsSettings {
+        base_url: fake.base_url(),
+        channel_id: channel.channel_id.clone(),
+        secret: SECRET.into(),
+        media_url: Some(gw.clone()),
+    };
     let parts = build_account(
         &config,
         &store,
@@ -143,6 +147,35 @@ spec:
     let other = serde_json::json!({ "message": { "conversation": { "client_id": "not-ours:1" }, "message": { "id": "x", "text": "hi" } } }).to_string();
     let r = http.post(&url).header("X-Signature", sign(other.as_bytes())).body(other).send().await.unwrap();
     assert_eq!(status(r), 200, "a chat that is not ours is accepted and ignored");
+
+    // A photo: amoCRM gets a signed, expiring URL on the gateway and downloads it.
+    let mut photo = text("6001", "2", "Lena", "this one");
+    photo.media = Some(crmessenger_fake_messenger::Media {
+        id: "ph-1".into(),
+        kind: "photo".into(),
+        file_name: "cake.jpg".into(),
+        mime_type: "image/jpeg".into(),
+        size: 1024,
+    });
+    messenger.push(vec![photo]);
+    let media_url = wait_for("the picture in amoCRM's chat", 30, || {
+        fake.snapshot().chat_messages.iter().find(|m| m.message_type == "picture").and_then(|m| m.media.clone())
+    })
+    .await;
+    assert!(media_url.starts_with(&format!("{gw}/media/")), "{media_url}");
+    let got = http.get(&media_url).send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    let expected: Vec<u8> = "ph-1".bytes().cycle().take(1024).collect();
+    assert_eq!(got.bytes().await.unwrap().to_vec(), expected, "the messenger's bytes");
+    let tampered = media_url.replace("sig=", "sig=00");
+    assert_eq!(http.get(&tampered).send().await.unwrap().status().as_u16(), 403);
+    let id = media_url.split("/media/").nth(1).unwrap().split('?').next().unwrap().to_string();
+    let key = store.media_key().await.unwrap();
+    let past = 1_000;
+    let expired =
+        format!("{gw}/media/{id}?exp={past}&sig={}", crmessenger_connector::store::media::sign(&key, &id, past));
+    assert_eq!(http.get(&expired).send().await.unwrap().status().as_u16(), 410);
 
     // The gateway goes down; the manager answers; amoCRM's single hook fails.
     server.abort();

@@ -343,10 +343,13 @@ spec: {{ accountNames: [shop], policyRef: {{ name: p }}, crm: {{ type: amocrm, a
         crmessenger_api::config::RuntimeSettings::default(),
     )
     .unwrap();
-    // What the operator would have made (it is not running in this test).
+    // What the operator would have made. Only the account goes to the cluster (for
+    // its status), not the binding: the operator another test runs in this process
+    // would otherwise reconcile it too.
     let token = fake.issue_token_pair().access_token;
+    let account = objects.split("\n---\n").next().unwrap();
     let children = format!(
-        "{objects}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: shop-connector }}\ndata:\n  connector.json: {}\n\
+        "{account}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: shop-connector }}\ndata:\n  connector.json: {}\n\
          ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"1\", api_hash: h }}\n\
          ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: b-crm-token }}\nstringData: {{ access_token: {token} }}\n\
          ---\napiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{ name: shop-connector }}\nspec: {{ leaseDurationSeconds: 30 }}\n",

@@ -6,8 +6,9 @@
 
 use super::{Bridge, db, short};
 use crate::messenger::Event;
+use crate::store::media::MEDIA_TTL_MS;
 use crate::store::{Conversation, InboxRow};
-use crmessenger_crm::{ChatPost, CrmError, DeliveryStatus};
+use crmessenger_crm::{ChatMedia, ChatPost, CrmError, DeliveryStatus};
 use std::time::Duration;
 
 /// Route kind: our Chats API conversation id → the account it belongs to.
@@ -58,6 +59,7 @@ impl Bridge {
                 }
             }
             self.store.inbox_started(&[row.seq], now).await.map_err(db)?;
+            let media = self.chat_media(m).await?;
             let post = ChatPost {
                 person: self.person(m),
                 dedup: self.s.policy.leads.deduplicate_by.clone(),
@@ -65,8 +67,8 @@ impl Bridge {
                 user_id: m.sender.id.clone(),
                 message_id,
                 sent_at_ms: m.sent_at_ms,
-                text: m.summary(),
-                media: None,
+                text: if media.is_some() { m.caption().to_string() } else { m.summary() },
+                media,
                 silent: false,
             };
             let posted = self.crm.post_chat_message(&post).await?;
@@ -89,6 +91,39 @@ impl Bridge {
             self.trace_message(chat, row, m.sent_at_ms, &crm_ref, written);
         }
         Ok(())
+    }
+
+    /// An attachment for the CRM's chat: fetched from the messenger, stored, and
+    /// offered under a signed URL that expires (`None` without a public gateway URL
+    /// or for a message without one).
+    async fn chat_media(&self, m: &crate::messenger::Message) -> Result<Option<ChatMedia>, CrmError> {
+        let (crate::messenger::Content::Media { media, .. }, Some(base)) = (&m.content, &self.s.media_url) else {
+            return Ok(None);
+        };
+        let body =
+            self.messenger.fetch_media(media).await.map_err(|e| CrmError::Unavailable(format!("fetch media: {e}")))?;
+        let now = self.clock.now_ms();
+        let exp = now + MEDIA_TTL_MS;
+        let id = self
+            .store
+            .put_media(self.account(), &media.mime_type, &media.file_name, &body, now, exp)
+            .await
+            .map_err(db)?;
+        let key = self.store.media_key().await.map_err(db)?;
+        let sig = crate::store::media::sign(&key, &id, exp);
+        let kind = match media.kind.as_str() {
+            "photo" => "picture",
+            "video" => "video",
+            "voice" => "voice",
+            "audio" => "audio",
+            _ => "file",
+        };
+        Ok(Some(ChatMedia {
+            kind: kind.into(),
+            url: format!("{}/media/{id}?exp={exp}&sig={sig}", base.trim_end_matches('/')),
+            file_name: media.file_name.clone(),
+            file_size: body.len() as u64,
+        }))
     }
 
     /// A manager's chat message stored by the gateway: into the outbox, keyed by

@@ -70,6 +70,8 @@ pub struct BridgeSettings {
     pub replies: ReplySource,
     /// Messages go to the CRM's chat (Chats API) instead of lead notes.
     pub chats: bool,
+    /// The gateway's public URL, for attachments in the CRM's chat.
+    pub media_url: Option<String>,
 }
 
 /// The parts of a bridge.

@@ -111,6 +111,15 @@ pub struct Message {
 }
 
 impl Message {
+    /// The text, or a media message's caption (empty for locations and contacts).
+    pub fn caption(&self) -> &str {
+        match &self.content {
+            Content::Text { text } => text,
+            Content::Media { caption, .. } => caption,
+            _ => "",
+        }
+    }
+
     /// The text of the message, or a description of what it carries.
     pub fn summary(&self) -> String {
         match &self.content {

@@ -12,6 +12,7 @@
 pub mod budget;
 pub mod crypto;
 pub mod lock;
+pub mod media;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -800,7 +801,7 @@ impl Store {
     /// Deletes every row of `account` (account deletion).
     pub async fn purge(&self, account: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events"] {
+        for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = $1")).bind(account).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM cursors WHERE scope = $1").bind(account).execute(&mut *tx).await?;
