@@ -101,9 +101,12 @@ spec:
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The operator created the connector's ServiceAccount; run as it.
-    eventually("the connector's ServiceAccount and ConfigMap", 60, || async {
+    // (and the binding's token Secret: a pod would restart until it exists; this
+    // one-shot process is started once it does).
+    eventually("the connector's ServiceAccount, ConfigMap and token Secret", 60, || async {
         let sa = get(cp, &ns, "serviceaccount/shop-connector").ok_or("no ServiceAccount")?;
         let cm = get(cp, &ns, "configmap/shop-connector").ok_or("no ConfigMap")?;
+        get(cp, &ns, "secret/shop-crm-token").ok_or("no token Secret")?;
         Ok::<_, String>((sa, cm))
     })
     .await;

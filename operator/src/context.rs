@@ -65,6 +65,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each binding's status was last written (see [`Context::status_write_due`]).
+    status_writes: Mutex<HashMap<String, std::time::Instant>>,
     /// The connectors' runtime values, read from the operator's namespace.
     runtime: tokio::sync::Mutex<Option<(std::time::Instant, crate::account::build::RuntimeValues)>>,
 }
@@ -86,7 +88,24 @@ impl Context {
             applied: Mutex::default(),
             credentials: Mutex::default(),
             runtime: tokio::sync::Mutex::default(),
+            status_writes: Mutex::default(),
         }
+    }
+
+    /// Whether `key`'s status may be written now: at most one write per `every`,
+    /// so a burst of changes (hundreds of accounts bound at once) becomes a few
+    /// writes. `Err(wait)` says when the next may go; the caller requeues, so the
+    /// last change is always written. Reconciles themselves are never delayed.
+    pub fn status_write_due(&self, key: &str, every: std::time::Duration) -> Result<(), std::time::Duration> {
+        let Ok(mut writes) = self.status_writes.lock() else { return Ok(()) };
+        let now = std::time::Instant::now();
+        if let Some(last) = writes.get(key)
+            && now.duration_since(*last) < every
+        {
+            return Err(every - now.duration_since(*last));
+        }
+        writes.insert(key.to_string(), now);
+        Ok(())
     }
 
     /// What every connector pod gets beyond its config: the database URL and session

@@ -133,12 +133,8 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
         .run(guarded("messengeraccount", account::reconcile), error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    // A binding looks at every account it selects; while many accounts change at
-    // once (an apply of hundreds), coalesce their events into fewer reconciles and
-    // status writes.
-    let binding_config = config.clone().debounce(std::time::Duration::from_secs(2));
     let bindings =
-        Controller::new(Api::<Guarded<CrmBinding>>::all(client.clone()), wc.clone()).with_config(binding_config);
+        Controller::new(Api::<Guarded<CrmBinding>>::all(client.clone()), wc.clone()).with_config(config.clone());
     let binding_store = bindings.store();
     let bindings = bindings
         .watches(Api::<Guarded<MessengerAccount>>::all(client.clone()), wc.clone(), {

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use token::Outcome;
 
+/// The shortest time between two status writes of one binding.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reconciles one binding.
 #[tracing::instrument(skip_all, fields(binding = %binding.name_any(), namespace = binding.namespace().unwrap_or_default()))]
 pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Action> {
@@ -90,6 +93,11 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
         && crate::conditions::unchanged(&previous.conditions, &conditions);
     if same {
         return Ok(Action::requeue(requeue));
+    }
+    // While accounts keep arriving, the list changes on every one of them: write it
+    // at most every 2 s (the last change is written on the requeue).
+    if let Err(wait) = ctx.status_write_due(&format!("binding/{ns}/{name}"), STATUS_EVERY) {
+        return Ok(Action::requeue(wait.min(requeue)));
     }
     ctx.apply_status(binding.as_ref(), status).await?;
     Ok(Action::requeue(requeue))
