@@ -214,7 +214,7 @@ pub struct RunSettings {
     pub gateway_url: Option<String>,
     /// The session key (messenger sessions at rest).
     pub session_key: Option<String>,
-    /// The installation's Chats API channel.
+    /// The installation's Chats API channel (its `media_url` the gateway's).
     pub chats: Option<ChatsSettings>,
     /// The scripted messenger's URL (tests and demos).
     pub scripted_messenger: Option<String>,
@@ -253,7 +253,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         tokens.clone(),
         ca_pem,
         settings.scripted_messenger.as_deref(),
-        settings.chats.clone().map(|c| ChatsSettings { media_url: settings.gateway_url.clone(), ..c }).as_ref(),
+        settings.chats.as_ref(),
         clock.clone(),
         metrics.clone(),
     )?;

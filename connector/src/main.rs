@@ -17,6 +17,27 @@ struct Cli {
     command: Command,
 }
 
+/// The installation's amoCRM Chats API channel (`run` and `standalone`).
+#[derive(clap::Args)]
+struct ChatsArgs {
+    /// Chats API channel id of this installation.
+    #[arg(long, env = "CRMESSENGER_CHATS_CHANNEL_ID")]
+    chats_channel_id: Option<String>,
+    /// Chats API channel secret.
+    #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
+    chats_secret: Option<String>,
+    /// Chats API host (amojo).
+    #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
+    chats_base_url: Option<String>,
+}
+
+impl ChatsArgs {
+    /// The channel, when its id and secret are both given.
+    fn settings(self) -> Option<app::ChatsSettings> {
+        app::ChatsSettings::from_parts(self.chats_base_url, self.chats_channel_id, self.chats_secret)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve one account from the config the operator rendered (in a pod).
@@ -33,15 +54,8 @@ enum Command {
         /// The key that encrypts messenger sessions (64 hex digits or base64 of 32 bytes).
         #[arg(long, env = "CRMESSENGER_SESSION_KEY", hide_env_values = true)]
         session_key: Option<String>,
-        /// Chats API channel id of this installation.
-        #[arg(long, env = "CRMESSENGER_CHATS_CHANNEL_ID")]
-        chats_channel_id: Option<String>,
-        /// Chats API channel secret.
-        #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
-        chats_secret: Option<String>,
-        /// Chats API host (amojo).
-        #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
-        chats_base_url: Option<String>,
+        #[command(flatten)]
+        chats: ChatsArgs,
         /// Use the scripted messenger at this URL (tests and demos).
         #[arg(long, env = "CRMESSENGER_SCRIPTED_MESSENGER")]
         scripted_messenger: Option<String>,
@@ -117,15 +131,8 @@ enum Command {
         /// CRM requests per second, shared by the accounts of one CRM (amoCRM allows 7).
         #[arg(long, default_value_t = 7.0)]
         crm_requests_per_second: f64,
-        /// Chats API channel id of this installation.
-        #[arg(long, env = "CRMESSENGER_CHATS_CHANNEL_ID")]
-        chats_channel_id: Option<String>,
-        /// Chats API channel secret.
-        #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
-        chats_secret: Option<String>,
-        /// Chats API host (amojo).
-        #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
-        chats_base_url: Option<String>,
+        #[command(flatten)]
+        chats: ChatsArgs,
     },
     /// List an account's dead letters and put them back in their queues.
     Replay {
@@ -164,9 +171,7 @@ fn main() -> ExitCode {
                 admin_addr,
                 gateway_url,
                 session_key,
-                chats_channel_id,
-                chats_secret,
-                chats_base_url,
+                chats,
                 scripted_messenger,
                 namespace,
                 account,
@@ -176,7 +181,8 @@ fn main() -> ExitCode {
             } => {
                 let client = kube::Client::try_default().await?;
                 let env = KubeEnv { client, namespace, account, config_map, lease, pod };
-                let chats = app::ChatsSettings::from_parts(chats_base_url, chats_channel_id, chats_secret);
+                // Attachments for the CRM are served under the gateway's public URL.
+                let chats = chats.settings().map(|c| app::ChatsSettings { media_url: gateway_url.clone(), ..c });
                 app::run(app::RunSettings {
                     database_url,
                     admin_addr,
@@ -200,9 +206,7 @@ fn main() -> ExitCode {
                 gateway_url,
                 scripted_messenger,
                 crm_requests_per_second,
-                chats_channel_id,
-                chats_secret,
-                chats_base_url,
+                chats,
             } => {
                 crmessenger_connector::standalone::standalone(crmessenger_connector::standalone::StandaloneSettings {
                     dir,
@@ -216,7 +220,7 @@ fn main() -> ExitCode {
                     gateway_url,
                     scripted_messengers: scripted_messenger,
                     crm_requests_per_second,
-                    chats: app::ChatsSettings::from_parts(chats_base_url, chats_channel_id, chats_secret),
+                    chats: chats.settings(),
                 })
                 .await
             }

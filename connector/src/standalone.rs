@@ -346,6 +346,8 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Attachments for the CRM are served by the in-process gateway.
+    let chats = s.chats.clone().map(|c| crate::app::ChatsSettings { media_url: Some(gateway_url.clone()), ..c });
     let mut tokens: BTreeMap<String, Arc<StoredToken>> = BTreeMap::new();
     let mut tasks = Vec::new();
     for (config, bootstrap) in &plan.accounts {
@@ -388,7 +390,7 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
             token,
             ca_pem,
             scripted_url(&s.scripted_messengers, &account),
-            s.chats.clone().map(|c| crate::app::ChatsSettings { media_url: Some(gateway_url.clone()), ..c }).as_ref(),
+            chats.as_ref(),
             clock.clone(),
             metrics.clone(),
         ) {

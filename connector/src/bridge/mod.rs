@@ -154,23 +154,20 @@ impl Bridge {
     /// Runs every loop until `stop` turns true or the lock is lost.
     pub async fn run(self: Arc<Self>, lock: &AccountLock, mut stop: watch::Receiver<bool>) {
         let wake = self.store.wakeups().of(self.account());
-        let mut tasks = vec![
+        let mut work = tokio::spawn(self.clone().work_loop(wake, stop.clone()));
+        // Everything but the work loop stops at once on a stop.
+        let mut others = vec![
             tokio::spawn(self.clone().ingest_loop(stop.clone())),
-            tokio::spawn(self.clone().work_loop(wake, stop.clone())),
             tokio::spawn(self.clone().escalation_loop(stop.clone())),
         ];
         if self.s.chats {
-            tasks.push(tokio::spawn(self.clone().history_loop(stop.clone())));
+            others.push(tokio::spawn(self.clone().history_loop(stop.clone())));
         }
-        let poller = match self.s.replies {
-            ReplySource::Poll(every) => {
-                let me = self.clone();
-                let lock_name = format!("poll:{}", self.s.binding);
-                let won = lock.try_lock_also(&lock_name).await;
-                won.then(|| tokio::spawn(me.poll_loop(every, stop.clone())))
-            }
-            ReplySource::Webhook => None,
-        };
+        if let ReplySource::Poll(every) = self.s.replies
+            && lock.try_lock_also(&format!("poll:{}", self.s.binding)).await
+        {
+            others.push(tokio::spawn(self.clone().poll_loop(every, stop.clone())));
+        }
         let lost = tokio::select! {
             _ = stop.wait_for(|s| *s) => false,
             _ = lock.lost() => {
@@ -178,16 +175,12 @@ impl Bridge {
                 true
             }
         };
-        let mut tasks = tasks.into_iter();
-        let (ingest, work) = (tasks.next(), tasks.next());
-        for t in tasks.chain(poller).chain(ingest) {
+        for t in others {
             t.abort();
         }
         // A stop (SIGTERM) lets the work loop finish the calls in flight: it ends
         // after its current pass. A lost lock stops everything at once.
-        if let Some(mut work) = work
-            && (lost || tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.is_err())
-        {
+        if lost || tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.is_err() {
             work.abort();
         }
     }
