@@ -2,6 +2,8 @@
 //! real HTTP, and real storage — the same suite on PostgreSQL (a real server) and
 //! on SQLite (standalone's store).
 
+mod common;
+
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::{build_account, register_routes};
 use crmessenger_connector::metrics::Metrics;
@@ -27,34 +29,10 @@ struct Rig {
 }
 
 fn manifests(base_url: &str, detection: &str) -> String {
-    format!(
-        r#"
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec:
-  provider: telegram
-  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {{ escalation: {{ enabled: true, after: 1m }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm:
-    type: amocrm
-    amocrm:
-      baseUrl: {base_url}
-      credentialsSecret: {{ name: amo }}
-      responsibleUserIds: [1001]
-      replies: {{ detection: {detection}, pollInterval: 2s }}
-"#
+    common::shop_yaml(
+        base_url,
+        "{ escalation: { enabled: true, after: 1m } }",
+        &format!("responsibleUserIds: [1001], replies: {{ detection: {detection}, pollInterval: 2s }}"),
     )
 }
 

@@ -4,6 +4,8 @@
 //! delivered; forged, unsigned and malformed hooks are refused with no effect; an
 //! answer written while the gateway was down is recovered from the chat history.
 
+mod common;
+
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::{ChatsSettings, build_account, register_routes};
 use crmessenger_connector::gateway::Gateway;
@@ -58,27 +60,10 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
 
-    let yaml = format!(
-        r#"
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {{}}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, chatsChannel: true, replies: {{ detection: poll, pollInterval: 10m }} }} }}
-"#,
-        fake.base_url()
+    let yaml = common::shop_yaml(
+        &fake.base_url(),
+        "{}",
+        "chatsChannel: true, replies: { detection: poll, pollInterval: 10m }",
     );
     let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
     let config =

@@ -6,6 +6,9 @@
 //! the gateway (an amoCRM REST webhook) to the messenger. The sidecar serves the
 //! status. No Secret value shows up in logs, status or ConfigMaps.
 
+mod common;
+
+use common::shop_yaml;
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::checks::{condition, eventually, get, http_get};
@@ -14,6 +17,37 @@ use crmessenger_testkit::{ControlPlane, Postgres};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// `crmessenger-connector run` for the account `shop` in `ns` (its ConfigMap and
+/// Lease `shop-connector`) on the database `db`, as the cluster admin unless the
+/// caller sets `KUBECONFIG` again; the admin port on `admin`.
+fn connector_run(cp: &ControlPlane, db: &str, ns: &str, admin: &str) -> Command {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    run.args(["run", "--admin-addr", admin])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("CRMESSENGER_DATABASE_URL", db)
+        .env("POD_NAMESPACE", ns)
+        .env("POD_NAME", "shop-connector-0")
+        .env("CRMESSENGER_ACCOUNT", "shop")
+        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
+        .env("CRMESSENGER_LEASE", "shop-connector");
+    run
+}
+
+/// The `shop` account set for amoCRM at `base_url` in `ns` (see [`shop_yaml`]), and
+/// the connector config the operator renders from it.
+fn rendered_shop(base_url: &str, amocrm_extra: &str, ns: &str) -> (String, crmessenger_api::config::ConnectorConfig) {
+    let yaml = shop_yaml(base_url, "{}", amocrm_extra);
+    let m = crmessenger_api::manifests::parse(&yaml, ns).unwrap();
+    let config = crmessenger_api::config::render(
+        &m.accounts[0],
+        &m.bindings[0],
+        &m.policies[0],
+        crmessenger_api::config::RuntimeSettings::default(),
+    )
+    .unwrap();
+    (yaml, config)
+}
 
 fn wait_http(cp: &ControlPlane, name: &str, addr: &str, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -59,43 +93,9 @@ async fn a_message_and_its_reply_cross_the_whole_system() {
 
     let ns = cp.namespace("e2e").await.unwrap();
     let manifests = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{ name: tg-api }}
-stringData: {{ api_id: "12345", api_hash: canary-api-hash-5e1f }}
----
-apiVersion: v1
-kind: Secret
-metadata: {{ name: amo }}
-stringData: {{ long_lived_token: {token} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec:
-  provider: telegram
-  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {{}}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm:
-    type: amocrm
-    amocrm:
-      baseUrl: {base}
-      credentialsSecret: {{ name: amo }}
-      replies: {{ detection: webhook }}
-"#,
-        base = fake.base_url()
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"12345\", api_hash: canary-api-hash-5e1f }}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: amo }}\nstringData: {{ long_lived_token: {token} }}\n---\n{}",
+        shop_yaml(&fake.base_url(), "{}", "replies: { detection: webhook }")
     );
     let out = cp.kubectl_apply_output(&manifests, &["-n", &ns]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -113,16 +113,9 @@ spec:
     let sa_token = cp.kubectl_ok(&["create", "token", "shop-connector", "-n", &ns, "--duration", "1h"]).unwrap();
     let kubeconfig = cp.kubeconfig_for_token(&format!("{ns}-connector"), sa_token.trim()).unwrap();
     let admin = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut run = Command::new(connector_bin);
-    run.args(["run", "--admin-addr", &admin, "--gateway-url", &format!("http://{gw_addr}")])
-        .args(["--scripted-messenger", &messenger.base_url()])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("CRMESSENGER_DATABASE_URL", &db)
-        .env("POD_NAMESPACE", &ns)
-        .env("POD_NAME", "shop-connector-0")
-        .env("CRMESSENGER_ACCOUNT", "shop")
-        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
-        .env("CRMESSENGER_LEASE", "shop-connector");
+    let mut run = connector_run(cp, &db, &ns, &admin);
+    run.args(["--gateway-url", &format!("http://{gw_addr}"), "--scripted-messenger", &messenger.base_url()])
+        .env("KUBECONFIG", &kubeconfig);
     cp.spawn_logged("connector", run).unwrap();
 
     // Ready: the pod (kwok) runs, the heartbeat is fresh, the hash matches, the
@@ -219,37 +212,11 @@ async fn run_exits_1_on_a_malformed_config_or_a_missing_secret_key() {
     cp.install_crds().unwrap();
     let db = Postgres::shared().database("badcfg").unwrap();
     let ns = cp.namespace("badcfg").await.unwrap();
-    let m = crmessenger_api::manifests::parse(
-        r#"
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: { name: shop }
-spec: { provider: telegram, telegram: { apiCredentials: { secretName: tg-api } } }
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: { name: p }
-spec: {}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: { name: b }
-spec: { accountNames: [shop], policyRef: { name: p }, crm: { type: amocrm, amocrm: { baseUrl: "http://127.0.0.1:9", credentialsSecret: { name: amo } } } }
-"#,
-        &ns,
-    )
-    .unwrap();
-    let config = crmessenger_api::config::render(
-        &m.accounts[0],
-        &m.bindings[0],
-        &m.policies[0],
-        crmessenger_api::config::RuntimeSettings::default(),
-    )
-    .unwrap();
+    let (_, config) = rendered_shop("http://127.0.0.1:9", "", &ns);
     let good = serde_json::to_string(&config).unwrap();
     let cases = [
         ("{not json", "", "is not a connector config"),
-        (good.as_str(), "", "b-crm-token does not exist"),
+        (good.as_str(), "", "shop-crm-token does not exist"),
         (good.as_str(), "{ api_id: \"1\" }", "has no key \"api_hash\""),
     ];
     for (i, (config_text, tg_data, expected)) in cases.into_iter().enumerate() {
@@ -262,38 +229,20 @@ spec: { accountNames: [shop], policyRef: { name: p }, crm: { type: amocrm, amocr
                 "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {tg_data}\n"
             ));
             yaml.push_str(
-                "---\napiVersion: v1\nkind: Secret\nmetadata: { name: b-crm-token }\nstringData: { access_token: t }\n",
+                "---\napiVersion: v1\nkind: Secret\nmetadata: { name: shop-crm-token }\nstringData: { access_token: t }\n",
             );
         }
         let out = cp.kubectl_apply_output(&yaml, &["-n", &ns]).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"))
-            .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port().unwrap())])
-            .env("KUBECONFIG", cp.kubeconfig())
-            .env("CRMESSENGER_DATABASE_URL", &db)
-            .env("POD_NAMESPACE", &ns)
-            .env("POD_NAME", "shop-connector-0")
-            .env("CRMESSENGER_ACCOUNT", "shop")
-            .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
-            .env("CRMESSENGER_LEASE", "shop-connector")
-            .output()
-            .unwrap();
+        let out = connector_run(cp, &db, &ns, &format!("127.0.0.1:{}", free_port().unwrap())).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
         assert!(err.contains(expected), "case {i}: expected {expected:?} in:\n{err}");
         assert!(!err.contains("panicked"), "case {i}: {err}");
     }
     // A session key that is not 32 bytes: named, exit 1, before anything else.
-    let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"))
-        .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port().unwrap())])
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env("CRMESSENGER_DATABASE_URL", &db)
+    let out = connector_run(cp, &db, &ns, &format!("127.0.0.1:{}", free_port().unwrap()))
         .env("CRMESSENGER_SESSION_KEY", "too-short")
-        .env("POD_NAMESPACE", &ns)
-        .env("POD_NAME", "shop-connector-0")
-        .env("CRMESSENGER_ACCOUNT", "shop")
-        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
-        .env("CRMESSENGER_LEASE", "shop-connector")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -319,33 +268,7 @@ async fn a_login_code_and_password_from_the_login_secret_are_used_and_deleted() 
     })
     .await
     .unwrap();
-    let objects = format!(
-        r#"
-apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: p }}
-spec: {{}}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: b }}
-spec: {{ accountNames: [shop], policyRef: {{ name: p }}, crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo }}, replies: {{ detection: poll, pollInterval: 10m }} }} }} }}
-"#,
-        fake.base_url()
-    );
-    let m = crmessenger_api::manifests::parse(&objects, &ns).unwrap();
-    let config = crmessenger_api::config::render(
-        &m.accounts[0],
-        &m.bindings[0],
-        &m.policies[0],
-        crmessenger_api::config::RuntimeSettings::default(),
-    )
-    .unwrap();
+    let (objects, config) = rendered_shop(&fake.base_url(), "replies: { detection: poll, pollInterval: 10m }", &ns);
     // What the operator would have made. Only the account goes to the cluster (for
     // its status), not the binding: the operator another test runs in this process
     // would otherwise reconcile it too.
@@ -354,21 +277,15 @@ spec: {{ accountNames: [shop], policyRef: {{ name: p }}, crm: {{ type: amocrm, a
     let children = format!(
         "{account}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: shop-connector }}\ndata:\n  connector.json: {}\n\
          ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: tg-api }}\nstringData: {{ api_id: \"1\", api_hash: h }}\n\
-         ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: b-crm-token }}\nstringData: {{ access_token: {token} }}\n\
+         ---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: shop-crm-token }}\nstringData: {{ access_token: {token} }}\n\
          ---\napiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{ name: shop-connector }}\nspec: {{ leaseDurationSeconds: 30 }}\n",
         serde_json::to_string(&serde_json::to_string(&config).unwrap()).unwrap()
     );
     let out = cp.kubectl_apply_output(&children, &["-n", &ns]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let admin = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut run = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
-    run.args(["run", "--admin-addr", &admin, "--scripted-messenger", &messenger.base_url()])
-        .env("CRMESSENGER_DATABASE_URL", &db)
-        .env("POD_NAMESPACE", &ns)
-        .env("POD_NAME", "shop-connector-0")
-        .env("CRMESSENGER_ACCOUNT", "shop")
-        .env("CRMESSENGER_CONFIG_MAP", "shop-connector")
-        .env("CRMESSENGER_LEASE", "shop-connector");
+    let mut run = connector_run(cp, &db, &ns, &admin);
+    run.args(["--scripted-messenger", &messenger.base_url()]);
     cp.spawn_logged("login-connector", run).unwrap();
     let login_state = || http_get(&admin, "/login").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok());
     let wait_state = |want: &'static str| async move {

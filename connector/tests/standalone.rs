@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Ports, start_standalone, start_standalone_with, write_manifests};
+use common::{Ports, standalone_command, start_standalone, start_standalone_with, write_manifests};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::checks::{eventually, http_get};
@@ -95,14 +95,7 @@ async fn one_host_runs_its_manifests_on_sqlite_and_keeps_the_refreshed_token() {
 
 /// Runs `standalone` to its exit (30 s at most); returns its code and output.
 fn run_to_exit(dir: &std::path::Path, extra: &[&str]) -> (i32, String) {
-    let ports = Ports::free();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
-    cmd.args(["standalone", "-f"])
-        .arg(dir.join("manifests"))
-        .args(["-n", "home", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
-        .args(extra);
+    let cmd = standalone_command(dir, &Ports::free(), extra);
     let mut p = Proc::start("bad", cmd, dir).unwrap();
     let status = p.wait(Duration::from_secs(30)).unwrap_or_else(|| panic!("still running:\n{}", p.log_tail(20)));
     (status.code().unwrap_or(-1), p.log())

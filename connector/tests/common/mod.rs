@@ -1,4 +1,5 @@
-//! Helpers of the tests that run `crmessenger-connector standalone` as a process.
+//! Helpers shared by the connector's tests: the `shop` account set, and running
+//! `crmessenger-connector standalone` as a process.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,34 @@ use crmessenger_testkit::process::Proc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The account `shop` (Telegram, API credentials in the Secret `tg-api`), the
+/// SyncPolicy `shop` with `policy_spec`, and the CrmBinding `shop` selecting the
+/// account, for amoCRM at `base_url` with the credentials Secret `amo`;
+/// `amocrm_extra` adds fields to `spec.crm.amocrm` (flow style, without braces).
+pub fn shop_yaml(base_url: &str, policy_spec: &str, amocrm_extra: &str) -> String {
+    let extra = if amocrm_extra.is_empty() { String::new() } else { format!(", {amocrm_extra}") };
+    format!(
+        r#"apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {policy_spec}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{base_url}", credentialsSecret: {{ name: amo }}{extra} }} }}
+"#
+    )
+}
 
 /// Writes `DIR/manifests/`: Secrets `amo` (with `credentials`, YAML `stringData`
 /// lines) and `tg-api`, and the account `shop` bound to `base_url` by `shop`.
@@ -22,37 +51,7 @@ pub fn write_manifests(dir: &Path, base_url: &str, credentials: &str, api_hash: 
         ),
     )
     .unwrap();
-    std::fs::write(
-        manifests.join("shop.yaml"),
-        format!(
-            r#"apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec:
-  provider: telegram
-  telegram: {{ apiCredentials: {{ secretName: tg-api }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {{}}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm:
-    type: amocrm
-    amocrm:
-      baseUrl: {base_url}
-      credentialsSecret: {{ name: amo }}
-      replies: {{ detection: webhook }}
-"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(manifests.join("shop.yaml"), shop_yaml(base_url, "{}", "replies: { detection: webhook }")).unwrap();
     manifests
 }
 
@@ -74,6 +73,19 @@ impl Ports {
     }
 }
 
+/// `crmessenger-connector standalone` on `DIR/manifests` with namespace `home`,
+/// data in `DIR/data`, listening on `ports`, with `extra` arguments.
+pub fn standalone_command(dir: &Path, ports: &Ports, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    cmd.args(["standalone", "-f"])
+        .arg(dir.join("manifests"))
+        .args(["-n", "home", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
+        .args(extra);
+    cmd
+}
+
 /// Starts `standalone` on `DIR/manifests` with namespace `home`, data in
 /// `DIR/data`, and `extra` arguments; returns once its pages answer.
 pub fn start_standalone(dir: &Path, ports: &Ports, extra: &[&str]) -> Proc {
@@ -82,14 +94,8 @@ pub fn start_standalone(dir: &Path, ports: &Ports, extra: &[&str]) -> Proc {
 
 /// [`start_standalone`] with environment variables.
 pub fn start_standalone_with(dir: &Path, ports: &Ports, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
+    let mut cmd = standalone_command(dir, ports, extra);
     cmd.envs(env.iter().copied());
-    cmd.args(["standalone", "-f"])
-        .arg(dir.join("manifests"))
-        .args(["-n", "home", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--admin-addr", &ports.admin, "--login-addr", &ports.login, "--gateway-addr", &ports.gateway])
-        .args(extra);
     let mut p = Proc::start("standalone", cmd, dir).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&ports.login, "/healthz").map(|r| r.0) != Some(200) {
