@@ -5,7 +5,7 @@
 mod common;
 
 use crmessenger_api::config::{RuntimeSettings, render};
-use crmessenger_connector::app::{build_account, register_routes};
+use crmessenger_connector::app::build_account;
 use crmessenger_connector::metrics::Metrics;
 use crmessenger_connector::store::lock::AccountLock;
 use crmessenger_connector::store::{POOL_SIZE, Store};
@@ -60,14 +60,7 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
         Arc::new(Metrics::default()),
     )
     .unwrap();
-    register_routes(&parts, &store, None).await.unwrap();
-    let lock = AccountLock::acquire(&store, &parts.key, |_| {}).await.unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let bridge = parts.bridge.clone();
-    tokio::spawn(async move {
-        bridge.run(&lock, stop_rx).await;
-        lock.release().await;
-    });
+    let stop = common::run_bridge(&parts, &store).await;
     Rig { fake, messenger, store, stop, account: parts.key }
 }
 

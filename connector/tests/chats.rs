@@ -7,10 +7,9 @@
 mod common;
 
 use crmessenger_api::config::{RuntimeSettings, render};
-use crmessenger_connector::app::{ChatsSettings, build_account, register_routes};
+use crmessenger_connector::app::{ChatsSettings, build_account};
 use crmessenger_connector::gateway::Gateway;
 use crmessenger_connector::metrics::Metrics;
-use crmessenger_connector::store::lock::AccountLock;
 use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
 use crmessenger_crm::clock::OffsetClock;
@@ -19,7 +18,6 @@ use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::Postgres;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const SECRET: &str = "chats-channel-secret-5d1c";
 
@@ -87,14 +85,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         Arc::new(Metrics::default()),
     )
     .unwrap();
-    register_routes(&parts, &store, None).await.unwrap();
-    let lock = AccountLock::acquire(&store, &parts.key, |_| {}).await.unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let bridge = parts.bridge.clone();
-    tokio::spawn(async move {
-        bridge.run(&lock, stop_rx).await;
-        lock.release().await;
-    });
+    let stop = common::run_bridge(&parts, &store).await;
 
     // The customer writes: the message is in amoCRM's chat, the chat linked to a contact.
     messenger.push(vec![text("6001", "1", "Lena", "Can I pick it up today?")]);

@@ -38,6 +38,23 @@ spec:
     )
 }
 
+/// Registers an account's routes, takes its lock and runs its bridge in the
+/// background until the returned sender says stop (then releases the lock).
+pub async fn run_bridge(
+    parts: &crmessenger_connector::app::AccountParts,
+    store: &crmessenger_connector::store::Store,
+) -> tokio::sync::watch::Sender<bool> {
+    crmessenger_connector::app::register_routes(parts, store, None).await.unwrap();
+    let lock = crmessenger_connector::store::lock::AccountLock::acquire(store, &parts.key, |_| {}).await.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let bridge = parts.bridge.clone();
+    tokio::spawn(async move {
+        bridge.run(&lock, stop_rx).await;
+        lock.release().await;
+    });
+    stop
+}
+
 /// Writes `DIR/manifests/`: Secrets `amo` (with `credentials`, YAML `stringData`
 /// lines) and `tg-api`, and the account `shop` bound to `base_url` by `shop`.
 pub fn write_manifests(dir: &Path, base_url: &str, credentials: &str, api_hash: &str) -> PathBuf {
