@@ -82,7 +82,7 @@ async fn rig(db_url: &str) -> Rig {
         &store,
         Arc::new(StaticToken(fake.issue_token_pair().access_token)),
         None,
-        Some(&messenger.base_url()),
+        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
         None,
         Arc::new(SystemClock),
         Arc::new(Metrics::default()),

@@ -7,20 +7,25 @@ use crate::gateway::{Gateway, ROUTE_BINDING_CRM};
 use crate::kube::{KubeEnv, SecretToken, StatusRenderer};
 use crate::messenger::Messenger;
 use crate::messenger::scripted::Scripted;
+use crate::messenger::telegram;
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::budget::DbBudgetStore;
+use crate::store::crypto::SessionKey;
 use crate::store::lock::AccountLock;
 use crate::store::{POOL_SIZE, Store};
 use anyhow::{Context, bail};
 use crmessenger_api::account::Provider;
+use crmessenger_api::account::TelegramLoginMethod;
 use crmessenger_api::binding::ReplyDetection;
+use crmessenger_api::common::SecretKeyRef;
 use crmessenger_api::common::parse_duration;
 use crmessenger_api::config::ConnectorConfig;
 use crmessenger_crm::amocrm::{AmoConfig, AmoCrm, IdentityFields, TokenSource, Transport};
 use crmessenger_crm::budget::{Budget, Limit};
 use crmessenger_crm::clock::{Clock, SystemClock};
 use crmessenger_crm::{Channel, Crm};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -81,27 +86,96 @@ pub fn limit_of(config: &ConnectorConfig) -> Limit {
     if rps > 0.0 { Limit { rate: rps, burst: 1 } } else { Limit::AMOCRM_REST }
 }
 
-/// Builds an account's parts. `messenger_url` selects the scripted messenger (tests
-/// and demos); the Telegram and WhatsApp adapters plug in here.
+/// Secret values a config names, by (Secret name, key).
+pub type SecretValues = BTreeMap<(String, String), String>;
+
+fn secret(values: &SecretValues, r: &SecretKeyRef) -> anyhow::Result<String> {
+    values
+        .get(&(r.name.clone(), r.key.clone()))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("Secret {} has no key {}", r.name, r.key))
+}
+
+/// The Telegram adapter's settings from a config and the Secret values it names.
+pub fn telegram_settings(config: &ConnectorConfig, values: &SecretValues) -> anyhow::Result<telegram::Settings> {
+    let t = config.telegram.as_ref().context("the account has no telegram settings")?;
+    let creds = &t.api_credentials;
+    let id_ref = SecretKeyRef { name: creds.secret_name.clone(), key: creds.api_id_key.clone() };
+    let api_id: i32 = secret(values, &id_ref)?.trim().parse().map_err(|_| {
+        anyhow::anyhow!("Secret {} key {}: api_id must be the number from my.telegram.org", id_ref.name, id_ref.key)
+    })?;
+    let api_hash = secret(values, &SecretKeyRef { name: creds.secret_name.clone(), key: creds.api_hash_key.clone() })?;
+    let login = match t.login_method {
+        TelegramLoginMethod::Qr => telegram::LoginMethod::Qr,
+        TelegramLoginMethod::PhoneCode => telegram::LoginMethod::PhoneCode {
+            phone: t.phone_number.clone().context("loginMethod phoneCode needs phoneNumber")?,
+        },
+        TelegramLoginMethod::BotToken => telegram::LoginMethod::Bot {
+            token: secret(values, t.bot_token.as_ref().context("loginMethod botToken needs botToken")?)?
+                .trim()
+                .to_string(),
+        },
+    };
+    let account = format!("{}/{}", config.account.namespace, config.account.name);
+    let mut s = telegram::Settings::new(&account, api_id, api_hash.trim(), login);
+    s.password = t.two_factor_password.as_ref().map(|r| secret(values, r)).transpose()?;
+    s.max_media_bytes = config.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024;
+    Ok(s)
+}
+
+/// The account's messenger adapter: the scripted messenger at `scripted_url`
+/// (tests and demos), or the provider's real adapter.
+pub async fn messenger_for(
+    config: &ConnectorConfig,
+    store: &Store,
+    scripted_url: Option<&str>,
+    values: &SecretValues,
+    session_key: Option<&SessionKey>,
+) -> anyhow::Result<Arc<dyn Messenger>> {
+    if let Some(url) = scripted_url {
+        return Ok(Arc::new(Scripted::new(url)?));
+    }
+    match config.provider {
+        Provider::Telegram => {
+            let settings = telegram_settings(config, values)?;
+            let key = session_key.context(
+                "Telegram sessions are kept encrypted in the database: give the connector a session key (CRMESSENGER_SESSION_KEY or --session-key)",
+            )?;
+            let session = Arc::new(
+                telegram::session::DbSession::load(store.clone(), key.clone(), &settings.account)
+                    .await
+                    .context("load the Telegram session")?,
+            );
+            let rpc = telegram::rpc::GrammersRpc::start(
+                session.clone(),
+                settings.api_id,
+                &telegram::rpc::Device::default(),
+                TELEGRAM_UPDATES_CAPACITY,
+            );
+            Ok(Arc::new(telegram::Telegram::new(settings, Arc::new(rpc), session)))
+        }
+        Provider::Whatsapp => {
+            bail!("this connector has no WhatsApp adapter yet; run it with --scripted-messenger for a demo")
+        }
+    }
+}
+
+/// grammers' own update channel: drained at once into the adapter's queue.
+pub const TELEGRAM_UPDATES_CAPACITY: usize = 1_000;
+
+/// Builds an account's parts around its messenger adapter.
 #[allow(clippy::too_many_arguments)]
 pub fn build_account(
     config: &ConnectorConfig,
     store: &Store,
     tokens: Arc<dyn TokenSource>,
     ca_pem: Option<String>,
-    messenger_url: Option<&str>,
+    messenger: Arc<dyn Messenger>,
     chats: Option<&ChatsSettings>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<AccountParts> {
     let key = format!("{}/{}", config.account.namespace, config.account.name);
-    let messenger: Arc<dyn Messenger> = match messenger_url {
-        Some(url) => Arc::new(Scripted::new(url)?),
-        None => bail!(
-            "this connector has no adapter for provider {:?} yet; run it with --scripted-messenger for a demo",
-            config.provider
-        ),
-    };
     let amo = &config.crm.amocrm;
     let budget = Budget::new(
         Arc::new(DbBudgetStore::new(store.clone())),
@@ -225,7 +299,7 @@ pub struct RunSettings {
 /// `run`: one account, in a cluster. Returns the process exit code.
 pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
     // Checked at start so a bad key fails the pod at once, not at the first login.
-    let _session_key = match &settings.session_key {
+    let session_key = match &settings.session_key {
         Some(text) => Some(
             crate::store::crypto::SessionKey::parse(text)
                 .map_err(|e| anyhow::anyhow!("CRMESSENGER_SESSION_KEY: {e}"))?,
@@ -236,8 +310,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
     let config = env.config().await?;
     let ns = env.namespace.clone();
     // Every Secret the config names must exist and hold its key; say which is missing.
+    let mut values = SecretValues::new();
     for r in config.secret_refs() {
-        crate::kube::secret_value(&env.client, &ns, &r).await?;
+        let value = crate::kube::secret_value(&env.client, &ns, &r).await?;
+        values.insert((r.name, r.key), value);
     }
     let ca_pem = match &config.crm.amocrm.ca_secret {
         Some(r) => Some(crate::kube::secret_value(&env.client, &ns, r).await?),
@@ -247,12 +323,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::default());
     let tokens = Arc::new(SecretToken::new(env.client.clone(), &ns, config.crm.token.clone()));
+    let messenger =
+        messenger_for(&config, &store, settings.scripted_messenger.as_deref(), &values, session_key.as_ref()).await?;
     let parts = build_account(
         &config,
         &store,
         tokens.clone(),
         ca_pem,
-        settings.scripted_messenger.as_deref(),
+        messenger,
         settings.chats.as_ref(),
         clock.clone(),
         metrics.clone(),

@@ -218,11 +218,20 @@ impl StatusRenderer {
         let now = Time(jiff::Timestamp::now());
         let (logged_in, login_reason, login_message) = match &state.login {
             Some(LoginState::LoggedIn { .. }) => (true, "LoggedIn", "the messenger session is active".to_string()),
-            Some(LoginState::Qr { .. }) => (
-                false,
-                "WaitingForQrScan",
-                "scan the QR code on the login page (kubectl port-forward to the sidecar)".into(),
-            ),
+            Some(LoginState::Qr { .. }) => match &state.logout_reason {
+                Some(reason) => (
+                    false,
+                    "LoggedOut",
+                    format!(
+                        "the session ended: {reason}; scan the new QR code on the login page (kubectl port-forward to the sidecar)"
+                    ),
+                ),
+                None => (
+                    false,
+                    "WaitingForQrScan",
+                    "scan the QR code on the login page (kubectl port-forward to the sidecar)".into(),
+                ),
+            },
             Some(LoginState::CodeRequired) => (false, "CodeRequired", "enter the login code on the login page".into()),
             Some(LoginState::PasswordRequired) => {
                 (false, "PasswordRequired", "enter the two-factor password on the login page".into())
@@ -249,6 +258,18 @@ impl StatusRenderer {
                 ("CrmSynced", true, "Synced".into(), "the last CRM write succeeded".into())
             } else {
                 ("CrmSynced", false, "CrmError".into(), state.crm_error.clone().unwrap_or_default())
+            },
+            match state.sending_paused_until_ms.filter(|t| *t > now.0.as_millisecond()) {
+                Some(until) => (
+                    "SendingAllowed",
+                    false,
+                    "FloodWait".into(),
+                    format!(
+                        "the messenger asked to wait before sending more; replies are held and sending resumes at {}",
+                        jiff::Timestamp::from_millisecond(until).map(|t| t.to_string()).unwrap_or_default()
+                    ),
+                ),
+                None => ("SendingAllowed", true, "Allowed".into(), "replies go out as they come".into()),
             },
         ];
         let mut conditions = Vec::new();
@@ -321,5 +342,30 @@ mod tests {
         let third = r.render(&state, "h", "p", "qr");
         assert_ne!(first["conditions"][1]["lastTransitionTime"], third["conditions"][1]["lastTransitionTime"]);
         assert_eq!(third["conditions"][1]["status"], "False");
+    }
+
+    #[test]
+    fn a_flood_wait_and_a_lost_session_show_in_the_conditions() {
+        let mut r = StatusRenderer::default();
+        let mut state = crate::state::StateCell::new("ns/a").get();
+        let until = jiff::Timestamp::now().as_millisecond() + 3_600_000;
+        state.sending_paused_until_ms = Some(until);
+        state.logout_reason = Some("Telegram ended the session (SESSION_REVOKED); sign in again".into());
+        state.login = Some(LoginState::Qr { code: "tg://login?token=abc".into(), expires_at_ms: until });
+        let status = r.render(&state, "h", "p", "qr");
+        let cond = |t: &str| status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap().clone();
+        let sending = cond("SendingAllowed");
+        assert_eq!(sending["status"], "False");
+        assert_eq!(sending["reason"], "FloodWait");
+        let resume = jiff::Timestamp::from_millisecond(until).unwrap().to_string();
+        assert!(sending["message"].as_str().unwrap().contains(&resume), "{sending}");
+        let login = cond("LoggedIn");
+        assert_eq!(login["reason"], "LoggedOut");
+        assert!(login["message"].as_str().unwrap().contains("SESSION_REVOKED"), "{login}");
+        assert_eq!(status["login"]["qrUrl"], "tg://login?token=abc");
+        // Once the wait is over, sending is allowed again.
+        state.sending_paused_until_ms = Some(jiff::Timestamp::now().as_millisecond() - 1);
+        let status = r.render(&state, "h", "p", "qr");
+        assert_eq!(status["conditions"][3]["status"], "True");
     }
 }

@@ -384,12 +384,28 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
                 }
             }
         };
+        let values: crate::app::SecretValues = config
+            .secret_refs()
+            .into_iter()
+            .filter_map(|r| {
+                let v = secrets.get(&(ns.clone(), r.name.clone()))?.get(&r.key)?.clone();
+                Some(((r.name, r.key), v))
+            })
+            .collect();
+        let scripted = scripted_url(&s.scripted_messengers, &account);
+        let messenger = match crate::app::messenger_for(config, &store, scripted, &values, Some(&key)).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(account, "not started: {e:#}");
+                continue;
+            }
+        };
         let parts = match build_account(
             config,
             &store,
             token,
             ca_pem,
-            scripted_url(&s.scripted_messengers, &account),
+            messenger,
             chats.as_ref(),
             clock.clone(),
             metrics.clone(),

@@ -27,6 +27,10 @@ pub struct AccountState {
     pub holds_lock: bool,
     /// Why it is waiting, while it is.
     pub waiting: Option<String>,
+    /// Why the last session ended, until the account signs in again.
+    pub logout_reason: Option<String>,
+    /// The messenger asked to wait (flood wait): no sends before this (Unix ms).
+    pub sending_paused_until_ms: Option<i64>,
 }
 
 /// Shared, observable account state.
@@ -48,6 +52,8 @@ impl StateCell {
             crm_error: None,
             holds_lock: false,
             waiting: None,
+            logout_reason: None,
+            sending_paused_until_ms: None,
         });
         Self { tx, lock: Mutex::new(()) }
     }

@@ -54,7 +54,7 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
         &store,
         Arc::new(StaticToken(token)),
         None,
-        Some(&messenger.base_url()),
+        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
         None,
         clock,
         Arc::new(Metrics::default()),

@@ -79,7 +79,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         &store,
         Arc::new(StaticToken(fake.issue_token_pair().access_token)),
         None,
-        Some(&messenger.base_url()),
+        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
         Some(&chats),
         Arc::new(clock.clone()),
         Arc::new(Metrics::default()),

@@ -32,7 +32,7 @@ use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
 use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, LeadRequest, NoteRequest, Person, ReplyCursor, TaskRequest};
-use retry::{Breaker, backoff};
+use retry::{Breaker, SendRate, backoff};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +87,7 @@ pub struct Bridge {
     breaker: Mutex<Breaker>,
     chat_failures: Mutex<HashMap<String, u32>>,
     one_by_one: Mutex<HashSet<String>>,
+    send_rate: Mutex<SendRate>,
 }
 
 const BATCH: i64 = 1000;
@@ -132,7 +133,10 @@ impl Bridge {
         state: Arc<StateCell>,
     ) -> Self {
         let assigner = Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids, 0);
+        let limits = &settings.policy.rate_limits;
+        let send_rate = Mutex::new(SendRate::new(limits.messages_per_minute, limits.per_chat_per_minute));
         Self {
+            send_rate,
             s: settings,
             store,
             crm,
@@ -219,6 +223,11 @@ impl Bridge {
             let login = self.messenger.login_state().await?;
             let now_in = matches!(login, crate::messenger::LoginState::LoggedIn { .. });
             self.state.update(|s| {
+                match &login {
+                    crate::messenger::LoginState::LoggedOut { reason } => s.logout_reason = Some(reason.clone()),
+                    crate::messenger::LoginState::LoggedIn { .. } => s.logout_reason = None,
+                    _ => {}
+                }
                 s.login = Some(login);
                 s.messenger_connected = true;
                 s.messenger_error = None;
@@ -232,7 +241,10 @@ impl Bridge {
         let cursor = self.store.cursor(self.account(), "messenger").await.map_err(store_err)?;
         let batch = match self.messenger.updates(cursor.as_deref(), Duration::from_secs(10)).await {
             Err(MessengerError::LoggedOut(reason)) => {
-                self.state.update(|s| s.login = Some(crate::messenger::LoginState::LoggedOut { reason }));
+                self.state.update(|s| {
+                    s.logout_reason = Some(reason.clone());
+                    s.login = Some(crate::messenger::LoginState::LoggedOut { reason });
+                });
                 self.metrics.logged_in.get_or_create(&Metrics::label(self.account())).set(0);
                 return Ok(());
             }
@@ -786,6 +798,11 @@ impl Bridge {
                 blocked.insert(row.chat_id.clone());
                 continue;
             }
+            // Never faster than the policy allows (a held reply is not an attempt).
+            if self.send_rate.lock().map(|mut r| r.next_slot(&row.chat_id, now) > now).unwrap_or(false) {
+                blocked.insert(row.chat_id.clone());
+                continue;
+            }
             worked = true;
             let outgoing = Outgoing { chat_id: row.chat_id.clone(), text: row.text.clone(), random_id: row.random_id };
             let result = async {
@@ -795,6 +812,9 @@ impl Bridge {
                     return Ok(sent);
                 }
                 self.store.outbox_started(row.seq).await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+                if let Ok(mut r) = self.send_rate.lock() {
+                    r.record(&row.chat_id, now);
+                }
                 self.messenger.send(&outgoing).await
             }
             .await;
@@ -805,6 +825,11 @@ impl Bridge {
                         .await
                         .map_err(|e| e.to_string())?;
                     self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
+                    self.state.update(|s| s.sending_paused_until_ms = None);
+                    // The manager answered: the customer's messages are read.
+                    if let Err(e) = self.messenger.mark_read(&row.chat_id, &sent.message_id).await {
+                        tracing::debug!(account = self.account(), chat = row.chat_id, "mark read: {e}");
+                    }
                     self.answered(&row.chat_id).await;
                     if let Some(id) = &row.crm_message_id {
                         self.report_delivery(id, None).await;
@@ -819,7 +844,11 @@ impl Bridge {
                 }
                 Err(e) => {
                     let wait = match &e {
-                        MessengerError::FloodWait(d) => *d,
+                        MessengerError::FloodWait(d) => {
+                            let until = now + d.as_millis() as i64;
+                            self.state.update(|s| s.sending_paused_until_ms = Some(until));
+                            *d
+                        }
                         _ => backoff(row.attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
                     };
                     tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");

@@ -98,3 +98,78 @@ mod tests {
         assert!(!b.is_open() && b.allows(15_000));
     }
 }
+
+/// The policy's send limits toward the messenger: at most `per_minute` sends in
+/// any 60 s, and `per_chat` to any one chat.
+#[derive(Debug, Clone)]
+pub struct SendRate {
+    per_minute: usize,
+    per_chat: usize,
+    all: std::collections::VecDeque<i64>,
+    chats: std::collections::HashMap<String, std::collections::VecDeque<i64>>,
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+impl SendRate {
+    /// Limits of at least one send a minute each.
+    pub fn new(per_minute: i32, per_chat: i32) -> Self {
+        Self {
+            per_minute: per_minute.max(1) as usize,
+            per_chat: per_chat.max(1) as usize,
+            all: Default::default(),
+            chats: Default::default(),
+        }
+    }
+
+    /// When a send to `chat` may go: `now_ms` or later.
+    pub fn next_slot(&mut self, chat: &str, now_ms: i64) -> i64 {
+        let horizon = now_ms - MINUTE_MS;
+        while self.all.front().is_some_and(|t| *t <= horizon) {
+            self.all.pop_front();
+        }
+        self.chats.retain(|_, q| {
+            while q.front().is_some_and(|t| *t <= horizon) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        let mut slot = now_ms;
+        if self.all.len() >= self.per_minute {
+            slot = slot.max(self.all[self.all.len() - self.per_minute] + MINUTE_MS);
+        }
+        if let Some(q) = self.chats.get(chat)
+            && q.len() >= self.per_chat
+        {
+            slot = slot.max(q[q.len() - self.per_chat] + MINUTE_MS);
+        }
+        slot
+    }
+
+    /// A send to `chat` went out at `now_ms`.
+    pub fn record(&mut self, chat: &str, now_ms: i64) {
+        self.all.push_back(now_ms);
+        self.chats.entry(chat.to_string()).or_default().push_back(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod send_rate_tests {
+    use super::SendRate;
+
+    #[test]
+    fn sends_wait_for_the_minute_window() {
+        let mut r = SendRate::new(3, 2);
+        assert_eq!(r.next_slot("a", 0), 0);
+        r.record("a", 0);
+        r.record("a", 1_000);
+        // The chat's limit: the third send to "a" waits until the first leaves the window.
+        assert_eq!(r.next_slot("a", 2_000), 60_000);
+        assert_eq!(r.next_slot("b", 2_000), 2_000);
+        r.record("b", 2_000);
+        // The account's limit: a fourth send anywhere waits too.
+        assert_eq!(r.next_slot("c", 3_000), 60_000);
+        assert_eq!(r.next_slot("c", 60_000), 60_000);
+        assert_eq!(r.next_slot("a", 61_000), 61_000);
+    }
+}

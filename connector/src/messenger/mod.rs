@@ -7,6 +7,7 @@
 //! makes the messenger deliver again exactly what was not yet stored.
 
 pub mod scripted;
+pub mod telegram;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -798,6 +798,12 @@ impl Store {
         row.map(|r| Ok((r.try_get("nonce")?, r.try_get("ciphertext")?))).transpose()
     }
 
+    /// Deletes stored session material (a messenger logged the session out).
+    pub async fn delete_session(&self, account: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE account = $1").bind(account).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Deletes every row of `account` (account deletion).
     pub async fn purge(&self, account: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;

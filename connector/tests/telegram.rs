@@ -1,0 +1,525 @@
+//! The Telegram adapter over its raw-RPC seam, driven by a scripted Telegram that
+//! speaks real serialized TL: login (QR, migration, two-step password, expiry,
+//! phone code, bot), the session in both databases, update mapping, catch-up and
+//! back-pressure, in-doubt sends, flood waits, logged-out sessions, media,
+//! backfill — and the whole bridge with the amoCRM fake.
+
+mod common;
+mod tgfake;
+
+use crmessenger_connector::messenger::telegram::rpc::RpcFailure;
+use crmessenger_connector::messenger::telegram::session::{DbSession, row_key};
+use crmessenger_connector::messenger::telegram::{LoginMethod, Settings, Telegram};
+use crmessenger_connector::messenger::{
+    Batch, ChatKind, Content, Event, LoginState, MediaRef, Messenger, MessengerError, Outgoing,
+};
+use crmessenger_connector::store::crypto::SessionKey;
+use crmessenger_connector::store::{POOL_SIZE, Store};
+use crmessenger_testkit::Postgres;
+use grammers_session::Session;
+use grammers_tl_types as tl;
+use std::sync::Arc;
+use std::time::Duration;
+use tgfake::{FakeTelegram, ME, Script, Seam};
+
+const ACCOUNT: &str = "shop/tg";
+const KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+
+fn key() -> SessionKey {
+    SessionKey::parse(KEY).unwrap()
+}
+
+fn settings(login: LoginMethod) -> Settings {
+    Settings::new(ACCOUNT, 12345, "hash-abc", login)
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    Store::connect(&format!("sqlite://{}", dir.path().join("c.db").display()), POOL_SIZE).await.unwrap()
+}
+
+async fn adapter(fake: &Arc<FakeTelegram>, store: &Store, s: Settings) -> Telegram {
+    let session = Arc::new(DbSession::load(store.clone(), key(), ACCOUNT).await.unwrap());
+    Telegram::new(s, Arc::new(Seam(fake.clone())), session)
+}
+
+/// Asks for the login state until `done` says it is there (the adapter reacts to
+/// pushed updates in the background).
+async fn login_until(tg: &Telegram, done: impl Fn(&LoginState) -> bool) -> LoginState {
+    let mut last = None;
+    for _ in 0..100 {
+        let s = tg.login_state().await.unwrap();
+        if done(&s) {
+            return s;
+        }
+        last = Some(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("login never reached the expected state; last: {last:?}");
+}
+
+fn logged_in(s: &LoginState) -> bool {
+    matches!(s, LoginState::LoggedIn { .. })
+}
+
+/// A signed-in adapter (QR, no password) with its stream started.
+async fn signed_in(fake: &Arc<FakeTelegram>, store: &Store, s: Settings) -> (Telegram, String) {
+    let tg = adapter(fake, store, s).await;
+    assert!(matches!(tg.login_state().await.unwrap(), LoginState::Qr { .. }));
+    fake.scan();
+    login_until(&tg, logged_in).await;
+    let first = tg.updates(None, Duration::from_secs(5)).await.unwrap();
+    assert!(first.events.is_empty(), "a first start delivers no history: {first:?}");
+    assert!(!first.cursor.is_empty());
+    (tg, first.cursor)
+}
+
+/// Reads events as the bridge does (committing each cursor) until `n` arrived.
+async fn read(tg: &Telegram, cursor: &mut String, n: usize) -> Vec<Event> {
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        if events.len() >= n {
+            break;
+        }
+        let Batch { events: got, cursor: next } = tg.updates(Some(cursor), Duration::from_millis(200)).await.unwrap();
+        events.extend(got);
+        *cursor = next;
+    }
+    assert_eq!(events.len(), n, "events: {events:#?}");
+    events
+}
+
+fn message(e: &Event) -> &crmessenger_connector::messenger::Message {
+    match e {
+        Event::Message(m) => m,
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+// ---- login ---------------------------------------------------------------
+
+#[tokio::test]
+async fn qr_login_token_is_accepted_after_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    let LoginState::Qr { code, expires_at_ms } = tg.login_state().await.unwrap() else { panic!("no QR") };
+    // "token-1" in base64url without padding, computed by hand.
+    assert_eq!(code, "tg://login?token=dG9rZW4tMQ");
+    assert!(expires_at_ms > tgfake::now() as i64 * 1000);
+    // Asking again before expiry shows the same code (no new export).
+    let again = tg.login_state().await.unwrap();
+    assert_eq!(again, LoginState::Qr { code, expires_at_ms });
+    assert_eq!(fake.calls_of("exportLoginToken"), 1);
+    fake.scan();
+    let LoginState::LoggedIn { identity } = login_until(&tg, logged_in).await else { unreachable!() };
+    assert_eq!(identity.id, ME.to_string());
+    assert_eq!(identity.name, "Shop");
+    assert_eq!(identity.phone.as_deref(), Some("+79990000000"));
+    assert_eq!(fake.calls_of("exportLoginToken"), 2, "one export for the QR, one after the scan");
+}
+
+#[tokio::test]
+async fn qr_login_migrates_to_the_accounts_datacenter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { user_dc: 4, ..Script::default() });
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    assert!(matches!(tg.login_state().await.unwrap(), LoginState::Qr { .. }));
+    fake.scan();
+    login_until(&tg, logged_in).await;
+    let calls = fake.world.lock().unwrap().calls.clone();
+    assert!(calls.contains(&(4, "importLoginToken".to_string())), "{calls:?}");
+    // The new home datacenter is stored.
+    let session = DbSession::load(store.clone(), key(), ACCOUNT).await.unwrap();
+    assert_eq!(session.home_dc_id().unwrap(), 4);
+    // And used: the stream starts there.
+    tg.updates(None, Duration::from_secs(5)).await.unwrap();
+    assert!(fake.world.lock().unwrap().calls.contains(&(4, "getState".to_string())));
+}
+
+#[tokio::test]
+async fn qr_login_with_a_two_step_password_typed_on_the_login_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { password: Some("correct horse".into()), ..Script::default() });
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    tg.login_state().await.unwrap();
+    fake.scan();
+    login_until(&tg, |s| *s == LoginState::PasswordRequired).await;
+    let wrong = tg.submit_login(None, Some("battery staple")).await.unwrap_err();
+    assert!(matches!(&wrong, MessengerError::Rejected(m) if m.contains("password is wrong")), "{wrong:?}");
+    assert_eq!(tg.login_state().await.unwrap(), LoginState::PasswordRequired);
+    tg.submit_login(None, Some("correct horse")).await.unwrap();
+    assert!(logged_in(&tg.login_state().await.unwrap()));
+    assert_eq!(fake.calls_of("checkPassword"), 2);
+}
+
+#[tokio::test]
+async fn qr_login_with_the_password_from_the_accounts_secret_and_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { user_dc: 5, password: Some("pw".into()), ..Script::default() });
+    let mut s = settings(LoginMethod::Qr);
+    s.password = Some("pw".into());
+    let tg = adapter(&fake, &store, s).await;
+    tg.login_state().await.unwrap();
+    fake.scan();
+    login_until(&tg, logged_in).await;
+    let calls = fake.world.lock().unwrap().calls.clone();
+    assert!(
+        calls.contains(&(5, "importLoginToken".into())) && calls.contains(&(5, "checkPassword".into())),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_qr_token_is_exported_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    // One second to live: inside the re-export margin at once.
+    let fake = FakeTelegram::new(Script { qr_ttl: 1, ..Script::default() });
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    let LoginState::Qr { code: first, .. } = tg.login_state().await.unwrap() else { panic!() };
+    let LoginState::Qr { code: second, .. } = tg.login_state().await.unwrap() else { panic!() };
+    assert_ne!(first, second);
+    assert_eq!(second, "tg://login?token=dG9rZW4tMg");
+    assert_eq!(fake.calls_of("exportLoginToken"), 2);
+}
+
+#[tokio::test]
+async fn phone_code_login_follows_the_phone_to_its_datacenter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { user_dc: 4, ..Script::default() });
+    let tg = adapter(&fake, &store, settings(LoginMethod::PhoneCode { phone: "+79990000000".into() })).await;
+    assert_eq!(tg.login_state().await.unwrap(), LoginState::CodeRequired);
+    let calls = fake.world.lock().unwrap().calls.clone();
+    assert_eq!(calls, vec![(2, "sendCode".to_string()), (4, "sendCode".to_string())], "PHONE_MIGRATE_4 is followed");
+    assert!(matches!(tg.submit_login(Some("00000"), None).await, Err(MessengerError::Rejected(_))));
+    tg.submit_login(Some("12345"), None).await.unwrap();
+    assert!(logged_in(&tg.login_state().await.unwrap()));
+}
+
+#[tokio::test]
+async fn a_bot_signs_in_over_mtproto_with_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let bad = adapter(&fake, &store, settings(LoginMethod::Bot { token: "123:wrong".into() })).await;
+    let LoginState::LoggedOut { reason } = bad.login_state().await.unwrap() else { panic!() };
+    assert!(reason.contains("ACCESS_TOKEN_INVALID"), "{reason}");
+    drop(bad);
+    let tg = adapter(&fake, &store, settings(LoginMethod::Bot { token: "123:bot".into() })).await;
+    let LoginState::LoggedIn { identity } = tg.login_state().await.unwrap() else { panic!() };
+    assert_eq!(identity.username.as_deref(), Some("shop_bot"));
+}
+
+// ---- session -------------------------------------------------------------
+
+async fn session_survives_a_restart(store: Store) {
+    let fake = FakeTelegram::new(Script { user_dc: 3, ..Script::default() });
+    let (tg, _) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    drop(tg);
+    let exports = fake.calls_of("exportLoginToken");
+    // A new process: the same database and key resume without a QR.
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    let LoginState::LoggedIn { identity } = tg.login_state().await.unwrap() else { panic!("not resumed") };
+    assert_eq!(identity.name, "Shop");
+    assert_eq!(fake.calls_of("exportLoginToken"), exports, "no new login");
+    // Sealed at rest: the row does not open with another key or as another account.
+    let (nonce, ct) = store.session(&row_key(ACCOUNT)).await.unwrap().unwrap();
+    assert!(!String::from_utf8_lossy(&ct).contains("Shop"));
+    let other = SessionKey::parse(&"02".repeat(32)).unwrap();
+    assert!(other.open(&row_key(ACCOUNT), &nonce, &ct).is_err());
+    assert!(key().open("shop/other", &nonce, &ct).is_err());
+    assert!(DbSession::load(store.clone(), other, ACCOUNT).await.is_err());
+    let session = DbSession::load(store.clone(), key(), ACCOUNT).await.unwrap();
+    assert_eq!(session.home_dc_id().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn session_round_trip_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    session_survives_a_restart(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn session_round_trip_on_postgres() {
+    let url = Postgres::shared().database("tgsession").unwrap();
+    session_survives_a_restart(Store::connect(&url, POOL_SIZE).await.unwrap()).await;
+}
+
+// ---- updates -------------------------------------------------------------
+
+#[tokio::test]
+async fn updates_map_text_media_groups_channels_edits_and_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    let hello = fake.customer_says(501, "Anna", "hello", true);
+    fake.group_says(77, "Wholesale", 502, "Boris", "price list?");
+    fake.channel_posts(1_234_567, "Shop news", "sale today", 1);
+    fake.customer_sends_file(501, "Anna", tgfake::document(9001, 4, "audio/ogg", "voice.ogg", true), vec![1, 2, 3, 4]);
+    fake.customer_edits(501, hello, "hello again");
+    fake.customer_deletes(vec![hello]);
+    let events = read(&tg, &mut cursor, 6).await;
+
+    let text = message(&events[0]);
+    assert_eq!((text.chat_id.as_str(), text.chat_kind, text.caption()), ("501", ChatKind::Private, "hello"));
+    assert_eq!(text.sender.name, "Anna");
+    assert_eq!(text.sender.phone.as_deref(), Some("+79991234567"));
+    assert_eq!(text.sender.username.as_deref(), Some("u501"));
+    assert!(!text.edited);
+
+    let grp = message(&events[1]);
+    assert_eq!((grp.chat_id.as_str(), grp.chat_kind), ("-77", ChatKind::Group));
+    assert_eq!(grp.chat_title.as_deref(), Some("Wholesale"));
+    assert_eq!((grp.sender.id.as_str(), grp.sender.name.as_str()), ("502", "Boris"));
+
+    let post = message(&events[2]);
+    assert_eq!((post.chat_id.as_str(), post.chat_kind), ("-1000001234567", ChatKind::Channel));
+    assert_eq!(post.sender.name, "Shop news");
+
+    let media = message(&events[3]);
+    let Content::Media { media: m, caption } = &media.content else { panic!("{media:?}") };
+    assert_eq!(
+        (m.kind.as_str(), m.mime_type.as_str(), m.file_name.as_str(), m.size),
+        ("voice", "audio/ogg", "voice.ogg", 4)
+    );
+    assert_eq!(caption, "see attached");
+    assert_eq!(tg.fetch_media(m).await.unwrap(), vec![1, 2, 3, 4]);
+
+    let edit = message(&events[4]);
+    assert!(edit.edited);
+    assert_eq!((edit.message_id.clone(), edit.caption()), (hello.to_string(), "hello again"));
+    assert_eq!(events[5], Event::Deleted { chat_id: "501".into(), message_id: hello.to_string() });
+    // Each event has its own key: an edit does not collide with its message.
+    assert_ne!(events[0].key(), events[4].key());
+}
+
+#[tokio::test]
+async fn a_restart_catches_up_from_the_committed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { difference_limit: 3, ..Script::default() });
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    fake.customer_says(501, "Anna", "before", true);
+    read(&tg, &mut cursor, 1).await;
+    drop(tg);
+    // Downtime: nothing is pushed, Telegram keeps it.
+    for i in 0..8 {
+        fake.customer_says(501, "Anna", &format!("while down {i}"), false);
+    }
+    let tg = adapter(&fake, &store, settings(LoginMethod::Qr)).await;
+    assert!(logged_in(&tg.login_state().await.unwrap()));
+    let events = read(&tg, &mut cursor, 8).await;
+    let texts: Vec<_> = events.iter().map(|e| message(e).caption().to_string()).collect();
+    assert_eq!(texts, (0..8).map(|i| format!("while down {i}")).collect::<Vec<_>>(), "in order, none lost");
+    assert!(fake.calls_of("getDifference") >= 3, "fetched in slices of 3");
+}
+
+#[tokio::test]
+async fn a_burst_over_the_queue_capacity_while_the_database_stalls_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script { channel_capacity: 1_000, difference_limit: 40, ..Script::default() });
+    let mut s = settings(LoginMethod::Qr);
+    s.queue_capacity = 50;
+    let (tg, mut cursor) = signed_in(&fake, &store, s).await;
+    // The bridge is stuck on a slow database: nobody asks for updates meanwhile.
+    for i in 0..500 {
+        fake.customer_says(600 + i % 7, "Customer", &format!("burst {i}"), true);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.world.lock().unwrap().dropped_live, 0, "the adapter drains the connection's channel at once");
+    let events = read(&tg, &mut cursor, 500).await;
+    let mut texts: Vec<_> = events.iter().map(|e| message(e).caption().to_string()).collect();
+    texts.dedup();
+    assert_eq!(texts, (0..500).map(|i| format!("burst {i}")).collect::<Vec<_>>());
+    assert!(tg.skipped_updates() > 0, "the queue did fill (the test exercised back-pressure)");
+    assert!(fake.calls_of("getDifference") > 0);
+}
+
+// ---- sending -------------------------------------------------------------
+
+async fn with_customer(fake: &Arc<FakeTelegram>, tg: &Telegram, cursor: &mut String) -> i32 {
+    let id = fake.customer_says(501, "Anna", "hi", true);
+    read(tg, cursor, 1).await;
+    id
+}
+
+#[tokio::test]
+async fn an_in_doubt_send_is_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    let out = Outgoing { chat_id: "501".into(), text: "We have it in stock".into(), random_id: 424242 };
+    fake.world.lock().unwrap().lose_next_send_answer = true;
+    let first = tg.send(&out).await.unwrap_err();
+    assert!(matches!(first, MessengerError::InDoubt(_)), "{first:?}");
+    assert_eq!(tg.find_sent("501", out.random_id).await.unwrap(), None);
+    // The outbox tries again with the same random_id: Telegram refuses the duplicate,
+    // and the adapter finds the message that did go out.
+    let sent = tg.send(&out).await.unwrap();
+    let delivered = fake.sent();
+    assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
+    assert_eq!(sent.message_id, delivered[0].id.to_string());
+    // A clean send is known by its random_id afterwards.
+    let second = Outgoing { chat_id: "501".into(), text: "Anything else?".into(), random_id: 7 };
+    let ok = tg.send(&second).await.unwrap();
+    assert_eq!(tg.find_sent("501", 7).await.unwrap().map(|s| s.message_id), Some(ok.message_id.clone()));
+    tg.mark_read("501", &ok.message_id).await.unwrap();
+    assert_eq!(fake.world.lock().unwrap().reads, vec![(501, ok.message_id.parse().unwrap())]);
+    // An unknown chat is refused, not sent somewhere.
+    let stranger = Outgoing { chat_id: "999".into(), text: "x".into(), random_id: 8 };
+    assert!(matches!(tg.send(&stranger).await, Err(MessengerError::Rejected(_))));
+}
+
+#[tokio::test]
+async fn flood_waits_are_slept_through_when_short_and_reported_when_long() {
+    use tl::functions::messages::SendMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(420, "FLOOD_WAIT_1")]);
+    tg.send(&Outgoing { chat_id: "501".into(), text: "one".into(), random_id: 1 }).await.unwrap();
+    assert_eq!(fake.sent().len(), 1);
+    assert_eq!(tg.flood_until_ms(), 0);
+
+    fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(420, "FLOOD_WAIT_3600")]);
+    let err = tg.send(&Outgoing { chat_id: "501".into(), text: "two".into(), random_id: 2 }).await.unwrap_err();
+    let MessengerError::FloodWait(wait) = err else { panic!("{err:?}") };
+    assert_eq!(wait, Duration::from_secs(3600));
+    let resume = tg.flood_until_ms();
+    assert!(resume > tgfake::now() as i64 * 1000 + 3_500_000, "{resume}");
+    // Until then the adapter does not even ask (no tight retry loop).
+    let calls = fake.calls_of("sendMessage");
+    let again = tg.send(&Outgoing { chat_id: "501".into(), text: "two".into(), random_id: 2 }).await.unwrap_err();
+    assert!(matches!(again, MessengerError::FloodWait(d) if d > Duration::from_secs(3500)));
+    assert_eq!(fake.calls_of("sendMessage"), calls);
+    assert_eq!(fake.sent().len(), 1);
+}
+
+async fn logged_out_with(failure: RpcFailure, expect: &str) {
+    use tl::functions::messages::SendMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    fake.fail_next::<SendMessage>(vec![failure]);
+    let err = tg.send(&Outgoing { chat_id: "501".into(), text: "x".into(), random_id: 3 }).await.unwrap_err();
+    let MessengerError::LoggedOut(reason) = err else { panic!("{err:?}") };
+    assert!(reason.contains(expect), "{reason}");
+    // Wiped: nothing of the session is left in the database.
+    assert!(store.session(&row_key(ACCOUNT)).await.unwrap().is_none());
+    // The stream says so too, once.
+    assert!(matches!(tg.updates(Some(&cursor), Duration::from_millis(100)).await, Err(MessengerError::LoggedOut(_))));
+    // The login page says why, then offers a fresh QR.
+    let LoginState::LoggedOut { reason: shown } = tg.login_state().await.unwrap() else { panic!() };
+    assert_eq!(shown, reason);
+    assert!(matches!(tg.login_state().await.unwrap(), LoginState::Qr { .. }));
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_wiped_and_a_new_qr_offered() {
+    logged_out_with(RpcFailure::from_message(401, "SESSION_REVOKED"), "SESSION_REVOKED").await;
+}
+
+#[tokio::test]
+async fn a_duplicated_auth_key_is_reported_as_a_duplicate_session() {
+    logged_out_with(RpcFailure::from_message(406, "AUTH_KEY_DUPLICATED"), "duplicate session").await;
+}
+
+// ---- media, backfill, logout ---------------------------------------------
+
+#[tokio::test]
+async fn media_is_fetched_in_chunks_from_its_datacenter_within_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let mut s = settings(LoginMethod::Qr);
+    s.max_media_bytes = 2 * 1024 * 1024;
+    let (tg, mut cursor) = signed_in(&fake, &store, s).await;
+    let body: Vec<u8> = (0..1_300_000u32).map(|i| (i % 251) as u8).collect();
+    fake.customer_sends_file(
+        501,
+        "Anna",
+        tgfake::document(9002, body.len() as i64, "application/pdf", "invoice.pdf", false),
+        body.clone(),
+    );
+    fake.customer_sends_file(
+        501,
+        "Anna",
+        tgfake::document(9003, 3 * 1024 * 1024, "video/mp4", "big.mp4", false),
+        vec![0; 16],
+    );
+    let events = read(&tg, &mut cursor, 2).await;
+    let media = |e: &Event| -> MediaRef {
+        match &message(e).content {
+            Content::Media { media, .. } => media.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(tg.fetch_media(&media(&events[0])).await.unwrap(), body);
+    let calls = fake.world.lock().unwrap().calls.clone();
+    assert!(calls.contains(&(4, "importAuthorization".into())), "authorization carried to dc 4: {calls:?}");
+    assert_eq!(calls.iter().filter(|(dc, n)| *dc == 4 && n == "getFile").count(), 3, "three 512 KiB chunks");
+    let before = fake.calls_of("getFile");
+    let big = tg.fetch_media(&media(&events[1])).await.unwrap_err();
+    assert!(matches!(&big, MessengerError::Rejected(m) if m.contains("limit")), "{big:?}");
+    assert_eq!(fake.calls_of("getFile"), before, "not downloaded at all");
+}
+
+#[tokio::test]
+async fn backfill_pages_history_without_exceeding_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let mut s = settings(LoginMethod::Qr);
+    s.history_interval = Duration::from_millis(200);
+    for i in 0..10 {
+        fake.customer_says(501, "Anna", &format!("old {i}"), false);
+    }
+    // Signed in after those: they are history, not updates.
+    let (tg, mut cursor) = signed_in(&fake, &store, s).await;
+    fake.customer_says(501, "Anna", "new", true);
+    read(&tg, &mut cursor, 1).await;
+    let mut before: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let page = tg.backfill("501", before.as_deref(), 3).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|m| m.message_id.clone());
+        all.extend(page);
+    }
+    let texts: Vec<_> = all.iter().map(|m| m.caption().to_string()).collect();
+    let expected: Vec<String> =
+        std::iter::once("new".to_string()).chain((0..10).rev().map(|i| format!("old {i}"))).collect();
+    assert_eq!(texts, expected, "newest first, all of them");
+    let at = fake.world.lock().unwrap().history_calls.clone();
+    assert_eq!(at.len(), 5, "four pages of three, then an empty one");
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(195), "history requests spaced by the interval: {at:?}");
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_on_telegram_and_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, _) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    tg.logout().await.unwrap();
+    assert!(fake.world.lock().unwrap().logged_out);
+    assert!(store.session(&row_key(ACCOUNT)).await.unwrap().is_none());
+    assert!(matches!(tg.login_state().await.unwrap(), LoginState::Qr { .. }));
+}
