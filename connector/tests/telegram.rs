@@ -523,3 +523,90 @@ async fn logout_ends_the_session_on_telegram_and_here() {
     assert!(store.session(&row_key(ACCOUNT)).await.unwrap().is_none());
     assert!(matches!(tg.login_state().await.unwrap(), LoginState::Qr { .. }));
 }
+
+// ---- the whole path ------------------------------------------------------
+
+#[tokio::test]
+async fn a_telegram_customer_reaches_amocrm_and_the_managers_reply_comes_back() {
+    use crmessenger_api::config::{RuntimeSettings, render};
+    use crmessenger_connector::app::{SecretValues, build_account, telegram_settings};
+    use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+
+    let amo = Arc::new(FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap());
+    let yaml = common::shop_yaml(&amo.base_url(), "{}", "replies: { detection: poll, pollInterval: 1s }");
+    let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
+    // The adapter's settings come from the account's Secret as in production.
+    let values: SecretValues = [
+        (("tg-api".to_string(), "api_id".to_string()), "12345".to_string()),
+        (("tg-api".to_string(), "api_hash".to_string()), "hash-abc".to_string()),
+    ]
+    .into();
+    let s = telegram_settings(&config, &values).unwrap();
+    assert_eq!((s.api_id, s.login.clone()), (12345, LoginMethod::Qr));
+    let store = Store::connect(&Postgres::shared().database("tge2e").unwrap(), POOL_SIZE).await.unwrap();
+    let fake = FakeTelegram::new(Script::default());
+    let session = Arc::new(DbSession::load(store.clone(), key(), &s.account).await.unwrap());
+    let tg = Arc::new(Telegram::new(s, Arc::new(Seam(fake.clone())), session));
+    let token = amo.issue_token_pair().access_token;
+    let parts = build_account(
+        &config,
+        &store,
+        Arc::new(crmessenger_crm::amocrm::StaticToken(token)),
+        None,
+        tg,
+        None,
+        Arc::new(crmessenger_crm::clock::SystemClock),
+        Arc::new(crmessenger_connector::metrics::Metrics::default()),
+    )
+    .unwrap();
+    let stop = common::run_bridge(&parts, &store).await;
+
+    // The status offers the QR code; the phone scans it.
+    let state = parts.state.clone();
+    let wait = |what: &'static str, f: Box<dyn Fn() -> bool>| async move {
+        for _ in 0..300 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}");
+    };
+    let st = state.clone();
+    wait("a QR code in the status", Box::new(move || matches!(st.get().login, Some(LoginState::Qr { .. })))).await;
+    let Some(LoginState::Qr { code, .. }) = state.get().login else { unreachable!() };
+    assert!(code.starts_with("tg://login?token="), "{code}");
+    fake.scan();
+    let st = state.clone();
+    wait("logged in", Box::new(move || matches!(st.get().login, Some(LoginState::LoggedIn { .. })))).await;
+
+    // A customer writes: contact, lead and note in amoCRM.
+    let fk = fake.clone();
+    wait("the stream to start", Box::new(move || fk.calls_of("getState") > 0)).await;
+    fake.customer_says(501, "Anna", "Do you have size 42?", true);
+    let a = amo.clone();
+    wait(
+        "the note in amoCRM",
+        Box::new(move || a.snapshot().notes.iter().any(|n| n.params["text"].as_str().is_some_and(|t| t.contains("size 42")))),
+    )
+    .await;
+    let snap = amo.snapshot();
+    assert_eq!((snap.contacts.len(), snap.leads.len()), (1, 1));
+    assert_eq!(snap.contacts[0].name, "Anna");
+
+    // The manager answers in amoCRM: the customer gets it once, and the chat is read.
+    amo.add_manager_note(snap.leads[0].id, 1001, ">> Yes, in stock");
+    let fk = fake.clone();
+    wait("the reply in Telegram", Box::new(move || !fk.sent().is_empty())).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].chat, sent[0].text.as_str()), (501, "Yes, in stock"));
+    let fk = fake.clone();
+    let id = sent[0].id;
+    wait("the chat marked read", Box::new(move || fk.world.lock().unwrap().reads.contains(&(501, id)))).await;
+    let _ = stop.send(true);
+}

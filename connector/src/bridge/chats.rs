@@ -100,8 +100,21 @@ impl Bridge {
         let (crate::messenger::Content::Media { media, .. }, Some(base)) = (&m.content, &self.s.media_url) else {
             return Ok(None);
         };
-        let body =
-            self.messenger.fetch_media(media).await.map_err(|e| CrmError::Unavailable(format!("fetch media: {e}")))?;
+        let media_policy = &self.s.policy.media;
+        let limit = media_policy.max_size_mib.max(1) as u64 * 1024 * 1024;
+        if media_policy.mode == crmessenger_api::policy::MediaMode::Skip || media.size > limit {
+            // The message goes as its text and a description of the file.
+            return Ok(None);
+        }
+        let body = match self.messenger.fetch_media(media).await {
+            Ok(b) => b,
+            // The file can never be fetched (gone, too large): describe it instead.
+            Err(crate::messenger::MessengerError::Rejected(why)) => {
+                tracing::info!(account = self.account(), file = media.file_name, "attachment not offered: {why}");
+                return Ok(None);
+            }
+            Err(e) => return Err(CrmError::Unavailable(format!("fetch media: {e}"))),
+        };
         let now = self.clock.now_ms();
         let exp = now + MEDIA_TTL_MS;
         let id = self
