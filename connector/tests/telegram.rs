@@ -526,14 +526,33 @@ async fn logout_ends_the_session_on_telegram_and_here() {
 
 // ---- the whole path ------------------------------------------------------
 
-#[tokio::test]
-async fn a_telegram_customer_reaches_amocrm_and_the_managers_reply_comes_back() {
+struct Whole {
+    amo: Arc<crmessenger_fake_amocrm::FakeAmo>,
+    fake: Arc<FakeTelegram>,
+    parts: crmessenger_connector::app::AccountParts,
+    store: Store,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The bridge with the Telegram adapter (over the scripted Telegram), the amoCRM
+/// fake and PostgreSQL; signed in by a QR scan.
+async fn whole(db: &str, policy: &str, fake: Arc<FakeTelegram>) -> Whole {
     use crmessenger_api::config::{RuntimeSettings, render};
     use crmessenger_connector::app::{SecretValues, build_account, telegram_settings};
     use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 
     let amo = Arc::new(FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap());
-    let yaml = common::shop_yaml(&amo.base_url(), "{}", "replies: { detection: poll, pollInterval: 1s }");
+    let yaml = common::shop_yaml(&amo.base_url(), policy, "replies: { detection: poll, pollInterval: 1s }");
     let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
     let config =
         render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
@@ -544,10 +563,10 @@ async fn a_telegram_customer_reaches_amocrm_and_the_managers_reply_comes_back() 
         (("tg-api".to_string(), "api_hash".to_string()), "hash-abc".to_string()),
     ]
     .into();
-    let s = telegram_settings(&config, &values).unwrap();
+    let mut s = telegram_settings(&config, &values).unwrap();
     assert_eq!((s.api_id, s.login.clone()), (12345, LoginMethod::Qr));
-    let store = Store::connect(&Postgres::shared().database("tge2e").unwrap(), POOL_SIZE).await.unwrap();
-    let fake = FakeTelegram::new(Script::default());
+    s.history_interval = Duration::from_millis(50);
+    let store = Store::connect(&Postgres::shared().database(db).unwrap(), POOL_SIZE).await.unwrap();
     let session = Arc::new(DbSession::load(store.clone(), key(), &s.account).await.unwrap());
     let tg = Arc::new(Telegram::new(s, Arc::new(Seam(fake.clone())), session));
     let token = amo.issue_token_pair().access_token;
@@ -563,50 +582,78 @@ async fn a_telegram_customer_reaches_amocrm_and_the_managers_reply_comes_back() 
     )
     .unwrap();
     let stop = common::run_bridge(&parts, &store).await;
-
     // The status offers the QR code; the phone scans it.
     let state = parts.state.clone();
-    let wait = |what: &'static str, f: Box<dyn Fn() -> bool>| async move {
-        for _ in 0..300 {
-            if f() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out waiting for {what}");
-    };
-    let st = state.clone();
-    wait("a QR code in the status", Box::new(move || matches!(st.get().login, Some(LoginState::Qr { .. })))).await;
+    eventually("a QR code in the status", || matches!(state.get().login, Some(LoginState::Qr { .. }))).await;
     let Some(LoginState::Qr { code, .. }) = state.get().login else { unreachable!() };
     assert!(code.starts_with("tg://login?token="), "{code}");
     fake.scan();
-    let st = state.clone();
-    wait("logged in", Box::new(move || matches!(st.get().login, Some(LoginState::LoggedIn { .. })))).await;
+    eventually("logged in", || matches!(state.get().login, Some(LoginState::LoggedIn { .. }))).await;
+    eventually("the stream to start", || fake.calls_of("getState") > 0).await;
+    Whole { amo, fake, parts, store, stop }
+}
 
+fn has_note(amo: &crmessenger_fake_amocrm::FakeAmo, text: &str) -> bool {
+    amo.snapshot().notes.iter().any(|n| n.params["text"].as_str().is_some_and(|t| t.contains(text)))
+}
+
+#[tokio::test]
+async fn a_telegram_customer_reaches_amocrm_and_the_managers_reply_comes_back() {
+    let w = whole("tge2e", "{}", FakeTelegram::new(Script::default())).await;
     // A customer writes: contact, lead and note in amoCRM.
-    let fk = fake.clone();
-    wait("the stream to start", Box::new(move || fk.calls_of("getState") > 0)).await;
-    fake.customer_says(501, "Anna", "Do you have size 42?", true);
-    let a = amo.clone();
-    wait(
-        "the note in amoCRM",
-        Box::new(move || a.snapshot().notes.iter().any(|n| n.params["text"].as_str().is_some_and(|t| t.contains("size 42")))),
-    )
-    .await;
-    let snap = amo.snapshot();
+    w.fake.customer_says(501, "Anna", "Do you have size 42?", true);
+    eventually("the note in amoCRM", || has_note(&w.amo, "size 42")).await;
+    let snap = w.amo.snapshot();
     assert_eq!((snap.contacts.len(), snap.leads.len()), (1, 1));
     assert_eq!(snap.contacts[0].name, "Anna");
 
     // The manager answers in amoCRM: the customer gets it once, and the chat is read.
-    amo.add_manager_note(snap.leads[0].id, 1001, ">> Yes, in stock");
-    let fk = fake.clone();
-    wait("the reply in Telegram", Box::new(move || !fk.sent().is_empty())).await;
+    w.amo.add_manager_note(snap.leads[0].id, 1001, ">> Yes, in stock");
+    eventually("the reply in Telegram", || !w.fake.sent().is_empty()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let sent = fake.sent();
+    let sent = w.fake.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!((sent[0].chat, sent[0].text.as_str()), (501, "Yes, in stock"));
-    let fk = fake.clone();
     let id = sent[0].id;
-    wait("the chat marked read", Box::new(move || fk.world.lock().unwrap().reads.contains(&(501, id)))).await;
-    let _ = stop.send(true);
+    eventually("the chat marked read", || w.fake.world.lock().unwrap().reads.contains(&(501, id))).await;
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test]
+async fn history_is_imported_once_in_order_without_leaving_anyone_waiting() {
+    let fake = FakeTelegram::new(Script::default());
+    // Before the account is connected: two chats with history.
+    for i in 0..3 {
+        fake.customer_says(501, "Anna", &format!("anna old {i}"), false);
+        fake.customer_says(502, "Boris", &format!("boris old {i}"), false);
+    }
+    let policy = "{ backfill: { days: 1, maxChats: 1 }, escalation: { enabled: true, after: 1m } }";
+    let w = whole("tgbackfill", policy, fake).await;
+    // maxChats: 1 imports the most recent chat only (Boris wrote last), oldest first.
+    eventually("the history in amoCRM", || has_note(&w.amo, "boris old 2")).await;
+    let mut notes: Vec<_> = w.amo.snapshot().notes.into_iter().filter(|n| n.note_type == "common").collect();
+    notes.sort_by_key(|n| n.id);
+    let texts: Vec<String> = notes.iter().map(|n| n.params["text"].as_str().unwrap_or_default().to_string()).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(t.contains(&format!("boris old {i}")), "{texts:?}");
+    }
+    assert_eq!(texts.len(), 3);
+    assert!(!has_note(&w.amo, "anna old"));
+    let conv = w.store.conversation(&w.parts.key, "502").await.unwrap().unwrap();
+    assert_eq!(conv.unanswered_since_ms, None, "history does not wait for an answer");
+    // A new message does.
+    w.fake.customer_says(502, "Boris", "anyone there?", true);
+    eventually("the live note", || has_note(&w.amo, "anyone there?")).await;
+    let mut waits = false;
+    for _ in 0..100 {
+        let conv = w.store.conversation(&w.parts.key, "502").await.unwrap().unwrap();
+        waits = conv.unanswered_since_ms.is_some();
+        if waits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(waits, "a live message leaves the customer waiting");
+    assert_eq!(w.store.cursor(&w.parts.key, "backfill").await.unwrap().as_deref(), Some("done"));
+    let _ = w.stop.send(true);
 }

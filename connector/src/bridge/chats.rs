@@ -69,7 +69,8 @@ impl Bridge {
                 sent_at_ms: m.sent_at_ms,
                 text: if media.is_some() { m.caption().to_string() } else { m.summary() },
                 media,
-                silent: false,
+                // History is recorded without notifying managers.
+                silent: m.history,
             };
             let posted = self.crm.post_chat_message(&post).await?;
             if conv.crm_chat_id.as_deref() != Some(posted.chat_id.as_str()) {
@@ -81,7 +82,7 @@ impl Bridge {
             let written = self.clock.now_ms();
             let crm_ref = format!("chat:{}", posted.crm_message_id);
             self.store.inbox_done(&[(row.seq, crm_ref.clone())], written).await.map_err(db)?;
-            if conv.unanswered_since_ms.is_none() {
+            if conv.unanswered_since_ms.is_none() && !m.history {
                 conv.unanswered_since_ms = Some(m.sent_at_ms.min(written));
             }
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;

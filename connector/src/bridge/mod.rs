@@ -88,6 +88,7 @@ pub struct Bridge {
     chat_failures: Mutex<HashMap<String, u32>>,
     one_by_one: Mutex<HashSet<String>>,
     send_rate: Mutex<SendRate>,
+    backfilled: std::sync::atomic::AtomicBool,
 }
 
 const BATCH: i64 = 1000;
@@ -137,6 +138,7 @@ impl Bridge {
         let send_rate = Mutex::new(SendRate::new(limits.messages_per_minute, limits.per_chat_per_minute));
         Self {
             send_rate,
+            backfilled: Default::default(),
             s: settings,
             store,
             crm,
@@ -255,14 +257,9 @@ impl Bridge {
             s.messenger_error = None;
         });
         self.metrics.connected.get_or_create(&Metrics::label(self.account())).set(1);
-        let rows: Vec<(String, String, String)> = batch
-            .events
-            .iter()
-            .filter(|e| self.wanted(e))
-            .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
-            .collect();
+        let rows = self.rows_of(&batch.events);
         if cursor.as_deref() == Some(batch.cursor.as_str()) && rows.is_empty() {
-            return Ok(());
+            return self.backfill_once().await;
         }
         let new = self
             .store
@@ -272,6 +269,74 @@ impl Bridge {
         if new > 0 {
             self.store.wakeups().wake(self.account());
         }
+        // The stream's start is recorded: history from before it can be imported.
+        self.backfill_once().await
+    }
+
+    /// Inbox rows (chat, key, event) of the events the policy lets through.
+    fn rows_of(&self, events: &[Event]) -> Vec<(String, String, String)> {
+        events
+            .iter()
+            .filter(|e| self.wanted(e))
+            .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
+            .collect()
+    }
+
+    /// Imports the policy's history once per account (`backfill.days` of the most
+    /// recent `backfill.maxChats` chats), oldest first per chat, marked as history
+    /// so nobody is notified. Messages the stream also brings are stored once.
+    async fn backfill_once(&self) -> Result<(), MessengerError> {
+        let b = &self.s.policy.backfill;
+        if b.days <= 0 || self.backfilled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.store.cursor(self.account(), "backfill").await.map_err(store_err)?.as_deref() == Some("done") {
+            self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        let since = self.clock.now_ms() - i64::from(b.days) * 86_400_000;
+        let max_chats = if b.max_chats > 0 { b.max_chats as usize } else { usize::MAX };
+        let chats = self.messenger.recent_chats(since, 10_000).await?;
+        tracing::info!(account = self.account(), chats = chats.len(), days = b.days, "importing history");
+        let mut imported = 0usize;
+        for chat in chats {
+            if imported >= max_chats {
+                break;
+            }
+            let mut before: Option<String> = None;
+            let mut messages = Vec::new();
+            loop {
+                let page = self.messenger.backfill(&chat, before.as_deref(), 100).await?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.message_id.clone());
+                let older = page.iter().any(|m| m.sent_at_ms < since);
+                messages.extend(page.into_iter().filter(|m| m.sent_at_ms >= since));
+                if older {
+                    break;
+                }
+            }
+            messages.reverse();
+            let events: Vec<Event> = messages
+                .into_iter()
+                .map(|mut m| {
+                    m.history = true;
+                    Event::Message(Box::new(m))
+                })
+                .collect();
+            let rows = self.rows_of(&events);
+            if rows.is_empty() {
+                continue;
+            }
+            imported += 1;
+            self.store
+                .ingest(self.account(), &rows, "backfill-chat", &chat, self.clock.now_ms())
+                .await
+                .map_err(store_err)?;
+            self.store.wakeups().wake(self.account());
+        }
+        self.store.set_cursor(self.account(), "backfill", "done").await.map_err(store_err)?;
+        self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(account = self.account(), chats = imported, "history imported");
         Ok(())
     }
 
@@ -547,7 +612,11 @@ impl Bridge {
             single,
             rows: rows.to_vec(),
             sent_at: events.iter().map(|(r, e)| sent_at(e, r)).collect(),
-            first_message_at: first_message.map(|m| m.sent_at_ms),
+            // Imported history leaves no one waiting for an answer.
+            first_message_at: events.iter().find_map(|(_, e)| match e {
+                Event::Message(m) if !m.history => Some(m.sent_at_ms),
+                _ => None,
+            }),
             conv,
             lead_id,
             done,

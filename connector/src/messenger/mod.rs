@@ -109,6 +109,9 @@ pub struct Message {
     /// Whether this is an edit of an earlier message.
     #[serde(default)]
     pub edited: bool,
+    /// Imported history (backfill): recorded in the CRM without notifying anyone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
 }
 
 impl Message {
@@ -275,6 +278,12 @@ pub trait Messenger: Send + Sync {
     async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError>;
     /// Messages of a chat before `before` (newest first), for history backfill.
     async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError>;
+    /// Chats active since `since_ms`, most recent first, at most `limit` (what a
+    /// backfill imports). A messenger without history has none.
+    async fn recent_chats(&self, since_ms: i64, limit: u32) -> Result<Vec<String>, MessengerError> {
+        let _ = (since_ms, limit);
+        Ok(Vec::new())
+    }
     /// Ends the session on the messenger's side (account deletion).
     async fn logout(&self) -> Result<(), MessengerError>;
 }

@@ -74,6 +74,7 @@ fn to_message(u: wire::Update) -> Message {
         content,
         sent_at_ms: u.sent_at_ms,
         edited: u.kind == "edit",
+        history: false,
     }
 }
 

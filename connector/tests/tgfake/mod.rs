@@ -899,6 +899,62 @@ impl FakeTelegram {
                 })
                 .to_bytes()
             }
+            f::messages::GetDialogs::CONSTRUCTOR_ID => {
+                need_auth!();
+                w.calls.push((dc, "getDialogs".into()));
+                w.history_calls.push(std::time::Instant::now());
+                // Each chat once, by its latest message, most recent first.
+                let mut tops: Vec<tl::enums::Message> = Vec::new();
+                for (_, m) in w.log.iter().rev() {
+                    let tl::enums::Message::Message(x) = m else { continue };
+                    if !tops.iter().any(|t| matches!(t, tl::enums::Message::Message(y) if y.peer_id == x.peer_id)) {
+                        tops.push(m.clone());
+                    }
+                }
+                let dialogs = tops
+                    .iter()
+                    .filter_map(|m| match m {
+                        tl::enums::Message::Message(m) => Some(tl::enums::Dialog::Dialog(tl::types::Dialog {
+                            pinned: false,
+                            unread_mark: false,
+                            view_forum_as_messages: false,
+                            peer: m.peer_id.clone(),
+                            top_message: m.id,
+                            read_inbox_max_id: 0,
+                            read_outbox_max_id: 0,
+                            unread_count: 1,
+                            unread_mentions_count: 0,
+                            unread_reactions_count: 0,
+                            unread_poll_votes_count: 0,
+                            notify_settings: tl::enums::PeerNotifySettings::Settings(tl::types::PeerNotifySettings {
+                                show_previews: None,
+                                silent: None,
+                                mute_until: None,
+                                ios_sound: None,
+                                android_sound: None,
+                                other_sound: None,
+                                stories_muted: None,
+                                stories_hide_sender: None,
+                                stories_ios_sound: None,
+                                stories_android_sound: None,
+                                stories_other_sound: None,
+                            }),
+                            pts: None,
+                            draft: None,
+                            folder_id: None,
+                            ttl_period: None,
+                        })),
+                        _ => None,
+                    })
+                    .collect();
+                tl::enums::messages::Dialogs::Dialogs(tl::types::messages::Dialogs {
+                    dialogs,
+                    messages: tops,
+                    chats: w.chats.values().cloned().collect(),
+                    users: w.users.values().cloned().collect(),
+                })
+                .to_bytes()
+            }
             f::auth::ExportAuthorization::CONSTRUCTOR_ID => {
                 need_auth!();
                 w.calls.push((dc, "exportAuthorization".into()));

@@ -131,6 +131,7 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
         content: content(m),
         sent_at_ms: i64::from(date) * 1000,
         edited,
+        history: false,
     })
 }
 
