@@ -321,7 +321,19 @@ async fn commits() {
         let t0 = Instant::now();
         let mut m = 0u64;
         while t0.elapsed() < Duration::from_secs(3) {
-            store.outbox_add("bench/a", &format!("s{m}"), "chat", "text", None, 0).await.unwrap();
+            store
+                .outbox_add(
+                    "bench/a",
+                    &crmessenger_connector::store::NewReply {
+                        source_id: &format!("s{m}"),
+                        chat_id: "chat",
+                        text: "text",
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .await
+                .unwrap();
             m += 1;
         }
         let outbox = m as f64 / t0.elapsed().as_secs_f64();

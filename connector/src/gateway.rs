@@ -25,6 +25,7 @@
 //! a replayed hook is stored once. A write that cannot finish within the sender's
 //! deadline is answered 503, so the sender (amoCRM retries REST webhooks) tries again.
 
+use crate::messenger::OutgoingMedia;
 use crate::store::Store;
 use axum::Router;
 use axum::body::Bytes;
@@ -121,7 +122,7 @@ async fn amocrm_rest(State(g): State<Gateway>, Path(token): Path<String>, body: 
 }
 
 /// The parts of a Chats hook the connector needs.
-fn parse_chat_hook(body: &[u8]) -> Result<(String, String, String), String> {
+fn parse_chat_hook(body: &[u8]) -> Result<(String, String, String, Option<OutgoingMedia>), String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let m = v.get("message").ok_or("no message")?;
     let conversation = m
@@ -132,7 +133,8 @@ fn parse_chat_hook(body: &[u8]) -> Result<(String, String, String), String> {
     let inner = m.get("message").ok_or("no message.message")?;
     let id = inner.get("id").and_then(|x| x.as_str()).ok_or("no message.message.id")?;
     let text = inner.get("text").and_then(|x| x.as_str()).unwrap_or_default();
-    Ok((conversation.to_string(), id.to_string(), text.to_string()))
+    let media = crmessenger_crm::amocrm::chats::attachment(inner).map(|m| crate::bridge::chats::outgoing_media(&m));
+    Ok((conversation.to_string(), id.to_string(), text.to_string(), media))
 }
 
 async fn amocrm_chats(
@@ -148,7 +150,7 @@ async fn amocrm_chats(
     if !crmessenger_crm::amocrm::verify_hook_signature(&secret, &body, signature) {
         return (StatusCode::UNAUTHORIZED, "bad or missing X-Signature\n").into_response();
     }
-    let (conversation, message_id, text) = match parse_chat_hook(&body) {
+    let (conversation, message_id, text, media) = match parse_chat_hook(&body) {
         Ok(parts) => parts,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed Chats hook: {e}\n")).into_response(),
     };
@@ -159,7 +161,8 @@ async fn amocrm_chats(
             return Ok((StatusCode::OK, "ok\n").into_response());
         };
         let payload =
-            serde_json::json!({ "conversation_id": conversation, "message_id": message_id, "text": text }).to_string();
+            serde_json::json!({ "conversation_id": conversation, "message_id": message_id, "text": text, "media": media })
+                .to_string();
         g.store
             .put_event(&account, crate::bridge::chats::EVENT_CHAT, &message_id, &payload, SystemClock.now_ms())
             .await?;

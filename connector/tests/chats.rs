@@ -124,6 +124,22 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     let r = http.post(&url).header("X-Signature", sign(other.as_bytes())).body(other).send().await.unwrap();
     assert_eq!(status(r), 200, "a chat that is not ours is accepted and ignored");
 
+    // A manager's file: the hook carries its URL, and it goes out with the reply.
+    let file = serde_json::json!({ "message": { "conversation": { "client_id": conversation }, "message": {
+        "id": "file-1", "type": "file", "text": "", "media": "https://amojo.example/files/price.pdf",
+        "file_name": "price.pdf", "file_size": 1234 } } })
+    .to_string();
+    let r = http.post(&url).header("X-Signature", sign(file.as_bytes())).body(file).send().await.unwrap();
+    assert_eq!(status(r), 200);
+    wait_for("the manager's file in the messenger", 30, || {
+        messenger
+            .sent()
+            .iter()
+            .any(|m| m.text.contains("[file: price.pdf] https://amojo.example/files/price.pdf"))
+            .then_some(())
+    })
+    .await;
+
     // A photo: amoCRM gets a signed, expiring URL on the gateway and downloads it.
     let mut photo = text("6001", "2", "Lena", "this one");
     photo.media = Some(crmessenger_fake_messenger::Media {
@@ -170,7 +186,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = messenger.sent();
-    assert_eq!(sent.len(), 2, "each answer once, the hooked one not again from history: {sent:?}");
+    assert_eq!(sent.len(), 3, "each answer (two texts, a file) once, the hooked ones not again from history: {sent:?}");
     assert!(!sent.iter().any(|m| m.text.contains("send money")), "a forged hook was acted on");
     let _ = stop.send(true);
 }

@@ -88,6 +88,10 @@ async fn read(tg: &Telegram, cursor: &mut String, n: usize) -> Vec<Event> {
     events
 }
 
+fn out(chat: &str, text: &str, random_id: i64) -> Outgoing {
+    Outgoing { chat_id: chat.into(), text: text.into(), random_id, media: None }
+}
+
 fn message(e: &Event) -> &crmessenger_connector::messenger::Message {
     match e {
         Event::Message(m) => m,
@@ -357,25 +361,25 @@ async fn an_in_doubt_send_is_not_repeated() {
     let fake = FakeTelegram::new(Script::default());
     let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
     with_customer(&fake, &tg, &mut cursor).await;
-    let out = Outgoing { chat_id: "501".into(), text: "We have it in stock".into(), random_id: 424242 };
+    let reply = out("501", "We have it in stock", 424242);
     fake.world.lock().unwrap().lose_next_send_answer = true;
-    let first = tg.send(&out).await.unwrap_err();
+    let first = tg.send(&reply).await.unwrap_err();
     assert!(matches!(first, MessengerError::InDoubt(_)), "{first:?}");
-    assert_eq!(tg.find_sent("501", out.random_id).await.unwrap(), None);
+    assert_eq!(tg.find_sent("501", reply.random_id).await.unwrap(), None);
     // The outbox tries again with the same random_id: Telegram refuses the duplicate,
     // and the adapter finds the message that did go out.
-    let sent = tg.send(&out).await.unwrap();
+    let sent = tg.send(&reply).await.unwrap();
     let delivered = fake.sent();
     assert_eq!(delivered.len(), 1, "delivered once: {delivered:?}");
     assert_eq!(sent.message_id, delivered[0].id.to_string());
     // A clean send is known by its random_id afterwards.
-    let second = Outgoing { chat_id: "501".into(), text: "Anything else?".into(), random_id: 7 };
+    let second = out("501", "Anything else?", 7);
     let ok = tg.send(&second).await.unwrap();
     assert_eq!(tg.find_sent("501", 7).await.unwrap().map(|s| s.message_id), Some(ok.message_id.clone()));
     tg.mark_read("501", &ok.message_id).await.unwrap();
     assert_eq!(fake.world.lock().unwrap().reads, vec![(501, ok.message_id.parse().unwrap())]);
     // An unknown chat is refused, not sent somewhere.
-    let stranger = Outgoing { chat_id: "999".into(), text: "x".into(), random_id: 8 };
+    let stranger = out("999", "x", 8);
     assert!(matches!(tg.send(&stranger).await, Err(MessengerError::Rejected(_))));
 }
 
@@ -388,19 +392,19 @@ async fn flood_waits_are_slept_through_when_short_and_reported_when_long() {
     let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
     with_customer(&fake, &tg, &mut cursor).await;
     fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(420, "FLOOD_WAIT_1")]);
-    tg.send(&Outgoing { chat_id: "501".into(), text: "one".into(), random_id: 1 }).await.unwrap();
+    tg.send(&out("501", "one", 1)).await.unwrap();
     assert_eq!(fake.sent().len(), 1);
     assert_eq!(tg.flood_until_ms(), 0);
 
     fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(420, "FLOOD_WAIT_3600")]);
-    let err = tg.send(&Outgoing { chat_id: "501".into(), text: "two".into(), random_id: 2 }).await.unwrap_err();
+    let err = tg.send(&out("501", "two", 2)).await.unwrap_err();
     let MessengerError::FloodWait(wait) = err else { panic!("{err:?}") };
     assert_eq!(wait, Duration::from_secs(3600));
     let resume = tg.flood_until_ms();
     assert!(resume > tgfake::now() as i64 * 1000 + 3_500_000, "{resume}");
     // Until then the adapter does not even ask (no tight retry loop).
     let calls = fake.calls_of("sendMessage");
-    let again = tg.send(&Outgoing { chat_id: "501".into(), text: "two".into(), random_id: 2 }).await.unwrap_err();
+    let again = tg.send(&out("501", "two", 2)).await.unwrap_err();
     assert!(matches!(again, MessengerError::FloodWait(d) if d > Duration::from_secs(3500)));
     assert_eq!(fake.calls_of("sendMessage"), calls);
     assert_eq!(fake.sent().len(), 1);
@@ -414,7 +418,7 @@ async fn logged_out_with(failure: RpcFailure, expect: &str) {
     let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
     with_customer(&fake, &tg, &mut cursor).await;
     fake.fail_next::<SendMessage>(vec![failure]);
-    let err = tg.send(&Outgoing { chat_id: "501".into(), text: "x".into(), random_id: 3 }).await.unwrap_err();
+    let err = tg.send(&out("501", "x", 3)).await.unwrap_err();
     let MessengerError::LoggedOut(reason) = err else { panic!("{err:?}") };
     assert!(reason.contains(expect), "{reason}");
     // Wiped: nothing of the session is left in the database.
@@ -438,6 +442,63 @@ async fn a_duplicated_auth_key_is_reported_as_a_duplicate_session() {
 }
 
 // ---- media, backfill, logout ---------------------------------------------
+
+/// Serves `bytes` at `/files/{name}` on loopback (where the CRM keeps a file).
+async fn file_server(bytes: Vec<u8>) -> String {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/files/{name}", get(move || async move { bytes.clone() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
+    use crmessenger_connector::messenger::OutgoingMedia;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let mut s = settings(LoginMethod::Qr);
+    s.max_media_bytes = 1024 * 1024;
+    let (tg, mut cursor) = signed_in(&fake, &store, s).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    let body: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+    let base = file_server(body.clone()).await;
+    let media = |name: &str, kind: &str| OutgoingMedia {
+        kind: kind.into(),
+        url: format!("{base}/files/{name}"),
+        file_name: name.into(),
+    };
+    let reply = Outgoing { media: Some(media("invoice.pdf", "file")), ..out("501", "Your invoice", 11) };
+    let sent = tg.send(&reply).await.unwrap();
+    let got = fake.sent();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].text.as_str(), got[0].id.to_string()), ("Your invoice", sent.message_id.clone()));
+    let (name, mime, bytes) = got[0].file.clone().unwrap();
+    assert_eq!((name.as_str(), mime.as_str()), ("invoice.pdf", "application/pdf"));
+    assert_eq!(bytes, body, "two 512 KiB parts, reassembled");
+    assert_eq!(fake.calls_of("saveFilePart"), 2);
+    // The same reply again (an in-doubt retry) is not sent twice.
+    tg.send(&reply).await.unwrap();
+    assert_eq!(fake.sent().len(), 1);
+    // A file the CRM no longer has, or one over the limit, is refused with the reason.
+    let gone = Outgoing { media: Some(media("x.pdf", "file")), ..out("501", "", 12) };
+    let gone =
+        Outgoing { media: Some(OutgoingMedia { url: format!("{base}/nothing"), ..gone.media.unwrap() }), ..gone };
+    assert!(matches!(tg.send(&gone).await, Err(MessengerError::Rejected(m)) if m.contains("404")));
+    let big = file_server(vec![0; 2 * 1024 * 1024]).await;
+    let big = Outgoing {
+        media: Some(OutgoingMedia {
+            kind: "video".into(),
+            url: format!("{big}/files/big.mp4"),
+            file_name: "big.mp4".into(),
+        }),
+        ..out("501", "", 13)
+    };
+    assert!(matches!(tg.send(&big).await, Err(MessengerError::Rejected(m)) if m.contains("limit")));
+    assert_eq!(fake.sent().len(), 1);
+}
 
 #[tokio::test]
 async fn media_is_fetched_in_chunks_from_its_datacenter_within_the_size_limit() {

@@ -210,6 +210,8 @@ pub struct ChatHistoryEntry {
     pub from_manager: bool,
     /// Text.
     pub text: String,
+    /// The attached file (picture, file, video, voice, audio), if any.
+    pub media: Option<ChatMedia>,
     /// Unix seconds.
     pub timestamp: i64,
 }

@@ -5,7 +5,7 @@
 //! never retries — are also recovered from each chat's history after any gap.
 
 use super::{Bridge, db, short};
-use crate::messenger::Event;
+use crate::messenger::{Event, OutgoingMedia};
 use crate::store::media::MEDIA_TTL_MS;
 use crate::store::{Conversation, InboxRow};
 use crmessenger_crm::{ChatMedia, ChatPost, CrmError, DeliveryStatus};
@@ -151,7 +151,8 @@ impl Bridge {
         ) else {
             return Err(CrmError::Protocol("chat event without conversation_id, message_id and text".into()));
         };
-        self.queue_chat_answer(conversation, id, text).await.map(drop)
+        let media: Option<OutgoingMedia> = v.get("media").and_then(|m| serde_json::from_value(m.clone()).ok());
+        self.queue_chat_answer(conversation, id, text, media).await.map(drop)
     }
 
     async fn queue_chat_answer(
@@ -159,18 +160,26 @@ impl Bridge {
         conversation_id: &str,
         crm_message_id: &str,
         text: &str,
+        media: Option<OutgoingMedia>,
     ) -> Result<bool, CrmError> {
         let prefix = format!("{}:", short(self.account()));
         let Some(chat) = conversation_id.strip_prefix(&prefix) else {
             return Err(CrmError::Protocol(format!("conversation {conversation_id} is not this account's")));
         };
-        if text.trim().is_empty() {
+        if text.trim().is_empty() && media.is_none() {
             return Ok(false);
         }
         let source = format!("chat:{crm_message_id}");
         let now = self.clock.now_ms();
-        let added =
-            self.store.outbox_add(self.account(), &source, chat, text, Some(crm_message_id), now).await.map_err(db)?;
+        let media = media.map(|m| serde_json::to_string(&m).unwrap_or_default());
+        let reply = crate::store::NewReply {
+            source_id: &source,
+            chat_id: chat,
+            text,
+            crm_message_id: Some(crm_message_id),
+            media: media.as_deref(),
+        };
+        let added = self.store.outbox_add(self.account(), &reply, now).await.map_err(db)?;
         Ok(added)
     }
 
@@ -213,7 +222,15 @@ impl Bridge {
             let conversation_id = self.conversation_id(&chat);
             let history = self.crm.chat_history(&conversation_id, 0, 50).await?;
             for h in history.iter().filter(|h| h.from_manager && h.timestamp * 1000 >= since) {
-                if self.queue_chat_answer(&conversation_id, &h.crm_message_id, &h.text).await? {
+                if self
+                    .queue_chat_answer(
+                        &conversation_id,
+                        &h.crm_message_id,
+                        &h.text,
+                        h.media.as_ref().map(outgoing_media),
+                    )
+                    .await?
+                {
                     tracing::info!(
                         account = self.account(),
                         chat,
@@ -229,4 +246,9 @@ impl Bridge {
         }
         Ok(queued)
     }
+}
+
+/// A file the CRM's chat carries, as the messenger adapters send it.
+pub fn outgoing_media(m: &crmessenger_crm::ChatMedia) -> OutgoingMedia {
+    OutgoingMedia { kind: m.kind.clone(), url: m.url.clone(), file_name: m.file_name.clone() }
 }

@@ -27,7 +27,7 @@ use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::lock::AccountLock;
-use crate::store::{Conversation, InboxRow, Store};
+use crate::store::{Conversation, InboxRow, NewReply, Store};
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
@@ -812,8 +812,8 @@ impl Bridge {
         let Some((account, chat)) = self.store.chat_of_lead(&self.s.crm_key, reply.lead_id).await? else {
             return Ok(false);
         };
-        let added =
-            self.store.outbox_add(&account, &reply.source_id, &chat, &reply.text, None, self.clock.now_ms()).await?;
+        let new = NewReply { source_id: &reply.source_id, chat_id: &chat, text: &reply.text, ..Default::default() };
+        let added = self.store.outbox_add(&account, &new, self.clock.now_ms()).await?;
         if added {
             self.store.notify(&account).await?;
         }
@@ -873,7 +873,12 @@ impl Bridge {
                 continue;
             }
             worked = true;
-            let outgoing = Outgoing { chat_id: row.chat_id.clone(), text: row.text.clone(), random_id: row.random_id };
+            let outgoing = Outgoing {
+                chat_id: row.chat_id.clone(),
+                text: row.text.clone(),
+                random_id: row.random_id,
+                media: row.media.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            };
             let result = async {
                 if row.attempts > 0
                     && let Some(sent) = self.messenger.find_sent(&row.chat_id, row.random_id).await?

@@ -220,15 +220,28 @@ pub enum LoginState {
     },
 }
 
+/// A file to send, fetched by the adapter from where the CRM keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMedia {
+    /// `picture`, `video`, `voice`, `audio` or `file`.
+    pub kind: String,
+    /// Where to download it.
+    pub url: String,
+    /// File name shown to the customer.
+    pub file_name: String,
+}
+
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     /// Chat id.
     pub chat_id: String,
-    /// Text.
+    /// Text (a file's caption when there is a file).
     pub text: String,
     /// Idempotency key, stored before the first attempt.
     pub random_id: i64,
+    /// A file, when the reply carries one.
+    pub media: Option<OutgoingMedia>,
 }
 
 /// A sent message.

@@ -128,7 +128,11 @@ impl Messenger for Scripted {
     async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError> {
         let body = wire::SendRequest {
             chat_id: message.chat_id.clone(),
-            text: message.text.clone(),
+            // The scripted messenger carries text only: a file goes as its link.
+            text: match &message.media {
+                Some(m) => format!("{}\n[{}: {}] {}", message.text, m.kind, m.file_name, m.url).trim().to_string(),
+                None => message.text.clone(),
+            },
             random_id: message.random_id,
         };
         let resp = Self::check(self.http.post(format!("{}/v1/send", self.base)).json(&body).send().await).await?;

@@ -107,6 +107,21 @@ pub struct InboxRow {
     pub received_ms: i64,
 }
 
+/// A reply to queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewReply<'a> {
+    /// The CRM item it comes from (queued once per item).
+    pub source_id: &'a str,
+    /// Chat to send to.
+    pub chat_id: &'a str,
+    /// Text.
+    pub text: &'a str,
+    /// The CRM chat message id, for delivery status.
+    pub crm_message_id: Option<&'a str>,
+    /// The file it carries (JSON of [`crate::messenger::OutgoingMedia`]).
+    pub media: Option<&'a str>,
+}
+
 /// One outbox row.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -122,6 +137,8 @@ pub struct OutboxRow {
     pub random_id: i64,
     /// The CRM chat message id, for delivery status.
     pub crm_message_id: Option<String>,
+    /// The file it carries (JSON of [`crate::messenger::OutgoingMedia`]).
+    pub media: Option<String>,
     /// Attempts so far.
     pub attempts: i64,
     /// Not before this time.
@@ -566,19 +583,12 @@ impl Store {
     // ---- outbox ------------------------------------------------------------
 
     /// Queues a reply; returns false when `source_id` was queued before.
-    pub async fn outbox_add(
-        &self,
-        account: &str,
-        source_id: &str,
-        chat_id: &str,
-        text: &str,
-        crm_message_id: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool> {
+    pub async fn outbox_add(&self, account: &str, reply: &NewReply<'_>, now_ms: i64) -> Result<bool> {
+        let NewReply { source_id, chat_id, text, crm_message_id, media } = *reply;
         let random_id = random_i64();
         let r = sqlx::query(
-            "INSERT INTO outbox (account, source_id, chat_id, text, random_id, crm_message_id, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account, source_id) DO NOTHING",
+            "INSERT INTO outbox (account, source_id, chat_id, text, random_id, crm_message_id, media, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, source_id) DO NOTHING",
         )
         .bind(account)
         .bind(source_id)
@@ -586,6 +596,7 @@ impl Store {
         .bind(text)
         .bind(random_id)
         .bind(crm_message_id.map(str::to_string))
+        .bind(media.map(str::to_string))
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
@@ -595,7 +606,7 @@ impl Store {
     /// Pending outbox rows, oldest first.
     pub async fn outbox_pending(&self, account: &str, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query(
-            "SELECT seq, source_id, chat_id, text, random_id, crm_message_id, attempts, next_attempt_ms
+            "SELECT seq, source_id, chat_id, text, random_id, crm_message_id, media, attempts, next_attempt_ms
              FROM outbox WHERE account = $1 AND state = 'pending' ORDER BY seq LIMIT $2",
         )
         .bind(account)
@@ -611,6 +622,7 @@ impl Store {
                     text: r.try_get("text")?,
                     random_id: i64_col(r, "random_id")?,
                     crm_message_id: r.try_get("crm_message_id")?,
+                    media: r.try_get("media")?,
                     attempts: i64_col(r, "attempts")?,
                     next_attempt_ms: i64_col(r, "next_attempt_ms")?,
                 })

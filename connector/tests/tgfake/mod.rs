@@ -60,6 +60,8 @@ pub struct Sent {
     pub text: String,
     pub random_id: i64,
     pub id: i32,
+    /// A file sent with it: name, MIME type, bytes.
+    pub file: Option<(String, String, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -82,6 +84,8 @@ pub struct World {
     pub random_ids: HashMap<i64, i32>,
     pub reads: Vec<(i64, i32)>,
     pub files: HashMap<i64, Vec<u8>>,
+    /// Uploaded parts by file id.
+    pub parts: HashMap<i64, std::collections::BTreeMap<i32, Vec<u8>>>,
     /// Fail the next calls of a constructor with these errors, in order.
     pub failures: HashMap<u32, Vec<RpcFailure>>,
     /// Carry out the next send but lose its answer.
@@ -840,12 +844,66 @@ impl FakeTelegram {
                 w.next_id += 1;
                 let (id, pts) = (w.next_id, w.pts);
                 w.random_ids.insert(r.random_id, id);
-                w.sent.push(Sent { chat, text: r.message.clone(), random_id: r.random_id, id });
+                w.sent.push(Sent { chat, text: r.message.clone(), random_id: r.random_id, id, file: None });
                 let m = message(id, peer_enum(chat), Some(ME), true, &r.message, None, now(), None);
                 w.log.push((pts, m.clone()));
                 if std::mem::take(&mut w.lose_next_send_answer) {
                     return Err(RpcFailure::Io("connection reset after the request was written".into()));
                 }
+                tl::enums::Updates::Updates(tl::types::Updates {
+                    updates: vec![
+                        tl::enums::Update::MessageId(tl::types::UpdateMessageId { id, random_id: r.random_id }),
+                        tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }),
+                    ],
+                    users: vec![],
+                    chats: vec![],
+                    date: now(),
+                    seq: 0,
+                })
+                .to_bytes()
+            }
+            f::upload::SaveFilePart::CONSTRUCTOR_ID => {
+                need_auth!();
+                w.calls.push((dc, "saveFilePart".into()));
+                let r = req!(f::upload::SaveFilePart);
+                if r.bytes.len() > 512 * 1024 {
+                    return Err(rpc(400, "FILE_PART_TOO_BIG"));
+                }
+                w.parts.entry(r.file_id).or_default().insert(r.file_part, r.bytes);
+                true.to_bytes()
+            }
+            f::messages::SendMedia::CONSTRUCTOR_ID => {
+                need_auth!();
+                w.calls.push((dc, "sendMedia".into()));
+                let r = req!(f::messages::SendMedia);
+                if w.random_ids.contains_key(&r.random_id) {
+                    return Err(rpc(400, "RANDOM_ID_DUPLICATE"));
+                }
+                let chat = peer_of(&r.peer).ok_or_else(|| rpc(400, "PEER_ID_INVALID"))?;
+                let (file, mime) = match &r.media {
+                    tl::enums::InputMedia::UploadedDocument(d) => (d.file.clone(), d.mime_type.clone()),
+                    tl::enums::InputMedia::UploadedPhoto(p) => (p.file.clone(), "image/jpeg".into()),
+                    _ => return Err(rpc(400, "MEDIA_INVALID")),
+                };
+                let tl::enums::InputFile::File(file) = file else { return Err(rpc(400, "FILE_PARTS_INVALID")) };
+                let parts = w.parts.remove(&file.id).unwrap_or_default();
+                if parts.len() as i32 != file.parts || parts.keys().copied().ne(0..file.parts) {
+                    return Err(rpc(400, "FILE_PARTS_INVALID"));
+                }
+                let bytes: Vec<u8> = parts.into_values().flatten().collect();
+                w.pts += 1;
+                w.next_id += 1;
+                let (id, pts) = (w.next_id, w.pts);
+                w.random_ids.insert(r.random_id, id);
+                w.sent.push(Sent {
+                    chat,
+                    text: r.message.clone(),
+                    random_id: r.random_id,
+                    id,
+                    file: Some((file.name, mime, bytes)),
+                });
+                let m = message(id, peer_enum(chat), Some(ME), true, &r.message, None, now(), None);
+                w.log.push((pts, m.clone()));
                 tl::enums::Updates::Updates(tl::types::Updates {
                     updates: vec![
                         tl::enums::Update::MessageId(tl::types::UpdateMessageId { id, random_id: r.random_id }),

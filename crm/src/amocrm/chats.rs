@@ -263,11 +263,29 @@ impl ChatsClient {
                         .and_then(Value::as_str)
                         .is_some_and(|s| !s.is_empty()),
                     text: inner.get("text").and_then(Value::as_str).unwrap_or("").to_string(),
+                    media: attachment(inner),
                     timestamp: m.get("timestamp").and_then(Value::as_i64).unwrap_or(0),
                 })
             })
             .collect())
     }
+}
+
+/// The file of a Chats API message (`type` other than `text`, with a `media` URL).
+pub fn attachment(message: &Value) -> Option<ChatMedia> {
+    let url = message.get("media").and_then(Value::as_str).filter(|u| !u.is_empty())?;
+    let kind = message.get("type").and_then(Value::as_str).unwrap_or("file");
+    Some(ChatMedia {
+        kind: kind.to_string(),
+        url: url.to_string(),
+        file_name: message
+            .get("file_name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{kind}.bin")),
+        file_size: message.get("file_size").and_then(Value::as_u64).unwrap_or(0),
+    })
 }
 
 /// Connects the channel to an amoCRM account (by its `amojo_id`) and returns the

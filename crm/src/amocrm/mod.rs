@@ -1,7 +1,7 @@
 //! The amoCRM / Kommo adapter: REST API v4 (contacts, leads, notes, tasks, reply
 //! polling), OAuth, and the Chats API. Everything amoCRM-specific is in here.
 
-mod chats;
+pub mod chats;
 mod contacts;
 pub mod grant;
 mod leads;

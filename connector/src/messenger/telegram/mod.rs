@@ -114,8 +114,10 @@ const UNDELIVERABLE: [&str; 10] = [
     "YOU_BLOCKED_USER",
 ];
 
-/// Largest `upload.getFile` chunk.
+/// Largest `upload.getFile` / `upload.saveFilePart` chunk.
 const CHUNK: i32 = 512 * 1024;
+/// Files larger than this are uploaded as big files.
+const BIG_FILE: usize = 10 * 1024 * 1024;
 /// Events handed to the bridge at once.
 const PAGE: usize = 500;
 /// A QR token is exported again this long before it expires.
@@ -178,6 +180,8 @@ struct Inner {
     flood_until_ms: AtomicI64,
     history_at: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     local: mpsc::UnboundedSender<UpdatesLike>,
+    /// Downloads the files of replies from where the CRM keeps them.
+    http: reqwest::Client,
 }
 
 /// A Telegram account.
@@ -223,6 +227,9 @@ impl Telegram {
             flood_until_ms: AtomicI64::new(0),
             history_at: tokio::sync::Mutex::new(None),
             local,
+            http: crmessenger_crm::tls::client_builder(None)
+                .and_then(|b| b.timeout(Duration::from_secs(120)).build().map_err(|e| e.to_string()))
+                .unwrap_or_default(),
         });
         let pump = tokio::spawn(inner.clone().pump(local_rx));
         Self { inner, pump }
@@ -861,9 +868,141 @@ impl Inner {
 
     // ---- sending and the rest ----------------------------------------------
 
+    /// Downloads a reply's file, within the media size limit.
+    async fn download(&self, media: &OutgoingMedia) -> Result<Vec<u8>, MessengerError> {
+        let failed = |e: String| MessengerError::Unavailable(format!("download {}: {e}", media.file_name));
+        let mut resp = self.http.get(&media.url).send().await.map_err(|e| failed(e.to_string()))?;
+        let status = resp.status();
+        if status.is_client_error() {
+            return Err(MessengerError::Rejected(format!(
+                "the file {} is not available from the CRM ({status})",
+                media.file_name
+            )));
+        }
+        if !status.is_success() {
+            return Err(failed(status.to_string()));
+        }
+        let too_big = || {
+            MessengerError::Rejected(format!(
+                "the file {} is over the policy's media limit of {} bytes",
+                media.file_name, self.s.max_media_bytes
+            ))
+        };
+        if resp.content_length().is_some_and(|n| n > self.s.max_media_bytes) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e.to_string()))? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > self.s.max_media_bytes {
+                return Err(too_big());
+            }
+        }
+        Ok(body)
+    }
+
+    /// Uploads a reply's file in parts and says how to attach it.
+    async fn upload(&self, media: &OutgoingMedia) -> Result<tl::enums::InputMedia, MessengerError> {
+        let body = self.download(media).await?;
+        let file_id = crate::store::random_i64();
+        let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(CHUNK as usize).collect() };
+        let parts = chunks.len() as i32;
+        let big = body.len() > BIG_FILE;
+        for (i, bytes) in chunks.into_iter().enumerate() {
+            let (file_part, bytes) = (i as i32, bytes.to_vec());
+            let saved = if big {
+                let req = tl::functions::upload::SaveBigFilePart { file_id, file_part, file_total_parts: parts, bytes };
+                self.call(None, &req).await
+            } else {
+                self.call(None, &tl::functions::upload::SaveFilePart { file_id, file_part, bytes }).await
+            };
+            match saved {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(MessengerError::Unavailable("Telegram did not save a file part".into()));
+                }
+                Err(e) => return Err(self.classify(e).await),
+            }
+        }
+        let name = media.file_name.clone();
+        let file = if big {
+            tl::enums::InputFile::Big(tl::types::InputFileBig { id: file_id, parts, name: name.clone() })
+        } else {
+            tl::enums::InputFile::File(tl::types::InputFile {
+                id: file_id,
+                parts,
+                name: name.clone(),
+                md5_checksum: String::new(),
+            })
+        };
+        if media.kind == "picture" {
+            return Ok(tl::enums::InputMedia::UploadedPhoto(tl::types::InputMediaUploadedPhoto {
+                spoiler: false,
+                live_photo: false,
+                file,
+                stickers: None,
+                ttl_seconds: None,
+                video: None,
+            }));
+        }
+        let mut attributes = vec![tl::enums::DocumentAttribute::Filename(tl::types::DocumentAttributeFilename {
+            file_name: name.clone(),
+        })];
+        if media.kind == "voice" {
+            attributes.push(tl::enums::DocumentAttribute::Audio(tl::types::DocumentAttributeAudio {
+                voice: true,
+                duration: 0,
+                title: None,
+                performer: None,
+                waveform: None,
+            }));
+        }
+        Ok(tl::enums::InputMedia::UploadedDocument(tl::types::InputMediaUploadedDocument {
+            nosound_video: false,
+            force_file: media.kind == "file",
+            spoiler: false,
+            file,
+            thumb: None,
+            mime_type: mime_of(&name).into(),
+            attributes,
+            stickers: None,
+            video_cover: None,
+            video_timestamp: None,
+            ttl_seconds: None,
+        }))
+    }
+
     async fn send(&self, m: &Outgoing) -> Result<SentRef, MessengerError> {
         self.flood_gate()?;
         let (_, peer) = self.input_peer(&m.chat_id)?;
+        if let Some(media) = &m.media {
+            let input = self.upload(media).await?;
+            let req = tl::functions::messages::SendMedia {
+                silent: false,
+                background: false,
+                clear_draft: false,
+                noforwards: false,
+                update_stickersets_order: false,
+                invert_media: false,
+                allow_paid_floodskip: false,
+                peer: peer.clone(),
+                reply_to: None,
+                media: input,
+                message: m.text.clone(),
+                random_id: m.random_id,
+                reply_markup: None,
+                entities: None,
+                schedule_date: None,
+                schedule_repeat_period: None,
+                send_as: None,
+                quick_reply_shortcut: None,
+                effect: None,
+                allow_paid_stars: None,
+                suggested_post: None,
+            };
+            let answer = self.call(None, &req).await.map(UpdatesLike::Updates);
+            return self.sent(m, &peer, answer).await;
+        }
         let req = tl::functions::messages::SendMessage {
             no_webpage: false,
             silent: false,
@@ -888,25 +1027,35 @@ impl Inner {
             suggested_post: None,
             rich_message: None,
         };
-        match self.call(None, &req).await {
-            Ok(updates) => {
-                let id = match &updates {
-                    tl::enums::Updates::UpdateShortSentMessage(s) => Some(s.id),
-                    tl::enums::Updates::Updates(u) => u.updates.iter().find_map(|x| match x {
-                        tl::enums::Update::MessageId(i) if i.random_id == m.random_id => Some(i.id),
-                        _ => None,
-                    }),
-                    tl::enums::Updates::Combined(u) => u.updates.iter().find_map(|x| match x {
-                        tl::enums::Update::MessageId(i) if i.random_id == m.random_id => Some(i.id),
-                        _ => None,
-                    }),
+        let answer = self.call(None, &req).await.map(|updates| match updates {
+            tl::enums::Updates::UpdateShortSentMessage(update) => {
+                UpdatesLike::ShortSentMessage { request: req.clone(), update }
+            }
+            other => UpdatesLike::Updates(other),
+        });
+        self.sent(m, &peer, answer).await
+    }
+
+    /// What Telegram's answer to a send means; its updates go to the message box.
+    async fn sent(
+        &self,
+        m: &Outgoing,
+        peer: &tl::enums::InputPeer,
+        answer: Result<UpdatesLike, RpcFailure>,
+    ) -> Result<SentRef, MessengerError> {
+        let created = |updates: &[tl::enums::Update]| {
+            updates.iter().find_map(|x| match x {
+                tl::enums::Update::MessageId(i) if i.random_id == m.random_id => Some(i.id),
+                _ => None,
+            })
+        };
+        match answer {
+            Ok(like) => {
+                let id = match &like {
+                    UpdatesLike::ShortSentMessage { update, .. } => Some(update.id),
+                    UpdatesLike::Updates(tl::enums::Updates::Updates(u)) => created(&u.updates),
+                    UpdatesLike::Updates(tl::enums::Updates::Combined(u)) => created(&u.updates),
                     _ => None,
-                };
-                let like = match updates {
-                    tl::enums::Updates::UpdateShortSentMessage(update) => {
-                        UpdatesLike::ShortSentMessage { request: req, update }
-                    }
-                    other => UpdatesLike::Updates(other),
                 };
                 let _ = self.local.send(like);
                 let id =
@@ -925,10 +1074,7 @@ impl Inner {
                     "the reply was already delivered by an earlier attempt"
                 );
                 Ok(SentRef {
-                    message_id: self
-                        .find_own(&peer, &m.text)
-                        .await
-                        .unwrap_or_else(|| format!("random:{}", m.random_id)),
+                    message_id: self.find_own(peer, &m.text).await.unwrap_or_else(|| format!("random:{}", m.random_id)),
                 })
             }
             Err(RpcFailure::Io(e)) => Err(MessengerError::InDoubt(e)),
@@ -1137,6 +1283,24 @@ impl Inner {
         self.session.wipe().await.map_err(storage)?;
         *self.phase.lock().await = Phase::Start;
         Ok(())
+    }
+}
+
+/// A MIME type from a file name's extension.
+fn mime_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "mp4" => "video/mp4",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" => "audio/ogg",
+        "txt" => "text/plain",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
     }
 }
 
