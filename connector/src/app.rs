@@ -46,6 +46,8 @@ pub struct AccountParts {
     pub budget: Budget,
     /// The Chats API channel, when the binding sends messages to the CRM's chat.
     pub chats: Option<ChatsSettings>,
+    /// The WhatsApp phone number id whose webhooks are this account's.
+    pub wa_number: Option<String>,
 }
 
 /// The installation's amoCRM Chats API channel (one per installation).
@@ -155,9 +157,37 @@ pub async fn messenger_for(
             Ok(Arc::new(telegram::Telegram::new(settings, Arc::new(rpc), session)))
         }
         Provider::Whatsapp => {
-            bail!("this connector has no WhatsApp adapter yet; run it with --scripted-messenger for a demo")
+            let settings = whatsapp_settings(config, values)?;
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            Ok(Arc::new(crate::messenger::whatsapp::WhatsApp::new(settings, store.clone(), clock)?))
         }
     }
+}
+
+/// The WhatsApp adapter's settings from a config and the Secret values it names.
+/// The Graph API base is `CRMESSENGER_WHATSAPP_GRAPH_URL` when set.
+pub fn whatsapp_settings(
+    config: &ConnectorConfig,
+    values: &SecretValues,
+) -> anyhow::Result<crate::messenger::whatsapp::Settings> {
+    let w = config.whatsapp.as_ref().context("the account has no whatsapp settings")?;
+    let Some(cloud) = &w.cloud_api else {
+        bail!(
+            "WhatsApp Web pairing (loginMethod: qr) is not in this connector build; use loginMethod: cloudApi (the official Cloud API)"
+        );
+    };
+    Ok(crate::messenger::whatsapp::Settings {
+        account: format!("{}/{}", config.account.namespace, config.account.name),
+        graph_url: std::env::var("CRMESSENGER_WHATSAPP_GRAPH_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| crate::messenger::whatsapp::GRAPH_URL.into()),
+        phone_number_id: cloud.phone_number_id.clone(),
+        access_token: secret(values, &cloud.access_token)?.trim().to_string(),
+        template: config.policy.whatsapp.as_ref().and_then(|p| p.outside_window_template.clone()),
+        max_media_bytes: config.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024,
+        ca_pem: None,
+    })
 }
 
 /// grammers' own update channel: drained at once into the adapter's queue.
@@ -240,7 +270,8 @@ pub fn build_account(
         metrics,
         state.clone(),
     ));
-    Ok(AccountParts { key, crm, messenger, bridge, state, budget, chats })
+    let wa_number = config.whatsapp.as_ref().and_then(|w| w.cloud_api.as_ref()).map(|c| c.phone_number_id.clone());
+    Ok(AccountParts { key, crm, messenger, bridge, state, budget, chats, wa_number })
 }
 
 /// Registers what the gateway needs to route this account's webhooks, and
@@ -255,6 +286,10 @@ pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: O
             .context("connect the Chats API channel to the amoCRM account")?;
     }
     store.put_route(ROUTE_BINDING_CRM, &s.binding, &s.crm_key).await?;
+    if let Some(number) = &parts.wa_number {
+        // The gateway hands this number's webhooks to this account.
+        store.put_route(crate::gateway::ROUTE_WA_NUMBER, number, &parts.key).await?;
+    }
     if s.replies == ReplySource::Webhook {
         let Some(gateway) = gateway_url else {
             bail!("the binding's replies.detection is webhook, but no gateway URL is configured (--gateway-url)");
@@ -568,17 +603,19 @@ async fn watch_deletion(
     }
 }
 
-/// `gateway`: serves webhooks until SIGTERM; `chats_secret` verifies Chats API hooks.
+/// `gateway`: serves webhooks until SIGTERM; `chats_secret` verifies Chats API
+/// hooks, `whatsapp` the Meta app's webhooks.
 pub async fn gateway(
     database_url: &str,
     listen: std::net::SocketAddr,
     chats_secret: Option<String>,
+    whatsapp: Option<crate::gateway::WhatsAppApp>,
 ) -> anyhow::Result<i32> {
     let store =
         Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, Gateway::new(store).with_chats_secret(chats_secret).router())
+    axum::serve(listener, Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router())
         .with_graceful_shutdown(terminated())
         .await?;
     Ok(0)

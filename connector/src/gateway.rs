@@ -43,17 +43,43 @@ pub const DEADLINE: Duration = Duration::from_millis(1500);
 /// The largest body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// Route kind: WhatsApp phone number id → account.
+pub const ROUTE_WA_NUMBER: &str = "wa-number";
+
+/// The installation's Meta app: its secret signs WhatsApp webhooks, the verify
+/// token answers Meta's subscription handshake.
+#[derive(Clone)]
+pub struct WhatsAppApp {
+    /// App secret.
+    pub app_secret: String,
+    /// Verify token.
+    pub verify_token: String,
+}
+
+impl std::fmt::Debug for WhatsAppApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhatsAppApp(<redacted>)")
+    }
+}
+
 /// The gateway's state.
 #[derive(Clone)]
 pub struct Gateway {
     store: Store,
     chats_secret: Option<std::sync::Arc<str>>,
+    whatsapp: Option<std::sync::Arc<WhatsAppApp>>,
 }
 
 impl Gateway {
     /// A gateway writing into `store`.
     pub fn new(store: Store) -> Self {
-        Self { store, chats_secret: None }
+        Self { store, chats_secret: None, whatsapp: None }
+    }
+
+    /// Accepts WhatsApp webhooks of this Meta app (none: the route answers 404).
+    pub fn with_whatsapp(mut self, app: Option<WhatsAppApp>) -> Self {
+        self.whatsapp = app.filter(|a| !a.app_secret.is_empty()).map(std::sync::Arc::new);
+        self
     }
 
     /// Accepts Chats API hooks signed with `secret` (none: the route answers 404).
@@ -67,6 +93,7 @@ impl Gateway {
         Router::new()
             .route("/amocrm/webhook/{token}", post(amocrm_rest))
             .route("/amocrm/chats/{scope_id}", post(amocrm_chats))
+            .route("/whatsapp/webhook", get(whatsapp_verify).post(whatsapp_webhook))
             .route("/media/{id}", get(media))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
@@ -176,6 +203,114 @@ async fn amocrm_chats(
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time\n").into_response(),
     }
+}
+
+/// Meta's subscription handshake: the challenge back only for our verify token.
+async fn whatsapp_verify(
+    State(g): State<Gateway>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(app) = g.whatsapp.clone() else {
+        return (StatusCode::NOT_FOUND, "WhatsApp is not configured on this gateway\n").into_response();
+    };
+    let token = q.get("hub.verify_token").map(String::as_str).unwrap_or_default();
+    let matches: bool = subtle_eq(token.as_bytes(), app.verify_token.as_bytes());
+    match (q.get("hub.mode").map(String::as_str), q.get("hub.challenge")) {
+        (Some("subscribe"), Some(challenge)) if matches => challenge.clone().into_response(),
+        _ => (StatusCode::FORBIDDEN, "verification failed\n").into_response(),
+    }
+}
+
+/// Constant-time equality of two byte strings.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `header` is `sha256=` and the HMAC-SHA256 of `body` under `secret`
+/// (compared in constant time).
+pub fn verify_hub_signature(secret: &str, body: &[u8], header: &str) -> bool {
+    use hmac::Mac;
+    let Some(hex_sig) = header.strip_prefix("sha256=") else { return false };
+    let Ok(sig) = hex::decode(hex_sig) else { return false };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// WhatsApp webhooks: the signature is checked before the body is read; each
+/// message and status is stored once for the account that owns the number
+/// (a replay changes nothing); 200 only after the write, so Meta retries otherwise.
+async fn whatsapp_webhook(State(g): State<Gateway>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let Some(app) = g.whatsapp.clone() else {
+        return (StatusCode::NOT_FOUND, "WhatsApp is not configured on this gateway\n").into_response();
+    };
+    let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !verify_hub_signature(&app.app_secret, &body, signature) {
+        return (StatusCode::UNAUTHORIZED, "bad or missing X-Hub-Signature-256\n").into_response();
+    }
+    let items = match parse_whatsapp(&body) {
+        Ok(items) => items,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed WhatsApp webhook: {e}\n")).into_response(),
+    };
+    let work = async {
+        let now = SystemClock.now_ms();
+        let mut woken = std::collections::HashSet::new();
+        for (number, kind, key, payload) in items {
+            let Some(account) = g.store.route(ROUTE_WA_NUMBER, &number).await? else {
+                tracing::debug!(number, "WhatsApp webhook for a number no account serves ignored");
+                continue;
+            };
+            if g.store.put_stream_event(&account, kind, &key, &payload, now).await? {
+                woken.insert(account);
+            }
+        }
+        for account in woken {
+            g.store.notify(&account).await?;
+        }
+        Ok::<_, crate::store::StoreError>((StatusCode::OK, "ok\n").into_response())
+    };
+    match tokio::time::timeout(DEADLINE, work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!("WhatsApp webhook not stored: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time; try again\n").into_response(),
+    }
+}
+
+/// (phone number id, kind, dedup key, payload) of each message and status.
+type WhatsAppItem = (String, &'static str, String, String);
+
+fn parse_whatsapp(body: &[u8]) -> Result<Vec<WhatsAppItem>, String> {
+    use crate::messenger::whatsapp::{EVENT_MESSAGE, EVENT_STATUS};
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let entries = v.get("entry").and_then(|e| e.as_array()).ok_or("no entry array")?;
+    let mut out = Vec::new();
+    for change in entries.iter().filter_map(|e| e.get("changes")?.as_array()).flatten() {
+        let value = change.get("value").ok_or("a change without value")?;
+        let Some(number) = value["metadata"]["phone_number_id"].as_str() else { continue };
+        let contacts = value["contacts"].as_array().cloned().unwrap_or_default();
+        for m in value["messages"].as_array().into_iter().flatten() {
+            let id = m["id"].as_str().ok_or("a message without id")?;
+            let from = m["from"].as_str().or(m["from_user_id"].as_str());
+            let contact = contacts
+                .iter()
+                .find(|c| from.is_some() && (c["wa_id"].as_str() == from || c["user_id"].as_str() == from))
+                .or(contacts.first())
+                .cloned()
+                .unwrap_or_default();
+            let payload = serde_json::json!({ "message": m, "contact": contact }).to_string();
+            out.push((number.to_string(), EVENT_MESSAGE, id.to_string(), payload));
+        }
+        for s in value["statuses"].as_array().into_iter().flatten() {
+            let (Some(id), Some(status)) = (s["id"].as_str(), s["status"].as_str()) else {
+                return Err("a status without id or status".into());
+            };
+            out.push((number.to_string(), EVENT_STATUS, format!("{id}:{status}"), s.to_string()));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(serde::Deserialize)]

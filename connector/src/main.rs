@@ -31,6 +31,26 @@ struct ChatsArgs {
     chats_base_url: Option<String>,
 }
 
+/// The installation's Meta app, for WhatsApp webhooks.
+#[derive(clap::Args, Clone, Debug)]
+struct WhatsAppArgs {
+    /// Meta app secret (verifies X-Hub-Signature-256 of WhatsApp webhooks).
+    #[arg(long, env = "CRMESSENGER_WHATSAPP_APP_SECRET", hide_env_values = true)]
+    whatsapp_app_secret: Option<String>,
+    /// The verify token Meta's webhook subscription handshake must present.
+    #[arg(long, env = "CRMESSENGER_WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    whatsapp_verify_token: Option<String>,
+}
+
+impl WhatsAppArgs {
+    fn app(self) -> Option<crmessenger_connector::gateway::WhatsAppApp> {
+        Some(crmessenger_connector::gateway::WhatsAppApp {
+            app_secret: self.whatsapp_app_secret.filter(|s| !s.is_empty())?,
+            verify_token: self.whatsapp_verify_token.unwrap_or_default(),
+        })
+    }
+}
+
 impl ChatsArgs {
     /// The channel, when its id and secret are both given.
     fn settings(self) -> Option<app::ChatsSettings> {
@@ -95,6 +115,8 @@ enum Command {
         /// Chats API channel secret (verifies the signature of Chats hooks).
         #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
         chats_secret: Option<String>,
+        #[command(flatten)]
+        whatsapp: WhatsAppArgs,
     },
     /// Run every account declared in a directory of manifests, on one host.
     Standalone {
@@ -133,6 +155,8 @@ enum Command {
         crm_requests_per_second: f64,
         #[command(flatten)]
         chats: ChatsArgs,
+        #[command(flatten)]
+        whatsapp: WhatsAppArgs,
     },
     /// List an account's dead letters and put them back in their queues.
     Replay {
@@ -207,6 +231,7 @@ fn main() -> ExitCode {
                 scripted_messenger,
                 crm_requests_per_second,
                 chats,
+                whatsapp,
             } => {
                 crmessenger_connector::standalone::standalone(crmessenger_connector::standalone::StandaloneSettings {
                     dir,
@@ -221,12 +246,13 @@ fn main() -> ExitCode {
                     scripted_messengers: scripted_messenger,
                     crm_requests_per_second,
                     chats: chats.settings(),
+                    whatsapp: whatsapp.app(),
                 })
                 .await
             }
             Command::Sidecar { listen, admin_url } => app::sidecar(&admin_url, listen).await,
-            Command::Gateway { database_url, listen, chats_secret } => {
-                app::gateway(&database_url, listen, chats_secret).await
+            Command::Gateway { database_url, listen, chats_secret, whatsapp } => {
+                app::gateway(&database_url, listen, chats_secret, whatsapp.app()).await
             }
             Command::Replay { database_url, account } => app::replay(&database_url, &account).await,
         }

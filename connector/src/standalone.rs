@@ -58,6 +58,8 @@ pub struct StandaloneSettings {
     pub crm_requests_per_second: f64,
     /// The installation's Chats API channel, for bindings with `chatsChannel: true`.
     pub chats: Option<crate::app::ChatsSettings>,
+    /// The installation's Meta app, for WhatsApp webhooks.
+    pub whatsapp: Option<crate::gateway::WhatsAppApp>,
 }
 
 /// Reads every manifest file of `dir` (sorted by name); errors name the file.
@@ -341,8 +343,11 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
     // reaches its account at once.
     let chats_secret = s.chats.as_ref().map(|c| c.secret.clone());
     tokio::spawn(
-        axum::serve(gateway_listener, Gateway::new(store.clone()).with_chats_secret(chats_secret).router())
-            .into_future(),
+        axum::serve(
+            gateway_listener,
+            Gateway::new(store.clone()).with_chats_secret(chats_secret).with_whatsapp(s.whatsapp.clone()).router(),
+        )
+        .into_future(),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -257,6 +257,11 @@ impl Bridge {
             s.messenger_error = None;
         });
         self.metrics.connected.get_or_create(&Metrics::label(self.account())).set(1);
+        for e in &batch.events {
+            if let Event::Status { chat_id, message_id, status } = e {
+                self.on_status(chat_id, message_id, status).await?;
+            }
+        }
         let rows = self.rows_of(&batch.events);
         if cursor.as_deref() == Some(batch.cursor.as_str()) && rows.is_empty() {
             return self.backfill_once().await;
@@ -273,11 +278,49 @@ impl Bridge {
         self.backfill_once().await
     }
 
-    /// Inbox rows (chat, key, event) of the events the policy lets through.
+    /// What the messenger says of a sent reply: recorded forward only (sent →
+    /// delivered → read; failed ends it and dead-letters the reply with the
+    /// reason), and reported to the CRM's chat when the reply came from there.
+    async fn on_status(&self, chat: &str, message_id: &str, status: &str) -> Result<(), MessengerError> {
+        let moved = self.store.outbox_delivery(self.account(), message_id, status).await.map_err(store_err)?;
+        let Some((seq, crm_id)) = moved else {
+            // A status may overtake the record of its send: wait while a send to
+            // this chat is in flight; otherwise it is not ours, or already known.
+            if self.store.outbox_in_flight(self.account(), chat).await.map_err(store_err)? {
+                return Err(MessengerError::Unavailable(format!(
+                    "status of {message_id} arrived before its send was recorded"
+                )));
+            }
+            return Ok(());
+        };
+        if let Some(detail) = status.strip_prefix("failed") {
+            let reason = format!("the messenger did not deliver the reply{detail}");
+            tracing::warn!(account = self.account(), chat, message_id, "{reason}");
+            self.store.outbox_dead(seq, &reason).await.map_err(store_err)?;
+            if let Some(id) = crm_id {
+                self.report_delivery(&id, Some(&reason)).await;
+            }
+        } else if let Some(id) = crm_id {
+            let st = match status {
+                "delivered" => Some(crmessenger_crm::DeliveryStatus::Delivered),
+                "read" => Some(crmessenger_crm::DeliveryStatus::Read),
+                _ => None,
+            };
+            if let Some(st) = st
+                && let Err(e) = self.crm.set_delivery_status(&id, st).await
+            {
+                tracing::warn!(account = self.account(), id, "could not report the delivery status: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Inbox rows (chat, key, event) of the events the policy lets through
+    /// (statuses of our own messages are not inbox work).
     fn rows_of(&self, events: &[Event]) -> Vec<(String, String, String)> {
         events
             .iter()
-            .filter(|e| self.wanted(e))
+            .filter(|e| !matches!(e, Event::Status { .. }) && self.wanted(e))
             .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
             .collect()
     }

@@ -8,6 +8,7 @@
 
 pub mod scripted;
 pub mod telegram;
+pub mod whatsapp;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -759,6 +759,118 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a messenger webhook (WhatsApp) for the account's adapter to stream;
+    /// the same `dedup_key` twice is stored once. Returns whether it was new.
+    pub async fn put_stream_event(
+        &self,
+        account: &str,
+        kind: &str,
+        dedup_key: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO events (account, kind, dedup_key, payload, received_ms, state) VALUES ($1, $2, $3, $4, $5, 'stream')
+             ON CONFLICT (account, kind, dedup_key) DO NOTHING",
+        )
+        .bind(account)
+        .bind(kind)
+        .bind(dedup_key)
+        .bind(payload)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Streamed messenger webhooks after `after_id`, oldest first.
+    pub async fn stream_events(&self, account: &str, after_id: i64, limit: i64) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, payload FROM events WHERE account = $1 AND state = 'stream' AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(account)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(EventRow { id: i64_col(r, "id")?, kind: r.try_get("kind")?, payload: r.try_get("payload")? }))
+            .collect()
+    }
+
+    /// Marks streamed webhooks up to `upto_id` consumed (their effect is stored);
+    /// the row stays, so a replay of the same webhook is still recognised.
+    pub async fn stream_consumed(&self, account: &str, upto_id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE events SET state = 'streamed', payload = '' WHERE account = $1 AND state = 'stream' AND id <= $2",
+        )
+        .bind(account)
+        .bind(upto_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records what the messenger says of a sent reply, forward only (sent →
+    /// delivered → read; failed ends it). Returns the row's seq and CRM message id
+    /// when the status moved.
+    pub async fn outbox_delivery(
+        &self,
+        account: &str,
+        message_id: &str,
+        status: &str,
+    ) -> Result<Option<(i64, Option<String>)>> {
+        fn rank(s: Option<&str>) -> u8 {
+            match s {
+                Some("sent") => 1,
+                Some("delivered") => 2,
+                Some("read") => 3,
+                Some(s) if s.starts_with("failed") => 4,
+                _ => 0,
+            }
+        }
+        let row =
+            sqlx::query("SELECT seq, crm_message_id, delivery FROM outbox WHERE account = $1 AND message_id = $2")
+                .bind(account)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let seq = i64_col(&row, "seq")?;
+        let current: Option<String> = row.try_get("delivery")?;
+        if rank(Some(status)) <= rank(current.as_deref()) {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1")
+            .bind(seq)
+            .bind(status)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some((seq, row.try_get("crm_message_id")?)))
+    }
+
+    /// Whether a reply to `chat` is being sent (tried, not yet recorded as sent).
+    pub async fn outbox_in_flight(&self, account: &str, chat: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM outbox WHERE account = $1 AND chat_id = $2 AND state = 'pending' AND attempts > 0 LIMIT 1",
+        )
+        .bind(account)
+        .bind(chat)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// What the messenger last said of the reply sent as `message_id`.
+    pub async fn outbox_delivery_of(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT delivery FROM outbox WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("delivery")).transpose()?.flatten())
+    }
+
     /// The secret token of `binding`'s webhook URL (created on first use; every
     /// connector of the binding reads the same one).
     pub async fn webhook_token(&self, binding: &str) -> Result<String> {

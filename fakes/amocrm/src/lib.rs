@@ -23,7 +23,7 @@ mod respond;
 mod rest;
 mod server;
 mod state;
-mod tls;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,7 +13,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A server config serving `identity` over HTTP/1.1.
-pub(crate) fn server_config(identity: &TlsIdentity) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(identity: &TlsIdentity) -> anyhow::Result<rustls::ServerConfig> {
     let certs = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the certificate PEM")?;
@@ -30,7 +30,7 @@ pub(crate) fn server_config(identity: &TlsIdentity) -> anyhow::Result<rustls::Se
 
 /// The HTTP client for outgoing hooks: trusts the web PKI plus `extra_roots_pem`,
 /// never follows redirects (a 3xx is an invalid webhook reply).
-pub(crate) fn hook_client(extra_roots_pem: &[String]) -> anyhow::Result<reqwest::Client> {
+pub fn hook_client(extra_roots_pem: &[String]) -> anyhow::Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for pem in extra_roots_pem {

@@ -1,0 +1,301 @@
+//! WhatsApp Cloud API end to end: the Graph API fake over TLS signs and retries
+//! its webhooks into the real gateway over loopback, the adapter streams them to
+//! the bridge, the amoCRM fake records them, and replies go back through the
+//! Graph API — on PostgreSQL. Also: webhook authentication, statuses that come
+//! reordered, duplicated or skipped, and the 24-hour window.
+
+mod common;
+
+use crmessenger_api::config::{RuntimeSettings, render};
+use crmessenger_connector::app::{AccountParts, SecretValues, build_account, whatsapp_settings};
+use crmessenger_connector::gateway::{Gateway, WhatsAppApp};
+use crmessenger_connector::messenger::whatsapp::WhatsApp;
+use crmessenger_connector::store::{POOL_SIZE, Store};
+use crmessenger_crm::clock::{Clock, OffsetClock};
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, TlsIdentity};
+use crmessenger_fake_whatsapp::{FakeGraph, GraphConfig, StatusScript, WindowError, signature};
+use crmessenger_testkit::{Postgres, TestCa};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VERIFY: &str = "verify-me-7d1";
+const CUSTOMER: &str = "15550001111";
+
+struct Rig {
+    amo: FakeAmo,
+    graph: FakeGraph,
+    store: Store,
+    parts: AccountParts,
+    clock: OffsetClock,
+    gateway: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn manifests(amo_url: &str, template: bool) -> String {
+    let policy =
+        if template { "{ whatsapp: { outsideWindowTemplate: { name: follow_up, language: en_US } } }" } else { "{}" };
+    format!(
+        r#"apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: shop }}
+spec: {{ provider: whatsapp, whatsapp: {{ loginMethod: cloudApi, cloudApi: {{ phoneNumberId: "106540352242922", accessToken: {{ name: wa, key: access_token }} }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: shop }}
+spec: {policy}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: shop }}
+spec:
+  accountNames: [shop]
+  policyRef: {{ name: shop }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{amo_url}", credentialsSecret: {{ name: amo }}, replies: {{ detection: poll, pollInterval: 1s }} }} }}
+"#
+    )
+}
+
+/// The gateway on loopback, writing into `store`.
+async fn gateway(store: &Store, app_secret: &str) -> String {
+    let app = WhatsAppApp { app_secret: app_secret.into(), verify_token: VERIFY.into() };
+    let router = Gateway::new(store.clone()).with_whatsapp(Some(app)).router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+async fn rig(db: &str, template: bool, window_error: WindowError) -> Rig {
+    let ca = TestCa::new("crmessenger test CA").unwrap();
+    let cert = ca.issue_server("graph.test", &["127.0.0.1", "localhost"]).unwrap();
+    let store = Store::connect(&Postgres::shared().database(db).unwrap(), POOL_SIZE).await.unwrap();
+    let base = GraphConfig::default();
+    let gw = gateway(&store, &base.app_secret).await;
+    let graph = FakeGraph::start(GraphConfig {
+        tls: Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem }),
+        webhook_url: Some(format!("{gw}/whatsapp/webhook")),
+        window_error,
+        ..base
+    })
+    .await
+    .unwrap();
+    assert!(graph.graph_url().starts_with("https://"));
+    let amo = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let mut m = crmessenger_api::manifests::parse(&manifests(&amo.base_url(), template), "shop").unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
+    let values: SecretValues =
+        [(("wa".to_string(), "access_token".to_string()), graph.config().access_token.clone())].into();
+    let mut settings = whatsapp_settings(&config, &values).unwrap();
+    settings.graph_url = graph.graph_url();
+    settings.ca_pem = Some(ca.cert_pem().to_string());
+    let clock = OffsetClock::default();
+    let adapter = WhatsApp::new(settings, store.clone(), Arc::new(clock.clone())).unwrap();
+    let token = amo.issue_token_pair().access_token;
+    let parts = build_account(
+        &config,
+        &store,
+        Arc::new(crmessenger_crm::amocrm::StaticToken(token)),
+        None,
+        Arc::new(adapter),
+        None,
+        Arc::new(clock.clone()) as Arc<dyn Clock>,
+        Arc::new(crmessenger_connector::metrics::Metrics::default()),
+    )
+    .unwrap();
+    let stop = common::run_bridge(&parts, &store).await;
+    Rig { amo, graph, store, parts, clock, gateway: gw, stop }
+}
+
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn has_note(amo: &FakeAmo, text: &str) -> bool {
+    amo.snapshot().notes.iter().any(|n| n.params["text"].as_str().is_some_and(|t| t.contains(text)))
+}
+
+/// A customer writes; returns the lead their note is on.
+async fn customer_writes(r: &Rig, text: &str) -> i64 {
+    r.graph.customer_says(Some(CUSTOMER), Some("US.13491208655302741918"), "Maria", text);
+    eventually("the note in amoCRM", async || has_note(&r.amo, text)).await;
+    r.amo.snapshot().leads[0].id
+}
+
+/// The manager answers; returns the message the fake received.
+async fn manager_answers(r: &Rig, lead: i64, text: &str) -> crmessenger_fake_whatsapp::SentMessage {
+    r.amo.add_manager_note(lead, 1001, &format!(">> {text}"));
+    let mut found = None;
+    eventually("the reply at the Graph API", async || {
+        found = r.graph.sent().into_iter().find(|m| serde_json::to_string(&m.body).unwrap().contains(text));
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+async fn final_delivery(r: &Rig, wamid: &str, expected: &str) {
+    eventually(&format!("delivery {expected}"), async || {
+        r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref() == Some(expected)
+    })
+    .await;
+    // Nothing moves it afterwards (late or duplicated statuses).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref(), Some(expected));
+}
+
+#[tokio::test]
+async fn a_customer_reaches_amocrm_and_the_reply_comes_back_with_its_statuses() {
+    let r = rig("wae2e", false, WindowError::Sync).await;
+    let lead = customer_writes(&r, "Is the blue one available?").await;
+    let snap = r.amo.snapshot();
+    assert_eq!((snap.contacts.len(), snap.leads.len()), (1, 1));
+    assert_eq!(snap.contacts[0].name, "Maria");
+    let sent = manager_answers(&r, lead, "Yes, size M and L").await;
+    assert_eq!(sent.to, CUSTOMER);
+    assert_eq!(sent.kind, "text");
+    assert!(sent.body["biz_opaque_callback_data"].as_str().unwrap().starts_with("rid:"), "{}", sent.body);
+    final_delivery(&r, &sent.id, "read").await;
+    assert_eq!(r.graph.sent().len(), 1, "sent once");
+    // The customer's message was marked read when the manager answered.
+    assert_eq!(r.graph.reads().len(), 1);
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn statuses_reordered_duplicated_or_skipped_end_in_the_right_state() {
+    let r = rig("wastatus", false, WindowError::Sync).await;
+    let lead = customer_writes(&r, "hello").await;
+    r.graph.set_statuses(StatusScript { reverse: true, duplicate: true, skip_delivered: true, ..Default::default() });
+    let first = manager_answers(&r, lead, "first answer").await;
+    final_delivery(&r, &first.id, "read").await;
+    // Only `sent` so far: it stays there (the pair rate needs 6 s between messages).
+    r.graph.set_statuses(StatusScript { only_sent: true, duplicate: true, ..Default::default() });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let second = manager_answers(&r, lead, "second answer").await;
+    final_delivery(&r, &second.id, "sent").await;
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn webhooks_without_a_valid_signature_or_malformed_or_replayed_change_nothing() {
+    let r = rig("wahooks", false, WindowError::Sync).await;
+    let url = format!("{}/whatsapp/webhook", r.gateway);
+    let http = crmessenger_crm::tls::client_builder(None).unwrap().build().unwrap();
+    let secret = r.graph.config().app_secret.clone();
+    let count = async || r.store.stream_events(&r.parts.key, 0, 10_000).await.unwrap().len();
+    // Meta's handshake: the challenge only for our verify token.
+    let ok = http
+        .get(format!("{url}?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={VERIFY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((ok.status().as_u16(), ok.text().await.unwrap()), (200, "1158201444".to_string()));
+    let bad =
+        http.get(format!("{url}?hub.mode=subscribe&hub.challenge=1&hub.verify_token=guess")).send().await.unwrap();
+    assert_eq!(bad.status().as_u16(), 403);
+
+    let before = count().await;
+    let body = serde_json::json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages",
+        "value": { "messaging_product": "whatsapp", "metadata": { "display_phone_number": "+1 555 0100", "phone_number_id": "106540352242922" },
+            "contacts": [{ "profile": { "name": "Eve" }, "wa_id": "15550009999" }],
+            "messages": [{ "from": "15550009999", "id": "wamid.FORGED", "timestamp": "1700000000", "type": "text", "text": { "body": "forged" } }] } }] }] })
+    .to_string();
+    let post = |sig: Option<String>, body: String| {
+        let mut req = http.post(&url).header("content-type", "application/json").body(body);
+        if let Some(s) = sig {
+            req = req.header("x-hub-signature-256", s);
+        }
+        req.send()
+    };
+    assert_eq!(post(None, body.clone()).await.unwrap().status().as_u16(), 401, "no signature");
+    assert_eq!(
+        post(Some(signature("wrong-secret", body.as_bytes())), body.clone()).await.unwrap().status().as_u16(),
+        401
+    );
+    assert_eq!(post(Some("sha256=zz".into()), body.clone()).await.unwrap().status().as_u16(), 401);
+    let nope = "{nope".to_string();
+    assert_eq!(post(Some(signature(&secret, nope.as_bytes())), nope).await.unwrap().status().as_u16(), 400);
+    assert_eq!(count().await, before, "nothing stored");
+
+    // A valid one is stored once however often it is replayed.
+    for _ in 0..3 {
+        assert_eq!(post(Some(signature(&secret, body.as_bytes())), body.clone()).await.unwrap().status().as_u16(), 200);
+    }
+    eventually("the note", async || has_note(&r.amo, "forged")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        r.amo
+            .snapshot()
+            .notes
+            .iter()
+            .filter(|n| n.params["text"].as_str().is_some_and(|t| t.contains("forged")))
+            .count(),
+        1
+    );
+
+    // A badly signed webhook from Meta is refused, and Meta's retry gets through.
+    r.graph.sign_badly(1);
+    r.graph.customer_says(Some(CUSTOMER), None, "Maria", "after a bad signature");
+    eventually("the retried webhook", async || has_note(&r.amo, "after a bad signature")).await;
+    let statuses: Vec<u16> = r.graph.deliveries().iter().map(|d| d.status).collect();
+    assert!(statuses.contains(&401) && statuses.ends_with(&[200]), "{statuses:?}");
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn outside_the_window_without_a_template_the_reply_is_dead_lettered_with_the_reason() {
+    let r = rig("wanotemplate", false, WindowError::Sync).await;
+    let lead = customer_writes(&r, "old question").await;
+    // A day and an hour later, the manager answers.
+    r.graph.clock().advance(Duration::from_secs(25 * 3600));
+    r.clock.advance(Duration::from_secs(25 * 3600));
+    r.amo.add_manager_note(lead, 1001, ">> Sorry for the wait");
+    eventually("the dead letter", async || !r.store.dead_letters(&r.parts.key).await.unwrap().is_empty()).await;
+    let dead = r.store.dead_letters(&r.parts.key).await.unwrap();
+    assert!(
+        dead[0].reason.contains("24 hours") && dead[0].reason.contains("outsideWindowTemplate"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(r.graph.sent().is_empty(), "nothing went out");
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn outside_the_window_the_reply_goes_as_the_policys_template() {
+    let r = rig("watemplate", true, WindowError::Sync).await;
+    let lead = customer_writes(&r, "old question").await;
+    r.graph.clock().advance(Duration::from_secs(25 * 3600));
+    r.clock.advance(Duration::from_secs(25 * 3600));
+    let sent = manager_answers(&r, lead, "Back in stock now").await;
+    assert_eq!(sent.kind, "template");
+    assert_eq!(sent.body["template"]["name"], "follow_up");
+    assert_eq!(sent.body["template"]["language"]["code"], "en_US");
+    assert_eq!(sent.body["template"]["components"][0]["parameters"][0]["text"], "Back in stock now");
+    final_delivery(&r, &sent.id, "read").await;
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn a_window_refusal_that_comes_as_a_failed_status_dead_letters_the_reply() {
+    let r = rig("wafailed", false, WindowError::Status).await;
+    let lead = customer_writes(&r, "old question").await;
+    // Only WhatsApp's clock moves: the connector believes the window is open.
+    r.graph.clock().advance(Duration::from_secs(25 * 3600));
+    let sent = manager_answers(&r, lead, "We can do it").await;
+    assert_eq!(sent.kind, "text");
+    eventually("the dead letter", async || !r.store.dead_letters(&r.parts.key).await.unwrap().is_empty()).await;
+    let dead = r.store.dead_letters(&r.parts.key).await.unwrap();
+    assert!(dead[0].reason.contains("131047"), "{}", dead[0].reason);
+    final_delivery(&r, &sent.id, "failed: (#131047) Re-engagement message").await;
+    let _ = r.stop.send(true);
+}
