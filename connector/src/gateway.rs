@@ -355,3 +355,46 @@ async fn media(
         }
     }
 }
+
+#[cfg(test)]
+mod whatsapp_tests {
+    use super::*;
+
+    #[test]
+    fn hub_signatures_are_checked_exactly() {
+        // HMAC-SHA256 of "what do ya want for nothing?" under "Jefe" (RFC 4231, case 2).
+        let good = "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert!(verify_hub_signature("Jefe", b"what do ya want for nothing?", good));
+        assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing!", good));
+        assert!(!verify_hub_signature("jefe", b"what do ya want for nothing?", good));
+        assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", &good[7..]));
+        assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", "sha256=zz"));
+        assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", ""));
+    }
+
+    #[test]
+    fn webhooks_split_into_messages_and_statuses_per_number() {
+        let body = serde_json::json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [
+            { "field": "messages", "value": { "metadata": { "phone_number_id": "111" },
+                "contacts": [{ "profile": { "name": "A" }, "user_id": "US.1" }, { "profile": { "name": "B" }, "wa_id": "155" }],
+                "messages": [{ "from_user_id": "US.1", "id": "wamid.1", "type": "text", "text": { "body": "x" } },
+                             { "from": "155", "id": "wamid.2", "type": "text", "text": { "body": "y" } }] } },
+            { "field": "messages", "value": { "metadata": { "phone_number_id": "222" },
+                "statuses": [{ "id": "wamid.9", "status": "read", "recipient_id": "155" }] } }
+        ] }] });
+        let items = parse_whatsapp(body.to_string().as_bytes()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!((items[0].0.as_str(), items[0].1, items[0].2.as_str()), ("111", "wa-message", "wamid.1"));
+        // Each message goes with its own sender's contact (a BSUID-only user included).
+        assert!(items[0].3.contains("US.1") && items[0].3.contains("\"A\""), "{}", items[0].3);
+        assert!(items[1].3.contains("\"B\""), "{}", items[1].3);
+        assert_eq!((items[2].0.as_str(), items[2].1, items[2].2.as_str()), ("222", "wa-status", "wamid.9:read"));
+        assert!(parse_whatsapp(b"{}").is_err());
+        assert!(
+            parse_whatsapp(
+                br#"{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"1"},"statuses":[{"id":"x"}]}}]}]}"#
+            )
+            .is_err()
+        );
+    }
+}

@@ -299,3 +299,25 @@ async fn a_window_refusal_that_comes_as_a_failed_status_dead_letters_the_reply()
     final_delivery(&r, &sent.id, "failed: (#131047) Re-engagement message").await;
     let _ = r.stop.send(true);
 }
+
+#[tokio::test]
+async fn a_customers_picture_is_fetched_with_a_fresh_url_within_the_limits() {
+    use crmessenger_connector::messenger::MediaRef;
+    let r = rig("wamedia", false, WindowError::Sync).await;
+    let picture: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    r.graph.customer_sends_image(CUSTOMER, "Maria", "image/jpeg", picture.clone(), "this one");
+    eventually("the note", async || has_note(&r.amo, "this one")).await;
+    // Long after the webhook (its media URLs live 5 minutes): a fresh URL is asked for.
+    r.graph.clock().advance(Duration::from_secs(600));
+    let media = MediaRef {
+        id: "wa:900000".into(),
+        kind: "photo".into(),
+        file_name: "image_900000.jpeg".into(),
+        mime_type: "image/jpeg".into(),
+        size: 0,
+    };
+    assert_eq!(r.parts.messenger.fetch_media(&media).await.unwrap(), picture);
+    let unknown = MediaRef { id: "wa:123".into(), ..media.clone() };
+    assert!(r.parts.messenger.fetch_media(&unknown).await.is_err());
+    let _ = r.stop.send(true);
+}

@@ -52,7 +52,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         ])
         .unwrap();
     }
-    let bundled = "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.secret.name=amo-chats";
+    let bundled = "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.secret.name=amo-chats,whatsapp.appSecret.name=meta-app,whatsapp.verifyToken.name=meta-app";
     let ns_yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {RELEASE_NS} }}\n");
     assert!(cp.kubectl_apply_output(&ns_yaml, &[]).unwrap().status.success());
     let chats_secret =
@@ -95,6 +95,10 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert_eq!(chart_args.len(), 8, "{chart_args:?}");
     let gw_env = gateway["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(gw_env.contains("CRMESSENGER_CHATS_SECRET") && gw_env.contains("amo-chats"), "{gw_env}");
+    // The Meta app's secret and verify token reach the gateway by reference.
+    for name in ["CRMESSENGER_WHATSAPP_APP_SECRET", "CRMESSENGER_WHATSAPP_VERIFY_TOKEN", "meta-app"] {
+        assert!(gw_env.contains(name), "{name} missing: {gw_env}");
+    }
     let mut args = vec![
         "--leader-election=true",
         "--lease-namespace",
