@@ -156,12 +156,42 @@ pub async fn messenger_for(
             );
             Ok(Arc::new(telegram::Telegram::new(settings, Arc::new(rpc), session)))
         }
+        Provider::Whatsapp if config.whatsapp.as_ref().is_some_and(|w| w.cloud_api.is_none()) => {
+            whatsapp_web(config, store, session_key)
+        }
         Provider::Whatsapp => {
             let settings = whatsapp_settings(config, values)?;
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             Ok(Arc::new(crate::messenger::whatsapp::WhatsApp::new(settings, store.clone(), clock)?))
         }
     }
+}
+
+/// WhatsApp Web pairing, in connectors built with the `whatsapp-web` feature.
+#[cfg(feature = "whatsapp-web")]
+fn whatsapp_web(
+    config: &ConnectorConfig,
+    store: &Store,
+    session_key: Option<&SessionKey>,
+) -> anyhow::Result<Arc<dyn Messenger>> {
+    let key = session_key.context(
+        "WhatsApp Web sessions are kept encrypted in the database: give the connector a session key (CRMESSENGER_SESSION_KEY or --session-key)",
+    )?;
+    let account = format!("{}/{}", config.account.namespace, config.account.name);
+    tracing::warn!(account, "WhatsApp Web pairing is unofficial: WhatsApp may ban numbers that use it");
+    Ok(Arc::new(crate::messenger::whatsapp_web::WhatsAppWeb::start(&account, store.clone(), key.clone())))
+}
+
+/// WhatsApp Web pairing is not in connectors built without the feature.
+#[cfg(not(feature = "whatsapp-web"))]
+fn whatsapp_web(
+    _config: &ConnectorConfig,
+    _store: &Store,
+    _session_key: Option<&SessionKey>,
+) -> anyhow::Result<Arc<dyn Messenger>> {
+    bail!(
+        "WhatsApp Web pairing (loginMethod: qr) is not in this connector build (cargo feature whatsapp-web); use loginMethod: cloudApi, the official Cloud API"
+    )
 }
 
 /// The WhatsApp adapter's settings from a config and the Secret values it names.
@@ -172,9 +202,7 @@ pub fn whatsapp_settings(
 ) -> anyhow::Result<crate::messenger::whatsapp::Settings> {
     let w = config.whatsapp.as_ref().context("the account has no whatsapp settings")?;
     let Some(cloud) = &w.cloud_api else {
-        bail!(
-            "WhatsApp Web pairing (loginMethod: qr) is not in this connector build; use loginMethod: cloudApi (the official Cloud API)"
-        );
+        bail!("loginMethod qr pairs WhatsApp Web; it has no Cloud API settings");
     };
     Ok(crate::messenger::whatsapp::Settings {
         account: format!("{}/{}", config.account.namespace, config.account.name),

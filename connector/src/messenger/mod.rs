@@ -9,6 +9,8 @@
 pub mod scripted;
 pub mod telegram;
 pub mod whatsapp;
+#[cfg(feature = "whatsapp-web")]
+pub mod whatsapp_web;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -928,10 +928,70 @@ impl Store {
         Ok(())
     }
 
+    // ---- keyed session material ------------------------------------------
+
+    /// A value of namespace `ns`.
+    pub async fn kv_get(&self, account: &str, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT v FROM kv WHERE account = $1 AND ns = $2 AND k = $3")
+            .bind(account)
+            .bind(ns)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("v")?)).transpose()
+    }
+
+    /// Sets a value.
+    pub async fn kv_put(&self, account: &str, ns: &str, key: &str, value: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO kv (account, ns, k, v) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (account, ns, k) DO UPDATE SET v = excluded.v",
+        )
+        .bind(account)
+        .bind(ns)
+        .bind(key)
+        .bind(value.to_vec())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a value.
+    pub async fn kv_delete(&self, account: &str, ns: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM kv WHERE account = $1 AND ns = $2 AND k = $3")
+            .bind(account)
+            .bind(ns)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every (key, value) of a namespace, by key.
+    pub async fn kv_list(&self, account: &str, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT k, v FROM kv WHERE account = $1 AND ns = $2 ORDER BY k")
+            .bind(account)
+            .bind(ns)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("k")?, r.try_get("v")?))).collect()
+    }
+
+    /// Deletes a namespace (or, with `None`, everything of the account).
+    pub async fn kv_clear(&self, account: &str, ns: Option<&str>) -> Result<()> {
+        match ns {
+            Some(ns) => sqlx::query("DELETE FROM kv WHERE account = $1 AND ns = $2").bind(account).bind(ns),
+            None => sqlx::query("DELETE FROM kv WHERE account = $1").bind(account),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Deletes every row of `account` (account deletion).
     pub async fn purge(&self, account: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media"] {
+        for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media", "kv"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = $1")).bind(account).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM cursors WHERE scope = $1").bind(account).execute(&mut *tx).await?;

@@ -1,0 +1,342 @@
+//! WhatsApp Web multi-device pairing (the `whatsapp-web` cargo feature, off by
+//! default), through the `whatsapp-rust` crate.
+//!
+//! **Unofficial.** WhatsApp does not allow third-party Web clients and may ban a
+//! number that uses one; the Cloud API is the supported path. The pairing QR code
+//! goes through the same login page and status fields as Telegram's.
+//!
+//! The library's session (Signal keys, device identity) lives in the connector's
+//! database, sealed ([`store::WaStore`]). Messages arrive as the library's events
+//! and wait in a queue until the bridge has stored them.
+
+pub mod store;
+
+use super::*;
+use crate::store::Store;
+use crate::store::crypto::SessionKey;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use whatsapp_rust::Jid;
+use whatsapp_rust::prelude::{Bot, Client, MessageExt};
+use whatsapp_rust::types::events::Event as WaEvent;
+use whatsapp_rust::wacore::store::traits::DeviceStore;
+
+/// A customer's message as the library gives it, reduced to what the bridge needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// Chat JID (`…@s.whatsapp.net`, `…@g.us`).
+    pub chat: String,
+    /// Whether the chat is a group.
+    pub is_group: bool,
+    /// Sender JID.
+    pub sender: String,
+    /// The sender's name as they set it.
+    pub push_name: String,
+    /// Message id.
+    pub id: String,
+    /// When it was written, Unix ms.
+    pub at_ms: i64,
+    /// Its text, if it has one.
+    pub text: Option<String>,
+}
+
+/// The connector's message of an incoming one.
+pub fn to_message(i: &Incoming) -> Message {
+    let user = i.sender.split(['@', ':']).next().unwrap_or_default().to_string();
+    let is_phone = i.sender.ends_with("@s.whatsapp.net") && user.bytes().all(|b| b.is_ascii_digit());
+    Message {
+        chat_id: i.chat.clone(),
+        chat_kind: if i.is_group { ChatKind::Group } else { ChatKind::Private },
+        chat_title: None,
+        message_id: i.id.clone(),
+        sender: Identity {
+            id: user.clone(),
+            name: if i.push_name.is_empty() { user.clone() } else { i.push_name.clone() },
+            phone: is_phone.then(|| format!("+{user}")),
+            username: None,
+        },
+        content: Content::Text {
+            text: i.text.clone().unwrap_or_else(|| "[a message this connector cannot show]".into()),
+        },
+        sent_at_ms: i.at_ms,
+        edited: false,
+        history: false,
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    login: Option<LoginState>,
+    queue: VecDeque<(u64, Event)>,
+    next: u64,
+    client: Option<Arc<Client>>,
+    last_in: HashMap<String, (String, String)>,
+}
+
+/// A WhatsApp Web session.
+pub struct WhatsAppWeb {
+    account: String,
+    backend: Arc<store::WaStore>,
+    shared: Arc<Mutex<Shared>>,
+    fed: Arc<Notify>,
+    epoch: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WhatsAppWeb {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl WhatsAppWeb {
+    /// Starts the session of `account` (pairing by QR code when there is none).
+    pub fn start(account: &str, db: Store, key: SessionKey) -> Self {
+        let backend = Arc::new(store::WaStore::new(db, key, account));
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let fed = Arc::new(Notify::new());
+        let task = tokio::spawn(supervise(account.to_string(), backend.clone(), shared.clone(), fed.clone()));
+        let epoch = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        Self { account: account.to_string(), backend, shared, fed, epoch, task }
+    }
+
+    fn client(&self) -> Result<Arc<Client>, MessengerError> {
+        lock(&self.shared)
+            .client
+            .clone()
+            .ok_or_else(|| MessengerError::Unavailable("not connected to WhatsApp yet".into()))
+    }
+}
+
+/// Runs the session, and starts a new pairing after a logout.
+async fn supervise(account: String, backend: Arc<store::WaStore>, shared: Arc<Mutex<Shared>>, fed: Arc<Notify>) {
+    loop {
+        let (s, f) = (shared.clone(), fed.clone());
+        let (b, acct) = (backend.clone(), account.clone());
+        let built = Bot::builder()
+            .with_backend_arc(backend.clone() as Arc<dyn whatsapp_rust::wacore::store::traits::Backend>)
+            .skip_history_sync()
+            .on_event(move |event, client| {
+                let (s, f, b, acct) = (s.clone(), f.clone(), b.clone(), acct.clone());
+                async move { on_event(&acct, &s, &f, &b, &event, client).await }
+            })
+            .build()
+            .await;
+        match built {
+            Ok(bot) => {
+                lock(&shared).client = Some(bot.client());
+                bot.run().await;
+                lock(&shared).client = None;
+            }
+            Err(e) => tracing::warn!(account, "WhatsApp Web session did not start: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn on_event(
+    account: &str,
+    shared: &Mutex<Shared>,
+    fed: &Notify,
+    backend: &store::WaStore,
+    event: &WaEvent,
+    _client: Arc<Client>,
+) {
+    match event {
+        WaEvent::PairingQrCode(q) => {
+            lock(shared).login =
+                Some(LoginState::Qr { code: q.code.clone(), expires_at_ms: now_ms() + q.timeout.as_millis() as i64 });
+        }
+        WaEvent::PairSuccess(p) => {
+            tracing::info!(account, "WhatsApp Web paired");
+            lock(shared).login = Some(LoginState::LoggedIn {
+                identity: Identity { id: p.id.user.to_string(), name: p.business_name.clone(), ..Default::default() },
+            });
+        }
+        WaEvent::Connected(_) => {
+            let device = backend.load().await.ok().flatten();
+            let user = device.and_then(|d| d.pn).map(|j| j.user.to_string()).unwrap_or_default();
+            lock(shared).login = Some(LoginState::LoggedIn {
+                identity: Identity {
+                    id: user.clone(),
+                    name: user.clone(),
+                    phone: Some(format!("+{user}")),
+                    username: None,
+                },
+            });
+        }
+        WaEvent::LoggedOut(l) => {
+            let reason = format!("WhatsApp ended the linked-device session ({:?}); pair again", l.reason);
+            tracing::warn!(account, "{reason}");
+            if let Err(e) = backend.wipe().await {
+                tracing::error!(account, "could not wipe the WhatsApp Web session: {e}");
+            }
+            lock(shared).login = Some(LoginState::LoggedOut { reason });
+        }
+        other => {
+            let mut s = lock(shared);
+            for m in other.messages() {
+                if m.info.source.is_from_me {
+                    continue;
+                }
+                let incoming = Incoming {
+                    chat: m.info.source.chat.to_string(),
+                    is_group: m.info.source.is_group,
+                    sender: m.info.source.sender.to_string(),
+                    push_name: m.info.push_name.clone(),
+                    id: m.info.id.to_string(),
+                    at_ms: m.info.timestamp.timestamp_millis(),
+                    text: m.message.text_content().map(str::to_string),
+                };
+                s.last_in.insert(incoming.chat.clone(), (incoming.id.clone(), incoming.sender.clone()));
+                s.next += 1;
+                let seq = s.next;
+                s.queue.push_back((seq, Event::Message(Box::new(to_message(&incoming)))));
+            }
+            drop(s);
+            fed.notify_one();
+        }
+    }
+}
+
+#[async_trait]
+impl Messenger for WhatsAppWeb {
+    async fn login_state(&self) -> Result<LoginState, MessengerError> {
+        Ok(lock(&self.shared)
+            .login
+            .clone()
+            .unwrap_or(LoginState::LoggedOut { reason: "connecting to WhatsApp".into() }))
+    }
+
+    async fn submit_login(&self, _code: Option<&str>, _password: Option<&str>) -> Result<(), MessengerError> {
+        Err(MessengerError::Rejected("WhatsApp Web pairs by QR code only".into()))
+    }
+
+    async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError> {
+        // Cursors are this process's: `epoch:seq`.
+        let acked = cursor
+            .and_then(|c| c.split_once(':'))
+            .filter(|(e, _)| *e == self.epoch)
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let take = |s: &mut Shared| {
+            while s.queue.front().is_some_and(|(n, _)| *n <= acked) {
+                s.queue.pop_front();
+            }
+            let items: Vec<(u64, Event)> = s.queue.iter().take(500).cloned().collect();
+            items
+        };
+        let mut items = take(&mut lock(&self.shared));
+        if items.is_empty() {
+            let _ = tokio::time::timeout(wait, self.fed.notified()).await;
+            items = take(&mut lock(&self.shared));
+        }
+        let last = items.last().map(|(n, _)| *n).unwrap_or(acked);
+        Ok(Batch { events: items.into_iter().map(|(_, e)| e).collect(), cursor: format!("{}:{last}", self.epoch) })
+    }
+
+    async fn send(&self, m: &Outgoing) -> Result<SentRef, MessengerError> {
+        let to: Jid =
+            m.chat_id.parse().map_err(|_| MessengerError::Rejected(format!("not a WhatsApp chat: {}", m.chat_id)))?;
+        let text = match &m.media {
+            Some(f) => format!("{}\n{}: {}", m.text, f.file_name, f.url).trim().to_string(),
+            None => m.text.clone(),
+        };
+        let sent = self.client()?.send_text(to, text).await.map_err(|e| MessengerError::InDoubt(e.to_string()))?;
+        let db = |e: crate::store::StoreError| MessengerError::Unavailable(e.to_string());
+        let key = format!("sent:{}", m.random_id);
+        self.backend_store().kv_put(&self.account, "connector", &key, sent.message_id.as_bytes()).await.map_err(db)?;
+        Ok(SentRef { message_id: sent.message_id })
+    }
+
+    async fn find_sent(&self, _chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError> {
+        let db = |e: crate::store::StoreError| MessengerError::Unavailable(e.to_string());
+        let key = format!("sent:{random_id}");
+        let found = self.backend_store().kv_get(&self.account, "connector", &key).await.map_err(db)?;
+        Ok(found.map(|id| SentRef { message_id: String::from_utf8_lossy(&id).into_owned() }))
+    }
+
+    async fn mark_read(&self, chat_id: &str, _message_id: &str) -> Result<(), MessengerError> {
+        let Some((id, sender)) = lock(&self.shared).last_in.get(chat_id).cloned() else { return Ok(()) };
+        let (Ok(chat), Ok(sender)) = (chat_id.parse::<Jid>(), sender.parse::<Jid>()) else { return Ok(()) };
+        let group_sender = chat.server.to_string().contains("g.us").then_some(&sender);
+        self.client()?
+            .mark_as_read(&chat, group_sender, &[id.as_str()])
+            .await
+            .map_err(|e| MessengerError::Unavailable(e.to_string()))
+    }
+
+    async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError> {
+        Err(MessengerError::Rejected(format!(
+            "{}: media over WhatsApp Web is not downloaded by this connector",
+            media.file_name
+        )))
+    }
+
+    async fn backfill(
+        &self,
+        _chat_id: &str,
+        _before: Option<&str>,
+        _limit: u32,
+    ) -> Result<Vec<Message>, MessengerError> {
+        Ok(Vec::new())
+    }
+
+    async fn logout(&self) -> Result<(), MessengerError> {
+        if let Ok(client) = self.client() {
+            client.logout().await;
+        }
+        self.backend.wipe().await.map_err(|e| MessengerError::Unavailable(e.to_string()))
+    }
+}
+
+impl WhatsAppWeb {
+    fn backend_store(&self) -> &Store {
+        self.backend.db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_message_is_keyed_by_the_senders_number() {
+        let i = Incoming {
+            chat: "15550001111@s.whatsapp.net".into(),
+            is_group: false,
+            sender: "15550001111@s.whatsapp.net".into(),
+            push_name: "Maria".into(),
+            id: "3EB0ABC".into(),
+            at_ms: 1_700_000_000_000,
+            text: Some("hi".into()),
+        };
+        let m = to_message(&i);
+        assert_eq!(
+            (m.chat_id.as_str(), m.chat_kind, m.caption()),
+            ("15550001111@s.whatsapp.net", ChatKind::Private, "hi")
+        );
+        assert_eq!((m.sender.id.as_str(), m.sender.name.as_str()), ("15550001111", "Maria"));
+        assert_eq!(m.sender.phone.as_deref(), Some("+15550001111"));
+        // A group member by LID: no phone is invented.
+        let g = to_message(&Incoming {
+            chat: "120363@g.us".into(),
+            is_group: true,
+            sender: "2040:3@lid".into(),
+            push_name: String::new(),
+            text: None,
+            ..i
+        });
+        assert_eq!((g.chat_kind, g.sender.id.as_str(), g.sender.phone.clone()), (ChatKind::Group, "2040", None));
+        assert!(g.caption().contains("cannot show"));
+    }
+}
