@@ -443,16 +443,6 @@ async fn a_duplicated_auth_key_is_reported_as_a_duplicate_session() {
 
 // ---- media, backfill, logout ---------------------------------------------
 
-/// Serves `bytes` at `/files/{name}` on loopback (where the CRM keeps a file).
-async fn file_server(bytes: Vec<u8>) -> String {
-    use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().route("/files/{name}", get(move || async move { bytes.clone() }));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
     use crmessenger_connector::messenger::OutgoingMedia;
@@ -464,7 +454,7 @@ async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
     let (tg, mut cursor) = signed_in(&fake, &store, s).await;
     with_customer(&fake, &tg, &mut cursor).await;
     let body: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
-    let base = file_server(body.clone()).await;
+    let base = common::file_server(body.clone()).await;
     let media = |name: &str, kind: &str| OutgoingMedia {
         kind: kind.into(),
         url: format!("{base}/files/{name}"),
@@ -487,7 +477,7 @@ async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
     let gone =
         Outgoing { media: Some(OutgoingMedia { url: format!("{base}/nothing"), ..gone.media.unwrap() }), ..gone };
     assert!(matches!(tg.send(&gone).await, Err(MessengerError::Rejected(m)) if m.contains("404")));
-    let big = file_server(vec![0; 2 * 1024 * 1024]).await;
+    let big = common::file_server(vec![0; 2 * 1024 * 1024]).await;
     let big = Outgoing {
         media: Some(OutgoingMedia {
             kind: "video".into(),

@@ -321,3 +321,44 @@ async fn a_customers_picture_is_fetched_with_a_fresh_url_within_the_limits() {
     assert!(r.parts.messenger.fetch_media(&unknown).await.is_err());
     let _ = r.stop.send(true);
 }
+
+#[tokio::test]
+async fn a_reply_with_a_file_is_uploaded_then_sent_by_id_within_whatsapps_limits() {
+    use crmessenger_connector::messenger::{Outgoing, OutgoingMedia};
+    let r = rig("wafile", false, WindowError::Sync).await;
+    customer_writes(&r, "send me the invoice").await;
+    let pdf: Vec<u8> = (0..200_000u32).map(|i| (i % 199) as u8).collect();
+    let files = common::file_server(pdf).await;
+    let reply = Outgoing {
+        chat_id: CUSTOMER.into(),
+        text: "Here it is".into(),
+        random_id: 42,
+        media: Some(OutgoingMedia {
+            kind: "file".into(),
+            url: format!("{files}/files/invoice.pdf"),
+            file_name: "invoice.pdf".into(),
+        }),
+    };
+    let sent = r.parts.messenger.send(&reply).await.unwrap();
+    let got = r.graph.sent();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id.as_str(), got[0].kind.as_str()), (sent.message_id.as_str(), "document"));
+    assert!(got[0].body["document"]["id"].as_str().is_some_and(|id| !id.is_empty()), "sent by id: {}", got[0].body);
+    assert_eq!(got[0].body["document"]["filename"], "invoice.pdf");
+    assert_eq!(got[0].body["document"]["caption"], "Here it is");
+    // A picture over WhatsApp's 5 MB is refused with the reason, before any upload.
+    let big = common::file_server(vec![0; 6 << 20]).await;
+    let picture = Outgoing {
+        random_id: 43,
+        media: Some(OutgoingMedia {
+            kind: "picture".into(),
+            url: format!("{big}/files/big.jpg"),
+            file_name: "big.jpg".into(),
+        }),
+        ..reply
+    };
+    let refused = r.parts.messenger.send(&picture).await.unwrap_err();
+    assert!(refused.to_string().contains("WhatsApp's limit"), "{refused}");
+    assert_eq!(r.graph.sent().len(), 1);
+    let _ = r.stop.send(true);
+}

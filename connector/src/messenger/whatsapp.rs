@@ -211,6 +211,19 @@ impl WhatsApp {
                 media.file_name
             )));
         }
+        // WhatsApp's own caps per type: refused here with the reason rather than by Meta.
+        let cap: usize = match mime.split('/').next().unwrap_or_default() {
+            "image" => 5 << 20,
+            "audio" | "video" => 16 << 20,
+            _ => 100 << 20,
+        };
+        if bytes.len() > cap {
+            return Err(MessengerError::Rejected(format!(
+                "the file {} ({} bytes) is over WhatsApp's limit of {cap} bytes for {mime}",
+                media.file_name,
+                bytes.len()
+            )));
+        }
         let part = reqwest::multipart::Part::bytes(bytes.to_vec())
             .file_name(media.file_name.clone())
             .mime_str(mime)

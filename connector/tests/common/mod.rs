@@ -121,3 +121,13 @@ pub fn start_standalone_with(dir: &Path, ports: &Ports, extra: &[&str], env: &[(
     }
     p
 }
+
+/// Serves `bytes` at `/files/{name}` on loopback (where the CRM keeps a file).
+#[allow(dead_code)]
+pub async fn file_server(bytes: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/files/{name}", axum::routing::get(move || async move { bytes.clone() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
