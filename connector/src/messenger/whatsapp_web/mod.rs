@@ -6,15 +6,17 @@
 //! goes through the same login page and status fields as Telegram's.
 //!
 //! The library's session (Signal keys, device identity) lives in the connector's
-//! database, sealed ([`store::WaStore`]). Messages arrive as the library's events
-//! and wait in a queue until the bridge has stored them.
+//! database, sealed ([`store::WaStore`]). A customer's message is acknowledged to
+//! WhatsApp only after it is stored there (the library's inbound durability
+//! hook); the bridge streams it from there, and the stored copy goes once the
+//! inbox has it.
 
 pub mod store;
 
 use super::*;
 use crate::store::Store;
 use crate::store::crypto::SessionKey;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use whatsapp_rust::Jid;
@@ -68,10 +70,50 @@ pub fn to_message(i: &Incoming) -> Message {
 #[derive(Default)]
 struct Shared {
     login: Option<LoginState>,
-    queue: VecDeque<(u64, Event)>,
-    next: u64,
     client: Option<Arc<Client>>,
     last_in: HashMap<String, (String, String)>,
+}
+
+/// The stored key of a message: its time first (so keys sort in arrival order),
+/// then its chat, sender and id (so a redelivery lands on the same key).
+pub fn inbound_key(i: &Incoming) -> String {
+    format!("{:015}|{}|{}|{}", i.at_ms.max(0), i.chat, i.sender, i.id)
+}
+
+/// Stores each message before WhatsApp is told it arrived.
+struct Durable {
+    backend: Arc<store::WaStore>,
+    shared: Arc<Mutex<Shared>>,
+    fed: Arc<Notify>,
+}
+
+#[whatsapp_rust::async_trait]
+impl whatsapp_rust::InboundDurabilityHook for Durable {
+    async fn on_messages(
+        &self,
+        _client: Arc<Client>,
+        batch: &[whatsapp_rust::wacore::types::events::InboundMessage],
+    ) -> whatsapp_rust::anyhow::Result<()> {
+        for m in batch {
+            if m.info.source.is_from_me {
+                continue;
+            }
+            let incoming = Incoming {
+                chat: m.info.source.chat.to_string(),
+                is_group: m.info.source.is_group,
+                sender: m.info.source.sender.to_string(),
+                push_name: m.info.push_name.clone(),
+                id: m.info.id.to_string(),
+                at_ms: m.info.timestamp.timestamp_millis(),
+                text: m.message.text_content().map(str::to_string),
+            };
+            let event = Event::Message(Box::new(to_message(&incoming)));
+            self.backend.put_inbound(&inbound_key(&incoming), &event).await?;
+            lock(&self.shared).last_in.insert(incoming.chat.clone(), (incoming.id.clone(), incoming.sender.clone()));
+        }
+        self.fed.notify_one();
+        Ok(())
+    }
 }
 
 /// A WhatsApp Web session.
@@ -80,7 +122,6 @@ pub struct WhatsAppWeb {
     backend: Arc<store::WaStore>,
     shared: Arc<Mutex<Shared>>,
     fed: Arc<Notify>,
-    epoch: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,8 +146,7 @@ impl WhatsAppWeb {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let fed = Arc::new(Notify::new());
         let task = tokio::spawn(supervise(account.to_string(), backend.clone(), shared.clone(), fed.clone()));
-        let epoch = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        Self { account: account.to_string(), backend, shared, fed, epoch, task }
+        Self { account: account.to_string(), backend, shared, fed, task }
     }
 
     fn client(&self) -> Result<Arc<Client>, MessengerError> {
@@ -120,14 +160,19 @@ impl WhatsAppWeb {
 /// Runs the session, and starts a new pairing after a logout.
 async fn supervise(account: String, backend: Arc<store::WaStore>, shared: Arc<Mutex<Shared>>, fed: Arc<Notify>) {
     loop {
-        let (s, f) = (shared.clone(), fed.clone());
+        let s = shared.clone();
         let (b, acct) = (backend.clone(), account.clone());
         let built = Bot::builder()
             .with_backend_arc(backend.clone() as Arc<dyn whatsapp_rust::wacore::store::traits::Backend>)
             .skip_history_sync()
+            .with_inbound_durability_hook(Durable {
+                backend: backend.clone(),
+                shared: shared.clone(),
+                fed: fed.clone(),
+            })
             .on_event(move |event, client| {
-                let (s, f, b, acct) = (s.clone(), f.clone(), b.clone(), acct.clone());
-                async move { on_event(&acct, &s, &f, &b, &event, client).await }
+                let (s, b, acct) = (s.clone(), b.clone(), acct.clone());
+                async move { on_event(&acct, &s, &b, &event, client).await }
             })
             .build()
             .await;
@@ -146,7 +191,6 @@ async fn supervise(account: String, backend: Arc<store::WaStore>, shared: Arc<Mu
 async fn on_event(
     account: &str,
     shared: &Mutex<Shared>,
-    fed: &Notify,
     backend: &store::WaStore,
     event: &WaEvent,
     _client: Arc<Client>,
@@ -182,29 +226,8 @@ async fn on_event(
             }
             lock(shared).login = Some(LoginState::LoggedOut { reason });
         }
-        other => {
-            let mut s = lock(shared);
-            for m in other.messages() {
-                if m.info.source.is_from_me {
-                    continue;
-                }
-                let incoming = Incoming {
-                    chat: m.info.source.chat.to_string(),
-                    is_group: m.info.source.is_group,
-                    sender: m.info.source.sender.to_string(),
-                    push_name: m.info.push_name.clone(),
-                    id: m.info.id.to_string(),
-                    at_ms: m.info.timestamp.timestamp_millis(),
-                    text: m.message.text_content().map(str::to_string),
-                };
-                s.last_in.insert(incoming.chat.clone(), (incoming.id.clone(), incoming.sender.clone()));
-                s.next += 1;
-                let seq = s.next;
-                s.queue.push_back((seq, Event::Message(Box::new(to_message(&incoming)))));
-            }
-            drop(s);
-            fed.notify_one();
-        }
+        // Messages are stored by the durability hook before they are acknowledged.
+        _ => {}
     }
 }
 
@@ -222,26 +245,19 @@ impl Messenger for WhatsAppWeb {
     }
 
     async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError> {
-        // Cursors are this process's: `epoch:seq`.
-        let acked = cursor
-            .and_then(|c| c.split_once(':'))
-            .filter(|(e, _)| *e == self.epoch)
-            .and_then(|(_, n)| n.parse::<u64>().ok())
-            .unwrap_or(0);
-        let take = |s: &mut Shared| {
-            while s.queue.front().is_some_and(|(n, _)| *n <= acked) {
-                s.queue.pop_front();
-            }
-            let items: Vec<(u64, Event)> = s.queue.iter().take(500).cloned().collect();
-            items
-        };
-        let mut items = take(&mut lock(&self.shared));
-        if items.is_empty() {
-            let _ = tokio::time::timeout(wait, self.fed.notified()).await;
-            items = take(&mut lock(&self.shared));
+        let store_err = |e: whatsapp_rust::wacore::store::error::StoreError| MessengerError::Unavailable(e.to_string());
+        let after = cursor.unwrap_or_default();
+        if !after.is_empty() {
+            // Committed with the inbox: the stored copies can go.
+            self.backend.inbound_done(after).await.map_err(store_err)?;
         }
-        let last = items.last().map(|(n, _)| *n).unwrap_or(acked);
-        Ok(Batch { events: items.into_iter().map(|(_, e)| e).collect(), cursor: format!("{}:{last}", self.epoch) })
+        let mut rows = self.backend.inbound_after(after, 500).await.map_err(store_err)?;
+        if rows.is_empty() {
+            let _ = tokio::time::timeout(wait, self.fed.notified()).await;
+            rows = self.backend.inbound_after(after, 500).await.map_err(store_err)?;
+        }
+        let next = rows.last().map(|(k, _)| k.clone()).unwrap_or_else(|| after.to_string());
+        Ok(Batch { events: rows.into_iter().map(|(_, e)| e).collect(), cursor: next })
     }
 
     async fn send(&self, m: &Outgoing) -> Result<SentRef, MessengerError> {

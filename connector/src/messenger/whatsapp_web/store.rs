@@ -105,6 +105,35 @@ impl WaStore {
         &self.store
     }
 
+    /// Stores a customer's message until the bridge has it (the key orders by time
+    /// and names the message, so a redelivery is stored once).
+    pub async fn put_inbound(&self, key: &str, event: &crate::messenger::Event) -> Result<()> {
+        self.put_json("inbound", key, event).await
+    }
+
+    /// Stored messages after `after` (a key), oldest first.
+    pub async fn inbound_after(&self, after: &str, limit: usize) -> Result<Vec<(String, crate::messenger::Event)>> {
+        let rows = self.store.kv_list(&self.account, "inbound").await.map_err(db)?;
+        rows.into_iter()
+            .filter(|(k, _)| k.as_str() > after)
+            .take(limit)
+            .map(|(k, v)| {
+                let plain = self.open("inbound", &k, &v)?;
+                Ok((k, serde_json::from_slice(&plain).map_err(codec)?))
+            })
+            .collect()
+    }
+
+    /// Forgets stored messages up to `upto` (the bridge committed them).
+    pub async fn inbound_done(&self, upto: &str) -> Result<()> {
+        for (k, _) in self.store.kv_list(&self.account, "inbound").await.map_err(db)? {
+            if k.as_str() <= upto {
+                self.del("inbound", &k).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the whole session (logged out, or the account deleted).
     pub async fn wipe(&self) -> Result<()> {
         self.store.kv_clear(&self.account, None).await.map_err(db)
@@ -344,6 +373,27 @@ impl ProtocolStore for WaStore {
             self.del("sent", &k).await?;
         }
         Ok(found.map(|s| s.payload))
+    }
+    async fn store_pending_inbound(&self, chat: &str, sender: &str, id: &str, message: &[u8]) -> Result<()> {
+        let sent = SentPayload { at: now_secs(), payload: message.to_vec() };
+        self.put_json("pending-in", &format!("{chat}|{sender}|{id}"), &sent).await
+    }
+    async fn get_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_json::<SentPayload>("pending-in", &format!("{chat}|{sender}|{id}")).await?.map(|p| p.payload))
+    }
+    async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
+        self.del("pending-in", &format!("{chat}|{sender}|{id}")).await
+    }
+    async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
+        let mut gone = 0;
+        for (k, v) in self.list("pending-in").await? {
+            let p: SentPayload = serde_json::from_slice(&v).map_err(codec)?;
+            if p.at < cutoff_timestamp {
+                self.del("pending-in", &k).await?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
     async fn delete_expired_sent_messages(&self, cutoff_timestamp: i64) -> Result<u32> {
         let mut gone = 0;
