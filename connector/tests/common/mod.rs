@@ -68,7 +68,10 @@ pub fn write_manifests(dir: &Path, base_url: &str, credentials: &str, api_hash: 
         ),
     )
     .unwrap();
-    std::fs::write(manifests.join("shop.yaml"), shop_yaml(base_url, "{}", "replies: { detection: webhook }")).unwrap();
+    // The Telegram id field (201 in the fake) lets a restarted connector find a
+    // contact it created just before it was killed.
+    let amocrm = "replies: { detection: webhook }, contactFields: { telegramUserId: 201 }";
+    std::fs::write(manifests.join("shop.yaml"), shop_yaml(base_url, "{}", amocrm)).unwrap();
     manifests
 }
 
