@@ -247,6 +247,45 @@ pub struct Outgoing {
     pub media: Option<OutgoingMedia>,
 }
 
+/// Downloads a reply's file from where the CRM keeps it, within `max_bytes`
+/// (checked against the announced length, then as it streams): a 4xx is final,
+/// any other failure is worth another attempt.
+pub async fn download_reply_file(
+    http: &reqwest::Client,
+    media: &OutgoingMedia,
+    max_bytes: u64,
+) -> Result<Vec<u8>, MessengerError> {
+    let failed = |e: String| MessengerError::Unavailable(format!("download {}: {e}", media.file_name));
+    let mut resp = http.get(&media.url).send().await.map_err(|e| failed(e.to_string()))?;
+    let status = resp.status();
+    if status.is_client_error() {
+        return Err(MessengerError::Rejected(format!(
+            "the file {} is not available from the CRM ({status})",
+            media.file_name
+        )));
+    }
+    if !status.is_success() {
+        return Err(failed(status.to_string()));
+    }
+    let too_big = || {
+        MessengerError::Rejected(format!(
+            "the file {} is over the policy's media limit of {max_bytes} bytes",
+            media.file_name
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e.to_string()))? {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > max_bytes {
+            return Err(too_big());
+        }
+    }
+    Ok(body)
+}
+
 /// A sent message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentRef {
@@ -292,8 +331,12 @@ pub trait Messenger: Send + Sync {
     async fn mark_read(&self, chat_id: &str, message_id: &str) -> Result<(), MessengerError>;
     /// Downloads an attachment.
     async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError>;
-    /// Messages of a chat before `before` (newest first), for history backfill.
-    async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError>;
+    /// Messages of a chat before `before` (newest first), for history backfill. A
+    /// messenger that keeps no history to read back has none.
+    async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError> {
+        let _ = (chat_id, before, limit);
+        Ok(Vec::new())
+    }
     /// Chats active since `since_ms`, most recent first, at most `limit` (what a
     /// backfill imports). A messenger without history has none.
     async fn recent_chats(&self, since_ms: i64, limit: u32) -> Result<Vec<String>, MessengerError> {

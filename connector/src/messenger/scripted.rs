@@ -162,10 +162,6 @@ impl Messenger for Scripted {
         Ok(resp.bytes().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?.to_vec())
     }
 
-    async fn backfill(&self, _chat: &str, _before: Option<&str>, _limit: u32) -> Result<Vec<Message>, MessengerError> {
-        Ok(Vec::new())
-    }
-
     async fn logout(&self) -> Result<(), MessengerError> {
         Self::check(self.http.post(format!("{}/v1/logout", self.base)).send().await).await.map(drop)
     }

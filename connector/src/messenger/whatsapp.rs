@@ -188,29 +188,7 @@ impl WhatsApp {
 
     /// Downloads a reply's file from the CRM and uploads it to WhatsApp.
     async fn upload(&self, media: &OutgoingMedia, mime: &str) -> Result<String, MessengerError> {
-        let resp = self
-            .http
-            .get(&media.url)
-            .send()
-            .await
-            .map_err(|e| MessengerError::Unavailable(format!("download {}: {e}", media.file_name)))?;
-        if resp.status().is_client_error() {
-            return Err(MessengerError::Rejected(format!(
-                "the file {} is not available from the CRM ({})",
-                media.file_name,
-                resp.status()
-            )));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| MessengerError::Unavailable(format!("download {}: {e}", media.file_name)))?;
-        if bytes.len() as u64 > self.s.max_media_bytes {
-            return Err(MessengerError::Rejected(format!(
-                "the file {} is over the policy's media limit",
-                media.file_name
-            )));
-        }
+        let bytes = download_reply_file(&self.http, media, self.s.max_media_bytes).await?;
         // WhatsApp's own caps per type: refused here with the reason rather than by Meta.
         let cap: usize = match mime.split('/').next().unwrap_or_default() {
             "image" => 5 << 20,
@@ -224,7 +202,7 @@ impl WhatsApp {
                 bytes.len()
             )));
         }
-        let part = reqwest::multipart::Part::bytes(bytes.to_vec())
+        let part = reqwest::multipart::Part::bytes(bytes)
             .file_name(media.file_name.clone())
             .mime_str(mime)
             .map_err(|e| MessengerError::Rejected(e.to_string()))?;
@@ -479,16 +457,6 @@ impl Messenger for WhatsApp {
             return Err(MessengerError::Rejected(format!("{} is over the policy's media limit", media.file_name)));
         }
         Ok(bytes.to_vec())
-    }
-
-    async fn backfill(
-        &self,
-        _chat_id: &str,
-        _before: Option<&str>,
-        _limit: u32,
-    ) -> Result<Vec<Message>, MessengerError> {
-        // The Cloud API keeps no history to read back.
-        Ok(Vec::new())
     }
 
     async fn logout(&self) -> Result<(), MessengerError> {

@@ -724,8 +724,23 @@ impl Store {
         payload: &str,
         now_ms: i64,
     ) -> Result<bool> {
+        let new = self.insert_event(account, kind, dedup_key, payload, now_ms, "pending").await?;
+        self.notify(account).await?;
+        Ok(new)
+    }
+
+    /// Inserts a webhook row in `state` unless its key is there; whether it was new.
+    async fn insert_event(
+        &self,
+        account: &str,
+        kind: &str,
+        dedup_key: &str,
+        payload: &str,
+        now_ms: i64,
+        state: &str,
+    ) -> Result<bool> {
         let r = sqlx::query(
-            "INSERT INTO events (account, kind, dedup_key, payload, received_ms) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO events (account, kind, dedup_key, payload, received_ms, state) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (account, kind, dedup_key) DO NOTHING",
         )
         .bind(account)
@@ -733,9 +748,9 @@ impl Store {
         .bind(dedup_key)
         .bind(payload)
         .bind(now_ms)
+        .bind(state)
         .execute(&self.pool)
         .await?;
-        self.notify(account).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -769,18 +784,7 @@ impl Store {
         payload: &str,
         now_ms: i64,
     ) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO events (account, kind, dedup_key, payload, received_ms, state) VALUES ($1, $2, $3, $4, $5, 'stream')
-             ON CONFLICT (account, kind, dedup_key) DO NOTHING",
-        )
-        .bind(account)
-        .bind(kind)
-        .bind(dedup_key)
-        .bind(payload)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
+        self.insert_event(account, kind, dedup_key, payload, now_ms, "stream").await
     }
 
     /// Streamed messenger webhooks after `after_id`, oldest first.

@@ -114,6 +114,9 @@ const UNDELIVERABLE: [&str; 10] = [
     "YOU_BLOCKED_USER",
 ];
 
+/// A page of history: its messages, and the users and chats they name.
+type HistoryPage = (Vec<tl::enums::Message>, Vec<tl::enums::User>, Vec<tl::enums::Chat>);
+
 /// Largest `upload.getFile` / `upload.saveFilePart` chunk.
 const CHUNK: i32 = 512 * 1024;
 /// Files larger than this are uploaded as big files.
@@ -868,42 +871,9 @@ impl Inner {
 
     // ---- sending and the rest ----------------------------------------------
 
-    /// Downloads a reply's file, within the media size limit.
-    async fn download(&self, media: &OutgoingMedia) -> Result<Vec<u8>, MessengerError> {
-        let failed = |e: String| MessengerError::Unavailable(format!("download {}: {e}", media.file_name));
-        let mut resp = self.http.get(&media.url).send().await.map_err(|e| failed(e.to_string()))?;
-        let status = resp.status();
-        if status.is_client_error() {
-            return Err(MessengerError::Rejected(format!(
-                "the file {} is not available from the CRM ({status})",
-                media.file_name
-            )));
-        }
-        if !status.is_success() {
-            return Err(failed(status.to_string()));
-        }
-        let too_big = || {
-            MessengerError::Rejected(format!(
-                "the file {} is over the policy's media limit of {} bytes",
-                media.file_name, self.s.max_media_bytes
-            ))
-        };
-        if resp.content_length().is_some_and(|n| n > self.s.max_media_bytes) {
-            return Err(too_big());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(e.to_string()))? {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > self.s.max_media_bytes {
-                return Err(too_big());
-            }
-        }
-        Ok(body)
-    }
-
     /// Uploads a reply's file in parts and says how to attach it.
     async fn upload(&self, media: &OutgoingMedia) -> Result<tl::enums::InputMedia, MessengerError> {
-        let body = self.download(media).await?;
+        let body = download_reply_file(&self.http, media, self.s.max_media_bytes).await?;
         let file_id = crate::store::random_i64();
         let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(CHUNK as usize).collect() };
         let parts = chunks.len() as i32;
@@ -1084,13 +1054,7 @@ impl Inner {
 
     /// Our latest outgoing message with this text in the chat's recent history.
     async fn find_own(&self, peer: &tl::enums::InputPeer, text: &str) -> Option<String> {
-        let page = self.history(peer.clone(), 0, 20).await.ok()?;
-        let msgs = match page {
-            tl::enums::messages::Messages::Messages(m) => m.messages,
-            tl::enums::messages::Messages::Slice(m) => m.messages,
-            tl::enums::messages::Messages::ChannelMessages(m) => m.messages,
-            tl::enums::messages::Messages::NotModified(_) => return None,
-        };
+        let (msgs, _, _) = self.history(peer.clone(), 0, 20).await.ok()?;
         msgs.iter().find_map(|m| match m {
             tl::enums::Message::Message(m) if m.out && m.message == text => Some(m.id.to_string()),
             _ => None,
@@ -1162,13 +1126,9 @@ impl Inner {
         }
     }
 
-    /// One page of a chat's history, never faster than the history interval.
-    async fn history(
-        &self,
-        peer: tl::enums::InputPeer,
-        offset_id: i32,
-        limit: i32,
-    ) -> Result<tl::enums::messages::Messages, RpcFailure> {
+    /// One page of a chat's history (messages, users, chats), never faster than the
+    /// history interval.
+    async fn history(&self, peer: tl::enums::InputPeer, offset_id: i32, limit: i32) -> Result<HistoryPage, RpcFailure> {
         self.history_turn().await;
         let req = tl::functions::messages::GetHistory {
             peer,
@@ -1180,7 +1140,12 @@ impl Inner {
             min_id: 0,
             hash: 0,
         };
-        self.call(None, &req).await
+        Ok(match self.call(None, &req).await? {
+            tl::enums::messages::Messages::Messages(m) => (m.messages, m.users, m.chats),
+            tl::enums::messages::Messages::Slice(m) => (m.messages, m.users, m.chats),
+            tl::enums::messages::Messages::ChannelMessages(m) => (m.messages, m.users, m.chats),
+            tl::enums::messages::Messages::NotModified(_) => Default::default(),
+        })
     }
 
     async fn mark_read(&self, chat_id: &str, message_id: &str) -> Result<(), MessengerError> {
@@ -1259,15 +1224,9 @@ impl Inner {
     async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError> {
         let (_, peer) = self.input_peer(chat_id)?;
         let offset_id = before.and_then(|b| b.parse().ok()).unwrap_or(0);
-        let page = match self.history(peer, offset_id, limit.min(100) as i32).await {
+        let (msgs, users, chats) = match self.history(peer, offset_id, limit.min(100) as i32).await {
             Ok(p) => p,
             Err(e) => return Err(self.classify(e).await),
-        };
-        let (msgs, users, chats) = match page {
-            tl::enums::messages::Messages::Messages(m) => (m.messages, m.users, m.chats),
-            tl::enums::messages::Messages::Slice(m) => (m.messages, m.users, m.chats),
-            tl::enums::messages::Messages::ChannelMessages(m) => (m.messages, m.users, m.chats),
-            tl::enums::messages::Messages::NotModified(_) => return Ok(Vec::new()),
         };
         self.cache(&users, &chats).await;
         let peers = map::Peers::new(&users, &chats);

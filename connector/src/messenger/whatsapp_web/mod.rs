@@ -298,15 +298,6 @@ impl Messenger for WhatsAppWeb {
         )))
     }
 
-    async fn backfill(
-        &self,
-        _chat_id: &str,
-        _before: Option<&str>,
-        _limit: u32,
-    ) -> Result<Vec<Message>, MessengerError> {
-        Ok(Vec::new())
-    }
-
     async fn logout(&self) -> Result<(), MessengerError> {
         if let Ok(client) = self.client() {
             client.logout().await;
