@@ -431,28 +431,52 @@ impl FakeTelegram {
         w.authorized_dcs.insert(dc);
     }
 
-    /// Records a new message in the account's log and returns its update.
+    /// Pushes one update live, with the users and chats it names.
+    fn push_update(&self, update: tl::enums::Update, users: Vec<tl::enums::User>, chats: Vec<tl::enums::Chat>) {
+        self.push(tl::enums::Updates::Updates(tl::types::Updates {
+            updates: vec![update],
+            users,
+            chats,
+            date: now(),
+            seq: 0,
+        }));
+    }
+
+    /// Records a customer's message in the account's log (pushing it live when
+    /// `live`) and returns its id.
     fn log_message(
         &self,
         chat: i64,
         from: Option<i64>,
         text: &str,
         media: Option<tl::enums::MessageMedia>,
-    ) -> (tl::enums::Update, Vec<tl::enums::User>, Vec<tl::enums::Chat>) {
-        let mut w = self.world.lock().unwrap();
-        w.pts += 1;
-        w.next_id += 1;
-        let (id, pts, date) = (w.next_id, w.pts, now());
-        let m = message(id, peer_enum(chat), from, false, text, media, date, None);
-        w.log.push((pts, m.clone()));
-        let users: Vec<_> =
-            from.or((chat > 0).then_some(chat)).and_then(|u| w.users.get(&u).cloned()).into_iter().collect();
-        let chats: Vec<_> = w.chats.get(&chat).cloned().into_iter().collect();
-        (tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }), users, chats)
+        live: bool,
+    ) -> i32 {
+        let (update, users, chats, id) = {
+            let mut w = self.world.lock().unwrap();
+            w.pts += 1;
+            w.next_id += 1;
+            let (id, pts, date) = (w.next_id, w.pts, now());
+            let m = message(id, peer_enum(chat), from, false, text, media, date, None);
+            w.log.push((pts, m.clone()));
+            let users: Vec<_> =
+                from.or((chat > 0).then_some(chat)).and_then(|u| w.users.get(&u).cloned()).into_iter().collect();
+            let chats: Vec<_> = w.chats.get(&chat).cloned().into_iter().collect();
+            (
+                tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }),
+                users,
+                chats,
+                id,
+            )
+        };
+        if live {
+            self.push_update(update, users, chats);
+        }
+        id
     }
 
-    /// A customer writes in a private chat (pushed live unless `silent`, which
-    /// only logs it: the connection was down).
+    /// A customer writes in a private chat (pushed live, or with `live` false only
+    /// logged: the connection was down).
     pub fn customer_says(&self, user_id: i64, name: &str, text: &str, live: bool) -> i32 {
         self.world
             .lock()
@@ -460,21 +484,7 @@ impl FakeTelegram {
             .users
             .entry(user_id)
             .or_insert_with(|| user(user_id, name, Some(&format!("u{user_id}")), Some("79991234567"), false));
-        let (u, users, chats) = self.log_message(user_id, None, text, None);
-        let id = match &u {
-            tl::enums::Update::NewMessage(n) => n.message.id(),
-            _ => unreachable!(),
-        };
-        if live {
-            self.push(tl::enums::Updates::Updates(tl::types::Updates {
-                updates: vec![u],
-                users,
-                chats,
-                date: now(),
-                seq: 0,
-            }));
-        }
-        id
+        self.log_message(user_id, None, text, None, live)
     }
 
     /// Someone writes in a small group.
@@ -484,19 +494,7 @@ impl FakeTelegram {
             w.users.entry(user_id).or_insert_with(|| user(user_id, name, None, None, false));
             w.chats.entry(-chat_id).or_insert_with(|| group(chat_id, title));
         }
-        let (u, users, chats) = self.log_message(-chat_id, Some(user_id), text, None);
-        let id = match &u {
-            tl::enums::Update::NewMessage(n) => n.message.id(),
-            _ => unreachable!(),
-        };
-        self.push(tl::enums::Updates::Updates(tl::types::Updates {
-            updates: vec![u],
-            users,
-            chats,
-            date: now(),
-            seq: 0,
-        }));
-        id
+        self.log_message(-chat_id, Some(user_id), text, None, true)
     }
 
     /// A customer sends a file.
@@ -507,19 +505,7 @@ impl FakeTelegram {
             self.world.lock().unwrap().files.insert(doc.id, bytes);
         }
         self.world.lock().unwrap().users.entry(user_id).or_insert_with(|| user(user_id, name, None, None, false));
-        let (u, users, chats) = self.log_message(user_id, None, "see attached", Some(media));
-        let id = match &u {
-            tl::enums::Update::NewMessage(n) => n.message.id(),
-            _ => unreachable!(),
-        };
-        self.push(tl::enums::Updates::Updates(tl::types::Updates {
-            updates: vec![u],
-            users,
-            chats,
-            date: now(),
-            seq: 0,
-        }));
-        id
+        self.log_message(user_id, None, "see attached", Some(media), true)
     }
 
     /// A broadcast channel posts (channel updates carry their own pts).
@@ -533,17 +519,8 @@ impl FakeTelegram {
         };
         let peer = tl::enums::Peer::Channel(tl::types::PeerChannel { channel_id });
         let m = message(id, peer, None, false, text, None, now(), None);
-        self.push(tl::enums::Updates::Updates(tl::types::Updates {
-            updates: vec![tl::enums::Update::NewChannelMessage(tl::types::UpdateNewChannelMessage {
-                message: m,
-                pts: channel_pts,
-                pts_count: 1,
-            })],
-            users: vec![],
-            chats: vec![chat],
-            date: now(),
-            seq: 0,
-        }));
+        let update = tl::types::UpdateNewChannelMessage { message: m, pts: channel_pts, pts_count: 1 };
+        self.push_update(tl::enums::Update::NewChannelMessage(update), vec![], vec![chat]);
         id
     }
 
@@ -559,13 +536,7 @@ impl FakeTelegram {
                 users,
             )
         };
-        self.push(tl::enums::Updates::Updates(tl::types::Updates {
-            updates: vec![u],
-            users,
-            chats: vec![],
-            date: now(),
-            seq: 0,
-        }));
+        self.push_update(u, users, vec![]);
     }
 
     /// A customer deletes messages (Telegram does not say from which chat).
@@ -575,17 +546,8 @@ impl FakeTelegram {
             w.pts += 1;
             w.pts
         };
-        self.push(tl::enums::Updates::Updates(tl::types::Updates {
-            updates: vec![tl::enums::Update::DeleteMessages(tl::types::UpdateDeleteMessages {
-                messages: ids,
-                pts,
-                pts_count: 1,
-            })],
-            users: vec![],
-            chats: vec![],
-            date: now(),
-            seq: 0,
-        }));
+        let update = tl::types::UpdateDeleteMessages { messages: ids, pts, pts_count: 1 };
+        self.push_update(tl::enums::Update::DeleteMessages(update), vec![], vec![]);
     }
 
     pub fn sent(&self) -> Vec<Sent> {
@@ -840,27 +802,11 @@ impl FakeTelegram {
                     return Err(rpc(400, "RANDOM_ID_DUPLICATE"));
                 }
                 let chat = peer_of(&r.peer).ok_or_else(|| rpc(400, "PEER_ID_INVALID"))?;
-                w.pts += 1;
-                w.next_id += 1;
-                let (id, pts) = (w.next_id, w.pts);
-                w.random_ids.insert(r.random_id, id);
-                w.sent.push(Sent { chat, text: r.message.clone(), random_id: r.random_id, id, file: None });
-                let m = message(id, peer_enum(chat), Some(ME), true, &r.message, None, now(), None);
-                w.log.push((pts, m.clone()));
+                let answer = record_sent(&mut w, chat, &r.message, r.random_id, None);
                 if std::mem::take(&mut w.lose_next_send_answer) {
                     return Err(RpcFailure::Io("connection reset after the request was written".into()));
                 }
-                tl::enums::Updates::Updates(tl::types::Updates {
-                    updates: vec![
-                        tl::enums::Update::MessageId(tl::types::UpdateMessageId { id, random_id: r.random_id }),
-                        tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }),
-                    ],
-                    users: vec![],
-                    chats: vec![],
-                    date: now(),
-                    seq: 0,
-                })
-                .to_bytes()
+                answer
             }
             f::upload::SaveFilePart::CONSTRUCTOR_ID => {
                 need_auth!();
@@ -891,30 +837,7 @@ impl FakeTelegram {
                     return Err(rpc(400, "FILE_PARTS_INVALID"));
                 }
                 let bytes: Vec<u8> = parts.into_values().flatten().collect();
-                w.pts += 1;
-                w.next_id += 1;
-                let (id, pts) = (w.next_id, w.pts);
-                w.random_ids.insert(r.random_id, id);
-                w.sent.push(Sent {
-                    chat,
-                    text: r.message.clone(),
-                    random_id: r.random_id,
-                    id,
-                    file: Some((file.name, mime, bytes)),
-                });
-                let m = message(id, peer_enum(chat), Some(ME), true, &r.message, None, now(), None);
-                w.log.push((pts, m.clone()));
-                tl::enums::Updates::Updates(tl::types::Updates {
-                    updates: vec![
-                        tl::enums::Update::MessageId(tl::types::UpdateMessageId { id, random_id: r.random_id }),
-                        tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }),
-                    ],
-                    users: vec![],
-                    chats: vec![],
-                    date: now(),
-                    seq: 0,
-                })
-                .to_bytes()
+                record_sent(&mut w, chat, &r.message, r.random_id, Some((file.name, mime, bytes)))
             }
             f::messages::ReadHistory::CONSTRUCTOR_ID => {
                 need_auth!();
@@ -1063,25 +986,40 @@ impl FakeTelegram {
     }
 }
 
+/// Our message, sent: logged with the next pts and id, remembered by its
+/// random_id; Telegram's answer names the message it created.
+fn record_sent(
+    w: &mut World,
+    chat: i64,
+    text: &str,
+    random_id: i64,
+    file: Option<(String, String, Vec<u8>)>,
+) -> Vec<u8> {
+    w.pts += 1;
+    w.next_id += 1;
+    let (id, pts) = (w.next_id, w.pts);
+    w.random_ids.insert(random_id, id);
+    w.sent.push(Sent { chat, text: text.to_string(), random_id, id, file });
+    let m = message(id, peer_enum(chat), Some(ME), true, text, None, now(), None);
+    w.log.push((pts, m.clone()));
+    tl::enums::Updates::Updates(tl::types::Updates {
+        updates: vec![
+            tl::enums::Update::MessageId(tl::types::UpdateMessageId { id, random_id }),
+            tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts, pts_count: 1 }),
+        ],
+        users: vec![],
+        chats: vec![],
+        date: now(),
+        seq: 0,
+    })
+    .to_bytes()
+}
+
 fn peer_to_dialog(p: &tl::enums::Peer) -> i64 {
     match p {
         tl::enums::Peer::User(u) => u.user_id,
         tl::enums::Peer::Chat(c) => -c.chat_id,
         tl::enums::Peer::Channel(c) => -1_000_000_000_000 - c.channel_id,
-    }
-}
-
-trait MessageId {
-    fn id(&self) -> i32;
-}
-
-impl MessageId for tl::enums::Message {
-    fn id(&self) -> i32 {
-        match self {
-            tl::enums::Message::Message(m) => m.id,
-            tl::enums::Message::Service(m) => m.id,
-            tl::enums::Message::Empty(m) => m.id,
-        }
     }
 }
 
