@@ -34,26 +34,8 @@ struct Rig {
 fn manifests(amo_url: &str, template: bool) -> String {
     let policy =
         if template { "{ whatsapp: { outsideWindowTemplate: { name: follow_up, language: en_US } } }" } else { "{}" };
-    format!(
-        r#"apiVersion: crmessenger.io/v1alpha1
-kind: MessengerAccount
-metadata: {{ name: shop }}
-spec: {{ provider: whatsapp, whatsapp: {{ loginMethod: cloudApi, cloudApi: {{ phoneNumberId: "106540352242922", accessToken: {{ name: wa, key: access_token }} }} }} }}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: SyncPolicy
-metadata: {{ name: shop }}
-spec: {policy}
----
-apiVersion: crmessenger.io/v1alpha1
-kind: CrmBinding
-metadata: {{ name: shop }}
-spec:
-  accountNames: [shop]
-  policyRef: {{ name: shop }}
-  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{amo_url}", credentialsSecret: {{ name: amo }}, replies: {{ detection: poll, pollInterval: 1s }} }} }}
-"#
-    )
+    let account = r#"{ provider: whatsapp, whatsapp: { loginMethod: cloudApi, cloudApi: { phoneNumberId: "106540352242922", accessToken: { name: wa, key: access_token } } } }"#;
+    common::shop_yaml_for(account, amo_url, policy, "replies: { detection: poll, pollInterval: 1s }")
 }
 
 /// The gateway on loopback, writing into `store`.

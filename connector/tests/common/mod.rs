@@ -15,12 +15,18 @@ use std::time::{Duration, Instant};
 /// account, for amoCRM at `base_url` with the credentials Secret `amo`;
 /// `amocrm_extra` adds fields to `spec.crm.amocrm` (flow style, without braces).
 pub fn shop_yaml(base_url: &str, policy_spec: &str, amocrm_extra: &str) -> String {
+    let telegram = "{ provider: telegram, telegram: { apiCredentials: { secretName: tg-api } } }";
+    shop_yaml_for(telegram, base_url, policy_spec, amocrm_extra)
+}
+
+/// [`shop_yaml`] with the account's spec (flow style) given.
+pub fn shop_yaml_for(account_spec: &str, base_url: &str, policy_spec: &str, amocrm_extra: &str) -> String {
     let extra = if amocrm_extra.is_empty() { String::new() } else { format!(", {amocrm_extra}") };
     format!(
         r#"apiVersion: crmessenger.io/v1alpha1
 kind: MessengerAccount
 metadata: {{ name: shop }}
-spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+spec: {account_spec}
 ---
 apiVersion: crmessenger.io/v1alpha1
 kind: SyncPolicy
