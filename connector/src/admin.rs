@@ -139,6 +139,11 @@ async fn login_submit(
     let Some(h) = a.account(q.account.as_deref()) else {
         return (StatusCode::NOT_FOUND, "no such account\n").into_response();
     };
+    // Only the lock holder may talk to the messenger (one connection per account).
+    if !h.state.get().holds_lock {
+        return (StatusCode::CONFLICT, "this connector is waiting for the account lock; try again shortly\n")
+            .into_response();
+    }
     let code = f.code.as_deref().filter(|c| !c.trim().is_empty());
     let password = f.password.as_deref().filter(|p| !p.is_empty());
     if code.is_none() && password.is_none() {

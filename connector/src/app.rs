@@ -325,6 +325,8 @@ pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: O
         let token = store.webhook_token(&s.binding).await?;
         let url = format!("{}/amocrm/webhook/{token}", gateway.trim_end_matches('/'));
         parts.crm.subscribe_webhook(&url, &["note_lead"]).await.context("subscribe the amoCRM webhook")?;
+        // From here the holder of the binding's webhook duty keeps it subscribed.
+        parts.bridge.set_webhook_url(url);
     }
     Ok(())
 }
@@ -475,6 +477,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         t.abort();
     }
     if lost {
+        parts.messenger.disconnect().await;
         tracing::error!(account = parts.key, "exiting: the account lock was lost");
         return Ok(1);
     }

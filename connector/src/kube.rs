@@ -260,6 +260,12 @@ impl StatusRenderer {
                 ("CrmSynced", false, "CrmError".into(), state.crm_error.clone().unwrap_or_default())
             },
             match state.sending_paused_until_ms.filter(|t| *t > now.0.as_millisecond()) {
+                _ if state.sending_restricted.is_some() => (
+                    "SendingAllowed",
+                    false,
+                    "AccountRestricted".into(),
+                    state.sending_restricted.clone().unwrap_or_default(),
+                ),
                 Some(until) => (
                     "SendingAllowed",
                     false,
@@ -363,6 +369,16 @@ mod tests {
         assert_eq!(login["reason"], "LoggedOut");
         assert!(login["message"].as_str().unwrap().contains("SESSION_REVOKED"), "{login}");
         assert_eq!(status["login"]["qrUrl"], "tg://login?token=abc");
+        // An account restricted for spam says so, with what to do, until it is lifted.
+        state.sending_restricted = Some("Telegram restricted this account (PEER_FLOOD): ask @SpamBot".into());
+        let status = r.render(&state, "h", "p", "qr");
+        let sending = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "SendingAllowed").unwrap();
+        assert_eq!(
+            (sending["status"].as_str(), sending["reason"].as_str()),
+            (Some("False"), Some("AccountRestricted"))
+        );
+        assert!(sending["message"].as_str().unwrap().contains("@SpamBot"), "{sending}");
+        state.sending_restricted = None;
         // Once the wait is over, sending is allowed again.
         state.sending_paused_until_ms = Some(jiff::Timestamp::now().as_millisecond() - 1);
         let status = r.render(&state, "h", "p", "qr");

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub crm_circuit_open: Family<AccountLabel, Gauge>,
     /// CRM calls that failed, by account.
     pub crm_errors: Family<AccountLabel, Counter>,
+    /// Storage writes that failed (the work is retried; a growing count needs a look).
+    pub store_errors: Family<AccountLabel, Counter>,
 }
 
 fn lag_histogram() -> Histogram {
@@ -63,6 +65,7 @@ impl Default for Metrics {
             connected: Family::default(),
             crm_circuit_open: Family::default(),
             crm_errors: Family::default(),
+            store_errors: Family::default(),
         };
         r.register("messages_in", "Customer messages delivered to the CRM", m.messages_in.clone());
         r.register("messages_out", "Replies delivered to the messenger", m.messages_out.clone());
@@ -78,6 +81,7 @@ impl Default for Metrics {
         r.register("logged_in", "1 while logged in to the messenger", m.logged_in.clone());
         r.register("messenger_connected", "1 while the messenger connection works", m.connected.clone());
         r.register("crm_circuit_open", "1 while CRM deliveries are held back", m.crm_circuit_open.clone());
+        r.register("store_errors", "Storage writes that failed", m.store_errors.clone());
         r.register("crm_errors", "Failed CRM calls", m.crm_errors.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m

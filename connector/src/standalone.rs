@@ -398,6 +398,8 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
             })
             .collect();
         let scripted = scripted_url(&s.scripted_messengers, &account);
+        // One pool for every account, but each account fences its own writes.
+        let store = store.with_own_fence();
         let messenger = match crate::app::messenger_for(config, &store, scripted, &values, Some(&key)).await {
             Ok(m) => m,
             Err(e) => {
@@ -485,6 +487,9 @@ async fn serve_account(
         parts.bridge.clone().run(&lock, stop.clone()).await;
         if lock.is_lost() {
             tracing::error!(account = key, "the account lock was lost; waiting for it again");
+            // Another connector may take the account over: this one lets go of
+            // the messenger at once (it connects again once it holds the lock).
+            parts.messenger.disconnect().await;
             parts.state.update(|s| s.holds_lock = false);
             continue;
         }

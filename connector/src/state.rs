@@ -31,6 +31,9 @@ pub struct AccountState {
     pub logout_reason: Option<String>,
     /// The messenger asked to wait (flood wait): no sends before this (Unix ms).
     pub sending_paused_until_ms: Option<i64>,
+    /// The messenger restricted the account (spam limits): why, and what the
+    /// owner can do. Replies are held until a later probe send succeeds.
+    pub sending_restricted: Option<String>,
 }
 
 /// Shared, observable account state.
@@ -54,6 +57,7 @@ impl StateCell {
             waiting: None,
             logout_reason: None,
             sending_paused_until_ms: None,
+            sending_restricted: None,
         });
         Self { tx, lock: Mutex::new(()) }
     }

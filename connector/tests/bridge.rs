@@ -445,3 +445,131 @@ async fn the_second_connector_waits_for_the_lock_and_takes_over() {
     tokio::time::timeout(Duration::from_secs(10), second.lost()).await.expect("the holder notices the lost lock");
     let _ = CANARY;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_holders_writes_are_refused_after_a_takeover() {
+    let url = pg("fence");
+    let stale = Store::connect(&url, 1).await.unwrap();
+    let first = AccountLock::acquire(&stale, "ns/fenced", |_| {}).await.unwrap();
+    let conv = crmessenger_connector::store::Conversation { lead_id: Some(7), ..Default::default() };
+    stale.put_conversation("ns/fenced", "c1", "crm", &conv, 1).await.expect("the holder writes");
+    // Its lock connection is cut behind its back; another connector takes over.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'crmessenger-connector ns/fenced'",
+    )
+    .execute(stale.pool())
+    .await
+    .unwrap();
+    let fresh = Store::connect(&url, 1).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), AccountLock::acquire(&fresh, "ns/fenced", |_| {}))
+        .await
+        .expect("the lock is free")
+        .unwrap();
+    assert_eq!(second.epoch(), first.epoch() + 1, "each holder takes the next epoch");
+    // Before the stale holder even notices, its writes are refused; the new holder's are not.
+    let refused = stale.put_conversation("ns/fenced", "c1", "crm", &conv, 2).await;
+    assert!(
+        matches!(refused, Err(crmessenger_connector::store::StoreError::Fenced(_))),
+        "a stale write must be refused: {refused:?}"
+    );
+    let refused = stale.set_cursor("ns/fenced", "updates", "99").await;
+    assert!(matches!(refused, Err(crmessenger_connector::store::StoreError::Fenced(_))), "{refused:?}");
+    fresh.put_conversation("ns/fenced", "c1", "crm", &conv, 3).await.expect("the new holder writes");
+    assert_eq!(fresh.cursor("ns/fenced", "updates").await.unwrap(), None, "the stale cursor never landed");
+    second.release().await;
+}
+
+/// Two accounts (`a`, `b`) in one binding polling replies every second, each
+/// with its own scripted messenger, sharing one database and one amoCRM.
+fn two_accounts_yaml(base_url: &str) -> String {
+    let account = |name: &str| {
+        format!(
+            "apiVersion: crmessenger.io/v1alpha1\nkind: MessengerAccount\nmetadata: {{ name: {name}, labels: {{ shop: \"yes\" }} }}\n\
+             spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}\n---\n"
+        )
+    };
+    format!(
+        "{}{}apiVersion: crmessenger.io/v1alpha1\nkind: SyncPolicy\nmetadata: {{ name: shop }}\nspec: {{}}\n---\n\
+         apiVersion: crmessenger.io/v1alpha1\nkind: CrmBinding\nmetadata: {{ name: shop }}\nspec:\n  accountNames: [a, b]\n  policyRef: {{ name: shop }}\n  \
+         crm: {{ type: amocrm, amocrm: {{ baseUrl: \"{base_url}\", credentialsSecret: {{ name: amo }}, responsibleUserIds: [1001], replies: {{ detection: poll, pollInterval: 1s }} }} }}\n",
+        account("a"),
+        account("b"),
+    )
+}
+
+async fn start_account(
+    fake: &FakeAmo,
+    token: &str,
+    db_url: &str,
+    name: &str,
+    messenger: &ScriptedMessenger,
+) -> (watch::Sender<bool>, Store) {
+    let m = crmessenger_api::manifests::parse(&two_accounts_yaml(&fake.base_url()), "shop").unwrap();
+    let account = m.accounts.iter().find(|a| a.metadata.name.as_deref() == Some(name)).unwrap().clone();
+    let config = render(&account, &m.bindings[0], &m.policies[0], RuntimeSettings::default()).unwrap();
+    let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
+    let parts = build_account(
+        &config,
+        &store,
+        Arc::new(StaticToken(token.to_string())),
+        None,
+        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
+        None,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    (common::run_bridge(&parts, &store).await, store)
+}
+
+/// The same customer (one phone number) writes to two accounts of a binding.
+fn from_customer(chat: &str, id: &str, text_: &str) -> crmessenger_fake_messenger::Update {
+    let mut u = text(chat, id, "Dana", text_);
+    u.sender.phone = Some("+79991234567".into());
+    u
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_to_the_chat_that_wrote_last_and_survive_the_pollers_removal() {
+    let db = pg("duty");
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+    let (ma, mb) = (
+        ScriptedMessenger::start(Options::default()).await.unwrap(),
+        ScriptedMessenger::start(Options::default()).await.unwrap(),
+    );
+    let sent_texts = |m: &ScriptedMessenger| m.sent().iter().map(|s| s.text.clone()).collect::<Vec<_>>();
+    // Account a alone: it holds the polling duty, and a reply comes back through it.
+    let (stop_a, _) = start_account(&fake, &token, &db, "a", &ma).await;
+    ma.push(vec![from_customer("501", "m1", "hello on a")]);
+    let lead = wait_for("the lead", 30, || fake.snapshot().leads.first().map(|l| l.id)).await;
+    fake.add_manager_note(lead, 1001, ">> first answer");
+    wait_for("the first answer on a", 30, || (sent_texts(&ma) == ["first answer"]).then_some(())).await;
+    // Account b joins; the same person writes there: same contact, same lead, two chats.
+    let (stop_b, _) = start_account(&fake, &token, &db, "b", &mb).await;
+    mb.push(vec![from_customer("502", "m1", "hello on b")]);
+    wait_for("b's note on the same lead", 30, || {
+        notes_of(&fake, lead).iter().any(|n| n.contains("hello on b")).then_some(())
+    })
+    .await;
+    let s = fake.snapshot();
+    assert_eq!((s.leads.len(), s.contacts.len()), (1, 1), "one person, one contact, one lead");
+    // The reply goes where the customer wrote last: b, then a, then b again.
+    fake.add_manager_note(lead, 1001, ">> second answer");
+    wait_for("the second answer on b", 30, || (sent_texts(&mb) == ["second answer"]).then_some(())).await;
+    ma.push(vec![from_customer("501", "m2", "back on a")]);
+    wait_for("a's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on a")).then_some(())).await;
+    fake.add_manager_note(lead, 1001, ">> third answer");
+    wait_for("the third answer on a", 30, || (sent_texts(&ma) == ["first answer", "third answer"]).then_some(())).await;
+    mb.push(vec![from_customer("502", "m2", "back on b")]);
+    wait_for("b's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on b")).then_some(())).await;
+    // The poller (a) is removed (suspended, deleted, or crashed): b takes polling over.
+    let _ = stop_a.send(true);
+    fake.add_manager_note(lead, 1001, ">> fourth answer");
+    wait_for("the fourth answer on b, polled by b", 60, || {
+        (sent_texts(&mb) == ["second answer", "fourth answer"]).then_some(())
+    })
+    .await;
+    assert_eq!(sent_texts(&ma), ["first answer", "third answer"], "nothing went to the wrong chat");
+    let _ = stop_b.send(true);
+}

@@ -5,6 +5,12 @@
 //! fake withholds the answer). After the restarts every message is in the fake
 //! exactly once, in per-chat order, with one contact and one lead per chat.
 //!
+//! A second test cuts the connector's database connections without closing them
+//! (a loopback proxy that silently drops everything, then lets the server side
+//! go as PostgreSQL's keepalives would): the connector gives its account up and
+//! drops its messenger connection before another connector can take over, so the
+//! messenger never sees two live connections for the account.
+//!
 //! The fake gets a high rate limit (and the connector a matching budget) so the
 //! test stays short; the seed is printed so a failure can be replayed with
 //! `CRASH_SEED=<seed>`.
@@ -180,4 +186,135 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     assert_eq!(snap["contacts"].as_array().unwrap().len(), CHATS, "one contact per chat");
     assert_eq!(snap["leads"].as_array().unwrap().len(), CHATS, "one lead per chat");
     println!("{kills} kills ({in_doubt_kills} with a batch written but unanswered), seed {seed}");
+}
+
+/// What the proxy does with the bytes it carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    /// Forwards both ways.
+    Up,
+    /// Drops everything silently; both sockets stay open.
+    Silent,
+    /// Still silent to the client, and the server side is closed (what the
+    /// server does once its keepalives go unanswered).
+    Severed,
+}
+
+/// A loopback TCP proxy in front of `upstream` whose link can be cut silently.
+async fn proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<Link>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (link, rx) = tokio::sync::watch::channel(Link::Up);
+    tokio::spawn(async move {
+        let parked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        while let Ok((client, _)) = listener.accept().await {
+            let mut rx = rx.clone();
+            let parked = parked.clone();
+            tokio::spawn(async move {
+                if *rx.borrow() != Link::Up {
+                    // A new connection on a cut link: accepted, never answered.
+                    parked.lock().unwrap().push(client);
+                    return;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (mut a, mut b) = (vec![0u8; 16384], vec![0u8; 16384]);
+                loop {
+                    tokio::select! {
+                        n = cr.read(&mut a) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if *rx.borrow() == Link::Up && sw.write_all(&a[..n]).await.is_err() { return },
+                        },
+                        n = sr.read(&mut b) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if *rx.borrow() == Link::Up && cw.write_all(&b[..n]).await.is_err() { return },
+                        },
+                        changed = rx.changed() => {
+                            if changed.is_err() || *rx.borrow() == Link::Severed {
+                                // The server side goes; the client side stays open and silent.
+                                drop((sr, sw));
+                                if let Ok(client) = cr.reunite(cw) {
+                                    parked.lock().unwrap().push(client);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, link)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_cut_database_link_never_gives_one_account_two_messenger_connections() {
+    use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+    use crmessenger_fake_messenger::{Options, ScriptedMessenger};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pg = Postgres::shared();
+    let db = pg.database("cut").unwrap();
+    let (proxy_port, link) = proxy(pg.port()).await;
+    let db_via_proxy = db.replace(&format!(":{}/", pg.port()), &format!(":{proxy_port}/"));
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let notes_with = |needle: &str| {
+        fake.snapshot().notes.iter().filter(|n| n.params["text"].as_str().unwrap_or_default().contains(needle)).count()
+    };
+    let start = |dir: &std::path::Path, db: &str| {
+        write_manifests(dir, &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+        start_standalone(dir, &Ports::free(), &["--database-url", db, "--scripted-messenger", &messenger.base_url()])
+    };
+    // A, through the proxy, holds the account and works.
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(dir_a.path(), &db_via_proxy);
+    messenger.push(vec![text("8001", "1", "Ivan", "before the cut")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while notes_with("before the cut") == 0 {
+        assert!(Instant::now() < deadline, "A never delivered\n{}", a.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B, connected directly, waits for the lock (it says so) and stays off the messenger.
+    let b = start(dir_b.path(), &db);
+    while !b.log().contains("the account lock is held by") {
+        assert!(Instant::now() < deadline, "B never waited for the lock\n{}", b.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(messenger.connections().len(), 1, "only the lock holder connects: {:?}", messenger.connections());
+
+    // The link goes silent: A's lock checks get no answer, nothing is closed.
+    link.send(Link::Silent).unwrap();
+    let cut_at = jiff::Timestamp::now().as_millisecond();
+    messenger.push(vec![text("8001", "2", "Ivan", "after the cut")]);
+    // PostgreSQL ends A's sessions once its keepalives go unanswered (about 25 s
+    // with the connector's settings); the proxy does that sooner.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    link.send(Link::Severed).unwrap();
+    let severed_at = jiff::Timestamp::now().as_millisecond();
+    // B takes the account over and delivers what arrived meanwhile, once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while notes_with("after the cut") == 0 {
+        assert!(Instant::now() < deadline, "B never took over\nA:\n{}\nB:\n{}", a.log_tail(30), b.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connections = messenger.connections();
+    assert!(connections.len() >= 2, "B connected: {connections:?}");
+    // Never two at once: each connection closed before the next one opened.
+    for pair in connections.windows(2) {
+        let closed = pair[0].closed_ms.unwrap_or(i64::MAX);
+        assert!(
+            closed <= pair[1].opened_ms,
+            "two live messenger connections for one account: {pair:?}\nA:\n{}",
+            a.log_tail(40)
+        );
+    }
+    // A let go of the messenger on its own, before the server freed the lock.
+    let first_closed = connections[0].closed_ms.expect("A's connection closed");
+    assert!(first_closed > cut_at && first_closed < severed_at, "{connections:?} cut {cut_at} severed {severed_at}");
+    assert!(a.log().contains("the account lock was lost"), "{}", a.log_tail(30));
+    assert_eq!(notes_with("before the cut"), 1);
+    assert_eq!(notes_with("after the cut"), 1);
 }

@@ -708,3 +708,60 @@ async fn history_is_imported_once_in_order_without_leaving_anyone_waiting() {
     assert_eq!(w.store.cursor(&w.parts.key, "backfill").await.unwrap().as_deref(), Some("done"));
     let _ = w.stop.send(true);
 }
+
+#[tokio::test]
+async fn a_frozen_account_is_restricted_not_flood_waited() {
+    use tl::functions::messages::SendMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    // Telegram answers a frozen account's sends with 420 FROZEN_METHOD_INVALID:
+    // not a wait to sleep through, and not a reason to drop the reply.
+    fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(420, "FROZEN_METHOD_INVALID")]);
+    let err = tg.send(&out("501", "one", 1)).await.unwrap_err();
+    let MessengerError::Restricted(why) = err else { panic!("{err:?}") };
+    assert!(why.contains("froze") && why.contains("appeal"), "{why}");
+    assert_eq!(tg.flood_until_ms(), 0, "not a flood wait");
+}
+
+#[tokio::test]
+async fn an_account_limited_for_spam_holds_replies_and_says_what_to_do() {
+    use tl::functions::messages::SendMessage;
+    let w = whole("tgpeerflood", "{}", FakeTelegram::new(Script::default())).await;
+    w.fake.customer_says(501, "Anna", "Hello?", true);
+    eventually("the note in amoCRM", || has_note(&w.amo, "Hello?")).await;
+    let lead = w.amo.snapshot().leads[0].id;
+    // Telegram limits the account (PEER_FLOOD) at the first reply.
+    w.fake.fail_next::<SendMessage>(vec![RpcFailure::from_message(400, "PEER_FLOOD")]);
+    w.amo.add_manager_note(lead, 1001, ">> first answer");
+    let state = w.parts.state.clone();
+    eventually("the restriction in the status", || state.get().sending_restricted.is_some()).await;
+    let why = state.get().sending_restricted.unwrap();
+    assert!(why.contains("PEER_FLOOD") && why.contains("@SpamBot"), "{why}");
+    // A second answer is held too; the bridge keeps working (a customer message
+    // still reaches the CRM after both answers were queued), but sends nothing.
+    w.amo.add_manager_note(lead, 1001, ">> second answer");
+    let account = w.parts.key.clone();
+    let store = w.store.clone();
+    let mut held = 0;
+    for _ in 0..300 {
+        held = store.counts(&account).await.unwrap().outbox_pending;
+        if held == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 2, "both answers are held in the outbox");
+    w.fake.customer_says(501, "Anna", "Anyone there?", true);
+    eventually("the later message in amoCRM", || has_note(&w.amo, "Anyone there?")).await;
+    // The restricted attempt used up the injected failure (the scripted Telegram
+    // records only calls it answers); no send came after it.
+    assert!(w.fake.world.lock().unwrap().failures.values().all(|f| f.is_empty()), "the first reply was tried");
+    assert_eq!(w.fake.calls_of("sendMessage"), 0, "no retry loop against a restricted account");
+    let counts = store.counts(&account).await.unwrap();
+    assert_eq!((counts.outbox_pending, counts.outbox_dead), (2, 0), "held, not dead-lettered");
+    assert!(w.fake.sent().is_empty());
+    let _ = w.stop.send(true);
+}

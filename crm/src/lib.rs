@@ -81,4 +81,9 @@ pub trait Crm: Send + Sync {
         offset: u32,
         limit: u32,
     ) -> Result<Vec<ChatHistoryEntry>, CrmError>;
+
+    /// Subscribes `destination` (the gateway's URL for the binding) to the CRM's
+    /// webhooks for managers' notes; subscribing the same destination again
+    /// updates the subscription.
+    async fn subscribe_reply_webhook(&self, destination: &str) -> Result<(), CrmError>;
 }

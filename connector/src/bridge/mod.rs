@@ -13,12 +13,20 @@
 //!   permanent ones dead-letter the one message (a failing batch is retried
 //!   message by message to find it); fatal ones (credentials) hold everything
 //!   back and show in status.
-//! - **Outbound**: replies (from the gateway's webhook rows or from polling, one
-//!   poller per binding) go to the outbox, keyed by their CRM id; each send's
+//! - **Outbound**: replies (from the gateway's webhook rows or from polling) go
+//!   to the outbox, keyed by their CRM id; each send's
 //!   `random_id` is stored before the first attempt and an interrupted send is
 //!   looked up before it is retried.
 //! - **Escalation**: one CRM task per conversation unanswered for longer than the
 //!   policy allows; completed when a reply goes out.
+//! - **Per-binding duties** (reply polling, keeping the reply webhook
+//!   subscribed): every connector of a binding runs the loop, and each interval
+//!   only the holder of the duty's lock does the work
+//!   ([`crate::store::lock::Duties`]); when the holder stops, another connector
+//!   takes over within one interval.
+//! - A storage write that fails is logged and counted
+//!   (`crmessenger_connector_store_errors_total`); the work it recorded is
+//!   retried, never dropped.
 
 pub mod chats;
 pub mod retry;
@@ -26,8 +34,8 @@ pub mod retry;
 use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
-use crate::store::lock::AccountLock;
-use crate::store::{Conversation, InboxRow, NewReply, Store};
+use crate::store::lock::{AccountLock, Duties};
+use crate::store::{Conversation, InboxRow, NewReply, Store, StoreError};
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
@@ -74,6 +82,14 @@ pub struct BridgeSettings {
     pub media_url: Option<String>,
 }
 
+/// Why a pass of the work loop stopped early (it runs again on the next turn).
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// Reading or writing the queues failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// The parts of a bridge.
 pub struct Bridge {
     s: BridgeSettings,
@@ -89,6 +105,10 @@ pub struct Bridge {
     one_by_one: Mutex<HashSet<String>>,
     send_rate: Mutex<SendRate>,
     backfilled: std::sync::atomic::AtomicBool,
+    /// The gateway URL amoCRM's reply webhook posts to (set once routes are registered).
+    webhook_url: std::sync::OnceLock<String>,
+    /// While the messenger restricts the account: no send before this (Unix ms).
+    restricted_until_ms: std::sync::atomic::AtomicI64,
 }
 
 const BATCH: i64 = 1000;
@@ -106,6 +126,8 @@ struct Prepared {
     /// When each row's event happened (for the lag metric).
     sent_at: Vec<i64>,
     first_message_at: Option<i64>,
+    /// When the newest customer message among the rows was sent (reply routing).
+    last_message_at: Option<i64>,
 }
 
 /// amoCRM's entity limit per request: the notes of one shared write.
@@ -115,6 +137,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
 const IDLE: Duration = Duration::from_secs(2);
+/// While the messenger restricts the account, one reply is tried this often to
+/// see whether the restriction was lifted (no retry loop against a ban).
+const RESTRICTED_PROBE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the holder of a binding's webhook duty subscribes it again (amoCRM
+/// turns off a webhook whose deliveries keep failing, and people delete them).
+const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(600);
 
 /// A short, stable id of an account for markers.
 fn short(account: &str) -> String {
@@ -139,6 +167,8 @@ impl Bridge {
         Self {
             send_rate,
             backfilled: Default::default(),
+            webhook_url: Default::default(),
+            restricted_until_ms: Default::default(),
             s: settings,
             store,
             crm,
@@ -157,6 +187,18 @@ impl Bridge {
         &self.s.account
     }
 
+    /// The gateway URL of the binding's reply webhook (kept subscribed by the
+    /// holder of the binding's webhook duty).
+    pub fn set_webhook_url(&self, url: String) {
+        let _ = self.webhook_url.set(url);
+    }
+
+    /// A storage write failed: logged and counted; what it recorded is retried.
+    fn store_failed(&self, what: &str, e: &StoreError) {
+        tracing::error!(account = self.account(), "storage write failed ({what}): {e}");
+        self.metrics.store_errors.get_or_create(&Metrics::label(self.account())).inc();
+    }
+
     /// Runs every loop until `stop` turns true or the lock is lost.
     pub async fn run(self: Arc<Self>, lock: &AccountLock, mut stop: watch::Receiver<bool>) {
         let wake = self.store.wakeups().of(self.account());
@@ -169,10 +211,13 @@ impl Bridge {
         if self.s.chats {
             others.push(tokio::spawn(self.clone().history_loop(stop.clone())));
         }
-        if let ReplySource::Poll(every) = self.s.replies
-            && lock.try_lock_also(&format!("poll:{}", self.s.binding)).await
-        {
-            others.push(tokio::spawn(self.clone().poll_loop(every, stop.clone())));
+        match self.s.replies {
+            ReplySource::Poll(every) => {
+                others.push(tokio::spawn(self.clone().poll_loop(lock.duties(), every, stop.clone())));
+            }
+            ReplySource::Webhook => {
+                others.push(tokio::spawn(self.clone().webhook_loop(lock.duties(), stop.clone())));
+            }
         }
         let lost = tokio::select! {
             _ = stop.wait_for(|s| *s) => false,
@@ -437,16 +482,16 @@ impl Bridge {
     }
 
     /// Delivers what is due in the inbox. Returns whether anything was done.
-    async fn inbound_pass(&self) -> Result<bool, String> {
+    async fn inbound_pass(&self) -> Result<bool, PassError> {
         let now = self.clock.now_ms();
-        if !self.breaker.lock().map_err(|e| e.to_string())?.allows(now) {
+        if !self.breaker.lock().unwrap_or_else(|p| p.into_inner()).allows(now) {
             return Ok(false);
         }
-        let mut rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+        let mut rows = self.store.inbox_pending(self.account(), BATCH).await?;
         // Wait for the budget before gathering: what arrives meanwhile goes out in
         // the same request instead of waiting for the next one.
         if rows.iter().any(|r| r.next_attempt_ms <= now) && self.crm.ready().await {
-            rows = self.store.inbox_pending(self.account(), BATCH).await.map_err(|e| e.to_string())?;
+            rows = self.store.inbox_pending(self.account(), BATCH).await?;
         }
         let now = self.clock.now_ms();
         let mut order: Vec<String> = Vec::new();
@@ -459,13 +504,13 @@ impl Bridge {
         }
         let mut worked = false;
         let mut ready: Vec<Prepared> = Vec::new();
-        let mut known = self.store.conversations(self.account(), &order).await.map_err(|e| e.to_string())?;
+        let mut known = self.store.conversations(self.account(), &order).await?;
         for chat in order {
             let rows = by_chat.remove(&chat).unwrap_or_default();
             if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
                 continue;
             }
-            if !self.breaker.lock().map_err(|e| e.to_string())?.allows(self.clock.now_ms()) {
+            if !self.breaker.lock().unwrap_or_else(|p| p.into_inner()).allows(self.clock.now_ms()) {
                 break;
             }
             worked = true;
@@ -544,7 +589,9 @@ impl Bridge {
         match e.class() {
             ErrorClass::Permanent if rows.len() == 1 => {
                 tracing::warn!(account = self.account(), chat, seq = rows[0].seq, "dead letter: {e}");
-                let _ = self.store.inbox_dead(rows[0].seq, &e.to_string(), now).await;
+                if let Err(err) = self.store.inbox_dead(rows[0].seq, &e.to_string(), now).await {
+                    self.store_failed("dead-lettering a message", &err);
+                }
                 if let Ok(mut s) = self.one_by_one.lock() {
                     s.remove(chat);
                 }
@@ -567,7 +614,9 @@ impl Bridge {
                     wait = wait.max(ra);
                 }
                 tracing::warn!(account = self.account(), chat, ?wait, "CRM delivery failed, retrying: {e}");
-                let _ = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await;
+                if let Err(err) = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await {
+                    self.store_failed("scheduling a retry", &err);
+                }
                 self.state.update(|s| {
                     s.crm_ok = false;
                     s.crm_error = Some(e.to_string());
@@ -660,6 +709,13 @@ impl Bridge {
                 Event::Message(m) if !m.history => Some(m.sent_at_ms),
                 _ => None,
             }),
+            last_message_at: events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::Message(m) => Some(m.sent_at_ms),
+                    _ => None,
+                })
+                .max(),
             conv,
             lead_id,
             done,
@@ -746,6 +802,10 @@ impl Bridge {
                 .await
                 .map_err(db)?;
         }
+        // A manager's reply on this lead goes to the chat that wrote last.
+        if let Some(at) = p.last_message_at {
+            self.store.customer_wrote(self.account(), &p.chat, at).await.map_err(db)?;
+        }
         Ok(())
     }
 
@@ -812,8 +872,8 @@ impl Bridge {
     // ---- replies -----------------------------------------------------------
 
     /// Turns webhook rows from the gateway into outbox rows.
-    async fn events_pass(&self) -> Result<bool, String> {
-        let rows = self.store.events_pending(self.account(), 100).await.map_err(|e| e.to_string())?;
+    async fn events_pass(&self) -> Result<bool, PassError> {
+        let rows = self.store.events_pending(self.account(), 100).await?;
         let worked = !rows.is_empty();
         for row in rows {
             let outcome = match row.kind.as_str() {
@@ -822,14 +882,14 @@ impl Bridge {
                 other => Err(CrmError::Protocol(format!("unknown event kind {other}"))),
             };
             match outcome {
-                Ok(()) => self.store.event_done(row.id, "done").await.map_err(|e| e.to_string())?,
+                Ok(()) => self.store.event_done(row.id, "done").await?,
                 Err(e) if e.class() == ErrorClass::Retryable => {
                     tracing::warn!(account = self.account(), "webhook {} will be retried: {e}", row.id);
                     return Ok(worked);
                 }
                 Err(e) => {
                     tracing::warn!(account = self.account(), "webhook {} ignored: {e}", row.id);
-                    self.store.event_done(row.id, "ignored").await.map_err(|e| e.to_string())?;
+                    self.store.event_done(row.id, "ignored").await?;
                 }
             }
         }
@@ -863,43 +923,84 @@ impl Bridge {
         Ok(added)
     }
 
-    /// Polls the binding's notes for replies (this connector won the poller lock).
-    async fn poll_loop(self: Arc<Self>, every: Duration, stop: watch::Receiver<bool>) {
-        let scope = format!("binding:{}", self.s.binding);
+    /// Polls the binding's notes for replies while this connector holds the
+    /// binding's polling duty; tries to take the duty every interval, so another
+    /// connector's stop hands polling over within one interval.
+    async fn poll_loop(self: Arc<Self>, duties: Duties, every: Duration, stop: watch::Receiver<bool>) {
+        let duty = format!("poll:{}", self.s.binding);
+        let mut holding = false;
         while !*stop.borrow() {
-            let cursor: ReplyCursor = match self.store.cursor(&scope, "replies").await {
-                Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
-                Ok(None) => ReplyCursor { updated_since: self.clock.now_secs() - 60, seen_at_cursor: vec![] },
-                Err(e) => {
-                    tracing::warn!("reply cursor: {e}");
-                    self.clock.sleep(every).await;
-                    continue;
-                }
-            };
-            match self.crm.poll_replies(&cursor).await {
-                Ok((replies, next)) => {
-                    let mut ok = true;
-                    for r in &replies {
-                        if let Err(e) = self.queue_reply(r).await {
-                            tracing::warn!("queue reply {}: {e}", r.source_id);
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if ok && let Ok(text) = serde_json::to_string(&next) {
-                        let _ = self.store.set_cursor(&scope, "replies", &text).await;
-                    }
-                }
-                Err(e) => tracing::warn!(binding = self.s.binding, "reply polling failed: {e}"),
+            let holds = duties.try_hold(&duty).await;
+            if holds != holding {
+                tracing::info!(account = self.account(), binding = self.s.binding, holds, "reply polling duty");
+                holding = holds;
+            }
+            if holding {
+                self.poll_once().await;
             }
             self.clock.sleep(every).await;
         }
     }
 
+    /// One poll of the binding's notes: replies are queued, then the cursor moves.
+    async fn poll_once(&self) {
+        let scope = format!("binding:{}", self.s.binding);
+        let cursor: ReplyCursor = match self.store.cursor(&scope, "replies").await {
+            Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+            Ok(None) => ReplyCursor { updated_since: self.clock.now_secs() - 60, seen_at_cursor: vec![] },
+            Err(e) => {
+                tracing::warn!(account = self.account(), "reply cursor: {e}");
+                return;
+            }
+        };
+        match self.crm.poll_replies(&cursor).await {
+            Ok((replies, next)) => {
+                for r in &replies {
+                    if let Err(e) = self.queue_reply(r).await {
+                        // The cursor stays: the next poll brings this reply again.
+                        self.store_failed(&format!("queueing reply {}", r.source_id), &e);
+                        return;
+                    }
+                }
+                if let Ok(text) = serde_json::to_string(&next)
+                    && let Err(e) = self.store.set_cursor(&scope, "replies", &text).await
+                {
+                    self.store_failed("moving the reply cursor", &e);
+                }
+            }
+            Err(e) => tracing::warn!(binding = self.s.binding, "reply polling failed: {e}"),
+        }
+    }
+
+    /// Keeps the binding's reply webhook subscribed while this connector holds
+    /// the binding's webhook duty.
+    async fn webhook_loop(self: Arc<Self>, duties: Duties, stop: watch::Receiver<bool>) {
+        let duty = format!("webhook:{}", self.s.binding);
+        let mut subscribed_at: Option<i64> = None;
+        while !*stop.borrow() {
+            let now = self.clock.now_ms();
+            let due = subscribed_at.is_none_or(|t| now - t >= RESUBSCRIBE_EVERY.as_millis() as i64);
+            if let Some(url) = self.webhook_url.get()
+                && due
+                && duties.try_hold(&duty).await
+            {
+                match self.crm.subscribe_reply_webhook(url).await {
+                    Ok(()) => subscribed_at = Some(now),
+                    Err(e) => tracing::warn!(binding = self.s.binding, "subscribing the reply webhook: {e}"),
+                }
+            }
+            self.clock.sleep(IDLE.max(Duration::from_secs(10))).await;
+        }
+    }
+
     /// Sends what is due in the outbox. Returns whether anything was done.
-    async fn outbound_pass(&self) -> Result<bool, String> {
-        let rows = self.store.outbox_pending(self.account(), 100).await.map_err(|e| e.to_string())?;
+    async fn outbound_pass(&self) -> Result<bool, PassError> {
         let now = self.clock.now_ms();
+        // A restricted account sends nothing until the next probe.
+        if self.restricted_until_ms.load(std::sync::atomic::Ordering::Relaxed) > now {
+            return Ok(false);
+        }
+        let rows = self.store.outbox_pending(self.account(), 100).await?;
         let mut blocked: HashSet<String> = HashSet::new();
         let mut worked = false;
         for row in rows {
@@ -937,12 +1038,13 @@ impl Bridge {
             .await;
             match result {
                 Ok(sent) => {
-                    self.store
-                        .outbox_sent(row.seq, &sent.message_id, self.clock.now_ms())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.store.outbox_sent(row.seq, &sent.message_id, self.clock.now_ms()).await?;
                     self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
-                    self.state.update(|s| s.sending_paused_until_ms = None);
+                    self.restricted_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.state.update(|s| {
+                        s.sending_paused_until_ms = None;
+                        s.sending_restricted = None;
+                    });
                     // The manager answered: the customer's messages are read.
                     if let Err(e) = self.messenger.mark_read(&row.chat_id, &sent.message_id).await {
                         tracing::debug!(account = self.account(), chat = row.chat_id, "mark read: {e}");
@@ -954,10 +1056,18 @@ impl Bridge {
                 }
                 Err(MessengerError::Rejected(reason)) => {
                     tracing::warn!(account = self.account(), chat = row.chat_id, "reply dead-lettered: {reason}");
-                    self.store.outbox_dead(row.seq, &reason).await.map_err(|e| e.to_string())?;
+                    self.store.outbox_dead(row.seq, &reason).await?;
                     if let Some(id) = &row.crm_message_id {
                         self.report_delivery(id, Some(&reason)).await;
                     }
+                }
+                Err(MessengerError::Restricted(why)) => {
+                    // The whole account is held (not dead-lettered); one probe later.
+                    let until = now + RESTRICTED_PROBE_EVERY.as_millis() as i64;
+                    self.restricted_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
+                    self.state.update(|s| s.sending_restricted = Some(why.clone()));
+                    self.store.outbox_retry(row.seq, until, &format!("account restricted: {why}")).await?;
+                    return Ok(worked);
                 }
                 Err(e) => {
                     let wait = match &e {
@@ -969,10 +1079,7 @@ impl Bridge {
                         _ => backoff(row.attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
                     };
                     tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
-                    self.store
-                        .outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.store.outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string()).await?;
                     blocked.insert(row.chat_id.clone());
                 }
             }
@@ -991,7 +1098,11 @@ impl Bridge {
         }
         conv.task_id = None;
         conv.unanswered_since_ms = None;
-        let _ = self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await;
+        if let Err(e) =
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await
+        {
+            self.store_failed("recording an answered conversation", &e);
+        }
     }
 
     // ---- escalation --------------------------------------------------------
@@ -1016,10 +1127,13 @@ impl Bridge {
                         match self.crm.add_task(&task).await {
                             Ok(t) => {
                                 conv.task_id = Some(t.id);
-                                let _ = self
+                                if let Err(e) = self
                                     .store
                                     .put_conversation(self.account(), &chat, &self.s.crm_key, &conv, now)
-                                    .await;
+                                    .await
+                                {
+                                    self.store_failed("recording an escalation task", &e);
+                                }
                             }
                             Err(e) => tracing::warn!(account = self.account(), chat, "escalation task failed: {e}"),
                         }

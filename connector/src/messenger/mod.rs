@@ -311,6 +311,10 @@ pub enum MessengerError {
     /// The session is not (or no longer) logged in.
     #[error("not logged in: {0}")]
     LoggedOut(String),
+    /// The messenger restricted the whole account (Telegram's spam limits): no
+    /// send can succeed until the owner resolves it; the text says how.
+    #[error("account restricted: {0}")]
+    Restricted(String),
 }
 
 /// A messenger account.
@@ -345,4 +349,9 @@ pub trait Messenger: Send + Sync {
     }
     /// Ends the session on the messenger's side (account deletion).
     async fn logout(&self) -> Result<(), MessengerError>;
+    /// Drops the connection to the messenger at once, without ending the session
+    /// (the account lock was lost: another connector may take the account over,
+    /// and two live connections would make the messenger revoke the session). The
+    /// next call connects again.
+    async fn disconnect(&self) {}
 }

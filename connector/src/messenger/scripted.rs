@@ -1,17 +1,23 @@
 //! The adapter for the scripted messenger (`crmessenger-fake-messenger`), used by
 //! the tests and for demos. It speaks that messenger's HTTP API and maps it onto
 //! the [`Messenger`] trait exactly as a real adapter would: long-polled updates
-//! after a cursor, idempotent sends by `random_id`, QR login.
+//! after a cursor, idempotent sends by `random_id`, QR login. Like an MTProto
+//! session it holds one connection (`/v1/connect`), opened by the first call and
+//! dropped by [`Messenger::disconnect`].
 
 use super::*;
 use crmessenger_fake_messenger as wire;
 use reqwest::StatusCode;
+use std::sync::Arc;
 
 /// A scripted messenger reached at a base URL.
 #[derive(Debug, Clone)]
 pub struct Scripted {
     http: reqwest::Client,
+    /// For the held connection (no overall timeout: it stays open).
+    stream: reqwest::Client,
     base: String,
+    connection: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Scripted {
@@ -20,7 +26,32 @@ impl Scripted {
         let http = crmessenger_crm::tls::client_builder(None)
             .and_then(|b| b.timeout(Duration::from_secs(40)).build().map_err(|e| e.to_string()))
             .map_err(MessengerError::Unavailable)?;
-        Ok(Self { http, base: base_url.trim_end_matches('/').to_string() })
+        let stream = crmessenger_crm::tls::client_builder(None)
+            .and_then(|b| b.connect_timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string()))
+            .map_err(MessengerError::Unavailable)?;
+        Ok(Self { http, stream, base: base_url.trim_end_matches('/').to_string(), connection: Arc::default() })
+    }
+
+    /// Opens the connection unless it is open.
+    async fn connected(&self) -> Result<(), MessengerError> {
+        let mut held = self.connection.lock().await;
+        if held.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let resp = self
+            .stream
+            .get(format!("{}/v1/connect", self.base))
+            .query(&[("id", &id)])
+            .send()
+            .await
+            .map_err(|e| MessengerError::Unavailable(format!("connect: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(MessengerError::Unavailable(format!("connect: {}", resp.status())));
+        }
+        let mut resp = resp;
+        *held = Some(tokio::spawn(async move { while let Ok(Some(_)) = resp.chunk().await {} }));
+        Ok(())
     }
 
     async fn check(resp: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, MessengerError> {
@@ -81,6 +112,7 @@ fn to_message(u: wire::Update) -> Message {
 #[async_trait]
 impl Messenger for Scripted {
     async fn login_state(&self) -> Result<LoginState, MessengerError> {
+        self.connected().await?;
         let resp = Self::check(self.http.get(format!("{}/v1/session", self.base)).send().await).await?;
         let s: wire::Session = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
         Ok(match s.state.as_str() {
@@ -100,11 +132,13 @@ impl Messenger for Scripted {
     }
 
     async fn submit_login(&self, code: Option<&str>, password: Option<&str>) -> Result<(), MessengerError> {
+        self.connected().await?;
         let body = serde_json::json!({ "code": code, "password": password });
         Self::check(self.http.post(format!("{}/v1/login", self.base)).json(&body).send().await).await.map(drop)
     }
 
     async fn updates(&self, cursor: Option<&str>, wait: Duration) -> Result<Batch, MessengerError> {
+        self.connected().await?;
         let after: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
         let url = format!("{}/v1/updates?after={after}&timeout_ms={}", self.base, wait.as_millis());
         let resp = Self::check(self.http.get(url).send().await).await.map_err(|e| match e {
@@ -126,6 +160,7 @@ impl Messenger for Scripted {
     }
 
     async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError> {
+        self.connected().await?;
         let body = wire::SendRequest {
             chat_id: message.chat_id.clone(),
             // The scripted messenger carries text only: a file goes as its link.
@@ -141,6 +176,7 @@ impl Messenger for Scripted {
     }
 
     async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError> {
+        self.connected().await?;
         let url = format!("{}/v1/sent", self.base);
         let resp = Self::check(
             self.http.get(url).query(&[("chat_id", chat_id), ("random_id", &random_id.to_string())]).send().await,
@@ -157,12 +193,20 @@ impl Messenger for Scripted {
         Ok(())
     }
 
+    async fn disconnect(&self) {
+        if let Some(task) = self.connection.lock().await.take() {
+            task.abort();
+        }
+    }
+
     async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError> {
+        self.connected().await?;
         let resp = Self::check(self.http.get(format!("{}/v1/media/{}", self.base, media.id)).send().await).await?;
         Ok(resp.bytes().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?.to_vec())
     }
 
     async fn logout(&self) -> Result<(), MessengerError> {
+        self.connected().await?;
         Self::check(self.http.post(format!("{}/v1/logout", self.base)).send().await).await.map(drop)
     }
 }

@@ -3,25 +3,45 @@
 //! PostgreSQL: a session advisory lock held on a dedicated connection (never
 //! through a transaction-mode pooler such as PgBouncer in transaction mode — the
 //! lock would not stay with the session), with server-side TCP keepalives so a
-//! vanished connector's lock is freed. The same connection LISTENs for the
-//! gateway's notifications. Every few seconds the holder checks, on that
-//! connection, that its backend still holds the lock; if the connection dropped
-//! (the lock went with it) or the check fails, [`AccountLock::lost`] fires and the
-//! connector drops its messenger connection at once.
+//! vanished connector's lock is freed (after about 25 s: idle 10 s, then 3 probes
+//! 5 s apart). The same connection LISTENs for the gateway's notifications.
+//! Every [`CHECK_EVERY`] the holder checks, on that connection, that its backend
+//! still holds the lock, and gives the check at most [`CHECK_TIMEOUT`]: a
+//! connection that was cut (not closed) does not answer, and waiting for TCP to
+//! give up would outlast the server's keepalives, after which another connector
+//! takes the lock. If the check fails or does not finish in time,
+//! [`AccountLock::lost`] fires and the connector drops its messenger connection
+//! at once (self-fencing), long before the server frees the lock. Each new holder
+//! also takes the next fencing epoch and sets it on the store (see
+//! [`super::fence`]), so a stale holder's late writes are refused.
+//!
+//! Per-binding duties (reply polling, webhook subscription) are further advisory
+//! locks on the same connection, tried again every interval by every connector
+//! of the binding ([`Duties::try_hold`]), so when the holder stops (suspended,
+//! deleted, crashed) another takes the duty over within one interval.
 //!
 //! SQLite (standalone, one process): an exclusive `flock` on a file beside the
-//! database.
+//! database; duties are held in process, per account.
 
 use super::{CHANNEL, Dialect, Store, StoreError};
 use sha2::Digest;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How often the holder checks it still holds the lock.
-const CHECK_EVERY: Duration = Duration::from_secs(3);
+pub const CHECK_EVERY: Duration = Duration::from_secs(3);
+/// The longest a check on the lock connection may take. With [`CHECK_EVERY`] a
+/// cut connection is noticed within 7 s, well inside the 25 s after which the
+/// server's keepalives free the lock for another connector.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest taking the next fencing epoch may wait (for a stale holder's
+/// write transaction, which the server ends after its idle timeout).
+const EPOCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a waiting connector tries again.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -36,11 +56,49 @@ enum Cmd {
     Release(oneshot::Sender<()>),
 }
 
+/// Duties held in process (SQLite): duty key → the account holding it.
+pub(super) type LocalDuties = Arc<Mutex<HashMap<i64, String>>>;
+
 /// A held account lock.
 pub struct AccountLock {
     lost: watch::Receiver<bool>,
     cmd: Option<mpsc::Sender<Cmd>>,
     _file: Option<std::fs::File>,
+    epoch: i64,
+    duties: Duties,
+}
+
+/// The per-binding duties an account lock can hold (cheap to clone into tasks).
+#[derive(Clone)]
+pub struct Duties(DutiesInner);
+
+#[derive(Clone)]
+enum DutiesInner {
+    /// Advisory locks on the account lock's connection.
+    Pg(mpsc::Sender<Cmd>),
+    /// In process, for one account.
+    Local { registry: LocalDuties, owner: String },
+}
+
+impl Duties {
+    /// Whether this connector holds the duty `name` (taking it if it is free).
+    /// Call it again every interval: a duty whose holder went away is taken over.
+    pub async fn try_hold(&self, name: &str) -> bool {
+        let key = lock_key(name);
+        match &self.0 {
+            DutiesInner::Pg(cmd) => {
+                let (tx, rx) = oneshot::channel();
+                if cmd.send(Cmd::TryLock(key, tx)).await.is_err() {
+                    return false;
+                }
+                rx.await.unwrap_or(false)
+            }
+            DutiesInner::Local { registry, owner } => {
+                let mut held = registry.lock().unwrap_or_else(|e| e.into_inner());
+                held.entry(key).or_insert_with(|| owner.clone()) == owner
+            }
+        }
+    }
 }
 
 impl AccountLock {
@@ -59,10 +117,13 @@ impl AccountLock {
             .application_name(&format!("crmessenger-connector {account}"))
             .options([("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"), ("tcp_keepalives_count", "3")]);
         let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
-        let mut listener = PgListener::connect_with(&pool).await?;
+        let mut listener = bounded(CHECK_TIMEOUT, PgListener::connect_with(&pool)).await?;
         loop {
-            let held: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut listener).await?;
+            let held: bool = bounded(
+                CHECK_TIMEOUT,
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut listener),
+            )
+            .await?;
             if held {
                 break;
             }
@@ -85,11 +146,24 @@ impl AccountLock {
             waiting(&format!("the account lock is held by {holder}; waiting for it"));
             tokio::time::sleep(RETRY_EVERY).await;
         }
-        listener.listen(CHANNEL).await?;
+        // The next fencing epoch: from here on the previous holder's writes are refused.
+        let epoch: i64 = bounded(
+            EPOCH_TIMEOUT,
+            sqlx::query_scalar(
+                "INSERT INTO account_fences (account, epoch) VALUES ($1, 1)
+                 ON CONFLICT (account) DO UPDATE SET epoch = account_fences.epoch + 1 RETURNING epoch",
+            )
+            .bind(account)
+            .fetch_one(&mut listener),
+        )
+        .await?;
+        store.set_fence(account, epoch);
+        bounded(CHECK_TIMEOUT, listener.listen(CHANNEL)).await?;
         let (lost_tx, lost) = watch::channel(false);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         tokio::spawn(hold_pg(listener, key, store.wakeups().clone(), lost_tx, cmd_rx));
-        Ok(Self { lost, cmd: Some(cmd_tx), _file: None })
+        let duties = Duties(DutiesInner::Pg(cmd_tx.clone()));
+        Ok(Self { lost, cmd: Some(cmd_tx), _file: None, epoch, duties })
     }
 
     async fn acquire_file(store: &Store, account: &str, waiting: &mut impl FnMut(&str)) -> Result<Self, StoreError> {
@@ -113,7 +187,8 @@ impl AccountLock {
         }
         let (_tx, lost) = watch::channel(false);
         // The sender is dropped: a file lock is never lost while the process lives.
-        Ok(Self { lost, cmd: None, _file: Some(file) })
+        let duties = Duties(DutiesInner::Local { registry: store.local_duties().clone(), owner: account.to_string() });
+        Ok(Self { lost, cmd: None, _file: Some(file), epoch: 0, duties })
     }
 
     /// Resolves when the lock is lost (never, for a file lock).
@@ -139,16 +214,14 @@ impl AccountLock {
         *self.lost.borrow()
     }
 
-    /// Tries to take another lock named `name` on the same session (e.g. the one
-    /// reply poller per binding); held until this account lock is released.
-    /// SQLite: one process, so always granted.
-    pub async fn try_lock_also(&self, name: &str) -> bool {
-        let Some(cmd) = &self.cmd else { return true };
-        let (tx, rx) = oneshot::channel();
-        if cmd.send(Cmd::TryLock(lock_key(name), tx)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+    /// The fencing epoch taken with the lock (0 for a file lock).
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// The per-binding duties this lock can hold; they go with it.
+    pub fn duties(&self) -> Duties {
+        self.duties.clone()
     }
 
     /// Releases the lock (also released when the process exits).
@@ -159,6 +232,26 @@ impl AccountLock {
                 let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
             }
         }
+    }
+}
+
+impl Drop for AccountLock {
+    fn drop(&mut self) {
+        // In-process duties go with the lock; advisory locks go with their connection.
+        if let DutiesInner::Local { registry, owner } = &self.duties.0 {
+            registry.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, holder| holder != owner);
+        }
+    }
+}
+
+/// `f`, or a timeout error after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Data(format!("the lock connection did not answer within {limit:?}"))),
     }
 }
 
@@ -181,35 +274,75 @@ async fn hold_pg(
     mut cmds: mpsc::Receiver<Cmd>,
 ) {
     let mut check = tokio::time::interval(CHECK_EVERY);
+    let mut duties: HashSet<i64> = HashSet::new();
+    let unlock_all = |mut listener: PgListener| async move {
+        let _ =
+            tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut listener))
+                .await;
+    };
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::TryLock(k, reply)) => {
-                    let ok = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                        .bind(k).fetch_one(&mut listener).await.unwrap_or(false);
-                    let _ = reply.send(ok);
+                    if duties.contains(&k) {
+                        let _ = reply.send(true);
+                        continue;
+                    }
+                    let tried = tokio::time::timeout(
+                        CHECK_TIMEOUT,
+                        sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(k).fetch_one(&mut listener),
+                    )
+                    .await;
+                    match tried {
+                        Ok(Ok(true)) => {
+                            duties.insert(k);
+                            let _ = reply.send(true);
+                        }
+                        Ok(Ok(false)) => {
+                            let _ = reply.send(false);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!("cannot take a duty lock: {e}; the account lock is given up");
+                            let _ = reply.send(false);
+                            let _ = lost.send(true);
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::error!("the lock connection did not answer within {CHECK_TIMEOUT:?}; the account lock is given up");
+                            let _ = reply.send(false);
+                            let _ = lost.send(true);
+                            return;
+                        }
+                    }
                 }
                 Some(Cmd::Release(reply)) => {
-                    let _ = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut listener).await;
+                    unlock_all(listener).await;
                     let _ = reply.send(());
                     return;
                 }
                 None => {
                     // The lock handle was dropped: release with it.
-                    let _ = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut listener).await;
+                    unlock_all(listener).await;
                     return;
                 }
             },
             _ = check.tick() => {
-                match holds(&mut listener, key).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                match tokio::time::timeout(CHECK_TIMEOUT, holds(&mut listener, key)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
                         tracing::error!("the account lock is no longer held (the database connection was replaced)");
                         let _ = lost.send(true);
                         return;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::error!("cannot confirm the account lock: {e}");
+                        let _ = lost.send(true);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            "the lock connection did not answer within {CHECK_TIMEOUT:?}: the account lock is given up before the database frees it for another connector"
+                        );
                         let _ = lost.send(true);
                         return;
                     }

@@ -11,9 +11,11 @@
 
 pub mod budget;
 pub mod crypto;
+pub mod fence;
 pub mod lock;
 pub mod media;
 
+use fence::{FenceCell, FencedWrite};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -53,6 +55,9 @@ pub enum StoreError {
     /// Stored data could not be read.
     #[error("stored data: {0}")]
     Data(String),
+    /// The account's lock moved to another connector: this one may not write.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// Result of storage calls.
@@ -84,6 +89,8 @@ pub struct Store {
     dialect: Dialect,
     url: String,
     wakeups: Arc<Wakeups>,
+    fence: FenceCell,
+    local_duties: lock::LocalDuties,
 }
 
 /// One inbox row.
@@ -242,13 +249,32 @@ impl Store {
                         sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
+                    } else {
+                        // A connector cut off mid-transaction must not hold row locks
+                        // (the fencing row among them) for long: the server ends such
+                        // sessions, and notices vanished peers by its keepalives.
+                        for set in [
+                            "SET idle_in_transaction_session_timeout = '15s'",
+                            "SET tcp_keepalives_idle = 10",
+                            "SET tcp_keepalives_interval = 5",
+                            "SET tcp_keepalives_count = 3",
+                        ] {
+                            sqlx::query(set).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, dialect, url: url.clone(), wakeups: Arc::default() };
+        let store = Store {
+            pool,
+            dialect,
+            url: url.clone(),
+            wakeups: Arc::default(),
+            fence: FenceCell::default(),
+            local_duties: Default::default(),
+        };
         match dialect {
             Dialect::Postgres => PG_MIGRATIONS.run(&store.pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
@@ -269,6 +295,11 @@ impl Store {
     /// In-process wake-ups.
     pub fn wakeups(&self) -> &Arc<Wakeups> {
         &self.wakeups
+    }
+
+    /// Per-binding duties held in this process (SQLite).
+    pub(crate) fn local_duties(&self) -> &lock::LocalDuties {
+        &self.local_duties
     }
 
     /// The pool (for checks and tests).
@@ -297,7 +328,7 @@ impl Store {
         cursor: &str,
         now_ms: i64,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut new = 0;
         for (chat_id, key, payload) in events {
             let r = sqlx::query(
@@ -347,7 +378,7 @@ impl Store {
     /// Records that a write of these rows starts now (before it is sent, so a
     /// crash leaves a trace that the write may have happened).
     pub async fn inbox_started(&self, seqs: &[i64], now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for seq in seqs {
             sqlx::query("UPDATE inbox SET attempts = attempts + 1, attempt_started_ms = $2 WHERE seq = $1")
                 .bind(seq)
@@ -361,7 +392,7 @@ impl Store {
 
     /// Marks rows delivered, with the CRM's reference of each.
     pub async fn inbox_done(&self, done: &[(i64, String)], now_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for (seq, crm_ref) in done {
             sqlx::query(
                 "UPDATE inbox SET state = 'done', done_ms = $2, crm_ref = $3, last_error = NULL WHERE seq = $1",
@@ -378,7 +409,7 @@ impl Store {
 
     /// Schedules rows for another attempt.
     pub async fn inbox_retry(&self, seqs: &[i64], next_attempt_ms: i64, error: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for seq in seqs {
             sqlx::query("UPDATE inbox SET next_attempt_ms = $2, last_error = $3 WHERE seq = $1")
                 .bind(seq)
@@ -397,7 +428,7 @@ impl Store {
             .bind(seq)
             .bind(reason)
             .bind(now_ms)
-            .execute(&self.pool)
+            .run(self)
             .await?;
         Ok(())
     }
@@ -427,7 +458,7 @@ impl Store {
 
     /// Puts every dead letter of `account` back in its queue; returns how many.
     pub async fn replay_dead(&self, account: &str) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let a = sqlx::query(
             "UPDATE inbox SET state = 'pending', next_attempt_ms = 0, attempts = 0, attempt_started_ms = NULL
              WHERE account = $1 AND state = 'dead'",
@@ -542,19 +573,39 @@ impl Store {
         .bind(c.unanswered_since_ms)
         .bind(c.task_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
 
-    /// The account and chat a CRM lead belongs to.
+    /// The account and chat a manager's reply on `lead_id` goes to. Several chats
+    /// can share a lead (the same person on Telegram and WhatsApp, a reused open
+    /// lead): the reply goes to the chat of the latest customer message, ties
+    /// broken by the last change and then by name, so the choice is deterministic.
     pub async fn chat_of_lead(&self, crm: &str, lead_id: i64) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT account, chat_id FROM conversations WHERE crm = $1 AND lead_id = $2 LIMIT 1")
-            .bind(crm)
-            .bind(lead_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT account, chat_id FROM conversations WHERE crm = $1 AND lead_id = $2
+             ORDER BY COALESCE(last_customer_ms, 0) DESC, updated_ms DESC, account, chat_id LIMIT 1",
+        )
+        .bind(crm)
+        .bind(lead_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok((r.try_get("account")?, r.try_get("chat_id")?))).transpose()
+    }
+
+    /// Records that the customer of `chat_id` wrote at `at_ms` (only ever forward).
+    pub async fn customer_wrote(&self, account: &str, chat_id: &str, at_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE conversations SET last_customer_ms = $3
+             WHERE account = $1 AND chat_id = $2 AND (last_customer_ms IS NULL OR last_customer_ms < $3)",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(at_ms)
+        .run(self)
+        .await?;
+        Ok(())
     }
 
     /// Conversations of `account` waiting for an answer since before `before_ms`
@@ -598,7 +649,7 @@ impl Store {
         .bind(crm_message_id.map(str::to_string))
         .bind(media.map(str::to_string))
         .bind(now_ms)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -632,7 +683,7 @@ impl Store {
 
     /// Records that a send of `seq` starts now.
     pub async fn outbox_started(&self, seq: i64) -> Result<()> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE seq = $1").bind(seq).execute(&self.pool).await?;
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE seq = $1").bind(seq).run(self).await?;
         Ok(())
     }
 
@@ -644,7 +695,7 @@ impl Store {
         .bind(seq)
         .bind(message_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -655,7 +706,7 @@ impl Store {
             .bind(seq)
             .bind(next_attempt_ms)
             .bind(error)
-            .execute(&self.pool)
+            .run(self)
             .await?;
         Ok(())
     }
@@ -665,7 +716,7 @@ impl Store {
         sqlx::query("UPDATE outbox SET state = 'dead', last_error = $2 WHERE seq = $1")
             .bind(seq)
             .bind(reason)
-            .execute(&self.pool)
+            .run(self)
             .await?;
         Ok(())
     }
@@ -684,8 +735,10 @@ impl Store {
 
     /// Stores a cursor.
     pub async fn set_cursor(&self, scope: &str, name: &str, value: &str) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        put_cursor(&mut conn, scope, name, value).await
+        let mut tx = self.begin().await?;
+        put_cursor(&mut tx, scope, name, value).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     // ---- gateway events and routes ----------------------------------------
@@ -699,7 +752,7 @@ impl Store {
         .bind(kind)
         .bind(key)
         .bind(account)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -770,7 +823,7 @@ impl Store {
 
     /// Marks a webhook handled.
     pub async fn event_done(&self, id: i64, state: &str) -> Result<()> {
-        sqlx::query("UPDATE events SET state = $2 WHERE id = $1").bind(id).bind(state).execute(&self.pool).await?;
+        sqlx::query("UPDATE events SET state = $2 WHERE id = $1").bind(id).bind(state).run(self).await?;
         Ok(())
     }
 
@@ -810,7 +863,7 @@ impl Store {
         )
         .bind(account)
         .bind(upto_id)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -845,11 +898,7 @@ impl Store {
         if rank(Some(status)) <= rank(current.as_deref()) {
             return Ok(None);
         }
-        sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1")
-            .bind(seq)
-            .bind(status)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1").bind(seq).bind(status).run(self).await?;
         Ok(Some((seq, row.try_get("crm_message_id")?)))
     }
 
@@ -882,7 +931,7 @@ impl Store {
         sqlx::query("INSERT INTO webhook_tokens (binding, token) VALUES ($1, $2) ON CONFLICT (binding) DO NOTHING")
             .bind(binding)
             .bind(token)
-            .execute(&self.pool)
+            .run(self)
             .await?;
         let r = sqlx::query("SELECT token FROM webhook_tokens WHERE binding = $1")
             .bind(binding)
@@ -912,7 +961,7 @@ impl Store {
         .bind(nonce.to_vec())
         .bind(ciphertext.to_vec())
         .bind(now_ms)
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -928,7 +977,7 @@ impl Store {
 
     /// Deletes stored session material (a messenger logged the session out).
     pub async fn delete_session(&self, account: &str) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE account = $1").bind(account).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM sessions WHERE account = $1").bind(account).run(self).await?;
         Ok(())
     }
 
@@ -955,7 +1004,7 @@ impl Store {
         .bind(ns)
         .bind(key)
         .bind(value.to_vec())
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -966,7 +1015,7 @@ impl Store {
             .bind(account)
             .bind(ns)
             .bind(key)
-            .execute(&self.pool)
+            .run(self)
             .await?;
         Ok(())
     }
@@ -987,14 +1036,14 @@ impl Store {
             Some(ns) => sqlx::query("DELETE FROM kv WHERE account = $1 AND ns = $2").bind(account).bind(ns),
             None => sqlx::query("DELETE FROM kv WHERE account = $1").bind(account),
         }
-        .execute(&self.pool)
+        .run(self)
         .await?;
         Ok(())
     }
 
     /// Deletes every row of `account` (account deletion).
     pub async fn purge(&self, account: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media", "kv"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = $1")).bind(account).execute(&mut *tx).await?;
         }

@@ -179,6 +179,10 @@ impl AmoCrm {
 
 #[async_trait]
 impl Crm for AmoCrm {
+    async fn subscribe_reply_webhook(&self, destination: &str) -> Result<(), CrmError> {
+        self.subscribe_webhook(destination, &["note_lead"]).await
+    }
+
     async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError> {
         contacts::find_or_create(self, person, dedup).await
     }

@@ -7,6 +7,11 @@
 //! after the last committed cursor delivered again.
 //!
 //! HTTP API (the connector's side under `/v1`, the script's under `/_script`):
+//! - `GET /v1/connect?id=ID` — opens the connection `ID` and holds it open (a
+//!   streamed response) until the client goes away, the way an MTProto session
+//!   holds one TCP connection; every opening and closing is logged
+//!   ([`ScriptedMessenger::connections`]), so a test can check that an account
+//!   never had two live connections at once;
 //! - `GET /v1/updates?after=N&timeout_ms=T` — events with `seq > N` (long poll);
 //! - `POST /v1/send` `{chat_id, text, random_id}` — `{message_id, duplicate}`;
 //! - `GET /v1/sent?chat_id=C&random_id=R` — the message sent with that id, or 404;
@@ -226,8 +231,37 @@ impl Default for Options {
     }
 }
 
+/// One connection the connector held (`GET /v1/connect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// The id the client chose.
+    pub id: String,
+    /// When it opened (Unix ms).
+    pub opened_ms: i64,
+    /// When it closed (Unix ms), or `None` while it is open.
+    pub closed_ms: Option<i64>,
+}
+
+/// Logs the connection closed when the streamed response is dropped (the client
+/// went away or the server stopped).
+struct ConnectionGuard {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Ok(mut i) = self.shared.inner.lock()
+            && let Some(c) = i.connections.get_mut(self.index)
+        {
+            c.closed_ms = Some(now_ms());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
+    connections: Vec<Connection>,
     updates: Vec<Update>,
     sent: Vec<Sent>,
     faults: Vec<Fault>,
@@ -308,6 +342,11 @@ impl ScriptedMessenger {
         self.shared.inner.lock().map(|i| i.sent.clone()).unwrap_or_default()
     }
 
+    /// Every connection the connector opened, in order of opening.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.shared.inner.lock().map(|i| i.connections.clone()).unwrap_or_default()
+    }
+
     /// How many send calls were made (including duplicates and failures).
     pub fn send_calls(&self) -> u64 {
         self.shared.inner.lock().map(|i| i.send_calls).unwrap_or_default()
@@ -369,6 +408,7 @@ fn scan(shared: &Shared) {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/v1/connect", get(connect))
         .route("/v1/updates", get(updates))
         .route("/v1/send", post(send))
         .route("/v1/sent", get(find_sent))
@@ -381,6 +421,31 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_script/scan", post(script_scan))
         .route("/_script/fault", post(script_fault))
         .with_state(shared)
+}
+
+#[derive(Deserialize)]
+struct ConnectQuery {
+    id: String,
+}
+
+/// Opens a connection and holds it: a newline every second until the client
+/// goes away (then the guard logs it closed).
+async fn connect(State(shared): State<Arc<Shared>>, Query(q): Query<ConnectQuery>) -> Response {
+    let index = {
+        let Ok(mut i) = shared.inner.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        i.connections.push(Connection { id: q.id, opened_ms: now_ms(), closed_ms: None });
+        i.connections.len() - 1
+    };
+    let guard = ConnectionGuard { shared, index };
+    let beats = futures::stream::unfold((guard, true), |(guard, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"\n")), (guard, false)))
+    });
+    axum::body::Body::from_stream(beats).into_response()
 }
 
 /// Takes one matching fault, if any.

@@ -100,6 +100,20 @@ const LOGGED_OUT: [&str; 7] = [
     "USER_DEACTIVATED_BAN",
 ];
 
+/// RPC errors that restrict the whole account (Telegram's anti-spam): no send
+/// can succeed until the owner resolves it, so none is retried in a loop and no
+/// reply is dead-lettered for it.
+const RESTRICTED: [(&str, &str); 2] = [
+    (
+        "PEER_FLOOD",
+        "Telegram limited this account for spam (PEER_FLOOD): it cannot write to people who have not written to it first. Replies are held, not dropped; the owner can check the limit and appeal with @SpamBot in the Telegram app, and sending resumes by itself once the limit is lifted",
+    ),
+    (
+        "FROZEN_METHOD_INVALID",
+        "Telegram froze this account (FROZEN_METHOD_INVALID): it can read but not send. Replies are held, not dropped; the owner can appeal in the Telegram app (the banner at the top of the chat list, or @SpamBot), and sending resumes by itself once the account is unfrozen",
+    ),
+];
+
 /// RPC errors that mean a send can never succeed.
 const UNDELIVERABLE: [&str; 10] = [
     "USER_IS_BLOCKED",
@@ -299,6 +313,12 @@ impl Inner {
     /// What a failed call means to the bridge; a logged-out session is wiped.
     async fn classify(&self, e: RpcFailure) -> MessengerError {
         match &e {
+            // Before the 420 arm: a frozen account answers 420 FROZEN_METHOD_INVALID.
+            RpcFailure::Rpc { name, .. } if RESTRICTED.iter().any(|(n, _)| n == name) => {
+                let why = RESTRICTED.iter().find(|(n, _)| n == name).map(|(_, why)| *why).unwrap_or_default();
+                tracing::error!(account = self.s.account, "{why}");
+                MessengerError::Restricted(why.to_string())
+            }
             RpcFailure::Rpc { code: 420, value, name } => {
                 let secs = value.unwrap_or(1).max(1);
                 let until = now_ms() + i64::from(secs) * 1000;
