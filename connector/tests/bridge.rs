@@ -26,6 +26,7 @@ struct Rig {
     store: Store,
     stop: watch::Sender<bool>,
     account: String,
+    metrics: Arc<Metrics>,
 }
 
 fn manifests(base_url: &str, detection: &str) -> String {
@@ -49,6 +50,7 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
             .unwrap();
     let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
     let token = fake.issue_token_pair().access_token;
+    let metrics = Arc::new(Metrics::default());
     let parts = build_account(
         &config,
         &store,
@@ -57,11 +59,11 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
         Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
         None,
         clock,
-        Arc::new(Metrics::default()),
+        metrics.clone(),
     )
     .unwrap();
     let stop = common::run_bridge(&parts, &store).await;
-    Rig { fake, messenger, store, stop, account: parts.key }
+    Rig { fake, messenger, store, stop, account: parts.key, metrics }
 }
 
 async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
@@ -572,4 +574,32 @@ async fn replies_go_to_the_chat_that_wrote_last_and_survive_the_pollers_removal(
     .await;
     assert_eq!(sent_texts(&ma), ["first answer", "third answer"], "nothing went to the wrong chat");
     let _ = stop_b.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
+    let r = rig(&pg("storefail")).await;
+    r.messenger.push(vec![text("3001", "a", "Ann", "hello")]);
+    let lead = wait_for("the lead", 30, || r.fake.snapshot().leads.first().map(|l| l.id)).await;
+    let failed = || {
+        let text = r.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with("crmessenger_connector_store_errors_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(failed(), 0.0);
+    // Writes start failing (here: the fence moves, as when the lock is taken over).
+    let bump = |d: i64| {
+        sqlx::query("UPDATE account_fences SET epoch = epoch + $1 WHERE account = $2").bind(d).bind(r.account.clone())
+    };
+    bump(1).execute(r.store.pool()).await.unwrap();
+    r.fake.add_manager_note(lead, 1001, ">> Here you go");
+    wait_for("the failed write counted", 30, || (failed() >= 1.0).then_some(())).await;
+    assert!(r.messenger.sent().is_empty(), "nothing recorded, nothing sent");
+    // Writes work again: the reply the failed write did not record is polled again and sent once.
+    bump(-1).execute(r.store.pool()).await.unwrap();
+    wait_for("the reply", 30, || (!r.messenger.sent().is_empty()).then_some(())).await;
+    let _ = r.stop.send(true);
+    assert_eq!(r.messenger.sent().len(), 1);
 }

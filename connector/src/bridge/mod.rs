@@ -443,17 +443,15 @@ impl Bridge {
         let mut published: Option<std::time::Instant> = None;
         while !*stop.borrow() {
             let mut busy = false;
-            match self.inbound_pass().await {
-                Ok(b) => busy |= b,
-                Err(e) => tracing::warn!(account = self.account(), "inbound pass failed: {e}"),
-            }
-            match self.events_pass().await {
-                Ok(b) => busy |= b,
-                Err(e) => tracing::warn!(account = self.account(), "webhook pass failed: {e}"),
-            }
-            match self.outbound_pass().await {
-                Ok(b) => busy |= b,
-                Err(e) => tracing::warn!(account = self.account(), "outbound pass failed: {e}"),
+            for (pass, result) in [
+                ("inbound", self.inbound_pass().await),
+                ("webhook", self.events_pass().await),
+                ("outbound", self.outbound_pass().await),
+            ] {
+                match result {
+                    Ok(b) => busy |= b,
+                    Err(PassError::Store(e)) => self.store_failed(&format!("the {pass} pass"), &e),
+                }
             }
             if published.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 self.publish_counts().await;
