@@ -44,7 +44,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// The router.
+    /// The router (it needs the peer's address: serve it with
+    /// [`crate::http::serve`]).
     pub fn router(self) -> Router {
         Router::new()
             .route("/livez", get(|| async { "ok" }))
@@ -63,11 +64,6 @@ impl Admin {
             None => accounts.first().cloned(),
         }
     }
-}
-
-/// Serves `router` on `listener`, with peer addresses for the loopback checks.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {

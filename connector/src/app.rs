@@ -409,7 +409,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
     };
     let listener = tokio::net::TcpListener::bind(settings.admin_addr).await.context("bind the admin address")?;
     tracing::info!(addr = %listener.local_addr()?, "admin port listening");
-    tokio::spawn(crate::admin::serve(listener, admin.router()));
+    tokio::spawn(crate::http::serve(listener, admin.router(), crate::http::Limits::default()));
 
     let state = parts.state.clone();
     let lock = tokio::select! {
@@ -643,9 +643,8 @@ pub async fn gateway(
         Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router())
-        .with_graceful_shutdown(terminated())
-        .await?;
+    let router = Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router();
+    crate::http::serve_until(listener, router, crate::http::Limits::default(), terminated()).await?;
     Ok(0)
 }
 
@@ -653,9 +652,8 @@ pub async fn gateway(
 pub async fn sidecar(admin_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the sidecar address")?;
     tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
-    axum::serve(listener, crate::sidecar::Sidecar::new(admin_url)?.router())
-        .with_graceful_shutdown(terminated())
-        .await?;
+    let router = crate::sidecar::Sidecar::new(admin_url)?.router();
+    crate::http::serve_until(listener, router, crate::http::Limits::default(), terminated()).await?;
     Ok(0)
 }
 
