@@ -345,8 +345,10 @@ pub async fn terminated() {
 pub struct RunSettings {
     /// Database URL.
     pub database_url: String,
-    /// Admin (health, metrics; status and login for loopback) address.
+    /// Admin (health; status and login for loopback) address.
     pub admin_addr: std::net::SocketAddr,
+    /// Metrics address (the only port the account's NetworkPolicy admits).
+    pub metrics_addr: std::net::SocketAddr,
     /// The gateway's public URL (for webhook subscriptions).
     pub gateway_url: Option<String>,
     /// The session key (messenger sessions at rest).
@@ -407,9 +409,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(settings.admin_addr).await.context("bind the admin address")?;
-    tracing::info!(addr = %listener.local_addr()?, "admin port listening");
-    tokio::spawn(crate::http::serve(listener, admin.router(), crate::http::Limits::default()));
+    serve_admin(admin, settings.admin_addr, settings.metrics_addr).await?;
 
     let state = parts.state.clone();
     let lock = tokio::select! {
@@ -629,6 +629,21 @@ async fn watch_deletion(
             Err(e) => tracing::warn!("could not confirm the cleanup: {e}"),
         }
     }
+}
+
+/// Serves the admin port on `admin_addr` and metrics on `metrics_addr` (in the
+/// background, once both are bound).
+async fn serve_admin(
+    admin: Admin,
+    admin_addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(admin_addr).await.context("bind the admin address")?;
+    let metrics = tokio::net::TcpListener::bind(metrics_addr).await.context("bind the metrics address")?;
+    tracing::info!(admin = %listener.local_addr()?, metrics = %metrics.local_addr()?, "admin and metrics ports listening");
+    tokio::spawn(crate::http::serve(listener, admin.clone().router(), crate::http::Limits::default()));
+    tokio::spawn(crate::http::serve(metrics, admin.metrics_router(), crate::http::Limits::default()));
+    Ok(())
 }
 
 /// `gateway`: serves webhooks until SIGTERM; `chats_secret` verifies Chats API

@@ -336,7 +336,9 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
         None => format!("http://{}", gateway_listener.local_addr()?),
     };
     tracing::info!(admin = %admin_listener.local_addr()?, login = %login_listener.local_addr()?, gateway = %gateway_listener.local_addr()?, "listening");
-    tokio::spawn(crate::http::serve(admin_listener, admin.clone().router(), crate::http::Limits::default()));
+    // One host: metrics share the admin port (loopback by default).
+    let admin_router = admin.clone().router().merge(admin.clone().metrics_router());
+    tokio::spawn(crate::http::serve(admin_listener, admin_router, crate::http::Limits::default()));
     let sidecar = crate::sidecar::Sidecar::new(&admin_url)?;
     tokio::spawn(crate::http::serve(login_listener, sidecar.router(), crate::http::Limits::default()));
     // The same store: on SQLite its in-process wake-ups are how a stored webhook
