@@ -1,9 +1,10 @@
-//! The connector's admin port: health for the kubelet's probes, metrics, and —
-//! to loopback peers only (the sidecar in the same pod) — status and login.
+//! The connector's admin port: health for the kubelet's probes and — to loopback
+//! peers only (the sidecar in the same pod) — status and login. Metrics have a
+//! port of their own ([`Admin::metrics_router`]), the only one the account's
+//! NetworkPolicy admits.
 //!
 //! - `GET /livez`, `/healthz`: the process serves requests;
 //! - `GET /readyz`: the process works (its database answers) — never "logged in";
-//! - `GET /metrics`: OpenMetrics text;
 //! - `GET /status`: every account's state, queue sizes and dead letters (loopback);
 //! - `GET /login?account=NS/NAME`: login progress (loopback);
 //! - `POST /login?account=NS/NAME` with `code` or `password` (loopback).
@@ -44,16 +45,21 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// The router.
+    /// The admin port's router (it needs the peer's address: serve it with
+    /// [`crate::http::serve`]).
     pub fn router(self) -> Router {
         Router::new()
             .route("/livez", get(|| async { "ok" }))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
-            .route("/metrics", get(metrics))
             .route("/status", get(status))
             .route("/login", get(login_state).post(login_submit))
             .with_state(self)
+    }
+
+    /// The metrics port's router: `GET /metrics`, OpenMetrics text.
+    pub fn metrics_router(self) -> Router {
+        Router::new().route("/metrics", get(metrics)).with_state(self)
     }
 
     fn account(&self, key: Option<&str>) -> Option<AccountHandle> {
@@ -63,11 +69,6 @@ impl Admin {
             None => accounts.first().cloned(),
         }
     }
-}
-
-/// Serves `router` on `listener`, with peer addresses for the loopback checks.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {

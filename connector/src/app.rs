@@ -347,8 +347,10 @@ pub async fn terminated() {
 pub struct RunSettings {
     /// Database URL.
     pub database_url: String,
-    /// Admin (health, metrics; status and login for loopback) address.
+    /// Admin (health; status and login for loopback) address.
     pub admin_addr: std::net::SocketAddr,
+    /// Metrics address (the only port the account's NetworkPolicy admits).
+    pub metrics_addr: std::net::SocketAddr,
     /// The gateway's public URL (for webhook subscriptions).
     pub gateway_url: Option<String>,
     /// The session key (messenger sessions at rest).
@@ -409,9 +411,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<i32> {
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(settings.admin_addr).await.context("bind the admin address")?;
-    tracing::info!(addr = %listener.local_addr()?, "admin port listening");
-    tokio::spawn(crate::admin::serve(listener, admin.router()));
+    serve_admin(admin, settings.admin_addr, settings.metrics_addr).await?;
 
     let state = parts.state.clone();
     let lock = tokio::select! {
@@ -634,6 +634,21 @@ async fn watch_deletion(
     }
 }
 
+/// Serves the admin port on `admin_addr` and metrics on `metrics_addr` (in the
+/// background, once both are bound).
+async fn serve_admin(
+    admin: Admin,
+    admin_addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(admin_addr).await.context("bind the admin address")?;
+    let metrics = tokio::net::TcpListener::bind(metrics_addr).await.context("bind the metrics address")?;
+    tracing::info!(admin = %listener.local_addr()?, metrics = %metrics.local_addr()?, "admin and metrics ports listening");
+    tokio::spawn(crate::http::serve(listener, admin.clone().router(), crate::http::Limits::default()));
+    tokio::spawn(crate::http::serve(metrics, admin.metrics_router(), crate::http::Limits::default()));
+    Ok(())
+}
+
 /// `gateway`: serves webhooks until SIGTERM; `chats_secret` verifies Chats API
 /// hooks, `whatsapp` the Meta app's webhooks.
 pub async fn gateway(
@@ -646,9 +661,8 @@ pub async fn gateway(
         Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router())
-        .with_graceful_shutdown(terminated())
-        .await?;
+    let router = Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router();
+    crate::http::serve_until(listener, router, crate::http::Limits::default(), terminated()).await?;
     Ok(0)
 }
 
@@ -656,9 +670,8 @@ pub async fn gateway(
 pub async fn sidecar(admin_url: &str, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the sidecar address")?;
     tracing::info!(addr = %listener.local_addr()?, "sidecar listening");
-    axum::serve(listener, crate::sidecar::Sidecar::new(admin_url)?.router())
-        .with_graceful_shutdown(terminated())
-        .await?;
+    let router = crate::sidecar::Sidecar::new(admin_url)?.router();
+    crate::http::serve_until(listener, router, crate::http::Limits::default(), terminated()).await?;
     Ok(0)
 }
 

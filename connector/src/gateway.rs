@@ -22,19 +22,29 @@
 //! - `GET /healthz`, `/readyz`.
 //!
 //! Bad input never has a side effect: an unknown token is 404, a malformed body 400,
-//! a replayed hook is stored once. A write that cannot finish within the sender's
-//! deadline is answered 503, so the sender (amoCRM retries REST webhooks) tries again.
+//! a replayed hook is stored once, a media URL with a bad signature writes nothing.
+//! A write that cannot finish within the sender's deadline is answered 503, so the
+//! sender (amoCRM retries REST webhooks) tries again.
+//!
+//! Load: at most [`MAX_IN_FLIGHT`] requests at a time on the routes whose senders
+//! retry (REST webhooks, WhatsApp webhooks, media); beyond that they are shed at
+//! once with 503 instead of queueing. Chats API hooks are never shed: amoCRM sends
+//! each one once. Slow clients are cut by the deadlines of [`crate::http`].
 
 use crate::messenger::OutgoingMedia;
 use crate::store::Store;
 use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use crmessenger_crm::clock::{Clock, SystemClock};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 
 /// Route kind: binding → the CRM key its leads are routed by.
 pub const ROUTE_BINDING_CRM: &str = "binding-crm";
@@ -42,6 +52,9 @@ pub const ROUTE_BINDING_CRM: &str = "binding-crm";
 pub const DEADLINE: Duration = Duration::from_millis(1500);
 /// The largest body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
+/// Requests in progress at once on the routes whose senders retry (per replica);
+/// more are answered 503 at once.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Route kind: WhatsApp phone number id → account.
 pub const ROUTE_WA_NUMBER: &str = "wa-number";
@@ -88,15 +101,26 @@ impl Gateway {
         self
     }
 
-    /// The router.
+    /// The router (serve it with [`crate::http::serve`] for the deadlines).
     pub fn router(self) -> Router {
-        Router::new()
+        // One budget shared by these routes: their senders retry a 503.
+        let shed = tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "busy; try again\n")
+            }))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(MAX_IN_FLIGHT));
+        let retried = Router::new()
             .route("/amocrm/webhook/{token}", post(amocrm_rest))
-            .route("/amocrm/chats/{scope_id}", post(amocrm_chats))
             .route("/whatsapp/webhook", get(whatsapp_verify).post(whatsapp_webhook))
             .route("/media/{id}", get(media))
+            .route_layer(shed);
+        // Chats API hooks come once and are never retried: never shed.
+        Router::new()
+            .route("/amocrm/chats/{scope_id}", post(amocrm_chats))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
+            .merge(retried)
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
@@ -214,16 +238,11 @@ async fn whatsapp_verify(
         return (StatusCode::NOT_FOUND, "WhatsApp is not configured on this gateway\n").into_response();
     };
     let token = q.get("hub.verify_token").map(String::as_str).unwrap_or_default();
-    let matches: bool = subtle_eq(token.as_bytes(), app.verify_token.as_bytes());
+    let matches: bool = token.as_bytes().ct_eq(app.verify_token.as_bytes()).into();
     match (q.get("hub.mode").map(String::as_str), q.get("hub.challenge")) {
         (Some("subscribe"), Some(challenge)) if matches => challenge.clone().into_response(),
         _ => (StatusCode::FORBIDDEN, "verification failed\n").into_response(),
     }
-}
-
-/// Constant-time equality of two byte strings.
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether `header` is `sha256=` and the HMAC-SHA256 of `body` under `secret`
@@ -325,8 +344,9 @@ async fn media(
     axum::extract::Query(q): axum::extract::Query<MediaQuery>,
 ) -> Response {
     let work = async {
-        let key = g.store.media_key().await?;
-        if !crate::store::media::verify(&key, &id, q.exp, &q.sig) {
+        // Read only: with no key yet, no URL was ever signed.
+        let key = g.store.existing_media_key().await?;
+        if !key.is_some_and(|key| crate::store::media::verify(&key, &id, q.exp, &q.sig)) {
             return Ok((StatusCode::FORBIDDEN, "bad signature\n").into_response());
         }
         if q.exp < SystemClock.now_ms() {

@@ -7,6 +7,7 @@
 //! - [`bridge`]: the engine that moves messages both ways;
 //! - [`gateway`]: the shared webhook receiver;
 //! - [`sidecar`] and [`admin`]: the login and status pages;
+//! - [`http`]: how every listener is served (deadlines, headers, peer address);
 //! - [`kube`]: the connector's own status, Lease heartbeat and config;
 //! - [`app`]: the subcommands put together;
 //! - [`standalone`]: every account of a manifest directory in one process.
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod gateway;
+pub mod http;
 pub mod kube;
 pub mod messenger;
 pub mod metrics;

@@ -65,9 +65,12 @@ enum Command {
         /// PostgreSQL URL.
         #[arg(long, env = "CRMESSENGER_DATABASE_URL", hide_env_values = true)]
         database_url: String,
-        /// Health, metrics, and (for the sidecar, on loopback) status and login.
+        /// Health, and (for the sidecar, on loopback) status and login.
         #[arg(long, env = "CRMESSENGER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
         admin_addr: SocketAddr,
+        /// Metrics (`/metrics`, OpenMetrics).
+        #[arg(long, env = "CRMESSENGER_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+        metrics_addr: SocketAddr,
         /// The gateway's public URL (webhook subscriptions).
         #[arg(long, env = "CRMESSENGER_GATEWAY_URL")]
         gateway_url: Option<String>,
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
             Command::Run {
                 database_url,
                 admin_addr,
+                metrics_addr,
                 gateway_url,
                 session_key,
                 chats,
@@ -210,6 +214,7 @@ fn main() -> ExitCode {
                 app::run(app::RunSettings {
                     database_url,
                     admin_addr,
+                    metrics_addr,
                     gateway_url,
                     session_key,
                     chats,

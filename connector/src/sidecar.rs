@@ -1,19 +1,27 @@
-//! The sidecar: the pod's only exposed port (ClusterIP; people reach it with
-//! `kubectl port-forward`). It serves the login page with the current QR code and
-//! the status, reading everything from the connector's admin port on loopback, so
-//! it holds no state and no credentials of its own.
+//! The sidecar: the pod's login and status page, reached by people through
+//! `kubectl port-forward` (the API server checks RBAC on `pods/portforward`). It
+//! reads everything from the connector's admin port on loopback, so it holds no
+//! state and no credentials of its own.
 //!
 //! `GET /login` (HTML, refreshed before the QR code expires), `/login/qr.svg`,
-//! `/login/qr.png`, `POST /login` (code or password form), `/status` (JSON),
-//! `/healthz`, `/readyz`, `/metrics`.
+//! `/login/qr.png`, `POST /login` (code or password form) and `/status` (JSON) are
+//! served only to what `port-forward` looks like inside the pod: a loopback peer,
+//! a `Host` that names loopback (no DNS rebinding), and for a form a same-origin
+//! `Origin` when there is one (no cross-site posts). Anything else is 403, so the
+//! page stays private even when the port is reachable in the cluster. `/healthz`
+//! and `/readyz` are open (the kubelet probes from the node). Nothing is cached
+//! (`Cache-Control: no-store`); metrics are the connector's own port, not this one.
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Where the connector's admin port is.
 #[derive(Clone)]
@@ -36,16 +44,19 @@ impl Sidecar {
         Ok(Self { admin: admin_url.trim_end_matches('/').to_string(), http })
     }
 
-    /// The router.
+    /// The router (it needs the peer's address: serve it with [`crate::http::serve`]).
     pub fn router(self) -> Router {
-        Router::new()
+        let local = Router::new()
             .route("/login", get(page).post(submit))
             .route("/login/qr.svg", get(qr_svg))
             .route("/login/qr.png", get(qr_png))
             .route("/status", get(|s: State<Sidecar>| proxy(s, "/status")))
+            .route_layer(middleware::from_fn(port_forward_only));
+        Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|s: State<Sidecar>| proxy(s, "/readyz")))
-            .route("/metrics", get(|s: State<Sidecar>| proxy(s, "/metrics")))
+            .merge(local)
+            .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
             .with_state(self)
     }
 
@@ -61,6 +72,75 @@ impl Sidecar {
         }
         resp.json().await.map_err(unavailable)
     }
+}
+
+/// Lets through only requests that come the way `kubectl port-forward` brings them.
+async fn port_forward_only(req: Request, next: Next) -> Response {
+    match refusal(&req) {
+        Some(why) => {
+            tracing::warn!("sidecar request refused: {why}");
+            (StatusCode::FORBIDDEN, format!("{why}\nThe login page is reached with `kubectl port-forward` only.\n"))
+                .into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// Why `req` may not see the login page or status, if it may not.
+fn refusal(req: &Request) -> Option<String> {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() else {
+        return Some("the peer address is unknown".into());
+    };
+    if !is_loopback(peer.ip()) {
+        return Some(format!("refused: the request came from {} over the network, not over loopback", peer.ip()));
+    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let Some(host) = host.filter(|h| loopback_host(h)) else {
+        return Some(format!("refused: the Host header ({host:?}) must be localhost, 127.0.0.1 or [::1]"));
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+    {
+        let same =
+            origin.to_str().ok().and_then(|o| o.strip_prefix("http://")).is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some(format!("refused: a form sent from another origin ({origin:?}, this page is http://{host})"));
+        }
+    }
+    None
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
+}
+
+/// Whether a `Host` value (with or without a port) names loopback: `localhost`,
+/// `127.x.y.z` or `[::1]`.
+fn loopback_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, "")) => (ip, None),
+            Some((ip, port)) => match port.strip_prefix(':') {
+                Some(port) => (ip, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    let name_ok = if host.starts_with('[') {
+        name.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+    } else {
+        name.eq_ignore_ascii_case("localhost") || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    port_ok && name_ok
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -138,7 +218,7 @@ async fn qr_image(
 ) -> Response {
     match s.login(account).await.map(|v| qr_code(&v)) {
         Ok(Some((code, _))) => match render(&code) {
-            Ok(body) => ([("content-type", content_type), ("cache-control", "no-store")], body).into_response(),
+            Ok(body) => ([("content-type", content_type)], body).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         },
         Ok(None) => (StatusCode::NOT_FOUND, "no QR code to show: not waiting for a scan\n").into_response(),
@@ -174,5 +254,38 @@ async fn submit(State(s): State<Sidecar>, Query(q): Query<AccountQuery>, Form(f)
             (status, r.text().await.unwrap_or_default()).into_response()
         }
         Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for good in
+            ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:18080", "127.1.2.3:80", "[::1]", "[::1]:8080"]
+        {
+            assert!(loopback_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "example.com",
+            "localhost.example.com",
+            "evil.localhost",
+            "10.0.0.1:8080",
+            "127.0.0.1:",
+            "127.0.0.1:80x",
+            "127.0.0.1:123456",
+            "[::1",
+            "[::2]:80",
+            "::1",
+            "[127.0.0.1]",
+            "localhost:8080:1",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
     }
 }

@@ -336,19 +336,17 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
         None => format!("http://{}", gateway_listener.local_addr()?),
     };
     tracing::info!(admin = %admin_listener.local_addr()?, login = %login_listener.local_addr()?, gateway = %gateway_listener.local_addr()?, "listening");
-    tokio::spawn(crate::admin::serve(admin_listener, admin.clone().router()));
+    // One host: metrics share the admin port (loopback by default).
+    let admin_router = admin.clone().router().merge(admin.clone().metrics_router());
+    tokio::spawn(crate::http::serve(admin_listener, admin_router, crate::http::Limits::default()));
     let sidecar = crate::sidecar::Sidecar::new(&admin_url)?;
-    tokio::spawn(async move { axum::serve(login_listener, sidecar.router()).await });
+    tokio::spawn(crate::http::serve(login_listener, sidecar.router(), crate::http::Limits::default()));
     // The same store: on SQLite its in-process wake-ups are how a stored webhook
     // reaches its account at once.
     let chats_secret = s.chats.as_ref().map(|c| c.secret.clone());
-    tokio::spawn(
-        axum::serve(
-            gateway_listener,
-            Gateway::new(store.clone()).with_chats_secret(chats_secret).with_whatsapp(s.whatsapp.clone()).router(),
-        )
-        .into_future(),
-    );
+    let gateway =
+        Gateway::new(store.clone()).with_chats_secret(chats_secret).with_whatsapp(s.whatsapp.clone()).router();
+    tokio::spawn(crate::http::serve(gateway_listener, gateway, crate::http::Limits::default()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Attachments for the CRM are served by the in-process gateway.

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 /// `crmessenger-connector run` for the account `shop` in `ns` (its ConfigMap and
 /// Lease `shop-connector`) on the database `db`, as the cluster admin unless the
-/// caller sets `KUBECONFIG` again; the admin port on `admin`.
+/// caller sets `KUBECONFIG` again; the admin port on `admin`, metrics on any free
+/// loopback port.
 fn connector_run(cp: &ControlPlane, db: &str, ns: &str, admin: &str) -> Command {
     let mut run = Command::new(env!("CARGO_BIN_EXE_crmessenger-connector"));
-    run.args(["run", "--admin-addr", admin])
+    run.args(["run", "--admin-addr", admin, "--metrics-addr", "127.0.0.1:0"])
         .env("KUBECONFIG", cp.kubeconfig())
         .env("CRMESSENGER_DATABASE_URL", db)
         .env("POD_NAMESPACE", ns)

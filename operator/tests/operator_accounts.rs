@@ -46,8 +46,15 @@ async fn an_account_becomes_a_connector_with_least_privilege() {
     let svc = get(cp, &ns, "service/sales-tg-connector").expect("service");
     assert_eq!(svc["spec"]["type"], "ClusterIP");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(svc["spec"]["ports"][1]["port"], 9091);
+    // Only scraping over the network; people come through port-forward (loopback).
     let np = get(cp, &ns, "networkpolicy/sales-tg-connector").expect("network policy");
-    assert_eq!(np["spec"]["ingress"], json!([{ "ports": [{ "port": 8080, "protocol": "TCP" }] }]));
+    assert_eq!(np["spec"]["ingress"], json!([{ "ports": [{ "port": 9091, "protocol": "TCP" }] }]));
+    // The API token is the connector's alone; the sidecar has no Secret.
+    assert_eq!(pod_spec["automountServiceAccountToken"], false);
+    assert_eq!(containers[0]["volumeMounts"][1]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
+    assert!(containers[1].get("volumeMounts").is_none(), "{}", containers[1]);
+    assert!(!containers[1].to_string().contains("secretKeyRef"), "{}", containers[1]);
     assert!(get(cp, &ns, "serviceaccount/sales-tg-connector").is_some());
     assert!(get(cp, &ns, "lease/sales-tg-connector").is_some());
     let rb = get(cp, &ns, "rolebinding/sales-tg-connector").expect("role binding");

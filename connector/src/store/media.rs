@@ -39,7 +39,7 @@ pub fn verify(key: &[u8], id: &str, exp_ms: i64, sig: &str) -> bool {
 }
 
 impl Store {
-    /// The installation's media URL key (created on first use).
+    /// The installation's media URL key, created on first use: for signing URLs.
     pub async fn media_key(&self) -> Result<Vec<u8>> {
         let fresh = hex::encode(uuid::Uuid::new_v4().into_bytes()) + &hex::encode(uuid::Uuid::new_v4().into_bytes());
         sqlx::query("INSERT INTO settings (name, value) VALUES ('media_key', $1) ON CONFLICT (name) DO NOTHING")
@@ -51,6 +51,16 @@ impl Store {
             .await?
             .try_get("value")?;
         Ok(hex::decode(value).unwrap_or_default())
+    }
+
+    /// The media URL key if one was ever created: for checking URLs, which must
+    /// never write (none yet means no URL was ever signed).
+    pub async fn existing_media_key(&self) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = 'media_key'").fetch_optional(&self.pool).await?;
+        let Some(row) = row else { return Ok(None) };
+        let value: String = row.try_get("value")?;
+        // An unreadable or empty key verifies nothing.
+        Ok(hex::decode(value).ok().filter(|k| !k.is_empty()))
     }
 
     /// Stores an attachment until `expires_ms`; returns its id. Expired ones go.

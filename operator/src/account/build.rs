@@ -14,10 +14,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use serde_json::{Value, json};
 
-/// The sidecar's port: the pod's only port meant to be reached (port-forward).
+/// The sidecar's port: the login page, reached through `kubectl port-forward` only
+/// (the sidecar refuses anything that does not arrive over loopback).
 pub const SIDECAR_PORT: u16 = 8080;
-/// The connector's health and metrics port (probes, scraping).
+/// The connector's health port (probes; status and login for the sidecar on loopback).
 pub const HEALTH_PORT: u16 = 9090;
+/// The connector's metrics port: the only port the NetworkPolicy admits (scraping).
+pub const METRICS_PORT: u16 = 9091;
+/// Where the connector container gets its ServiceAccount token (kube-rs reads the
+/// in-cluster config from here); no other container gets one.
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long a projected ServiceAccount token lives (the kubelet's default).
+const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
 /// The Lease a connector renews as its heartbeat.
 pub const LEASE_SECONDS: i32 = 30;
 /// Non-root user the containers run as.
@@ -28,9 +36,9 @@ const UID: i64 = 65532;
 pub struct Children {
     /// The connector pod's owner (one replica, Parallel).
     pub stateful_set: StatefulSet,
-    /// ClusterIP for the sidecar.
+    /// ClusterIP for the sidecar and the metrics port.
     pub service: Service,
-    /// Admits only the sidecar port.
+    /// Admits only the metrics port.
     pub network_policy: NetworkPolicy,
     /// The connector's heartbeat.
     pub lease: Lease,
@@ -131,15 +139,20 @@ pub fn build(
         "spec": {
             "type": "ClusterIP",
             "selector": labels::pod_selector(&name),
-            "ports": [{ "name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP" }],
+            "ports": [
+                { "name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP" },
+                { "name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP" },
+            ],
         }
     }))?;
     service.metadata = meta(&child);
+    // Only scraping comes in over the network: people reach the sidecar through
+    // `kubectl port-forward`, which arrives on loopback and is not subject to it.
     let mut network_policy: NetworkPolicy = from_json(json!({
         "spec": {
             "podSelector": { "matchLabels": labels::pod_selector(&name) },
             "policyTypes": ["Ingress"],
-            "ingress": [{ "ports": [{ "port": SIDECAR_PORT, "protocol": "TCP" }] }],
+            "ingress": [{ "ports": [{ "port": METRICS_PORT, "protocol": "TCP" }] }],
         }
     }))?;
     network_policy.metadata = meta(&child);
@@ -219,6 +232,7 @@ fn stateful_set_spec(
         json!({ "name": "CRMESSENGER_ACCOUNT", "value": name }),
         json!({ "name": "CRMESSENGER_CONFIG_MAP", "value": child }),
         json!({ "name": "CRMESSENGER_LEASE", "value": child }),
+        json!({ "name": "CRMESSENGER_METRICS_ADDR", "value": format!("0.0.0.0:{METRICS_PORT}") }),
     ];
     // Secret values reach the pod by reference only; their hash in the template
     // rolls the pod when one changes.
@@ -251,8 +265,28 @@ fn stateful_set_spec(
         .map(|r| serde_json::to_value(r).unwrap_or_default())
         .unwrap_or_else(|| json!({ "requests": { "cpu": "20m", "memory": "32Mi" }, "limits": { "memory": "256Mi" } }));
     let probe = |path: &str, port: &str| json!({ "httpGet": { "path": path, "port": port }, "periodSeconds": 10, "failureThreshold": 3 });
+    // The token is mounted into the connector only: the sidecar faces people and
+    // needs no API access, so it gets neither the token nor any Secret.
+    let token_volume = json!({
+        "name": "kube-api-access",
+        "projected": {
+            "defaultMode": 0o644,
+            "sources": [
+                { "serviceAccountToken": { "expirationSeconds": TOKEN_EXPIRATION_SECONDS, "path": "token" } },
+                { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                { "downwardAPI": { "items": [
+                    { "path": "namespace", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } },
+                ] } },
+            ],
+        },
+    });
+    let sidecar_env = json!([
+        { "name": "CRMESSENGER_ADMIN_URL", "value": format!("http://127.0.0.1:{HEALTH_PORT}") },
+        { "name": "CRMESSENGER_SIDECAR_ADDR", "value": format!("0.0.0.0:{SIDECAR_PORT}") },
+    ]);
     let mut pod_spec = json!({
         "serviceAccountName": child,
+        "automountServiceAccountToken": false,
         "terminationGracePeriodSeconds": 30,
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
@@ -265,19 +299,25 @@ fn stateful_set_spec(
                 "imagePullPolicy": settings.image_pull_policy,
                 "args": ["run"],
                 "env": env,
-                "ports": [{ "name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP" }],
+                "ports": [
+                    { "name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP" },
+                    { "name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP" },
+                ],
                 "livenessProbe": probe("/livez", "health"),
                 "readinessProbe": probe("/readyz", "health"),
                 "resources": resources,
                 "securityContext": restricted,
-                "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+                "volumeMounts": [
+                    { "name": "tmp", "mountPath": "/tmp" },
+                    { "name": "kube-api-access", "mountPath": TOKEN_MOUNT_PATH, "readOnly": true },
+                ],
             },
             {
                 "name": "sidecar",
                 "image": image,
                 "imagePullPolicy": settings.image_pull_policy,
                 "args": ["sidecar"],
-                "env": env,
+                "env": sidecar_env,
                 "ports": [{ "name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP" }],
                 "livenessProbe": probe("/healthz", "http"),
                 "readinessProbe": probe("/healthz", "http"),
@@ -285,7 +325,7 @@ fn stateful_set_spec(
                 "securityContext": restricted,
             },
         ],
-        "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } }],
+        "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } }, token_volume],
     });
     for (key, value) in [
         ("nodeSelector", overrides.node_selector.map(|v| json!(v))),
@@ -366,6 +406,12 @@ mod tests {
         let db = env.as_array().unwrap().iter().find(|e| e["name"] == "CRMESSENGER_DATABASE_URL").unwrap();
         assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "support-telegram-connector-runtime");
         assert!(env.as_array().unwrap().iter().any(|e| e["name"] == "CRMESSENGER_GATEWAY_URL"));
+        // The sidecar faces people: no Secret, no database URL, only the admin URL.
+        let sidecar = &sts["spec"]["template"]["spec"]["containers"][1];
+        assert_eq!(sidecar["name"], "sidecar");
+        assert!(!sidecar.to_string().contains("secretKeyRef"), "{sidecar}");
+        assert!(!sidecar.to_string().contains("CRMESSENGER_DATABASE_URL"), "{sidecar}");
+        assert!(sidecar["env"].as_array().unwrap().iter().any(|e| e["name"] == "CRMESSENGER_ADMIN_URL"));
         // A new database URL rolls the pod; no values, no Secret.
         let hash = |c: &Children| {
             serde_json::to_value(&c.stateful_set).unwrap()["spec"]["template"]["metadata"]["annotations"][RUNTIME_HASH]
@@ -396,6 +442,42 @@ mod tests {
         }
         let owner = &c.config_map.metadata.owner_references.unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.controller), ("MessengerAccount", Some(true)));
+    }
+
+    #[test]
+    fn only_metrics_are_admitted_and_only_the_connector_gets_a_token() {
+        let c = children("telegram-qr.yaml", |_| {});
+        let np = serde_json::to_value(&c.network_policy).unwrap();
+        assert_eq!(np["spec"]["ingress"], json!([{ "ports": [{ "port": METRICS_PORT, "protocol": "TCP" }] }]));
+        let svc = serde_json::to_value(&c.service).unwrap();
+        let ports: Vec<_> = svc["spec"]["ports"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
+        assert_eq!(ports, [json!("http"), json!("metrics")]);
+
+        let pod = serde_json::to_value(&c.stateful_set).unwrap()["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let (connector, sidecar) = (&pod["containers"][0], &pod["containers"][1]);
+        assert!(
+            connector["ports"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP" }))
+        );
+        let metrics_env = connector["env"].as_array().unwrap().iter().find(|e| e["name"] == "CRMESSENGER_METRICS_ADDR");
+        assert_eq!(metrics_env.unwrap()["value"], format!("0.0.0.0:{METRICS_PORT}"));
+        // The token where kube-rs looks for it, read-only, in the connector only.
+        let mount = connector["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == TOKEN_MOUNT_PATH);
+        let mount = mount.expect("the connector mounts its token");
+        assert_eq!(mount["readOnly"], true);
+        assert!(sidecar.get("volumeMounts").is_none(), "{sidecar}");
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let sources = volume["projected"]["sources"].as_array().unwrap();
+        assert_eq!(sources[0]["serviceAccountToken"], json!({ "expirationSeconds": 3607, "path": "token" }));
+        assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+        assert_eq!(sources[1]["configMap"]["items"], json!([{ "key": "ca.crt", "path": "ca.crt" }]));
+        assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
+        assert_eq!(sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"], "metadata.namespace");
+        // Without a token, the sidecar also has no Secret of any kind.
+        assert!(!sidecar.to_string().contains("secretKeyRef"), "{sidecar}");
     }
 
     #[test]
