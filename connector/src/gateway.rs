@@ -238,7 +238,8 @@ async fn whatsapp_verify(
         return (StatusCode::NOT_FOUND, "WhatsApp is not configured on this gateway\n").into_response();
     };
     let token = q.get("hub.verify_token").map(String::as_str).unwrap_or_default();
-    let matches: bool = token.as_bytes().ct_eq(app.verify_token.as_bytes()).into();
+    // No verify token configured: no handshake can succeed (an empty guess must not).
+    let matches: bool = !app.verify_token.is_empty() && bool::from(token.as_bytes().ct_eq(app.verify_token.as_bytes()));
     match (q.get("hub.mode").map(String::as_str), q.get("hub.challenge")) {
         (Some("subscribe"), Some(challenge)) if matches => challenge.clone().into_response(),
         _ => (StatusCode::FORBIDDEN, "verification failed\n").into_response(),
@@ -379,6 +380,21 @@ async fn media(
 #[cfg(test)]
 mod whatsapp_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_a_verify_token_no_handshake_succeeds() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("g.db").display()), 1).await.unwrap();
+        let app = WhatsAppApp { app_secret: "app-secret".into(), verify_token: String::new() };
+        for token in ["", "guess"] {
+            let router = Gateway::new(store.clone()).with_whatsapp(Some(app.clone())).router();
+            let uri = format!("/whatsapp/webhook?hub.mode=subscribe&hub.challenge=7&hub.verify_token={token}");
+            let req = axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "token {token:?}");
+        }
+    }
 
     #[test]
     fn hub_signatures_are_checked_exactly() {
