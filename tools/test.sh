@@ -24,11 +24,7 @@ export CRMESSENGER_CONTROLPLANE_BIN
 
 step "postgresql"
 # The storage tests start their own server from the installed binaries.
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ -z "${CRMESSENGER_POSTGRES_BIN:-}" ]; then
-  echo "PostgreSQL is not installed; installing the Debian package"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
-fi
+tools/postgres.sh
 ls -d /usr/lib/postgresql/*/bin 2>/dev/null || echo "CRMESSENGER_POSTGRES_BIN=$CRMESSENGER_POSTGRES_BIN"
 
 step "cargo fmt --check"

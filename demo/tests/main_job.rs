@@ -1,0 +1,35 @@
+//! The main job with `--once`, as CI runs it: everything arrives, and the summary
+//! says what the sandbox CRM recorded and how the accounts stand.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn the_main_job_plays_the_whole_conversation() {
+    let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-demo")).arg("--once").output().expect("run the main job");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the main job failed:\n{stdout}\n{stderr}");
+    let summary: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("demo-summary: "))
+        .map(|s| serde_json::from_str(s).expect("the summary is JSON"))
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    // One contact and one lead per customer; each message and each answer once.
+    assert_eq!(summary["contacts"], 2, "{summary}");
+    assert_eq!(summary["leads"], 2, "{summary}");
+    let notes: Vec<&str> = summary["notes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for text in ["Hello! Is the blue kettle still in stock?", "Hi, can I pick up my order today?"] {
+        assert_eq!(notes.iter().filter(|n| n.contains(text)).count(), 1, "{text} once: {notes:?}");
+    }
+    assert_eq!(summary["telegram_sent"], serde_json::json!(["Yes, two left. Shall I reserve one for you?"]));
+    assert_eq!(summary["whatsapp_sent"], serde_json::json!(["Yes, until 8 pm. See you!"]));
+    assert_eq!(summary["whatsapp_delivery"], "read");
+    for account in summary["accounts"].as_array().unwrap() {
+        assert_eq!(account["ready"], "True", "{account}");
+    }
+    // What a person is shown: the cluster's view and where to look.
+    assert!(stdout.contains("messengeraccount.crmessenger.io/shop-telegram"), "{stdout}");
+    assert!(stdout.contains("login page of shop/shop-telegram: http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("[sandbox] amoCRM"), "{stdout}");
+}
