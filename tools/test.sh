@@ -27,6 +27,15 @@ step "postgresql"
 tools/postgres.sh
 ls -d /usr/lib/postgresql/*/bin 2>/dev/null || echo "CRMESSENGER_POSTGRES_BIN=$CRMESSENGER_POSTGRES_BIN"
 
+step "chromium"
+# Pages a person looks at (the amoCRM sandbox) are checked in headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "Chromium is not installed; installing Debian's package"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

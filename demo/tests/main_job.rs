@@ -6,7 +6,17 @@ use std::process::Command;
 
 #[test]
 fn the_main_job_plays_the_whole_conversation() {
-    let out = Command::new(env!("CARGO_BIN_EXE_crmessenger-demo")).arg("--once").output().expect("run the main job");
+    // A screenshot of the sandbox CRM as the conversation left it (CI installs Chromium).
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("main-job-amocrm.png");
+    let _ = std::fs::remove_file(&shot);
+    let with_chromium = Command::new("chromium").arg("--version").output().is_ok();
+    assert!(with_chromium || std::env::var_os("CI").is_none(), "chromium is missing on CI");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-demo"));
+    cmd.arg("--once");
+    if with_chromium {
+        cmd.arg("--screenshot").arg(&shot);
+    }
+    let out = cmd.output().expect("run the main job");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the main job failed:\n{stdout}\n{stderr}");
@@ -31,5 +41,12 @@ fn the_main_job_plays_the_whole_conversation() {
     // What a person is shown: the cluster's view and where to look.
     assert!(stdout.contains("messengeraccount.crmessenger.io/shop-telegram"), "{stdout}");
     assert!(stdout.contains("login page of shop/shop-telegram: http://127.0.0.1:"), "{stdout}");
-    assert!(stdout.contains("[sandbox] amoCRM"), "{stdout}");
+    assert!(stdout.contains("[sandbox] amoCRM, as a manager sees it"), "{stdout}");
+    if with_chromium {
+        let png = std::fs::read(&shot).expect("the screenshot");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+        println!("screenshot: {}", shot.display());
+    } else {
+        eprintln!("no screenshot: Debian's chromium is not installed (tools/test.sh installs it)");
+    }
 }

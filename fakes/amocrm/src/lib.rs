@@ -19,6 +19,7 @@ mod hooks;
 mod limits;
 mod model;
 mod oauth;
+mod page;
 mod respond;
 mod rest;
 mod server;

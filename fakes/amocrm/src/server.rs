@@ -18,7 +18,7 @@ use crate::limits::{FaultKind, Refusal};
 use crate::model::RequestRecord;
 use crate::respond::{self, Resp};
 use crate::state::Shared;
-use crate::{chats, control, oauth, rest};
+use crate::{chats, control, oauth, page, rest};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -77,6 +77,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Wit
     let query = parts.uri.query().map(str::to_string);
     if path.starts_with(control::PREFIX) {
         return Ok(control::handle(&shared, &method, &path, &bytes).await);
+    }
+    if page::is_page(&path) {
+        return Ok(page::handle(&shared, &method, &path, &bytes).await);
     }
     let at_ms = shared.clock.now_ms();
     let real_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);

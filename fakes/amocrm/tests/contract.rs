@@ -8,6 +8,8 @@ mod common;
 mod entities;
 #[path = "contract/hooks.rs"]
 mod hooks;
+#[path = "contract/page.rs"]
+mod page;
 
 use std::time::Duration;
 
