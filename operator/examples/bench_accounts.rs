@@ -30,7 +30,17 @@ fn main() -> anyhow::Result<()> {
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = std::process::Command::new(&operator);
     let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "8".into());
+    // Connectors never run here (kwok), but without a database the operator would
+    // create none of them.
+    cp.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bench-db",
+        "--from-literal=dsn=postgres://bench@127.0.0.1:9/none",
+    ])?;
     cmd.args(["run", "--leader-election=false", "--admin-addr", &admin, "--concurrency", &concurrency])
+        .args(["--connector-image", "example.invalid/crmessenger:bench", "--database-secret", "bench-db"])
         .env("RUST_LOG", "warn");
     let pid = cp.spawn_logged("operator", cmd)?;
     cp.kubectl_ok(&["create", "namespace", "bench"])?;

@@ -110,47 +110,50 @@ impl Context {
 
     /// What every connector pod gets beyond its config: the database URL and session
     /// key (from Secrets in the operator's namespace; a missing one is logged and
-    /// left out) and the gateway URL. Read at most every 30 s.
-    pub async fn runtime_values(&self) -> crate::account::build::RuntimeValues {
+    /// left out, and for the database the reason is kept for the account's status)
+    /// and the gateway URL. Read at most every 30 s; a failed read is not cached.
+    pub async fn runtime_values(&self) -> Result<crate::account::build::RuntimeValues, kube::Error> {
         let mut cached = self.runtime.lock().await;
         if let Some((at, v)) = cached.as_ref()
             && at.elapsed() < RUNTIME_TTL
         {
-            return v.clone();
+            return Ok(v.clone());
         }
         let r = &self.settings.connector_runtime;
-        let read = |source: Option<(String, String)>| async move {
-            let (name, key) = source?;
-            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-                kube::Api::namespaced(self.client.clone(), &r.namespace);
-            match api.get_opt(&name).await {
-                Ok(Some(secret)) => {
-                    let value = crmessenger_api::common::secret_strings(&secret).remove(&key);
-                    if value.is_none() {
-                        tracing::warn!("Secret {}/{name} has no key {key}; connectors will not get it", r.namespace);
-                    }
-                    value
-                }
-                Ok(None) => {
-                    tracing::warn!("Secret {}/{name} does not exist; connectors will not get it", r.namespace);
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!("reading Secret {}/{name}: {e}", r.namespace);
-                    None
-                }
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(self.client.clone(), &r.namespace);
+        // The value, or why there is none.
+        let read = |source: Option<(String, String)>| {
+            let api = api.clone();
+            async move {
+                let Some((name, key)) = source else { return Ok(Err(String::new())) };
+                let missing = match api.get_opt(&name).await? {
+                    Some(secret) => match crmessenger_api::common::secret_strings(&secret).remove(&key) {
+                        Some(value) => return Ok(Ok(value)),
+                        None => format!("Secret {}/{name} has no key {key}", r.namespace),
+                    },
+                    None => format!("Secret {}/{name} does not exist", r.namespace),
+                };
+                tracing::warn!("{missing}; connectors will not get it");
+                Ok::<_, kube::Error>(Err(missing))
             }
         };
+        let database = match &r.database {
+            crate::settings::Database::Secret { name, key } => Some((name.clone(), key.clone())),
+            _ => None,
+        };
+        let database = read(database).await?;
         let values = crate::account::build::RuntimeValues {
-            database_url: read(r.database.clone()).await,
-            session_key: read(r.session_key.clone()).await,
+            database_missing: database.as_ref().err().filter(|m| !m.is_empty()).cloned(),
+            database_url: database.ok(),
+            session_key: read(r.session_key.clone()).await?.ok(),
             gateway_url: r.gateway_url.clone(),
-            chats_secret: read(r.chats_secret.clone()).await,
+            chats_secret: read(r.chats_secret.clone()).await?.ok(),
             chats_channel_id: r.chats_channel_id.clone(),
             chats_base_url: r.chats_base_url.clone(),
         };
         *cached = Some((std::time::Instant::now(), values.clone()));
-        values
+        Ok(values)
     }
 
     /// Counts a failed reconcile of `key`.

@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod context;
 pub mod crdgen;
 pub mod error;
+pub mod generated;
 pub mod labels;
 pub mod metrics;
 pub mod policy;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use crmessenger_operator::run::{RunOptions, run};
-use crmessenger_operator::settings::Settings;
+use crmessenger_operator::settings::{Database, Settings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,9 +32,21 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Connector image for accounts that do not override it.
-    #[arg(long, env = "CRMESSENGER_CONNECTOR_IMAGE", default_value = crmessenger_operator::settings::DEFAULT_CONNECTOR_IMAGE)]
-    connector_image: String,
+    /// Connector image for accounts that do not override it (required; the chart
+    /// passes its own image).
+    #[arg(long, env = "CRMESSENGER_CONNECTOR_IMAGE")]
+    connector_image: Option<String>,
+    /// Pull policy of the connector image.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    image_pull_policy: String,
+    /// A Secret for pulling the connector image, set on every connector pod and
+    /// ServiceAccount (it must exist in each account's namespace). Repeatable.
+    #[arg(long = "image-pull-secret")]
+    image_pull_secrets: Vec<String>,
+    /// Environment added to every connector container: a JSON list of Kubernetes
+    /// EnvVar objects, e.g. `[{"name":"OTEL_EXPORTER_OTLP_ENDPOINT","value":"http://otel:4318"}]`.
+    #[arg(long, env = "CRMESSENGER_CONNECTOR_EXTRA_ENV", default_value = "[]")]
+    connector_extra_env: String,
     /// Where /livez, /readyz and /metrics are served.
     #[arg(long, env = "CRMESSENGER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
@@ -63,6 +75,8 @@ struct RunArgs {
     #[arg(long, env = "CRMESSENGER_LOG_JSON")]
     log_json: bool,
     /// Secret (in the operator's namespace) with the connectors' PostgreSQL URL.
+    /// Without one, accounts report ConfigValid=False (DatabaseNotConfigured) and
+    /// get no connector.
     #[arg(long)]
     database_secret: Option<String>,
     /// Key of the database Secret.
@@ -74,6 +88,15 @@ struct RunArgs {
     /// Key of the session key Secret.
     #[arg(long, default_value = "key")]
     session_key_secret_key: String,
+    /// Create the session key Secret with 32 random bytes if it does not exist (it
+    /// is never changed afterwards).
+    #[arg(long)]
+    generate_session_key: bool,
+    /// Name of the bundled evaluation PostgreSQL's Service in the operator's
+    /// namespace: the operator creates the Secret of that name (keys password and
+    /// dsn) if it does not exist, and never changes it.
+    #[arg(long)]
+    bundled_postgres: Option<String>,
     /// The gateway's public URL (connectors subscribe webhooks to it).
     #[arg(long)]
     gateway_url: Option<String>,
@@ -131,14 +154,26 @@ async fn cli() -> anyhow::Result<()> {
                 crmessenger_operator::telemetry::init("crmessenger-operator", args.log_json, "info,kube=warn")?;
             let metrics = std::sync::Arc::new(crmessenger_operator::metrics::Metrics::default());
             let client = crmessenger_operator::run::counted_client(metrics.clone()).await?;
+            let extra_env = serde_json::from_str(&args.connector_extra_env).map_err(|e| {
+                anyhow::anyhow!("--connector-extra-env is not a JSON list of Kubernetes EnvVar objects: {e}")
+            })?;
+            let database = match args.database_secret.filter(|n| !n.is_empty()) {
+                Some(name) => Database::Secret { name, key: args.database_secret_key },
+                None => Database::NotConfigured,
+            };
             let settings = Settings {
-                connector_image: args.connector_image,
+                connector_image: args.connector_image.unwrap_or_default(),
+                image_pull_policy: args.image_pull_policy,
+                image_pull_secrets: args.image_pull_secrets.into_iter().filter(|s| !s.is_empty()).collect(),
+                extra_env,
                 heartbeat_timeout: Duration::from_secs(args.heartbeat_timeout),
                 cleanup_timeout: Duration::from_secs(args.cleanup_timeout),
                 connector_runtime: crmessenger_operator::settings::ConnectorRuntime {
                     namespace: args.lease_namespace.clone(),
-                    database: args.database_secret.map(|n| (n, args.database_secret_key)),
+                    database,
+                    bundled_postgres: args.bundled_postgres.filter(|n| !n.is_empty()),
                     session_key: args.session_key_secret.map(|n| (n, args.session_key_secret_key)),
+                    generate_session_key: args.generate_session_key,
                     gateway_url: args.gateway_url.filter(|u| !u.is_empty()),
                     chats_channel_id: args.chats_channel_id.filter(|c| !c.is_empty()),
                     chats_secret: args

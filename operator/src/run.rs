@@ -36,7 +36,11 @@ pub struct RunOptions {
 /// Runs until SIGTERM/SIGINT (or until leadership is lost, which exits so that a
 /// fresh process competes again).
 pub async fn run(client: Client, settings: Settings, options: RunOptions, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    check_settings(&settings)?;
     check_crds(&client).await?;
+    // Before the election, by every replica: the bundled database and the gateway
+    // wait for these Secrets, and a standby may be the first to start.
+    crate::generated::ensure(&client, &settings.connector_runtime).await?;
     let ready = Readiness::default();
     let bound = admin::serve(options.admin_addr, ready.clone(), metrics.clone()).await?;
     tracing::info!(%bound, "admin server listening");
@@ -340,6 +344,23 @@ pub async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
         req
     });
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+/// Refuses settings no connector could run with.
+fn check_settings(settings: &Settings) -> anyhow::Result<()> {
+    if settings.connector_image.trim().is_empty() {
+        anyhow::bail!(
+            "no connector image: pass --connector-image (or set CRMESSENGER_CONNECTOR_IMAGE) to the image that holds {} (the chart passes its own image)",
+            crate::settings::CONNECTOR_COMMAND
+        );
+    }
+    if let Some(e) = settings.extra_env.iter().find(|e| crate::settings::reserved_env_name(&e.name)) {
+        anyhow::bail!(
+            "the extra connector environment sets {}, which the operator sets itself (names starting with CRMESSENGER_, POD_NAME and POD_NAMESPACE are reserved)",
+            e.name
+        );
+    }
+    Ok(())
 }
 
 async fn check_crds(client: &Client) -> anyhow::Result<()> {

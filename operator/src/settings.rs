@@ -1,17 +1,30 @@
 //! Installation-wide settings of the operator (from flags and the chart's values).
 
+use k8s_openapi::api::core::v1::EnvVar;
 use std::time::Duration;
 
-/// The connector image used when neither the flag nor the account names one.
-pub const DEFAULT_CONNECTOR_IMAGE: &str = "ghcr.io/crmessenger/crmessenger:latest";
+/// Where the image keeps the connector binary; the operator sets it as the command
+/// of every container it runs, so the image needs no particular entrypoint.
+pub const CONNECTOR_COMMAND: &str = "/usr/local/bin/crmessenger-connector";
 
 /// How the operator builds connectors and judges their health.
+///
+/// `Default` is for running the operator inside another program (tests): no
+/// connector image, and connectors that get their database from whoever starts
+/// them ([`Database::Unmanaged`]). The binary sets every field from its flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Default connector image (an account may override it).
+    /// Connector image (an account may override it). Required: [`crate::run::run`]
+    /// refuses to start without one.
     pub connector_image: String,
     /// Pull policy of the connector image.
     pub image_pull_policy: String,
+    /// Secrets (by name, in each account's namespace) for pulling the connector
+    /// image; set on every connector pod and ServiceAccount.
+    pub image_pull_secrets: Vec<String>,
+    /// Environment added to every connector container (say, `OTEL_*`). Part of the
+    /// pod template, so a change rolls the connectors.
+    pub extra_env: Vec<EnvVar>,
     /// A connector whose Lease was not renewed for this long is unavailable.
     pub heartbeat_timeout: Duration,
     /// How long deletion waits for the connector to log out and purge.
@@ -29,10 +42,15 @@ pub struct Settings {
 pub struct ConnectorRuntime {
     /// The operator's namespace, where the source Secrets are.
     pub namespace: String,
-    /// `(Secret, key)` holding the PostgreSQL URL.
-    pub database: Option<(String, String)>,
+    /// Where the PostgreSQL URL comes from.
+    pub database: Database,
+    /// The bundled evaluation PostgreSQL: the name of its Service, and of the
+    /// Secret (keys `password` and `dsn`) the operator creates for it if absent.
+    pub bundled_postgres: Option<String>,
     /// `(Secret, key)` holding the session key.
     pub session_key: Option<(String, String)>,
+    /// Create the session key Secret with a random key when it does not exist.
+    pub generate_session_key: bool,
     /// The gateway's public URL.
     pub gateway_url: Option<String>,
     /// The installation's Chats API channel id.
@@ -43,11 +61,38 @@ pub struct ConnectorRuntime {
     pub chats_base_url: Option<String>,
 }
 
+/// Where connectors get their PostgreSQL URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Database {
+    /// None configured: accounts get `ConfigValid=False` (`DatabaseNotConfigured`)
+    /// and no connector, since a connector without a database cannot start.
+    NotConfigured,
+    /// A Secret in the operator's namespace holds the URL under `key`.
+    Secret {
+        /// The Secret's name.
+        name: String,
+        /// The key holding the URL.
+        key: String,
+    },
+    /// Whoever starts the connectors gives them the URL (connectors run outside
+    /// the cluster, as in tests); the operator neither checks nor passes one.
+    #[default]
+    Unmanaged,
+}
+
+/// Environment variables the operator sets on connector containers itself; an
+/// extra variable may not take one of these names.
+pub fn reserved_env_name(name: &str) -> bool {
+    name.starts_with("CRMESSENGER_") || name == "POD_NAME" || name == "POD_NAMESPACE"
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            connector_image: DEFAULT_CONNECTOR_IMAGE.into(),
+            connector_image: String::new(),
             image_pull_policy: "IfNotPresent".into(),
+            image_pull_secrets: Vec::new(),
+            extra_env: Vec::new(),
             heartbeat_timeout: Duration::from_secs(45),
             cleanup_timeout: Duration::from_secs(120),
             crm_requests_per_second: crmessenger_crm::budget::Limit::AMOCRM_REST.rate,

@@ -24,15 +24,25 @@ app.kubernetes.io/component: operator
 {{- default (include "crmessenger.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{- /* The project's image: repository@digest when a digest is set, else repository:tag. */ -}}
 {{- define "crmessenger.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Name of the bundled PostgreSQL's Service, StatefulSet and Secret. */ -}}
+{{- define "crmessenger.postgresName" -}}
+{{- printf "%s-postgres" (include "crmessenger.fullname" .) -}}
 {{- end -}}
 
 {{- define "crmessenger.dsnSecretName" -}}
 {{- if .Values.postgres.dsnSecret.name -}}
 {{- .Values.postgres.dsnSecret.name -}}
 {{- else if .Values.postgres.bundled.enabled -}}
-{{- printf "%s-postgres" (include "crmessenger.fullname" .) -}}
+{{- include "crmessenger.postgresName" . -}}
 {{- end -}}
 {{- end -}}
 

@@ -2,12 +2,12 @@
 //! no IO, so every field is tested from fixtures.
 
 use crate::labels::{self, CONFIG_HASH, RUNTIME_HASH};
-use crate::settings::Settings;
+use crate::settings::{CONNECTOR_COMMAND, Settings};
 use crmessenger_api::MessengerAccount;
 use crmessenger_api::config::{CONFIG_KEY, ConnectorConfig, config_map_name};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, LocalObjectReference, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -59,6 +59,8 @@ pub struct Children {
 pub struct RuntimeValues {
     /// PostgreSQL URL.
     pub database_url: Option<String>,
+    /// Why the configured database Secret gave no URL (a sentence for the status).
+    pub database_missing: Option<String>,
     /// Session key.
     pub session_key: Option<String>,
     /// The gateway's public URL.
@@ -158,7 +160,12 @@ pub fn build(
     network_policy.metadata = meta(&child);
     let mut lease: Lease = from_json(json!({ "spec": { "leaseDurationSeconds": LEASE_SECONDS } }))?;
     lease.metadata = meta(&child);
-    let service_account = ServiceAccount { metadata: meta(&child), ..ServiceAccount::default() };
+    // The pull secrets also on the ServiceAccount, so any pod running as it can pull.
+    let service_account = ServiceAccount {
+        metadata: meta(&child),
+        image_pull_secrets: pull_secrets(settings),
+        ..ServiceAccount::default()
+    };
     let mut role: Role = from_json(json!({ "rules": role_rules(config, &name, &child) }))?;
     role.metadata = meta(&child);
     let mut role_binding: RoleBinding = from_json(json!({
@@ -177,6 +184,27 @@ pub fn build(
         config_map,
         runtime_secret,
     })
+}
+
+fn pull_secrets(settings: &Settings) -> Option<Vec<LocalObjectReference>> {
+    let refs: Vec<_> =
+        settings.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect();
+    (!refs.is_empty()).then_some(refs)
+}
+
+/// `own` followed by the installation's extra variables (`Settings::extra_env`)
+/// whose names `own` does not use: the operator's own settings win, and a list-map
+/// keyed by name must not repeat a name. Without `secrets`, a variable read from a
+/// Secret is left out (the sidecar faces people and gets no Secret).
+fn with_extra_env(own: Vec<Value>, settings: &Settings, secrets: bool) -> Value {
+    let mut env = own;
+    for extra in &settings.extra_env {
+        let from_secret = extra.value_from.as_ref().is_some_and(|v| v.secret_key_ref.is_some());
+        if (secrets || !from_secret) && !env.iter().any(|e| e["name"] == extra.name.as_str()) {
+            env.push(serde_json::to_value(extra).unwrap_or_default());
+        }
+    }
+    Value::Array(env)
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
@@ -280,10 +308,10 @@ fn stateful_set_spec(
             ],
         },
     });
-    let sidecar_env = json!([
-        { "name": "CRMESSENGER_ADMIN_URL", "value": format!("http://127.0.0.1:{HEALTH_PORT}") },
-        { "name": "CRMESSENGER_SIDECAR_ADDR", "value": format!("0.0.0.0:{SIDECAR_PORT}") },
-    ]);
+    let sidecar_env = vec![
+        json!({ "name": "CRMESSENGER_ADMIN_URL", "value": format!("http://127.0.0.1:{HEALTH_PORT}") }),
+        json!({ "name": "CRMESSENGER_SIDECAR_ADDR", "value": format!("0.0.0.0:{SIDECAR_PORT}") }),
+    ];
     let mut pod_spec = json!({
         "serviceAccountName": child,
         "automountServiceAccountToken": false,
@@ -297,8 +325,9 @@ fn stateful_set_spec(
                 "name": "connector",
                 "image": image,
                 "imagePullPolicy": settings.image_pull_policy,
+                "command": [CONNECTOR_COMMAND],
                 "args": ["run"],
-                "env": env,
+                "env": with_extra_env(env, settings, true),
                 "ports": [
                     { "name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP" },
                     { "name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP" },
@@ -316,8 +345,9 @@ fn stateful_set_spec(
                 "name": "sidecar",
                 "image": image,
                 "imagePullPolicy": settings.image_pull_policy,
+                "command": [CONNECTOR_COMMAND],
                 "args": ["sidecar"],
-                "env": sidecar_env,
+                "env": with_extra_env(sidecar_env, settings, false),
                 "ports": [{ "name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP" }],
                 "livenessProbe": probe("/healthz", "http"),
                 "readinessProbe": probe("/healthz", "http"),
@@ -332,6 +362,7 @@ fn stateful_set_spec(
         ("tolerations", overrides.tolerations.map(|v| json!(v))),
         ("affinity", overrides.affinity.map(|v| json!(v))),
         ("priorityClassName", overrides.priority_class_name.map(|v| json!(v))),
+        ("imagePullSecrets", pull_secrets(settings).map(|v| json!(v))),
     ] {
         if let Some(v) = value {
             pod_spec[key] = v;
@@ -495,6 +526,53 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example/crm:1"));
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn image_command_pull_secrets_and_extra_env_reach_both_containers() {
+        let (a, b, p) = fixture("telegram-qr.yaml");
+        let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
+        let extra: Vec<k8s_openapi::api::core::v1::EnvVar> = serde_json::from_value(json!([
+            { "name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel.example:4318" },
+            { "name": "OTEL_TOKEN", "valueFrom": { "secretKeyRef": { "name": "otel", "key": "token" } } },
+            { "name": "CRMESSENGER_ACCOUNT", "value": "not-this-one" },
+        ]))
+        .unwrap();
+        let settings = Settings {
+            connector_image: "registry.example/crm@sha256:0123".into(),
+            image_pull_policy: "Always".into(),
+            image_pull_secrets: vec!["regcred".into()],
+            extra_env: extra,
+            ..Settings::default()
+        };
+        let c = build(&a, &config, &settings, &RuntimeValues::default()).unwrap();
+        let pod = serde_json::to_value(&c.stateful_set).unwrap()["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["imagePullSecrets"], json!([{ "name": "regcred" }]));
+        assert_eq!(
+            serde_json::to_value(&c.service_account).unwrap()["imagePullSecrets"],
+            json!([{ "name": "regcred" }])
+        );
+        let env_of = |i: usize| pod["containers"][i]["env"].as_array().unwrap().clone();
+        let value_of = |env: &[Value], name: &str| env.iter().find(|e| e["name"] == name).cloned();
+        for (i, args) in [(0, "run"), (1, "sidecar")] {
+            let container = &pod["containers"][i];
+            assert_eq!(container["command"], json!([CONNECTOR_COMMAND]));
+            assert_eq!(container["args"], json!([args]));
+            assert_eq!(container["image"], "registry.example/crm@sha256:0123");
+            assert_eq!(container["imagePullPolicy"], "Always");
+            let env = env_of(i);
+            assert_eq!(value_of(&env, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap()["value"], "http://otel.example:4318");
+        }
+        // The operator's own variables win; the sidecar gets no Secret, not even this way.
+        let connector_env = env_of(0);
+        assert_eq!(connector_env.iter().filter(|e| e["name"] == "CRMESSENGER_ACCOUNT").count(), 1);
+        assert_eq!(value_of(&connector_env, "CRMESSENGER_ACCOUNT").unwrap()["value"], "support-telegram");
+        assert!(value_of(&connector_env, "OTEL_TOKEN").is_some());
+        assert!(value_of(&env_of(1), "OTEL_TOKEN").is_none());
+        // Without pull secrets the fields stay unset.
+        let plain = children("telegram-qr.yaml", |_| {});
+        assert!(plain.service_account.image_pull_secrets.is_none());
+        assert!(plain.stateful_set.spec.unwrap().template.spec.unwrap().image_pull_secrets.is_none());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::labels::FINALIZER;
 use crate::selection;
 use crmessenger_api::common::conditions::CONFIG_VALID;
-use crmessenger_api::config::{RuntimeSettings, render};
-use crmessenger_api::{MessengerAccount, SyncPolicy};
+use crmessenger_api::config::{ConnectorConfig, RuntimeSettings, render};
+use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -25,6 +25,8 @@ use std::time::Duration;
 
 /// How often an account without a heartbeat to watch is looked at anyway.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How often an account waiting for the database Secret is looked at.
+const DATABASE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Reconciles one account.
 #[tracing::instrument(skip_all, fields(account = %account.name_any(), namespace = account.namespace().unwrap_or_default()))]
@@ -69,16 +71,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
         RuntimeSettings { crm_requests_per_second: ctx.settings.crm_requests_per_second, token_version: None };
     let (config_valid, desired_hash) = match validate::resolve(binding, policy.as_ref()) {
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
-            Ok(config) => {
-                let hash = config.hash();
-                let runtime = ctx.runtime_values().await;
-                let children = build::build(&account, &config, &ctx.settings, &runtime).map_err(Error::Malformed)?;
-                let created = account.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
-                let new_account = Timestamp::now().duration_since(created).as_secs_f64() < 60.0;
-                children::apply_if_changed(&ctx, &namespace, &account.name_any(), &children, &hash, new_account)
-                    .await?;
-                (Verdict::yes(CONFIG_VALID, "Valid", format!("bound by CrmBinding {}", binding.name_any())), Some(hash))
-            }
+            Ok(config) => connector(&ctx, &account, &namespace, binding, &config).await?,
             Err(e) => (Verdict::no(CONFIG_VALID, "InvalidSpec", e.to_string()), None),
         },
         Err(verdict) => (verdict, None),
@@ -102,8 +95,37 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     if crate::conditions::newly_failed(&status.conditions, &config_valid) {
         ctx.warn(account.as_ref(), &config_valid.reason, config_valid.message.clone(), "Reconcile").await;
     }
+    // Secrets in the operator's namespace are not watched: while the database Secret
+    // is missing, look again soon, so one created by hand is noticed.
+    let waiting_for_secret = config_valid.reason == validate::DATABASE_SECRET_MISSING;
     write_status(&ctx, &account, &[config_valid, available, ready], phase, binding_ref).await?;
+    if waiting_for_secret {
+        return Ok(Action::requeue(DATABASE_RECHECK));
+    }
     Ok(Action::requeue(next_check(lease.as_ref(), ctx.settings.heartbeat_timeout)))
+}
+
+/// Builds and applies the connector of a valid config, and says so — unless the
+/// installation has no database for it (a connector without one exits at once):
+/// then that is the verdict, and children already running are left as they are.
+async fn connector(
+    ctx: &Context,
+    account: &MessengerAccount,
+    namespace: &str,
+    binding: &CrmBinding,
+    config: &ConnectorConfig,
+) -> Result<(Verdict, Option<String>)> {
+    let runtime = ctx.runtime_values().await?;
+    if let Err(verdict) = validate::database(&ctx.settings.connector_runtime.database, &runtime) {
+        return Ok((verdict, None));
+    }
+    let hash = config.hash();
+    let children = build::build(account, config, &ctx.settings, &runtime).map_err(Error::Malformed)?;
+    let created = account.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let new_account = Timestamp::now().duration_since(created).as_secs_f64() < 60.0;
+    children::apply_if_changed(ctx, namespace, &account.name_any(), &children, &hash, new_account).await?;
+    let bound = format!("bound by CrmBinding {}", binding.name_any());
+    Ok((Verdict::yes(CONFIG_VALID, "Valid", bound), Some(hash)))
 }
 
 /// When to look again: just after the heartbeat would go stale (renewals change

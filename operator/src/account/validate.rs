@@ -1,7 +1,9 @@
 //! Checks that an account, its binding and the binding's policy make a usable
 //! configuration. Pure.
 
+use super::build::RuntimeValues;
 use crate::conditions::Verdict;
+use crate::settings::Database;
 use crmessenger_api::common::conditions::CONFIG_VALID;
 use crmessenger_api::{CrmBinding, SyncPolicy};
 use kube::ResourceExt;
@@ -30,4 +32,57 @@ pub fn resolve<'a>(
         ));
     };
     Ok((binding, policy))
+}
+
+/// Whether connectors can be given a database (`runtime` holds what the operator
+/// read from the database Secret, or why it could not). A connector without one
+/// exits at once, so this is a validation outcome, not a crash-looping pod.
+pub fn database(source: &Database, runtime: &RuntimeValues) -> Result<(), Verdict> {
+    match source {
+        Database::Unmanaged => Ok(()),
+        Database::NotConfigured => Err(Verdict::no(
+            CONFIG_VALID,
+            DATABASE_NOT_CONFIGURED,
+            "no database is configured for connectors: set postgres.dsnSecret.name (a Secret in the operator's \
+             namespace holding a PostgreSQL URL) or postgres.bundled.enabled=true in the chart's values",
+        )),
+        Database::Secret { name, key } => match &runtime.database_url {
+            Some(_) => Ok(()),
+            None => Err(Verdict::no(
+                CONFIG_VALID,
+                DATABASE_SECRET_MISSING,
+                runtime.database_missing.clone().unwrap_or_else(|| format!("Secret {name} has no key {key}")),
+            )),
+        },
+    }
+}
+
+/// Reason: the installation has no database for connectors.
+pub const DATABASE_NOT_CONFIGURED: &str = "DatabaseNotConfigured";
+/// Reason: the database Secret the installation names is absent or lacks its key.
+pub const DATABASE_SECRET_MISSING: &str = "DatabaseSecretMissing";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_database_is_a_reason_that_says_what_to_set() {
+        let none = RuntimeValues::default();
+        let err = database(&Database::NotConfigured, &none).unwrap_err();
+        assert_eq!((err.ok, err.reason.as_str()), (false, "DatabaseNotConfigured"));
+        assert!(
+            err.message.contains("postgres.dsnSecret.name") && err.message.contains("postgres.bundled.enabled=true")
+        );
+        let secret = Database::Secret { name: "db".into(), key: "dsn".into() };
+        let absent = RuntimeValues { database_missing: Some("Secret crm/db does not exist".into()), ..none.clone() };
+        let err = database(&secret, &absent).unwrap_err();
+        assert_eq!(
+            (err.reason.as_str(), err.message.as_str()),
+            ("DatabaseSecretMissing", "Secret crm/db does not exist")
+        );
+        let read = RuntimeValues { database_url: Some("postgres://u@127.0.0.1/db".into()), ..none.clone() };
+        assert!(database(&secret, &read).is_ok());
+        assert!(database(&Database::Unmanaged, &none).is_ok());
+    }
 }

@@ -26,13 +26,33 @@ pub fn cp() -> &'static ControlPlane {
     cp
 }
 
-/// Starts an operator process with the test timeouts, as the admin; returns its
-/// admin address and pid.
+/// The database Secret [`start_operator`] gives the operator: a URL on a loopback
+/// port nothing listens on (kwok runs no connector that would use it).
+pub const TEST_DATABASE_SECRET: &str = "crmessenger-test-database";
+
+/// Starts an operator process with the test timeouts and a database Secret in its
+/// namespace (else every account is `DatabaseNotConfigured`), as the admin; returns
+/// its admin address and pid.
 pub fn start_operator(cp: &ControlPlane, name: &str, extra: &[&str]) -> anyhow::Result<(String, u32)> {
-    start_operator_as(cp, name, extra, None, &[])
+    let namespace = extra
+        .iter()
+        .position(|a| *a == "--lease-namespace")
+        .and_then(|i| extra.get(i + 1))
+        .copied()
+        .unwrap_or("default");
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {TEST_DATABASE_SECRET} }}\nstringData: {{ dsn: \"postgres://crmessenger@127.0.0.1:9/unused\" }}\n"
+    );
+    let out = cp.kubectl_apply_output(&secret, &["-n", namespace])?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = vec!["--database-secret", TEST_DATABASE_SECRET];
+    args.extend_from_slice(extra);
+    start_operator_as(cp, name, &args, None, &[])
 }
 
-/// Like [`start_operator`], authenticated by `kubeconfig` instead of the admin.
+/// Starts an operator process with the test timeouts and exactly `extra` besides
+/// (plus a connector image unless `extra` names one), authenticated by
+/// `kubeconfig` instead of the admin when given.
 pub fn start_operator_as(
     cp: &ControlPlane,
     name: &str,
@@ -43,8 +63,11 @@ pub fn start_operator_as(
     let port = crmessenger_testkit::controlplane::free_port()?;
     let admin = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-operator"));
-    cmd.args(["run", "--admin-addr", &admin, "--connector-image", "example.invalid/crmessenger:test"])
-        .args(["--heartbeat-timeout", &HEARTBEAT_TIMEOUT_SECS.to_string()])
+    cmd.args(["run", "--admin-addr", &admin]);
+    if !extra.iter().any(|a| a.starts_with("--connector-image")) {
+        cmd.args(["--connector-image", "example.invalid/crmessenger:test"]);
+    }
+    cmd.args(["--heartbeat-timeout", &HEARTBEAT_TIMEOUT_SECS.to_string()])
         .args(["--cleanup-timeout", &CLEANUP_TIMEOUT_SECS.to_string()])
         .env("RUST_LOG", "info,kube=warn");
     if let Some(k) = kubeconfig {
