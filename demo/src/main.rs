@@ -212,7 +212,7 @@ async fn run(args: &Args) -> Result<bool> {
     let summary = conversation(&demo).await;
     print_state(&demo);
     if let Some(path) = &args.screenshot {
-        screenshot(&format!("{}/sandbox", demo.amo.base_url()), path)?;
+        crmessenger_testkit::browser::screenshot(&format!("{}/sandbox", demo.amo.base_url()), path)?;
         say(&format!("-- screenshot of the amoCRM sandbox: {}", path.display()));
     }
     let ok = match &summary {
@@ -499,38 +499,4 @@ fn print_state(d: &Demo) {
     say(&format!("   [sandbox] amoCRM, as a manager sees it (answer there by hand): {}/sandbox", d.amo.base_url()));
     say(&format!("   KUBECONFIG={}  (kubectl from {})", d.cp.kubeconfig().display(), d.cp.bin_dir().display()));
     say(&format!("   logs: {}", d.cp.dir().join("logs").display()));
-}
-
-/// A screenshot of `url` by headless Chromium, with nothing that reaches off this machine.
-fn screenshot(url: &str, path: &std::path::Path) -> Result<()> {
-    let profile = tempfile_dir()?;
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1280,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(url)
-        .output()
-        .context("run chromium (Debian's package `chromium`)")?;
-    let _ = std::fs::remove_dir_all(&profile);
-    if !path.exists() {
-        bail!("chromium made no screenshot: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("crmessenger-demo-chromium-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -9,7 +9,7 @@ fn the_main_job_plays_the_whole_conversation() {
     // A screenshot of the sandbox CRM as the conversation left it (CI installs Chromium).
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("main-job-amocrm.png");
     let _ = std::fs::remove_file(&shot);
-    let with_chromium = Command::new("chromium").arg("--version").output().is_ok();
+    let with_chromium = crmessenger_testkit::browser::available();
     assert!(with_chromium || std::env::var_os("CI").is_none(), "chromium is missing on CI");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmessenger-demo"));
     cmd.arg("--once");

@@ -1,40 +1,16 @@
 //! The sandbox's web page, looked at as a person would: rendered by headless
 //! Chromium (Debian's `chromium`), with a screenshot, and answered through its form.
 
-use std::process::Command;
-
 use crate::common::start;
 use crmessenger_fake_amocrm::FakeConfig;
+use crmessenger_testkit::browser;
 use http::StatusCode;
 use serde_json::json;
-
-/// Debian's Chromium, headless, with nothing that reaches off this machine.
-fn chromium(url: &str, extra: &[String]) -> std::process::Output {
-    let profile = tempfile::tempdir().expect("profile dir");
-    Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run chromium")
-}
 
 // Chromium is run blocking: the fake's server needs a thread of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_page_shows_what_a_manager_sees_and_takes_a_reply() {
-    if Command::new("chromium").arg("--version").output().is_err() {
+    if !browser::available() {
         // CI installs it (tools/test.sh); elsewhere say why this check did not run.
         assert!(std::env::var_os("CI").is_none(), "chromium is missing on CI");
         eprintln!("skipped: Debian's chromium is not installed (tools/test.sh installs it)");
@@ -61,7 +37,7 @@ async fn the_sandbox_page_shows_what_a_manager_sees_and_takes_a_reply() {
     // What Chromium renders: the sandbox label, the contact, the lead with its note
     // (markup in a message shown as text) and task, and a reply box.
     let url = env.url("/");
-    let dom = chromium(&url, &["--dump-dom".into()]);
+    let dom = browser::run(&url, &["--dump-dom".into()]).expect("run chromium");
     let dom = String::from_utf8_lossy(&dom.stdout);
     for shown in [
         "SANDBOX",
@@ -75,10 +51,8 @@ async fn the_sandbox_page_shows_what_a_manager_sees_and_takes_a_reply() {
     }
     assert!(dom.contains(&format!("action=\"/sandbox/leads/{lead}/reply\"")), "no reply box:\n{dom}");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("amocrm-sandbox.png");
-    let _ = std::fs::remove_file(&shot);
-    let out = chromium(&url, &[format!("--screenshot={}", shot.display())]);
-    let png =
-        std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {}", String::from_utf8_lossy(&out.stderr)));
+    browser::screenshot(&url, &shot).expect("a screenshot");
+    let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered page, {} bytes", png.len());
     println!("screenshot: {}", shot.display());
 
