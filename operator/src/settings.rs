@@ -3,7 +3,17 @@
 use std::time::Duration;
 
 /// The connector image used when neither the flag nor the account names one.
+///
+/// The project's one image (`tools/image.sh`, `Containerfile`) holds both binaries
+/// in `/usr/local/bin` and has no entrypoint: every container names its binary by
+/// absolute path in `command` ([`CONNECTOR_COMMAND`] for the connector and sidecar
+/// containers, `/usr/local/bin/crmessenger-operator` for the operator) and passes
+/// the subcommand (`run`, `sidecar`, `gateway`) in `args`. A container with `args`
+/// alone would try to execute its first argument.
 pub const DEFAULT_CONNECTOR_IMAGE: &str = "ghcr.io/crmessenger/crmessenger:latest";
+
+/// The connector binary's path in the project's image: the `command` of connector pods.
+pub const CONNECTOR_COMMAND: &str = "/usr/local/bin/crmessenger-connector";
 
 /// How the operator builds connectors and judges their health.
 #[derive(Debug, Clone)]
