@@ -27,14 +27,18 @@ step "postgresql"
 tools/postgres.sh
 ls -d /usr/lib/postgresql/*/bin 2>/dev/null || echo "CRMESSENGER_POSTGRES_BIN=$CRMESSENGER_POSTGRES_BIN"
 
-step "chromium"
-# Pages a person looks at (the amoCRM sandbox) are checked in headless Chromium.
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "Chromium is not installed; installing Debian's package"
+step "system packages"
+# Chromium checks the pages a person looks at (the amoCRM sandbox); the image tests
+# (tools/ocimage/tests/image.rs) build the Containerfile with Buildah and run the
+# image's binaries under runc.
+missing=()
+for tool in chromium buildah runc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing the Debian packages ${missing[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-chromium --version
+chromium --version; buildah --version; runc --version | sed -n 1p
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -53,4 +57,8 @@ cargo test --workspace --locked "${features[@]}" 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) s += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+
+step "image"
+# From the test build's binaries (nothing is compiled), so it is the whatsapp-web variant.
+tools/image.sh --test-build
 step "done"

@@ -5,6 +5,13 @@ use std::time::Duration;
 
 /// Where the image keeps the connector binary; the operator sets it as the command
 /// of every container it runs, so the image needs no particular entrypoint.
+///
+/// The project's one image (`tools/image.sh`, `Containerfile`) holds both binaries
+/// in `/usr/local/bin` and has no entrypoint: every container names its binary by
+/// absolute path in `command` (this one for the connector and sidecar containers,
+/// `/usr/local/bin/crmessenger-operator` for the operator) and passes the
+/// subcommand (`run`, `sidecar`, `gateway`) in `args`. A container with `args`
+/// alone would try to execute its first argument.
 pub const CONNECTOR_COMMAND: &str = "/usr/local/bin/crmessenger-connector";
 
 /// How the operator builds connectors and judges their health.
