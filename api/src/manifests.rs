@@ -61,9 +61,29 @@ mod tests {
         let dir = crate::examples_dir();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
+            // `quickstart/` is a set of its own (below).
+            if path.is_dir() {
+                continue;
+            }
             let m = parse(&std::fs::read_to_string(&path).unwrap(), "shop").unwrap();
             assert_eq!((m.accounts.len(), m.bindings.len(), m.policies.len()), (1, 1, 1), "{}", path.display());
             assert_eq!(m.accounts[0].metadata.namespace.as_deref(), Some("shop"));
+        }
+    }
+
+    #[test]
+    fn the_quickstart_is_two_accounts_one_binding_that_selects_both_and_one_policy() {
+        let dir = crate::examples_dir().join("quickstart");
+        let mut text = String::new();
+        for file in ["secrets.yaml", "shop.yaml"] {
+            text.push_str(&std::fs::read_to_string(dir.join(file)).unwrap());
+            text.push_str("\n---\n");
+        }
+        let m = parse(&text, "default").unwrap();
+        assert_eq!((m.accounts.len(), m.bindings.len(), m.policies.len(), m.secrets.len()), (2, 1, 1, 3));
+        for a in &m.accounts {
+            assert_eq!(a.metadata.namespace.as_deref(), Some("shop"));
+            assert!(crate::selection::selects(&m.bindings[0], a), "{:?} is not selected", a.metadata.name);
         }
     }
 

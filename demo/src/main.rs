@@ -318,9 +318,8 @@ fn apply_quickstart(d: &Demo) -> Result<()> {
         let text = std::fs::read_to_string(&file)?
             .replace(AMOCRM_PLACEHOLDER, &d.amo.base_url())
             .replace("SANDBOX-AMOCRM-TOKEN", &token)
-            .replace("SANDBOX-WHATSAPP-TOKEN", &d.graph.config().access_token)
-            .replace("SANDBOX-PHONE-NUMBER-ID", &d.graph.config().phone_number_id);
-        if text.contains("localhost\n") || text.contains("SANDBOX-") {
+            .replace("SANDBOX-WHATSAPP-TOKEN", &d.graph.config().access_token);
+        if text.contains("amocrm-sandbox.localhost") || text.contains("SANDBOX-") {
             bail!("{}: a sandbox placeholder was left", file.display());
         }
         apply(&d.cp, &text, None)?;

@@ -523,6 +523,26 @@ async fn examples_apply_with_server_dry_run_and_for_real() {
         .collect();
     files.sort();
     assert!(files.len() >= 3, "examples: {files:?}");
+    // The quickstart names its own namespace (`shop`): applied as a set, moved to a
+    // namespace of this test's own (its Namespace object left out).
+    let quickstart = repo_root().join("examples/quickstart");
+    let ns = cp.namespace("quickstart").await.unwrap();
+    let set: Vec<String> = ["secrets.yaml", "shop.yaml"]
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(quickstart.join(f)).unwrap();
+            text.split("\n---\n").map(str::to_string).collect::<Vec<_>>()
+        })
+        .filter(|doc| !doc.contains("kind: Namespace"))
+        .map(|doc| doc.replace("namespace: shop", &format!("namespace: {ns}")))
+        .collect();
+    let set = set.join("\n---\n");
+    let out = cp.kubectl_apply_output(&set, &["--dry-run=server"]).unwrap();
+    assert!(out.status.success(), "quickstart dry run: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cp.kubectl_apply_output(&set, &[]).unwrap();
+    assert!(out.status.success(), "quickstart: {}", String::from_utf8_lossy(&out.stderr));
+    let listed = cp.kubectl_ok(&["get", "crmessenger", "-n", &ns, "-o", "name"]).unwrap();
+    assert_eq!(listed.matches("messengeraccount.crmessenger.io/").count(), 2, "{listed}");
     for file in files {
         let ns = cp.namespace("example").await.unwrap();
         let f = file.display().to_string();
