@@ -130,10 +130,13 @@ async fn the_login_page_answers_only_port_forward() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("edge.db").display()), 1).await.unwrap();
+    // This connector holds the account's lock (only then does its page take codes).
+    let state = Arc::new(StateCell::new("shop/tg"));
+    state.update(|s| s.holds_lock = true);
     let admin = Admin {
         accounts: Arc::new(std::sync::RwLock::new(vec![AccountHandle {
             key: "shop/tg".into(),
-            state: Arc::new(StateCell::new("shop/tg")),
+            state: state.clone(),
             messenger: Arc::new(
                 crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap(),
             ),
@@ -194,6 +197,11 @@ async fn the_login_page_answers_only_port_forward() {
     let null = locally(post("/login", &here, Some("null"), "code=24680"));
     check("POST /login from an opaque origin", null, 403);
     // The page's own form: same origin; then the password (a client without Origin).
+    // A connector waiting for the account's lock takes no code: only the holder
+    // talks to the messenger.
+    state.update(|s| s.holds_lock = false);
+    check("POST the code while waiting for the lock", locally(post("/login", &here, None, "code=24680")), 409);
+    state.update(|s| s.holds_lock = true);
     let own = locally(post("/login", &here, Some(&format!("http://{here}")), "code=24680"));
     check("POST the code from the page", own, 303);
     check("POST the password", locally(post("/login", &here, None, "password=correct+horse")), 303);
