@@ -143,6 +143,8 @@ const RESTRICTED_PROBE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the holder of a binding's webhook duty subscribes it again (amoCRM
 /// turns off a webhook whose deliveries keep failing, and people delete them).
 const RESUBSCRIBE_EVERY: Duration = Duration::from_secs(600);
+/// How often the webhook duty loop looks whether a subscription is due.
+const WEBHOOK_DUTY_EVERY: Duration = Duration::from_secs(10);
 
 /// A short, stable id of an account for markers.
 fn short(account: &str) -> String {
@@ -977,17 +979,20 @@ impl Bridge {
         let mut subscribed_at: Option<i64> = None;
         while !*stop.borrow() {
             let now = self.clock.now_ms();
-            let due = subscribed_at.is_none_or(|t| now - t >= RESUBSCRIBE_EVERY.as_millis() as i64);
-            if let Some(url) = self.webhook_url.get()
-                && due
-                && duties.try_hold(&duty).await
-            {
-                match self.crm.subscribe_reply_webhook(url).await {
-                    Ok(()) => subscribed_at = Some(now),
-                    Err(e) => tracing::warn!(binding = self.s.binding, "subscribing the reply webhook: {e}"),
+            if let Some(url) = self.webhook_url.get() {
+                match subscribed_at {
+                    // The URL is set once `register_routes` subscribed it: that counts.
+                    None => subscribed_at = Some(now),
+                    Some(t) if now - t >= RESUBSCRIBE_EVERY.as_millis() as i64 && duties.try_hold(&duty).await => {
+                        match self.crm.subscribe_reply_webhook(url).await {
+                            Ok(()) => subscribed_at = Some(now),
+                            Err(e) => tracing::warn!(binding = self.s.binding, "subscribing the reply webhook: {e}"),
+                        }
+                    }
+                    Some(_) => {}
                 }
             }
-            self.clock.sleep(IDLE.max(Duration::from_secs(10))).await;
+            self.clock.sleep(WEBHOOK_DUTY_EVERY).await;
         }
     }
 
