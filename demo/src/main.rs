@@ -23,6 +23,7 @@ use clap::Parser;
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_fake_whatsapp::{FakeGraph, GraphConfig};
+use crmessenger_testkit::checks::{condition, wait_until};
 use crmessenger_testkit::controlplane::{free_port, repo_root};
 use crmessenger_testkit::{ControlPlane, Postgres};
 use serde_json::{Value, json};
@@ -67,17 +68,10 @@ fn bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Polls `check` every 200 ms until it gives a value, or fails after `secs`
-/// with the last reason it gave.
+/// Polls `check` until it holds, or fails after `secs` naming `what` and the last
+/// observation.
 async fn until<T>(what: &str, secs: u64, mut check: impl FnMut() -> Result<T, String>) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match check() {
-            Ok(v) => return Ok(v),
-            Err(why) if Instant::now() >= deadline => bail!("timed out waiting for {what}: {why}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    wait_until(what, secs, || std::future::ready(check())).await.map_err(anyhow::Error::msg)
 }
 
 fn get(cp: &ControlPlane, ns: &str, what: &str) -> Result<Value, String> {
@@ -86,10 +80,6 @@ fn get(cp: &ControlPlane, ns: &str, what: &str) -> Result<Value, String> {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-fn condition(obj: &Value, type_: &str) -> Option<Value> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
 }
 
 fn apply(cp: &ControlPlane, yaml: &str, ns: Option<&str>) -> Result<()> {
@@ -439,7 +429,7 @@ async fn conversation(d: &Demo) -> Result<Value> {
     say(&format!("   Maria received: {wa_reply}"));
     // WhatsApp's statuses come back through the gateway: sent, delivered, read.
     let store = sqlx::AnyPool::connect(&d.db).await?;
-    let delivery = until_async("WhatsApp's read receipt", 60, || async {
+    let delivery = wait_until("WhatsApp's read receipt", 60, || async {
         let v: Option<String> = sqlx::query_scalar("SELECT delivery FROM outbox WHERE account = $1 AND state = 'sent'")
             .bind(format!("{SHOP}/{WHATSAPP}"))
             .fetch_optional(&store)
@@ -448,7 +438,8 @@ async fn conversation(d: &Demo) -> Result<Value> {
             .flatten();
         if v.as_deref() == Some("read") { Ok(v) } else { Err(format!("{v:?}")) }
     })
-    .await?;
+    .await
+    .map_err(anyhow::Error::msg)?;
     say("   WhatsApp reports the answer delivered and read");
     let s = d.amo.snapshot();
     let accounts: Vec<Value> = [TELEGRAM, WHATSAPP]
@@ -467,22 +458,6 @@ async fn conversation(d: &Demo) -> Result<Value> {
         "whatsapp_delivery": delivery,
         "accounts": accounts,
     }))
-}
-
-/// Like [`until`], for an async check.
-async fn until_async<T, F, Fut>(what: &str, secs: u64, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match check().await {
-            Ok(v) => return Ok(v),
-            Err(why) if Instant::now() >= deadline => bail!("timed out waiting for {what}: {why}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 fn print_state(d: &Demo) {

@@ -35,7 +35,20 @@ pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
 
 /// Polls `check` until it returns Some, or panics after `secs` with `what` and the
 /// last observation.
-pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match wait_until(what, secs, check).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Polls `check` until it returns Ok, or gives up after `secs` with an error that
+/// names `what` and the last observation (for programs, which report rather than panic).
+pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -43,8 +56,10 @@ where
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         match check().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("timed out waiting for {what}; last: {last}"),
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() > deadline => {
+                return Err(format!("timed out waiting for {what}; last: {last}"));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
