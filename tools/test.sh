@@ -30,15 +30,23 @@ ls -d /usr/lib/postgresql/*/bin 2>/dev/null || echo "CRMESSENGER_POSTGRES_BIN=$C
 step "system packages"
 # Chromium checks the pages a person looks at (the amoCRM sandbox); the image tests
 # (tools/ocimage/tests/image.rs) build the Containerfile with Buildah and run the
-# image's binaries under runc.
+# image's binaries under runc; the real test node runs containers with runc and
+# kube-proxy programs iptables (inside the node's network namespace only).
 missing=()
-for tool in chromium buildah runc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in chromium buildah runc iptables conntrack; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing the Debian packages ${missing[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-chromium --version; buildah --version; runc --version | sed -n 1p
+chromium --version; buildah --version; runc --version | sed -n 1p; iptables --version
+
+step "node binaries"
+# The real test node: kubelet, kube-proxy, containerd, CNI plugins, CoreDNS and the
+# sandbox image, built from Go modules into the cache.
+CRMESSENGER_NODE_DIR="$(tools/build-node.sh)"
+export CRMESSENGER_NODE_DIR
+"$CRMESSENGER_NODE_DIR/bin/kubelet" --version
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -50,6 +58,14 @@ features=(--features crmessenger-connector/whatsapp-web)
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 
+step "cargo test --no-run, and the image from its binaries"
+cargo test --workspace --locked "${features[@]}" --no-run
+# From the test build's binaries (nothing is compiled), so it is the whatsapp-web
+# variant; the tests on the real node run their pods from it.
+tools/image.sh --test-build
+CRMESSENGER_IMAGE_ARCHIVE="$CARGO_TARGET_DIR/image/whatsapp-web-dev/crmessenger.oci.tar"
+export CRMESSENGER_IMAGE_ARCHIVE
+
 step "cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
@@ -58,7 +74,4 @@ cargo test --workspace --locked "${features[@]}" 2>&1 | tee "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) s += $(i-1) } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 
-step "image"
-# From the test build's binaries (nothing is compiled), so it is the whatsapp-web variant.
-tools/image.sh --test-build
 step "done"

@@ -1,5 +1,6 @@
-//! The main job with `--once`, as CI runs it: everything arrives, and the summary
-//! says what the sandbox CRM recorded and how the accounts stand.
+//! The main job with `--once`, as CI runs it: everything runs as pods on the real
+//! node, everything arrives, and the summary says what the sandbox CRM recorded and
+//! how the accounts stand.
 
 use serde_json::Value;
 use std::process::Command;
@@ -38,6 +39,17 @@ fn the_main_job_plays_the_whole_conversation() {
     for account in summary["accounts"].as_array().unwrap() {
         assert_eq!(account["ready"], "True", "{account}");
     }
+    // Everything ran as pods on the real node; the login pages answer through
+    // kubectl port-forward.
+    for pod in ["crmessenger-operator-", "crmessenger-gateway-", "shop-telegram-connector-0", "shop-whatsapp-connector-0"]
+    {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(pod) && l.contains("Running"))
+            .unwrap_or_else(|| panic!("no running pod {pod}:\n{stdout}"));
+        assert!(line.contains("crmn-"), "{pod} is not on the real node: {line}");
+    }
+    assert_eq!(stdout.matches("the login page answers 200").count(), 2, "{stdout}");
     // What a person is shown: the cluster's view and where to look.
     assert!(stdout.contains("messengeraccount.crmessenger.io/shop-telegram"), "{stdout}");
     assert!(stdout.contains("login page of shop/shop-telegram: http://127.0.0.1:"), "{stdout}");

@@ -151,6 +151,7 @@ impl Context {
             chats_secret: read(r.chats_secret.clone()).await?.ok(),
             chats_channel_id: r.chats_channel_id.clone(),
             chats_base_url: r.chats_base_url.clone(),
+            sandbox: r.sandbox.clone(),
         };
         *cached = Some((std::time::Instant::now(), values.clone()));
         Ok(values)

@@ -112,6 +112,14 @@ struct RunArgs {
     /// The Chats API host.
     #[arg(long, default_value = "https://amojo.amocrm.ru")]
     chats_base_url: String,
+    /// Sandbox: Telegram accounts talk to the scripted messenger at this URL
+    /// instead of Telegram (evaluation and tests).
+    #[arg(long)]
+    sandbox_scripted_messenger: Option<String>,
+    /// Sandbox: WhatsApp Cloud API accounts talk to the Graph API at this base URL
+    /// instead of Meta's (evaluation and tests).
+    #[arg(long)]
+    sandbox_whatsapp_graph_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,6 +189,10 @@ async fn cli() -> anyhow::Result<()> {
                         .filter(|n| !n.is_empty())
                         .map(|n| (n, args.chats_secret_key)),
                     chats_base_url: Some(args.chats_base_url),
+                    sandbox: crmessenger_operator::settings::Sandbox {
+                        scripted_messenger: args.sandbox_scripted_messenger.filter(|u| !u.is_empty()),
+                        whatsapp_graph_url: args.sandbox_whatsapp_graph_url.filter(|u| !u.is_empty()),
+                    },
                 },
                 ..Settings::default()
             };

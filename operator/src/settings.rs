@@ -66,6 +66,19 @@ pub struct ConnectorRuntime {
     pub chats_secret: Option<(String, String)>,
     /// The Chats API host.
     pub chats_base_url: Option<String>,
+    /// Sandboxes instead of the real messengers, for evaluation and tests.
+    pub sandbox: Sandbox,
+}
+
+/// Stand-ins for the messenger services, set installation-wide (the chart's
+/// `sandbox` values): Telegram accounts talk to a scripted messenger and WhatsApp
+/// Cloud API accounts to a Graph API sandbox instead of Telegram and Meta.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The scripted messenger's URL (`CRMESSENGER_SCRIPTED_MESSENGER` of connectors).
+    pub scripted_messenger: Option<String>,
+    /// The Graph API base (`CRMESSENGER_WHATSAPP_GRAPH_URL` of connectors).
+    pub whatsapp_graph_url: Option<String>,
 }
 
 /// Where connectors get their PostgreSQL URL.

@@ -59,6 +59,21 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// Issues a client certificate for the user `common_name` in the group
+    /// `organization` (how Kubernetes reads a client certificate).
+    pub fn issue_client(&self, common_name: &str, organization: &str) -> anyhow::Result<IssuedCert> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::OrganizationName, organization);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
 /// A fresh key pair (ECDSA P-256) as PEM: the PKCS#8 private key and the SPKI public
 /// key, e.g. for signing and verifying service-account tokens.
 pub fn key_pair_pem() -> anyhow::Result<(String, String)> {

@@ -1,8 +1,11 @@
 //! A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler and kwok (a fake kubelet with one node),
-//! started from the binaries `tools/build-controlplane.sh` builds.
+//! started from the binaries `tools/build-controlplane.sh` builds. With a real
+//! node ([`ControlPlane::shared_with_node`]) the API server listens on the host end
+//! of the node's link instead, and pods run for real (see [`crate::node`]).
 
 use crate::certs::{TestCa, key_pair_pem};
+use crate::node::{self, Link};
 use crate::process::{spawn_tied, start_watchdog};
 use anyhow::{Context, bail};
 use std::net::TcpListener;
@@ -27,6 +30,7 @@ pub struct ControlPlane {
     ca_pem: String,
     children: Mutex<Vec<(String, Child)>>,
     crds: OnceLock<Result<(), String>>,
+    link: Option<Link>,
 }
 
 impl ControlPlane {
@@ -39,14 +43,38 @@ impl ControlPlane {
         }
     }
 
+    /// The control plane with a real node shared by every test of this test binary,
+    /// started on first use (see [`crate::node`]). A test binary uses either this or
+    /// [`ControlPlane::shared`].
+    pub fn shared_with_node() -> &'static ControlPlane {
+        static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        match SHARED.get_or_init(|| ControlPlane::start_with_node().map_err(|e| format!("{e:#}"))) {
+            Ok(cp) => cp,
+            Err(e) => panic!("the test control plane with a real node did not start: {e}"),
+        }
+    }
+
     /// Starts a new control plane in a fresh temporary directory and waits until it
-    /// serves requests, schedules pods and runs controllers.
+    /// serves requests, schedules pods (onto kwok's fake node) and runs controllers.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_inner(false)
+    }
+
+    /// Starts a new control plane with a real node (containerd, kubelet,
+    /// kube-proxy, CoreDNS) instead of kwok, and waits until the node is Ready and
+    /// the cluster DNS answers.
+    pub fn start_with_node() -> anyhow::Result<Self> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_node: bool) -> anyhow::Result<Self> {
         let bin = binaries()?;
         let keep = std::env::var_os("CRMESSENGER_KEEP_CONTROLPLANE").is_some();
         let dir = tempfile::Builder::new().prefix("crmessenger-cp-").tempdir()?.keep();
         start_watchdog(&dir, keep)?;
         std::fs::create_dir_all(dir.join("logs"))?;
+        let link = if with_node { Some(Link::create(&dir)?) } else { None };
+        let address = link.as_ref().map(|l| l.host_ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
 
         let ca = TestCa::new("crmessenger-test-ca")?;
         let serving = ca.issue_server(
@@ -54,6 +82,7 @@ impl ControlPlane {
             &[
                 "localhost",
                 "127.0.0.1",
+                &address,
                 "kubernetes",
                 "kubernetes.default",
                 "kubernetes.default.svc",
@@ -61,6 +90,9 @@ impl ControlPlane {
                 "10.0.0.1",
             ],
         )?;
+        let kubelet_client = ca.issue_client("kube-apiserver-kubelet-client", "system:masters")?;
+        write(&dir, "kubelet-client.crt", &kubelet_client.cert_pem)?;
+        write(&dir, "kubelet-client.key", &kubelet_client.key_pem)?;
         let token = random_hex(24)?;
         write(&dir, "ca.crt", ca.cert_pem())?;
         write(&dir, "ca.key", ca.key_pem())?;
@@ -72,7 +104,7 @@ impl ControlPlane {
         write(&dir, "tokens.csv", &format!("{token},admin,admin-uid,\"system:masters\"\n"))?;
 
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{address}:{api_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
         write(&dir, "admin.kubeconfig", &kubeconfig_yaml(&server, ca.cert_pem(), &token))?;
 
@@ -84,14 +116,19 @@ impl ControlPlane {
             ca_pem: ca.cert_pem().to_string(),
             children: Mutex::new(Vec::new()),
             crds: OnceLock::new(),
+            link,
         };
-        cp.start_etcd_and_apiserver(api_port)?;
+        cp.start_etcd_and_apiserver(&address, api_port)?;
         cp.start_controllers()?;
-        cp.start_kwok()?;
+        if cp.link.is_some() {
+            cp.start_node()?;
+        } else {
+            cp.start_kwok()?;
+        }
         Ok(cp)
     }
 
-    fn start_etcd_and_apiserver(&self, api_port: u16) -> anyhow::Result<()> {
+    fn start_etcd_and_apiserver(&self, address: &str, api_port: u16) -> anyhow::Result<()> {
         let d = &self.dir;
         let (client, peer) = (free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{client}");
@@ -115,8 +152,12 @@ impl ControlPlane {
             "kube-apiserver",
             &[
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
+                format!("--bind-address={address}"),
+                format!("--advertise-address={address}"),
                 format!("--secure-port={api_port}"),
+                format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+                format!("--kubelet-client-key={}", p("kubelet-client.key")),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 format!("--cert-dir={}", p("apiserver-certs")),
                 format!("--tls-cert-file={}", p("apiserver.crt")),
                 format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -200,6 +241,87 @@ impl ControlPlane {
             ])?;
             Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
         })
+    }
+
+    fn start_node(&self) -> anyhow::Result<()> {
+        let link = self.link.as_ref().context("no link")?;
+        let node_bin = node::binaries()?;
+        let node_dir = self.dir.join("node");
+        std::fs::create_dir_all(node_dir.join("logs"))?;
+        let env = node::NodeEnv {
+            link,
+            node_name: &link.name,
+            bin: &node_bin,
+            kubeconfig: &self.kubeconfig,
+            ca_file: &self.dir.join("ca.crt"),
+            kubelet_port: free_port()?,
+            service_cidr: SERVICE_CIDR,
+            images: &[],
+        };
+        write(&node_dir, "node.env", &env.render())?;
+        let log = std::fs::File::create(self.dir.join("logs").join("node.log"))?;
+        let mut cmd = node::node_command(link, &node_dir);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = spawn_tied(cmd, &self.dir.join("pids")).context("start the node")?;
+        self.children.lock().expect("children lock").push(("node".into(), child));
+        let node_name = link.name.clone();
+        self.wait_for("the real node to be Ready", Duration::from_secs(120), || {
+            let out = self.kubectl_output(&[
+                "get",
+                "node",
+                &node_name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
+        })?;
+        self.kubectl_apply_str(&node::coredns_yaml(node::DNS_IP))?;
+        self.wait_for("CoreDNS to be available", Duration::from_secs(120), || {
+            let out = self.kubectl_output(&[
+                "get",
+                "deployment",
+                "coredns",
+                "-n",
+                "kube-system",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ])?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "1")
+        })
+    }
+
+    /// The link to the real node, if this control plane has one.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    /// The node pods are scheduled onto: the real node's name, or kwok's.
+    pub fn node_name(&self) -> &str {
+        self.link.as_ref().map(|l| l.name.as_str()).unwrap_or(NODE_NAME)
+    }
+
+    /// The real node's scratch directory (its logs are in `logs/`).
+    pub fn node_dir(&self) -> PathBuf {
+        self.dir.join("node")
+    }
+
+    /// Imports an OCI archive into the real node's containerd (`ctr images import`):
+    /// nothing is ever pulled, so every image a pod runs is imported first.
+    pub fn import_image(&self, archive: &Path) -> anyhow::Result<()> {
+        self.link.as_ref().context("this control plane has no real node")?;
+        let ctr = node::binaries()?.join("bin/ctr");
+        let out = Command::new(ctr)
+            .arg("--address")
+            .arg(self.node_dir().join("containerd.sock"))
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .stdin(Stdio::null())
+            .output()
+            .context("run ctr")?;
+        if !out.status.success() {
+            bail!("ctr images import {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 
     /// Installs the CRDs from the repository's `crds/` (server-side apply) and waits
@@ -412,7 +534,7 @@ impl ControlPlane {
             }
             drop(children);
             if Instant::now() > deadline {
-                let logs: Vec<String> = ["etcd", "kube-apiserver", "kube-controller-manager", "kwok"]
+                let logs: Vec<String> = ["etcd", "kube-apiserver", "kube-controller-manager", "kwok", "node"]
                     .iter()
                     .map(|c| format!("--- {c}:\n{}", self.log_tail(c, 15)))
                     .collect();

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod certs;
 pub mod checks;
 pub mod controlplane;
+pub mod node;
 pub mod otlp;
 pub mod postgres;
 pub mod process;

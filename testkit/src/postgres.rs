@@ -38,6 +38,17 @@ impl Postgres {
 
     /// Initialises a cluster in a fresh temporary directory and starts the server.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Postgres::start`], also listening on the host end of a real node's
+    /// link and trusting connections from the node (pods reach it through a
+    /// Service, so their packets come from the node's address).
+    pub fn start_for_node(link: &crate::node::Link) -> anyhow::Result<Self> {
+        Self::start_inner(Some(link))
+    }
+
+    fn start_inner(link: Option<&crate::node::Link>) -> anyhow::Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("crmessenger-pg-").tempdir()?.keep();
         start_watchdog(&dir, false)?;
@@ -63,6 +74,13 @@ impl Postgres {
         if !out.status.success() {
             bail!("initdb failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
+        let mut listen = "127.0.0.1".to_string();
+        if let Some(link) = link {
+            listen = format!("{listen},{}", link.host_ip);
+            use std::io::Write;
+            let mut hba = std::fs::OpenOptions::new().append(true).open(data.join("pg_hba.conf"))?;
+            writeln!(hba, "host all all {}/32 trust", link.node_ip)?;
+        }
         let port = free_port()?;
         let log = std::fs::File::create(dir.join("postgres.log"))?;
         if let Some((uid, gid)) = user {
@@ -70,8 +88,8 @@ impl Postgres {
         }
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string()).arg("-k").arg(&dir);
+        cmd.arg("-c").arg(format!("listen_addresses={listen}"));
         for setting in [
-            "listen_addresses=127.0.0.1",
             "fsync=off",
             "synchronous_commit=off",
             "full_page_writes=off",

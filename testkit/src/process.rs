@@ -69,12 +69,14 @@ pub fn spawn_tied(mut cmd: Command, pid_file: &Path) -> io::Result<Child> {
 }
 
 /// Starts the watchdog for `dir`: once this process is gone it kills every pid in
-/// `dir/pids` and, unless `keep` is set, removes `dir`.
+/// `dir/pids`, runs `dir/cleanup.sh` if there is one (a real node's) and, unless
+/// `keep` is set, removes `dir`.
 pub fn start_watchdog(dir: &Path, keep: bool) -> io::Result<()> {
     const SCRIPT: &str = r#"
 while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
 if [ -f "$2/pids" ]; then kill -9 $(cat "$2/pids") 2>/dev/null; fi
 sleep 0.5
+if [ -f "$2/cleanup.sh" ]; then sh "$2/cleanup.sh"; fi
 if [ "$3" != keep ]; then rm -rf "$2"; fi
 "#;
     let mut cmd = Command::new("sh");

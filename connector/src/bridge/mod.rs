@@ -35,7 +35,7 @@ use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::lock::{AccountLock, Duties};
-use crate::store::{Conversation, InboxRow, NewReply, Store, StoreError};
+use crate::store::{Conversation, DeliveryUpdate, InboxRow, NewReply, Store, StoreError};
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
@@ -329,16 +329,18 @@ impl Bridge {
     /// delivered → read; failed ends it and dead-letters the reply with the
     /// reason), and reported to the CRM's chat when the reply came from there.
     async fn on_status(&self, chat: &str, message_id: &str, status: &str) -> Result<(), MessengerError> {
-        let moved = self.store.outbox_delivery(self.account(), message_id, status).await.map_err(store_err)?;
-        let Some((seq, crm_id)) = moved else {
-            // A status may overtake the record of its send: wait while a send to
-            // this chat is in flight; otherwise it is not ours, or already known.
-            if self.store.outbox_in_flight(self.account(), chat).await.map_err(store_err)? {
-                return Err(MessengerError::Unavailable(format!(
-                    "status of {message_id} arrived before its send was recorded"
-                )));
+        let update = self.store.outbox_delivery(self.account(), message_id, status).await.map_err(store_err)?;
+        let (seq, crm_id) = match update {
+            DeliveryUpdate::Moved { seq, crm_message_id } => (seq, crm_message_id),
+            DeliveryUpdate::Unchanged => return Ok(()),
+            DeliveryUpdate::UnknownMessage => {
+                // It may have overtaken the record of its send (or not be ours):
+                // kept until the send is recorded (see the outbound pass).
+                tracing::debug!(account = self.account(), chat, message_id, status, "status before its send");
+                let now = self.clock.now_ms();
+                self.store.park_early_status(self.account(), message_id, status, now).await.map_err(store_err)?;
+                return Ok(());
             }
-            return Ok(());
         };
         if let Some(detail) = status.strip_prefix("failed") {
             let reason = format!("the messenger did not deliver the reply{detail}");
@@ -1042,6 +1044,12 @@ impl Bridge {
             match result {
                 Ok(sent) => {
                     self.store.outbox_sent(row.seq, &sent.message_id, self.clock.now_ms()).await?;
+                    // A status that came before this record applies now.
+                    if let Some(status) = self.store.take_early_status(self.account(), &sent.message_id).await?
+                        && let Err(e) = self.on_status(&row.chat_id, &sent.message_id, &status).await
+                    {
+                        tracing::warn!(account = self.account(), chat = row.chat_id, "early status: {e}");
+                    }
                     self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
                     self.restricted_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
                     self.state.update(|s| {

@@ -869,49 +869,71 @@ impl Store {
     }
 
     /// Records what the messenger says of a sent reply, forward only (sent →
-    /// delivered → read; failed ends it). Returns the row's seq and CRM message id
-    /// when the status moved.
-    pub async fn outbox_delivery(
-        &self,
-        account: &str,
-        message_id: &str,
-        status: &str,
-    ) -> Result<Option<(i64, Option<String>)>> {
-        fn rank(s: Option<&str>) -> u8 {
-            match s {
-                Some("sent") => 1,
-                Some("delivered") => 2,
-                Some("read") => 3,
-                Some(s) if s.starts_with("failed") => 4,
-                _ => 0,
-            }
-        }
+    /// delivered → read; failed ends it).
+    pub async fn outbox_delivery(&self, account: &str, message_id: &str, status: &str) -> Result<DeliveryUpdate> {
         let row =
             sqlx::query("SELECT seq, crm_message_id, delivery FROM outbox WHERE account = $1 AND message_id = $2")
                 .bind(account)
                 .bind(message_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else { return Ok(DeliveryUpdate::UnknownMessage) };
         let seq = i64_col(&row, "seq")?;
         let current: Option<String> = row.try_get("delivery")?;
-        if rank(Some(status)) <= rank(current.as_deref()) {
-            return Ok(None);
+        if delivery_rank(Some(status)) <= delivery_rank(current.as_deref()) {
+            return Ok(DeliveryUpdate::Unchanged);
         }
         sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1").bind(seq).bind(status).run(self).await?;
-        Ok(Some((seq, row.try_get("crm_message_id")?)))
+        Ok(DeliveryUpdate::Moved { seq, crm_message_id: row.try_get("crm_message_id")? })
     }
 
-    /// Whether a reply to `chat` is being sent (tried, not yet recorded as sent).
-    pub async fn outbox_in_flight(&self, account: &str, chat: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM outbox WHERE account = $1 AND chat_id = $2 AND state = 'pending' AND attempts > 0 LIMIT 1",
-        )
-        .bind(account)
-        .bind(chat)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+    /// Keeps a status that names no recorded send — it may have overtaken the
+    /// record of its send — until [`Store::take_early_status`] claims it: the
+    /// furthest one per message. Statuses no send claimed within a day (not ours)
+    /// are dropped.
+    pub async fn park_early_status(&self, account: &str, message_id: &str, status: &str, now_ms: i64) -> Result<()> {
+        let current: Option<String> =
+            sqlx::query("SELECT status FROM early_statuses WHERE account = $1 AND message_id = $2")
+                .bind(account)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get("status"))
+                .transpose()?;
+        if delivery_rank(Some(status)) > delivery_rank(current.as_deref()) {
+            sqlx::query(
+                "INSERT INTO early_statuses (account, message_id, status, received_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account, message_id) DO UPDATE SET status = excluded.status, received_ms = excluded.received_ms",
+            )
+            .bind(account)
+            .bind(message_id)
+            .bind(status)
+            .bind(now_ms)
+            .run(self)
+            .await?;
+        }
+        sqlx::query("DELETE FROM early_statuses WHERE account = $1 AND received_ms < $2")
+            .bind(account)
+            .bind(now_ms - 86_400_000)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
+    /// The status kept for `message_id` by [`Store::park_early_status`], removed.
+    pub async fn take_early_status(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT status FROM early_statuses WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        sqlx::query("DELETE FROM early_statuses WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .run(self)
+            .await?;
+        Ok(Some(row.try_get("status")?))
     }
 
     /// What the messenger last said of the reply sent as `message_id`.
@@ -1071,4 +1093,31 @@ pub fn random_i64() -> i64 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let v = i64::from_le_bytes(bytes[..8].try_into().unwrap_or([1; 8]));
     if v == 0 { 1 } else { v }
+}
+
+/// What recording a messenger's status of a sent reply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryUpdate {
+    /// No recorded send has that message id (yet).
+    UnknownMessage,
+    /// The reply's status is already that far (statuses move forward only).
+    Unchanged,
+    /// The status moved: the outbox row and the CRM message it answers.
+    Moved {
+        /// The outbox row.
+        seq: i64,
+        /// The CRM chat message id, when the reply came from the CRM's chat.
+        crm_message_id: Option<String>,
+    },
+}
+
+/// The order of delivery statuses: sent → delivered → read; failed ends it.
+fn delivery_rank(s: Option<&str>) -> u8 {
+    match s {
+        Some("sent") => 1,
+        Some("delivered") => 2,
+        Some("read") => 3,
+        Some(s) if s.starts_with("failed") => 4,
+        _ => 0,
+    }
 }

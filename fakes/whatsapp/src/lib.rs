@@ -63,6 +63,8 @@ pub struct GraphConfig {
     pub throughput_per_sec: usize,
     /// Least time between two messages to one recipient.
     pub pair_interval_ms: i64,
+    /// Address to listen on (default: 127.0.0.1, an OS-chosen port).
+    pub listen: SocketAddr,
 }
 
 impl Default for GraphConfig {
@@ -78,6 +80,7 @@ impl Default for GraphConfig {
             window_error: WindowError::Sync,
             throughput_per_sec: 80,
             pair_interval_ms: 6_000,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -173,9 +176,9 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 impl FakeGraph {
-    /// Starts on 127.0.0.1 with an OS-chosen port.
+    /// Starts on `config.listen`.
     pub async fn start(config: GraphConfig) -> anyhow::Result<FakeGraph> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let acceptor = match &config.tls {
             Some(id) => {

@@ -71,6 +71,8 @@ pub struct RuntimeValues {
     pub chats_channel_id: Option<String>,
     /// The Chats API host.
     pub chats_base_url: Option<String>,
+    /// Sandboxes instead of the messenger services.
+    pub sandbox: crate::settings::Sandbox,
 }
 
 /// The key of the runtime Secret holding the database URL.
@@ -278,6 +280,8 @@ fn stateful_set_spec(
         ("CRMESSENGER_GATEWAY_URL", &runtime.gateway_url),
         ("CRMESSENGER_CHATS_CHANNEL_ID", &runtime.chats_channel_id),
         ("CRMESSENGER_CHATS_BASE_URL", &runtime.chats_base_url),
+        ("CRMESSENGER_SCRIPTED_MESSENGER", &runtime.sandbox.scripted_messenger),
+        ("CRMESSENGER_WHATSAPP_GRAPH_URL", &runtime.sandbox.whatsapp_graph_url),
     ] {
         if let Some(v) = value {
             env.push(json!({ "name": var, "value": v }));

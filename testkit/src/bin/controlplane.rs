@@ -1,12 +1,18 @@
 //! Starts a test control plane for people: `tools/controlplane.sh` runs this.
 //! Prints how to use it and runs until interrupted; everything it started stops
-//! and its directory is removed when it exits.
+//! and its directory is removed when it exits. `--node` starts a real node
+//! (containerd, kubelet, kube-proxy, CoreDNS; needs root) instead of kwok's.
 
 use crmessenger_testkit::ControlPlane;
 
 fn main() -> anyhow::Result<()> {
-    let cp = ControlPlane::start()?;
+    let with_node = std::env::args().skip(1).any(|a| a == "--node");
+    let cp = if with_node { ControlPlane::start_with_node()? } else { ControlPlane::start()? };
     println!("control plane ready at {}", cp.server());
+    if let Some(link) = cp.link() {
+        println!("real node {} at {} (host end {})", cp.node_name(), link.node_ip, link.host_ip);
+        println!("node dir: {}", cp.node_dir().display());
+    }
     println!();
     println!("  export KUBECONFIG={}", cp.kubeconfig().display());
     println!("  export PATH={}:$PATH", cp.bin_dir().display());

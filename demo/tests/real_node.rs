@@ -1,0 +1,155 @@
+//! The chart on a real node, from the project's image: the operator and the gateway
+//! become Ready, each account's connector pod runs, logs in and carries a
+//! conversation, the login page answers through `kubectl port-forward`, the pods
+//! run as 65532 with a read-only root filesystem in namespaces that enforce the
+//! `restricted` Pod Security level, and deleting a connector pod in the middle of a
+//! conversation brings a new one without losing or repeating anything.
+
+use crmessenger_demo::{Demo, SHOP, TELEGRAM, TG_CUSTOMER, telegram_message, until};
+
+/// The processes of this node's containers whose command starts with `prefix`:
+/// (pid, command line).
+fn node_processes(cgroup_root: &str, prefix: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if !cgroup.contains(&format!("/{cgroup_root}/")) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with(prefix) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default()
+}
+
+/// The mount options of `/` as the process sees it.
+fn root_mount_options(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&"/")).then(|| f[5].to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn notes_with(d: &Demo, text: &str) -> usize {
+    d.amo.snapshot().notes.iter().filter(|n| n.params["text"].as_str().is_some_and(|t| t.contains(text))).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_from_the_image_on_a_real_node() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    sqlx::any::install_default_drivers();
+    let mut d = Demo::start().await.unwrap();
+    d.install_chart().unwrap();
+    d.wait_operator_and_gateway().await.unwrap();
+    d.apply_quickstart().unwrap();
+    d.wait_connectors().await.unwrap();
+
+    // The login page, through kubectl port-forward to the sidecar.
+    for (account, url, _) in &d.login_pages {
+        let addr = url.trim_start_matches("http://").trim_end_matches("/login");
+        let (status, body) = crmessenger_testkit::checks::http_get(addr, "/login").expect("the login page answers");
+        assert_eq!(status, 200, "{account}: {body}");
+        assert!(body.contains("<title>CRMessenger login"), "{account}: {body}");
+    }
+
+    d.sign_in_and_wait_ready().await.unwrap();
+    let summary = d.conversation().await.unwrap();
+    assert_eq!(summary["contacts"], 2, "{summary}");
+    assert_eq!(summary["whatsapp_delivery"], "read", "{summary}");
+
+    // Every process of the project runs from the image as 65532, with no
+    // capabilities, no new privileges and a read-only root filesystem.
+    let root = d.cp.link().unwrap().name.clone();
+    let operator = node_processes(&root, "/usr/local/bin/crmessenger-operator");
+    let connectors = node_processes(&root, "/usr/local/bin/crmessenger-connector");
+    assert_eq!(operator.len(), 1, "{operator:?}");
+    // Gateway; connector and sidecar of each account.
+    assert_eq!(connectors.len(), 5, "{connectors:?}");
+    for (pid, cmdline) in operator.iter().chain(&connectors) {
+        assert_eq!(status_field(*pid, "Uid"), "65532 65532 65532 65532", "{cmdline}");
+        assert_eq!(status_field(*pid, "Gid"), "65532 65532 65532 65532", "{cmdline}");
+        assert_eq!(status_field(*pid, "CapEff"), "0000000000000000", "{cmdline}");
+        assert_eq!(status_field(*pid, "NoNewPrivs"), "1", "{cmdline}");
+        assert!(root_mount_options(*pid).split(',').any(|o| o == "ro"), "{cmdline}: {}", root_mount_options(*pid));
+    }
+    // The namespaces enforce the restricted level: the pods were admitted under it.
+    for ns in [SHOP, crmessenger_demo::RELEASE_NS] {
+        let label = d
+            .cp
+            .kubectl_ok(&["get", "ns", ns, "-o", "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}"])
+            .unwrap();
+        assert_eq!(label, "restricted", "{ns}");
+    }
+
+    // The Telegram connector's pod is deleted while customers write.
+    let pod = format!("{TELEGRAM}-connector-0");
+    let uid_of = |d: &Demo| {
+        d.cp.kubectl_ok(&["get", "pod", &pod, "-n", SHOP, "-o", "jsonpath={.metadata.uid}"]).unwrap_or_default()
+    };
+    let before = uid_of(&d);
+    let texts: Vec<String> = (1..=6).map(|i| format!("Question {i} about my order")).collect();
+    for (i, t) in texts.iter().take(3).enumerate() {
+        d.telegram.push(vec![telegram_message(&format!("restart-{i}"), "Olga", t)]);
+    }
+    d.cp.kubectl_ok(&["delete", "pod", &pod, "-n", SHOP, "--wait=false"]).unwrap();
+    for (i, t) in texts.iter().enumerate().skip(3) {
+        d.telegram.push(vec![telegram_message(&format!("restart-{i}"), "Olga", t)]);
+    }
+    until("a new connector pod", 180, || {
+        let uid = uid_of(&d);
+        let ready =
+            d.cp.kubectl_ok(&["get", "pod", &pod, "-n", SHOP, "-o", "jsonpath={.status.containerStatuses[*].ready}"])
+                .unwrap_or_default();
+        (!uid.is_empty() && uid != before && ready == "true true").then_some(()).ok_or(format!("{uid} {ready}"))
+    })
+    .await
+    .unwrap();
+    until("every message in the CRM", 120, || {
+        let missing: Vec<&String> = texts.iter().filter(|t| notes_with(&d, t) == 0).collect();
+        missing.is_empty().then_some(()).ok_or(format!("missing {missing:?}"))
+    })
+    .await
+    .unwrap();
+    // The manager answers after the restart; the answer goes out once.
+    let lead = d.lead_of(&texts[5]).unwrap();
+    let answer = "All six noted, thank you!";
+    d.amo.add_manager_note(lead, 1001, &format!(">> {answer}"));
+    until("the answer in Telegram", 120, || {
+        d.telegram
+            .sent()
+            .iter()
+            .any(|s| s.chat_id == TG_CUSTOMER && s.text == answer)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+    .unwrap();
+    // A last message, after everything before it: once it is in the CRM, nothing
+    // earlier can still be on its way.
+    d.telegram.push(vec![telegram_message("restart-marker", "Olga", "Thanks, bye")]);
+    until("the last message in the CRM", 60, || {
+        (notes_with(&d, "Thanks, bye") == 1).then_some(()).ok_or_else(|| "not yet".to_string())
+    })
+    .await
+    .unwrap();
+    for t in &texts {
+        assert_eq!(notes_with(&d, t), 1, "{t} once");
+    }
+    assert_eq!(d.telegram.sent().iter().filter(|s| s.text == answer).count(), 1, "the answer once");
+}

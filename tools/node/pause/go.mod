@@ -1,0 +1,3 @@
+module crmessenger.io/tools/node/pause
+
+go 1.26.0

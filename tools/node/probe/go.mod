@@ -1,0 +1,3 @@
+module crmessenger.io/tools/node/probe
+
+go 1.26.0
