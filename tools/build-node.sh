@@ -73,4 +73,6 @@ for image in pause coredns probe; do
 done
 log "all built in $((SECONDS - start)) s into $dir"
 touch "$dir/complete"
+# Earlier entries (other versions or modules) are not used again.
+find "$cache_root/node" -mindepth 1 -maxdepth 1 -type d ! -path "$dir" -exec rm -rf {} +
 echo "$dir"

@@ -168,6 +168,18 @@ async fn statuses_reordered_duplicated_or_skipped_end_in_the_right_state() {
 }
 
 #[tokio::test]
+async fn statuses_that_overtake_the_answer_to_the_send_are_applied_once_it_is_recorded() {
+    let r = rig("waearly", false, WindowError::Sync).await;
+    let lead = customer_writes(&r, "are you open?").await;
+    // `read` reaches the gateway (and the intake) before the send's answer does.
+    r.graph.set_statuses(StatusScript { reverse: true, before_answer: true, ..Default::default() });
+    let sent = manager_answers(&r, lead, "until six").await;
+    final_delivery(&r, &sent.id, "read").await;
+    assert_eq!(r.graph.sent().len(), 1, "sent once");
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
 async fn webhooks_without_a_valid_signature_or_malformed_or_replayed_change_nothing() {
     let r = rig("wahooks", false, WindowError::Sync).await;
     let url = format!("{}/whatsapp/webhook", r.gateway);

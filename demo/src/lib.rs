@@ -14,14 +14,14 @@
 //! gateway through a NodePort.
 
 use anyhow::{Context, Result, bail};
-use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, StartOptions};
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, StartOptions, TlsIdentity};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_fake_whatsapp::{FakeGraph, GraphConfig};
 use crmessenger_testkit::checks::{condition, wait_until};
 use crmessenger_testkit::controlplane::repo_root;
 use crmessenger_testkit::node::Link;
 use crmessenger_testkit::process::Proc;
-use crmessenger_testkit::{ControlPlane, Postgres};
+use crmessenger_testkit::{ControlPlane, Postgres, TestCa};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +60,8 @@ pub struct Demo {
     _pg: Postgres,
     /// amoCRM's sandbox.
     pub amo: FakeAmo,
+    /// The CA that signed the amoCRM sandbox's certificate.
+    pub sandbox_ca: String,
     /// Telegram's sandbox (a scripted messenger).
     pub telegram: ScriptedMessenger,
     /// The WhatsApp Graph API's sandbox.
@@ -91,8 +93,20 @@ impl Demo {
         say("-- PostgreSQL up");
 
         let on_link = SocketAddr::from((link.host_ip, 0));
+        // amoCRM takes https only: the sandbox serves a certificate of a CA of its
+        // own, which the binding names as its caSecret.
+        let ca = TestCa::new("crmessenger sandbox CA")?;
+        let host_ip = link.host_ip.to_string();
+        let cert = ca.issue_server(
+            "amoCRM sandbox",
+            &["amocrm.sandbox.svc.cluster.local", "amocrm.sandbox.svc", &host_ip, "127.0.0.1"],
+        )?;
         let amo = FakeAmo::start_with(
-            FakeConfig { chats: None, ..FakeConfig::default() },
+            FakeConfig {
+                chats: None,
+                tls: Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem }),
+                ..FakeConfig::default()
+            },
             StartOptions { listen: on_link, ..StartOptions::default() },
         )
         .await?;
@@ -107,15 +121,18 @@ impl Demo {
         say(&format!("-- [sandbox] amoCRM at {}", amo.base_url()));
         say(&format!("-- [sandbox] WhatsApp Graph API at {}", graph.graph_url()));
         say(&format!("-- [sandbox] Telegram (scripted) at {}", telegram.base_url()));
-        Ok(Demo { cp, db, _pg: pg, amo, telegram, graph, image, login_pages: Vec::new() })
+        let sandbox_ca = ca.cert_pem().to_string();
+        Ok(Demo { cp, db, _pg: pg, amo, sandbox_ca, telegram, graph, image, login_pages: Vec::new() })
     }
 
     fn link(&self) -> &Link {
         self.cp.link().expect("a node")
     }
 
-    /// The in-cluster URL of a host-side service exposed in [`SANDBOX_NS`].
+    /// The in-cluster URL of a host-side service exposed in [`SANDBOX_NS`] (same
+    /// scheme, port and path).
     fn service_url(&self, name: &str, host_url: &str) -> Result<String> {
+        let scheme = host_url.split_once("://").map(|(s, _)| s).unwrap_or("http");
         let port = host_url
             .rsplit(':')
             .next()
@@ -123,7 +140,7 @@ impl Demo {
             .and_then(|p| p.parse::<u16>().ok())
             .with_context(|| format!("no port in {host_url}"))?;
         let path = host_url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap_or("");
-        Ok(format!("http://{name}.{SANDBOX_NS}.svc.cluster.local:{port}{path}"))
+        Ok(format!("{scheme}://{name}.{SANDBOX_NS}.svc.cluster.local:{port}{path}"))
     }
 
     /// The Services that lead pods to the host-side sandboxes and PostgreSQL, the
@@ -245,9 +262,23 @@ impl Demo {
         files.sort_by_key(|p| !p.ends_with("secrets.yaml"));
         let token = self.amo.issue_token_pair().access_token;
         let amo = self.service_url("amocrm", &self.amo.base_url())?;
+        let mut ca_applied = false;
         for file in files {
+            if !ca_applied && !file.ends_with("secrets.yaml") {
+                let ca = serde_json::to_string(&self.sandbox_ca)?;
+                let secret = format!(
+                    "apiVersion: v1\nkind: Secret\nmetadata: {{ name: amocrm-sandbox-ca, namespace: {SHOP} }}\nstringData: {{ ca.crt: {ca} }}\n"
+                );
+                apply(&self.cp, &secret, None)?;
+                ca_applied = true;
+            }
             let text = std::fs::read_to_string(&file)?
                 .replace(AMOCRM_PLACEHOLDER, &amo)
+                // The sandbox's own CA, as for any private amoCRM host.
+                .replace(
+                    "      credentialsSecret:\n",
+                    "      caSecret: { name: amocrm-sandbox-ca, key: ca.crt }\n      credentialsSecret:\n",
+                )
                 .replace("SANDBOX-AMOCRM-TOKEN", &token)
                 .replace("SANDBOX-WHATSAPP-TOKEN", &self.graph.config().access_token);
             if text.contains("amocrm-sandbox.localhost") || text.contains("SANDBOX-") {

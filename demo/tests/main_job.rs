@@ -41,7 +41,8 @@ fn the_main_job_plays_the_whole_conversation() {
     }
     // Everything ran as pods on the real node; the login pages answer through
     // kubectl port-forward.
-    for pod in ["crmessenger-operator-", "crmessenger-gateway-", "shop-telegram-connector-0", "shop-whatsapp-connector-0"]
+    for pod in
+        ["crmessenger-operator-", "crmessenger-gateway-", "shop-telegram-connector-0", "shop-whatsapp-connector-0"]
     {
         let line = stdout
             .lines()

@@ -287,6 +287,19 @@ impl ControlPlane {
                 "jsonpath={.status.availableReplicas}",
             ])?;
             Ok(String::from_utf8_lossy(&out.stdout).trim() == "1")
+        })?;
+        // Ready is not enough: the cluster is handed out once a name resolves
+        // through the DNS Service, i.e. once kube-proxy has programmed it.
+        let probe = node_bin.join("bin/probe");
+        let query = format!("dns:{}:53:kubernetes.default.svc.cluster.local", node::DNS_IP);
+        self.wait_for("the cluster DNS to answer through its Service", Duration::from_secs(60), || {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", link.name))
+                .arg(&probe)
+                .arg(&query)
+                .stdin(Stdio::null())
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().ends_with(" 10.0.0.1"))
         })
     }
 

@@ -4,6 +4,7 @@
 
 use crmessenger_testkit::ControlPlane;
 use crmessenger_testkit::node::{self, PROBE_IMAGE};
+use crmessenger_testkit::process::Proc;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,26 +87,18 @@ async fn pods_resolve_cluster_names_reach_services_and_have_no_route_off_this_ma
 fn nothing_of_a_node_is_left_after_the_harness_stops() {
     // A control plane with a node in a process of its own, running a pod (so there
     // are containers, shims, mounts and cgroups to leave behind), then killed.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_controlplane"))
-        .arg("--node")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines: Vec<String> = {
-        use std::io::BufRead;
-        let mut lines = Vec::new();
-        for l in std::io::BufReader::new(stdout).lines() {
-            let l = l.unwrap();
-            let done = l.starts_with("node dir:");
-            lines.push(l);
-            if done {
-                break;
-            }
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controlplane"));
+    cmd.arg("--node");
+    let mut child = Proc::start("controlplane", cmd, scratch.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let lines: Vec<String> = loop {
+        let log = child.log();
+        if log.contains("component logs:") {
+            break log.lines().map(str::to_string).collect();
         }
-        lines
+        assert!(child.exited().is_none() && Instant::now() < deadline, "{}", child.log_tail(40));
+        std::thread::sleep(Duration::from_millis(250));
     };
     let field = |prefix: &str| {
         lines
@@ -140,8 +133,7 @@ fn nothing_of_a_node_is_left_after_the_harness_stops() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!node::leftovers(&name, &node_dir).is_empty(), "a running node shows up in the check");
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // The watchdog notices within a second and cleans up.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -96,6 +96,9 @@ pub struct StatusScript {
     pub duplicate: bool,
     /// Stop after `sent` (the customer has not read it yet).
     pub only_sent: bool,
+    /// Deliver them before answering the send (waiting until the receiver has
+    /// accepted them): the statuses overtake the send's answer.
+    pub before_answer: bool,
 }
 
 /// A message the business sent.
@@ -332,6 +335,20 @@ async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let before_answer = s.world.lock().unwrap().statuses.before_answer;
+    let response = accept_message(&s, &node, &headers, &body);
+    if before_answer && response.status().is_success() {
+        // The statuses go out first: the answer waits until they are accepted.
+        let pending = || !s.world.lock().unwrap().hooks.is_empty();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pending() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    response
+}
+
+fn accept_message(s: &Arc<Shared>, node: &str, headers: &HeaderMap, body: &Bytes) -> Response {
     if !authorized(&s, &headers) {
         return unauthorized();
     }

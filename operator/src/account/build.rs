@@ -276,12 +276,26 @@ fn stateful_set_spec(
             env.push(json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret_name, "key": key } } }));
         }
     }
+    // Each sandbox stands in for one service: only the accounts of that service use it.
+    let provider = account.spec.provider;
+    let sandbox_scripted =
+        runtime.sandbox.scripted_messenger.clone().filter(|_| provider == crmessenger_api::account::Provider::Telegram);
+    let cloud_api = account
+        .spec
+        .whatsapp
+        .as_ref()
+        .is_some_and(|w| w.login_method == crmessenger_api::account::WhatsAppLoginMethod::CloudApi);
+    let sandbox_graph = runtime
+        .sandbox
+        .whatsapp_graph_url
+        .clone()
+        .filter(|_| provider == crmessenger_api::account::Provider::Whatsapp && cloud_api);
     for (var, value) in [
         ("CRMESSENGER_GATEWAY_URL", &runtime.gateway_url),
         ("CRMESSENGER_CHATS_CHANNEL_ID", &runtime.chats_channel_id),
         ("CRMESSENGER_CHATS_BASE_URL", &runtime.chats_base_url),
-        ("CRMESSENGER_SCRIPTED_MESSENGER", &runtime.sandbox.scripted_messenger),
-        ("CRMESSENGER_WHATSAPP_GRAPH_URL", &runtime.sandbox.whatsapp_graph_url),
+        ("CRMESSENGER_SCRIPTED_MESSENGER", &sandbox_scripted),
+        ("CRMESSENGER_WHATSAPP_GRAPH_URL", &sandbox_graph),
     ] {
         if let Some(v) = value {
             env.push(json!({ "name": var, "value": v }));
@@ -577,6 +591,47 @@ mod tests {
         let plain = children("telegram-qr.yaml", |_| {});
         assert!(plain.service_account.image_pull_secrets.is_none());
         assert!(plain.stateful_set.spec.unwrap().template.spec.unwrap().image_pull_secrets.is_none());
+    }
+
+    #[test]
+    fn each_sandbox_reaches_only_the_accounts_of_the_service_it_stands_in_for() {
+        let runtime = RuntimeValues {
+            sandbox: crate::settings::Sandbox {
+                scripted_messenger: Some("http://telegram.sandbox.svc:1".into()),
+                whatsapp_graph_url: Some("http://whatsapp.sandbox.svc:2/v21.0".into()),
+            },
+            ..RuntimeValues::default()
+        };
+        let env = |file: &str| {
+            let (a, b, p) = fixture(file);
+            let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
+            let c = build(&a, &config, &Settings::default(), &runtime).unwrap();
+            let pod = serde_json::to_value(&c.stateful_set).unwrap()["spec"]["template"]["spec"].clone();
+            let names = |i: usize| -> Vec<String> {
+                pod["containers"][i]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["name"].as_str().unwrap().into())
+                    .collect()
+            };
+            (names(0), names(1))
+        };
+        let (telegram, sidecar) = env("telegram-qr.yaml");
+        assert!(telegram.contains(&"CRMESSENGER_SCRIPTED_MESSENGER".to_string()), "{telegram:?}");
+        assert!(!telegram.contains(&"CRMESSENGER_WHATSAPP_GRAPH_URL".to_string()), "{telegram:?}");
+        assert!(!sidecar.iter().any(|n| n == "CRMESSENGER_SCRIPTED_MESSENGER"), "{sidecar:?}");
+        let (whatsapp, _) = env("whatsapp-cloud.yaml");
+        assert!(whatsapp.contains(&"CRMESSENGER_WHATSAPP_GRAPH_URL".to_string()), "{whatsapp:?}");
+        assert!(!whatsapp.contains(&"CRMESSENGER_SCRIPTED_MESSENGER".to_string()), "{whatsapp:?}");
+        // Without sandbox values, neither.
+        let (a, b, p) = fixture("telegram-qr.yaml");
+        let config = render(&a, &b, &p, RuntimeSettings::default()).unwrap();
+        let plain = serde_json::to_string(
+            &build(&a, &config, &Settings::default(), &RuntimeValues::default()).unwrap().stateful_set,
+        )
+        .unwrap();
+        assert!(!plain.contains("CRMESSENGER_SCRIPTED_MESSENGER") && !plain.contains("CRMESSENGER_WHATSAPP_GRAPH_URL"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //	connect:HOST:PORT   the error of a TCP connect, or "connected" (for addresses
 //	                    on this machine only)
 //	resolve:NAME        the addresses NAME resolves to, or the error
+//	dns:IP:PORT:NAME    the same, asking the DNS server at IP:PORT only
 package main
 
 import (
@@ -46,16 +47,32 @@ func main() {
 				fmt.Printf("%s error %v\n", arg, err)
 			}
 		case "resolve":
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			addrs, err := net.DefaultResolver.LookupHost(ctx, target)
-			cancel()
-			if err != nil {
-				fmt.Printf("%s error %v\n", arg, err)
-			} else {
-				fmt.Printf("%s %s\n", arg, strings.Join(addrs, ","))
+			lookup(arg, net.DefaultResolver, target)
+		case "dns":
+			i := strings.LastIndex(target, ":")
+			if i < 0 {
+				fmt.Printf("%s error: dns:IP:PORT:NAME\n", arg)
+				continue
 			}
+			server, name := target[:i], target[i+1:]
+			resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, server)
+			}}
+			lookup(arg, resolver, name)
 		default:
 			fmt.Printf("%s unknown probe\n", arg)
 		}
+	}
+}
+
+func lookup(arg string, resolver *net.Resolver, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	addrs, err := resolver.LookupHost(ctx, name)
+	if err != nil {
+		fmt.Printf("%s error %v\n", arg, err)
+	} else {
+		fmt.Printf("%s %s\n", arg, strings.Join(addrs, ","))
 	}
 }
