@@ -19,13 +19,43 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// `kubectl get -o json`, or None when it does not exist.
+/// `kubectl get -o json`, or None when the object does not exist (the API server
+/// says NotFound). Any other failure — kubectl not running, the API server
+/// erring — is retried a few times and then panics: it never reads as "gone".
 pub fn get(cp: &ControlPlane, ns: &str, what: &str) -> Option<Value> {
-    let out = cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]).ok()?;
-    if !out.status.success() {
-        return None;
+    let mut last = String::new();
+    for attempt in 0..4 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let out = match cp.kubectl_output(&["get", what, "-n", ns, "-o", "json"]) {
+            Ok(out) => out,
+            Err(e) => {
+                last = format!("{e:#}");
+                continue;
+            }
+        };
+        if out.status.success() {
+            match serde_json::from_slice(&out.stdout) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    last = format!("not JSON: {e}");
+                    continue;
+                }
+            }
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if is_not_found(&stderr) {
+            return None;
+        }
+        last = stderr.trim().to_string();
     }
-    serde_json::from_slice(&out.stdout).ok()
+    panic!("kubectl get {what} -n {ns} failed (not a NotFound): {last}")
+}
+
+/// Whether kubectl's error output is the API server's NotFound.
+pub fn is_not_found(stderr: &str) -> bool {
+    stderr.contains("(NotFound)")
 }
 
 /// The condition `type_` of an object.

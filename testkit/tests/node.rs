@@ -145,3 +145,15 @@ fn nothing_of_a_node_is_left_after_the_harness_stops() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn get_tells_an_absent_object_from_a_failing_request() {
+    use crmessenger_testkit::checks::get;
+    let cp = ControlPlane::shared_with_node();
+    assert!(get(cp, "default", "service/kubernetes").is_some());
+    assert!(get(cp, "default", "pod/no-such-pod").is_none());
+    // A request that fails for another reason is not "absent".
+    let failed = std::panic::catch_unwind(|| get(cp, "default", "nosuchkind/x"));
+    let message = failed.expect_err("a failing get panics").downcast::<String>().map(|s| *s).unwrap_or_default();
+    assert!(message.contains("not a NotFound"), "{message}");
+}

@@ -349,13 +349,13 @@ async fn messages(
 }
 
 fn accept_message(s: &Arc<Shared>, node: &str, headers: &HeaderMap, body: &Bytes) -> Response {
-    if !authorized(&s, &headers) {
+    if !authorized(s, headers) {
         return unauthorized();
     }
     if node != s.config.phone_number_id {
         return error(StatusCode::BAD_REQUEST, 100, "Unsupported post request", "unknown phone number id");
     }
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return error(StatusCode::BAD_REQUEST, 100, "Invalid parameter", "the body is not JSON");
     };
     if req["messaging_product"] != "whatsapp" {
