@@ -256,6 +256,30 @@ fn invalid_objects() -> Vec<Case> {
             "Too long",
         ),
         case(
+            "bot token Secret name",
+            tg_acct(json!({ "loginMethod": "botToken", "botToken": { "name": "Bot_Token", "key": "token" } })),
+            "spec.telegram.botToken.name",
+            "must be the name of a Secret in this namespace",
+        ),
+        case(
+            "bot token Secret key",
+            tg_acct(json!({ "loginMethod": "botToken", "botToken": { "name": "bot", "key": "the token" } })),
+            "spec.telegram.botToken.key",
+            "must be a Secret data key",
+        ),
+        case(
+            "two-factor password Secret name",
+            tg_acct(json!({ "twoFactorPassword": { "name": "-pw", "key": "password" } })),
+            "spec.telegram.twoFactorPassword.name",
+            "must be the name of a Secret in this namespace",
+        ),
+        case(
+            "two-factor password Secret key",
+            tg_acct(json!({ "twoFactorPassword": { "name": "pw", "key": "pass word" } })),
+            "spec.telegram.twoFactorPassword.key",
+            "must be a Secret data key",
+        ),
+        case(
             "account name too long for its pod",
             {
                 let mut a = account(json!({ "provider": "telegram", "telegram": tg() }));
@@ -358,6 +382,12 @@ fn invalid_objects() -> Vec<Case> {
             amo(json!({ "caSecret": { "name": "ca", "key": "ca crt" } })),
             "spec.crm.amocrm.caSecret.key",
             "must be a Secret data key",
+        ),
+        case(
+            "CA Secret name",
+            amo(json!({ "caSecret": { "name": "Our_CA", "key": "ca.crt" } })),
+            "spec.crm.amocrm.caSecret.name",
+            "must be the name of a Secret in this namespace",
         ),
         case(
             "blank note prefix",
@@ -468,6 +498,103 @@ async fn crds_install_and_become_established() {
             );
         }
         assert_eq!(crd.spec.names.categories, Some(vec!["crmessenger".to_string()]));
+    }
+}
+
+/// Every CEL rule in the CRDs: the field the API server names when it fails (the
+/// rule's property path, array items as `[]`, plus its `fieldPath`; `<nil>` for a
+/// rule on the root) and its message.
+fn crd_rules() -> Vec<(String, String)> {
+    fn walk(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+        for rule in node["x-kubernetes-validations"].as_array().into_iter().flatten() {
+            let field = format!("{path}{}", rule["fieldPath"].as_str().unwrap_or(""));
+            let message = rule["message"].as_str().or(rule["messageExpression"].as_str()).unwrap_or_default();
+            out.push((if field.is_empty() { "<nil>".into() } else { field }, message.to_string()));
+        }
+        for (name, sub) in node["properties"].as_object().into_iter().flatten() {
+            walk(sub, &if path.is_empty() { name.clone() } else { format!("{path}.{name}") }, out);
+        }
+        if node["items"].is_object() {
+            walk(&node["items"], &format!("{path}[]"), out);
+        }
+    }
+    let mut rules = Vec::new();
+    for file in ["messengeraccounts", "crmbindings", "syncpolicies"] {
+        let text = std::fs::read_to_string(repo_root().join(format!("crds/{file}.yaml"))).unwrap();
+        let crd: Value = serde_yaml::from_str(&text).unwrap();
+        for version in crd["spec"]["versions"].as_array().unwrap() {
+            walk(&version["schema"]["openAPIV3Schema"], "", &mut rules);
+        }
+    }
+    rules
+}
+
+/// Rules on status, which `kubectl apply` of a spec never reaches: (field, an
+/// invalid status as a merge patch of a MessengerAccount's status, message).
+fn invalid_statuses() -> Vec<(&'static str, Value, &'static str)> {
+    vec![("status.binding.name", json!({ "binding": { "name": "Not_A_Name" } }), "must be an object name")]
+}
+
+#[test]
+fn every_cel_rule_has_an_object_the_api_server_must_refuse() {
+    let rules = crd_rules();
+    assert!(rules.len() >= 50, "{} rules read from crds/", rules.len());
+    let cases = invalid_objects();
+    let statuses = invalid_statuses();
+    let unbracket = |f: &str| {
+        let mut out = String::new();
+        let mut in_index = false;
+        for c in f.chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    out.push_str("[]");
+                }
+                ']' => in_index = false,
+                _ if in_index => {}
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let missing: Vec<String> = rules
+        .iter()
+        .filter(|(field, message)| {
+            let by_case = cases.iter().any(|c| unbracket(c.field) == *field && message.contains(c.message));
+            let by_status = statuses.iter().any(|(f, _, m)| f == field && message.contains(m));
+            !by_case && !by_status
+        })
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect();
+    assert!(missing.is_empty(), "rules with no rejected case in invalid_objects():\n{}", missing.join("\n"));
+}
+
+#[tokio::test]
+async fn invalid_statuses_are_rejected_naming_the_field() {
+    let cp = cp();
+    let ns = cp.namespace("status").await.unwrap();
+    let out = cp
+        .kubectl_apply_output(&account(json!({ "provider": "telegram", "telegram": tg() })).to_string(), &["-n", &ns])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (field, status, message) in invalid_statuses() {
+        let patch = json!({ "status": status }).to_string();
+        let out = cp
+            .kubectl_output(&[
+                "patch",
+                "messengeraccount",
+                "a",
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ])
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{field}: accepted");
+        assert!(stderr.contains(&format!("{field}: ")) && stderr.contains(message), "{field}: {stderr}");
     }
 }
 

@@ -335,11 +335,24 @@ impl Bridge {
             DeliveryUpdate::Unchanged => return Ok(()),
             DeliveryUpdate::UnknownMessage => {
                 // It may have overtaken the record of its send (or not be ours):
-                // kept until the send is recorded (see the outbound pass).
+                // kept until the send is recorded (the outbound pass takes it).
                 tracing::debug!(account = self.account(), chat, message_id, status, "status before its send");
                 let now = self.clock.now_ms();
                 self.store.park_early_status(self.account(), message_id, status, now).await.map_err(store_err)?;
-                return Ok(());
+                // The send may have been recorded (and found nothing kept) between
+                // the lookup and the keeping: look again. Applying a status twice
+                // moves it once (forward only).
+                match self.store.outbox_delivery(self.account(), message_id, status).await.map_err(store_err)? {
+                    DeliveryUpdate::UnknownMessage => return Ok(()),
+                    DeliveryUpdate::Unchanged => {
+                        self.store.take_early_status(self.account(), message_id).await.map_err(store_err)?;
+                        return Ok(());
+                    }
+                    DeliveryUpdate::Moved { seq, crm_message_id } => {
+                        self.store.take_early_status(self.account(), message_id).await.map_err(store_err)?;
+                        (seq, crm_message_id)
+                    }
+                }
             }
         };
         if let Some(detail) = status.strip_prefix("failed") {
