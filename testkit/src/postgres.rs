@@ -89,6 +89,9 @@ impl Postgres {
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string()).arg("-k").arg(&dir);
         cmd.arg("-c").arg(format!("listen_addresses={listen}"));
+        // Fast, not durable: a crash of this server may lose its last commits. The
+        // tests kill connectors, never this server, so durability is not what they
+        // check; figures taken against it are not durable commit rates.
         for setting in [
             "fsync=off",
             "synchronous_commit=off",
