@@ -152,30 +152,48 @@ fn bad_input_is_a_clear_error_and_exit_1_never_a_panic() {
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message is one span from the
 /// messenger event to the CRM write, named by its correlation id, exported over OTLP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_message_is_a_span_exported_over_otlp() {
+async fn each_message_is_one_span_exported_over_otlp() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
     let token = fake.issue_token_pair().access_token;
     write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
-    let (otlp, mut bodies) = crmessenger_testkit::otlp::receiver().await;
+    let (otlp, mut spans) = crmessenger_testkit::otlp::span_receiver().await;
     let ports = Ports::free();
     let scripted = messenger.base_url();
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
     let p = start_standalone_with(dir.path(), &ports, &["--scripted-messenger", &scripted], &env);
-    messenger.push(vec![text("8123", "m-77", "Vera", "trace me")]);
-    note_with(&fake, "trace me", &p).await;
+    let keys = ["m-77", "m-78", "m-79"];
+    for (i, key) in keys.iter().enumerate() {
+        messenger.push(vec![text("8123", key, "Vera", &format!("trace me {i}"))]);
+    }
+    for i in 0..keys.len() {
+        note_with(&fake, &format!("trace me {i}"), &p).await;
+    }
+    // A last message, after the others: spans are exported in the order they end,
+    // so once its span is in, every earlier message's span is too.
+    messenger.push(vec![text("8123", "m-marker", "Vera", "trace me last")]);
+    note_with(&fake, "trace me last", &p).await;
     // The correlation id is `<account hash>:<chat>:<event key>`; the chat and key are ours.
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(body) = bodies.recv().await {
-            let has = |s: &str| body.windows(s.len()).any(|w| w == s.as_bytes());
-            if has("message") && has("crmessenger.correlation_id") && has(":8123:") {
-                return true;
+    let mut per_key = std::collections::HashMap::<String, usize>::new();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(span) = spans.recv().await {
+            let Some(id) = span.attribute("crmessenger.correlation_id").filter(|_| span.name == "message") else {
+                continue;
+            };
+            let Some((_, event)) = id.split_once(":8123:") else { continue };
+            // The event key names the message id (with a kind prefix, if any).
+            let Some(key) = keys.iter().chain(["m-marker"].iter()).find(|k| event.ends_with(*k)) else { continue };
+            *per_key.entry(key.to_string()).or_default() += 1;
+            if *key == "m-marker" {
+                return;
             }
         }
-        false
     })
     .await;
-    assert_eq!(found, Ok(true), "no message span reached the OTLP receiver\n{}", p.log_tail(20));
+    assert!(got.is_ok(), "the marker's span never reached the OTLP receiver: {per_key:?}\n{}", p.log_tail(20));
+    for key in keys {
+        assert_eq!(per_key.get(key), Some(&1), "one span for {key}: {per_key:?}");
+    }
 }

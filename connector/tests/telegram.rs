@@ -328,13 +328,21 @@ async fn a_restart_catches_up_from_the_committed_state() {
 async fn a_burst_over_the_queue_capacity_while_the_database_stalls_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
-    let fake = FakeTelegram::new(Script { channel_capacity: 1_000, difference_limit: 40, ..Script::default() });
+    // The connection's channel holds 100 updates, the adapter's queue 50; the burst
+    // is 500, five times what the channel holds.
+    let fake = FakeTelegram::new(Script { channel_capacity: 100, difference_limit: 40, ..Script::default() });
     let mut s = settings(LoginMethod::Qr);
     s.queue_capacity = 50;
     let (tg, mut cursor) = signed_in(&fake, &store, s).await;
     // The bridge is stuck on a slow database: nobody asks for updates meanwhile.
+    // They come in batches of 20, with a moment between batches for the adapter's
+    // pump: one that keeps reading the channel while its queue is full never lets
+    // it fill; one that stops reading lets Telegram's updates drop.
     for i in 0..500 {
         fake.customer_says(600 + i % 7, "Customer", &format!("burst {i}"), true);
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.world.lock().unwrap().dropped_live, 0, "the adapter drains the connection's channel at once");

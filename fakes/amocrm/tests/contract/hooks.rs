@@ -42,6 +42,12 @@ async fn rest_webhooks_are_unsigned_forms_retried_on_the_fake_clock() {
     assert_eq!(receiver.count(), 1, "retried too early");
     env.fake.clock().advance(Duration::from_secs(61));
     assert!(receiver.wait_for(2, Duration::from_secs(3)).await, "retry #2 never came");
+    // The receiver sees the request before the fake has its answer: wait for the
+    // fake's record of the second delivery.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while env.fake.snapshot().webhook_deliveries.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let snap = env.fake.snapshot();
     let attempts: Vec<(u32, Option<u16>, bool)> =
         snap.webhook_deliveries.iter().map(|d| (d.attempt, d.status, d.success)).collect();
