@@ -54,7 +54,7 @@ impl Link {
         let name = format!("{PREFIX}{}", std::process::id());
         let index = std::process::id() % 16_000;
         let (host_ip, node_ip) = (subnet_host(index, 1), subnet_host(index, 2));
-        std::fs::write(dir.join("cleanup.sh"), cleanup_script(&name, &dir.join("node")))?;
+        std::fs::write(dir.join("cleanup.sh"), cleanup_script(&name))?;
         let node_if = format!("{name}n");
         run("ip", &["netns", "add", &name])?;
         run("ip", &["link", "add", &name, "type", "veth", "peer", "name", &node_if])?;
@@ -79,12 +79,11 @@ fn subnet_host(index: u32, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 213, 0, 0)) + index * 4 + n)
 }
 
-/// What undoes a node named `name` run in `node_dir`: its processes (a PID
-/// namespace's init, when killed, takes every process in it), its network
-/// namespace, its cgroups, the host's end of its veth pair, the CNI cache
-/// directory if it made it.
-fn cleanup_script(name: &str, node_dir: &Path) -> String {
-    let made = node_dir.join("made-var-lib-cni");
+/// What undoes a node named `name`: its processes (a PID namespace's init, when
+/// killed, takes every process in it), its network namespace, its cgroups, the
+/// host's end of its veth pair, and — when it is the last test node — the CNI
+/// cache directory a test node made.
+fn cleanup_script(name: &str) -> String {
     format!(
         r#"pids=$(ip netns pids {name} 2>/dev/null); [ -n "$pids" ] && kill -9 $pids 2>/dev/null
 ip netns del {name} 2>/dev/null
@@ -95,10 +94,11 @@ for _ in $(seq 50); do
   echo "$left" | xargs rmdir 2>/dev/null
   sleep 0.1
 done
-[ -f "{made}" ] && rmdir /var/lib/cni 2>/dev/null
+if [ -f /run/crmessenger-made-var-lib-cni ] && ! ip netns list | grep -q '^{PREFIX}'; then
+  rmdir /var/lib/cni 2>/dev/null && rm -f /run/crmessenger-made-var-lib-cni
+fi
 true
-"#,
-        made = made.display()
+"#
     )
 }
 
@@ -133,11 +133,7 @@ pub fn sweep() {
     names.sort();
     names.dedup();
     for name in names.iter().filter(|n| n.starts_with(PREFIX) && !owner_alive(n)) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(cleanup_script(name, Path::new("/nonexistent")))
-            .stdin(Stdio::null())
-            .status();
+        let _ = Command::new("sh").arg("-c").arg(cleanup_script(name)).stdin(Stdio::null()).status();
     }
 }
 

@@ -19,11 +19,11 @@ source "$dir/node.env"
 export PATH="$NODE_BIN/bin:$PATH:/usr/sbin:/sbin"
 
 # Paths the node's parts write to that are not configurable: private tmpfs
-# (/var/lib/cni is libcni's cache; made here if the host has none, and removed by
-# the harness's cleanup).
+# (/var/lib/cni is libcni's cache; made here if the host has none, marked in the
+# host's /run, and removed by the cleanup of the last test node).
 if [ ! -d /var/lib/cni ]; then
   mkdir /var/lib/cni
-  touch "$dir/made-var-lib-cni"
+  touch /run/crmessenger-made-var-lib-cni
 fi
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /var/log
