@@ -561,10 +561,16 @@ impl ControlPlane {
 /// The directory of the control-plane binaries: `$CRMESSENGER_CONTROLPLANE_BIN`, or
 /// what `tools/build-controlplane.sh` prints (it builds on a cold cache).
 pub fn binaries() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CRMESSENGER_CONTROLPLANE_BIN") {
+    cached_build("CRMESSENGER_CONTROLPLANE_BIN", "tools/build-controlplane.sh")
+}
+
+/// The directory in `$var`, or what the repository's build `script` prints on
+/// stdout (it builds into its cache when that is cold).
+pub(crate) fn cached_build(var: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(var) {
         return Ok(PathBuf::from(dir));
     }
-    let script = repo_root().join("tools/build-controlplane.sh");
+    let script = repo_root().join(script);
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())

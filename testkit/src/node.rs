@@ -178,19 +178,7 @@ pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
 /// The directory `tools/build-node.sh` builds into: `$CRMESSENGER_NODE_DIR`, or
 /// what the script prints (it builds on a cold cache).
 pub fn binaries() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CRMESSENGER_NODE_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = crate::controlplane::repo_root().join("tools/build-node.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed", script.display());
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::controlplane::cached_build("CRMESSENGER_NODE_DIR", "tools/build-node.sh")
 }
 
 /// The environment `tools/node/node.sh` reads.
