@@ -133,12 +133,7 @@ impl Demo {
     /// scheme, port and path).
     fn service_url(&self, name: &str, host_url: &str) -> Result<String> {
         let scheme = host_url.split_once("://").map(|(s, _)| s).unwrap_or("http");
-        let port = host_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.split('/').next())
-            .and_then(|p| p.parse::<u16>().ok())
-            .with_context(|| format!("no port in {host_url}"))?;
+        let port = port_of(host_url)?;
         let path = host_url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..])).unwrap_or("");
         Ok(format!("{scheme}://{name}.{SANDBOX_NS}.svc.cluster.local:{port}{path}"))
     }
@@ -154,16 +149,14 @@ impl Demo {
         };
         apply(cp, &ns(RELEASE_NS), None)?;
         apply(cp, &ns(SANDBOX_NS), None)?;
-        let pg_port = self.db.rsplit(':').next().and_then(|p| p.split('/').next()).context("postgres port")?;
-        let pg_port: u16 = pg_port.parse()?;
+        let pg_port = port_of(&self.db)?;
         let mut services = vec![self.link().expose_yaml(SANDBOX_NS, "postgres", pg_port)];
         for (name, url) in [
             ("amocrm", self.amo.base_url()),
             ("telegram", self.telegram.base_url()),
             ("whatsapp", self.graph.graph_url()),
         ] {
-            let port = url.rsplit(':').next().and_then(|p| p.split('/').next()).context("port")?.parse()?;
-            services.push(self.link().expose_yaml(SANDBOX_NS, name, port));
+            services.push(self.link().expose_yaml(SANDBOX_NS, name, port_of(&url)?));
         }
         apply(cp, &services.join("---\n"), None)?;
         let db_in_cluster = self
@@ -346,6 +339,15 @@ impl Demo {
 
 /// The sidecar's port (the login page), as the operator builds connector pods.
 const SIDECAR_PORT: u16 = 8080;
+
+/// The port of a URL with an explicit port (`scheme://host:PORT/path`).
+fn port_of(url: &str) -> Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {url}"))
+}
 
 /// Polls `check` until it holds, or fails after `secs` naming `what` and the last
 /// observation.
