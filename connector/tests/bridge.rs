@@ -581,6 +581,19 @@ async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
     let r = rig(&pg("storefail")).await;
     r.messenger.push(vec![text("3001", "a", "Ann", "hello")]);
     let lead = wait_for("the lead", 30, || r.fake.snapshot().leads.first().map(|l| l.id)).await;
+    // The lead is in the CRM before the store links it to the chat; a reply polled
+    // in between belongs to no chat of ours. Wait for the link before fences move.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM conversations WHERE lead_id = $1")
+        .bind(lead)
+        .fetch_one(r.store.pool())
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "timed out waiting for the store to link the lead to its chat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let failed = || {
         let text = r.metrics.encode();
         text.lines()
