@@ -43,6 +43,9 @@ pub struct Metrics {
     pub crm_errors: Family<AccountLabel, Counter>,
     /// Storage writes that failed (the work is retried; a growing count needs a look).
     pub store_errors: Family<AccountLabel, Counter>,
+    /// Escalation checks completed (each looks for conversations past the
+    /// policy's delay); a count that stops growing means escalation is stuck.
+    pub escalation_checks: Family<AccountLabel, Counter>,
 }
 
 fn lag_histogram() -> Histogram {
@@ -66,6 +69,7 @@ impl Default for Metrics {
             crm_circuit_open: Family::default(),
             crm_errors: Family::default(),
             store_errors: Family::default(),
+            escalation_checks: Family::default(),
         };
         r.register("messages_in", "Customer messages delivered to the CRM", m.messages_in.clone());
         r.register("messages_out", "Replies delivered to the messenger", m.messages_out.clone());
@@ -83,6 +87,7 @@ impl Default for Metrics {
         r.register("crm_circuit_open", "1 while CRM deliveries are held back", m.crm_circuit_open.clone());
         r.register("store_errors", "Storage writes that failed", m.store_errors.clone());
         r.register("crm_errors", "Failed CRM calls", m.crm_errors.clone());
+        r.register("escalation_checks", "Escalation checks completed", m.escalation_checks.clone());
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }

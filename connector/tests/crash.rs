@@ -53,8 +53,20 @@ async fn snapshot(http: &reqwest::Client, base: &str) -> Value {
     http.get(format!("{base}/_fake/snapshot")).send().await.unwrap().json().await.unwrap()
 }
 
-fn notes_count(snap: &Value) -> usize {
-    snap["notes"].as_array().map_or(0, Vec::len)
+/// Batches of notes the fake wrote and then withheld the answer to (its record
+/// of requests dropped by a `drop_response` fault that succeeded).
+fn withheld_writes(snap: &Value) -> usize {
+    snap["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["dropped"] == true
+                && r["method"] == "POST"
+                && r["path"] == "/api/v4/leads/notes"
+                && r["status"].as_u64().is_some_and(|s| (200..300).contains(&s))
+        })
+        .count()
 }
 
 /// Every marker in the fake's notes, by chat, in note order.
@@ -140,13 +152,14 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     while !feeder.is_finished() || kills < 8 {
         if in_doubt_kills < 2 && kills % 3 == 1 {
             // The fake writes the next batch of notes and withholds the answer;
-            // kill the connector once the notes are there.
-            let before = notes_count(&snapshot(&http, &amo).await);
+            // kill the connector once its record shows that request written and
+            // unanswered (not merely that some notes appeared: a batch sent before
+            // the fault was armed would be answered).
             let fault = json!({ "method": "POST", "path_prefix": "/api/v4/leads/notes", "drop_response": true });
             http.post(format!("{amo}/_fake/faults")).json(&fault).send().await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
-            while notes_count(&snapshot(&http, &amo).await) == before {
-                assert!(Instant::now() < deadline, "no notes written\n{}", connector.log_tail(20));
+            while withheld_writes(&snapshot(&http, &amo).await) == in_doubt_kills {
+                assert!(Instant::now() < deadline, "no batch of notes withheld\n{}", connector.log_tail(20));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             in_doubt_kills += 1;
@@ -161,22 +174,34 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
 
     // After the last restart everything arrives.
     let deadline = Instant::now() + Duration::from_secs(240);
-    let snap = loop {
+    loop {
         let snap = snapshot(&http, &amo).await;
         let got: usize = delivered(&snap).values().map(Vec::len).sum();
         if got >= CHATS * PER_CHAT {
-            break snap;
+            break;
         }
         assert!(Instant::now() < deadline, "{got} of {} delivered\n{}", CHATS * PER_CHAT, connector.log_tail(30));
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    // Give any straggling duplicate a moment to show up before judging.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let snap = if notes_count(&snapshot(&http, &amo).await) != notes_count(&snap) {
-        snapshot(&http, &amo).await
-    } else {
-        snap
-    };
+    }
+    // Judge once the connector has nothing left to write: every message of the
+    // stream is done in its inbox (a straggling duplicate would come from a row
+    // still pending), so the CRM's notes are final.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (done, open): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state <> 'done') FROM inbox",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if open == 0 && done >= (CHATS * PER_CHAT) as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "inbox: {done} done, {open} not\n{}", connector.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let snap = snapshot(&http, &amo).await;
     let by_chat = delivered(&snap);
     assert_eq!(by_chat.len(), CHATS);
     for (chat, ns) in &by_chat {
@@ -185,6 +210,7 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     }
     assert_eq!(snap["contacts"].as_array().unwrap().len(), CHATS, "one contact per chat");
     assert_eq!(snap["leads"].as_array().unwrap().len(), CHATS, "one lead per chat");
+    assert_eq!(withheld_writes(&snap), 2, "both in-doubt cases happened: a batch written, its answer withheld");
     println!("{kills} kills ({in_doubt_kills} with a batch written but unanswered), seed {seed}");
 }
 

@@ -268,3 +268,43 @@ async fn a_forged_media_url_writes_nothing_and_responses_are_not_sniffed() {
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_stalls_past_the_deadline_is_503_and_the_retry_is_stored_once() {
+    use crmessenger_connector::gateway::DEADLINE;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = Postgres::shared().database("gateway_stall").unwrap();
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.put_route(ROUTE_BINDING_CRM, "ns/b", "https://x.amocrm.ru").await.unwrap();
+    let conv = Conversation { contact_id: Some(1), lead_id: Some(77), ..Conversation::default() };
+    store.put_conversation("ns/acct", "chat-1", "https://x.amocrm.ru", &conv, 0).await.unwrap();
+    let token = store.webhook_token("ns/b").await.unwrap();
+    let check = Store::connect(&url, 1).await.unwrap();
+    let addr = start_gateway(store).await;
+    let post = || async {
+        let started = Instant::now();
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/amocrm/webhook/{token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(note_hook(77, 8))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap(), started.elapsed())
+    };
+    // The database stalls: another session holds the events table.
+    let locker = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
+    let (status, body, took) = post().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not stored in time"), "{body}");
+    assert!(took >= DEADLINE, "answered after {took:?}, before the write could have finished");
+    // The database is back: amoCRM's retry is stored, once (the stalled write may
+    // also land when the lock goes; the replay is recognised either way).
+    tx.rollback().await.unwrap();
+    let (status, body, _) = post().await;
+    assert_eq!(status, 200, "{body}");
+    let rows = check.events_pending("ns/acct", 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}

@@ -197,3 +197,38 @@ async fn each_message_is_one_span_exported_over_otlp() {
         assert_eq!(per_key.get(key), Some(&1), "one span for {key}: {per_key:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_sqlite_waits_for_the_lock_and_takes_over_after_a_sigkill() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+    let scripted = format!("home/shop={}", messenger.base_url());
+    let args = ["--scripted-messenger", scripted.as_str()];
+
+    // A holds the account's lock file and works.
+    let mut a = start_standalone(dir.path(), &Ports::free(), &args);
+    messenger.push(vec![text("7101", "1", "Olga", "before the crash")]);
+    note_with(&fake, "before the crash", &a).await;
+    // B, on the same data directory, says it waits and stays off the messenger.
+    let b = start_standalone(dir.path(), &Ports::free(), &args);
+    eventually("B waiting for the lock file", 30, || async {
+        b.log().contains("is held by another process").then_some(()).ok_or(b.log_tail(10))
+    })
+    .await;
+    assert_eq!(messenger.connections().len(), 1, "only the holder connects: {:?}", messenger.connections());
+
+    // A dies without a word; the kernel frees its lock; B takes over and goes on.
+    a.kill();
+    messenger.push(vec![text("7101", "2", "Olga", "after the crash")]);
+    note_with(&fake, "after the crash", &b).await;
+    assert_eq!(messenger.connections().len(), 2, "B connected once: {:?}", messenger.connections());
+    let notes = fake.snapshot().notes;
+    for needle in ["before the crash", "after the crash"] {
+        let n = notes.iter().filter(|n| n.params["text"].as_str().unwrap_or_default().contains(needle)).count();
+        assert_eq!(n, 1, "{needle:?} delivered once");
+    }
+}

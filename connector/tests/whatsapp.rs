@@ -49,15 +49,19 @@ async fn gateway(store: &Store, app_secret: &str) -> String {
 }
 
 async fn rig(db: &str, template: bool, window_error: WindowError) -> Rig {
+    rig_with(db, template, GraphConfig { window_error, ..GraphConfig::default() }, None).await
+}
+
+/// [`rig`] with the Graph API fake configured by `base`, and the connector given
+/// `token` instead of the fake's access token when set.
+async fn rig_with(db: &str, template: bool, base: GraphConfig, token: Option<&str>) -> Rig {
     let ca = TestCa::new("crmessenger test CA").unwrap();
     let cert = ca.issue_server("graph.test", &["127.0.0.1", "localhost"]).unwrap();
     let store = Store::connect(&Postgres::shared().database(db).unwrap(), POOL_SIZE).await.unwrap();
-    let base = GraphConfig::default();
     let gw = gateway(&store, &base.app_secret).await;
     let graph = FakeGraph::start(GraphConfig {
         tls: Some(TlsIdentity { cert_pem: cert.cert_pem, key_pem: cert.key_pem }),
         webhook_url: Some(format!("{gw}/whatsapp/webhook")),
-        window_error,
         ..base
     })
     .await
@@ -69,7 +73,8 @@ async fn rig(db: &str, template: bool, window_error: WindowError) -> Rig {
         render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
             .unwrap();
     let values: SecretValues =
-        [(("wa".to_string(), "access_token".to_string()), graph.config().access_token.clone())].into();
+        [(("wa".to_string(), "access_token".to_string()), token.unwrap_or(&graph.config().access_token).to_string())]
+            .into();
     let mut settings = whatsapp_settings(&config, &values).unwrap();
     settings.graph_url = graph.graph_url();
     settings.ca_pem = Some(ca.cert_pem().to_string());
@@ -129,8 +134,18 @@ async fn final_delivery(r: &Rig, wamid: &str, expected: &str) {
         r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref() == Some(expected)
     })
     .await;
-    // Nothing moves it afterwards (late or duplicated statuses).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Nothing moves it afterwards (late or duplicated statuses): judged once every
+    // status webhook Meta sent was answered 200 and the connector consumed every
+    // stored webhook, the positive signal that no status is still on its way.
+    eventually("every webhook delivered and consumed", async || {
+        let unconsumed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE account = $1 AND state = 'stream'")
+            .bind(&r.parts.key)
+            .fetch_one(r.store.pool())
+            .await
+            .unwrap();
+        r.graph.pending_webhooks() == 0 && unconsumed == 0
+    })
+    .await;
     assert_eq!(r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref(), Some(expected));
 }
 
@@ -225,7 +240,10 @@ async fn webhooks_without_a_valid_signature_or_malformed_or_replayed_change_noth
         assert_eq!(post(Some(signature(&secret, body.as_bytes())), body.clone()).await.unwrap().status().as_u16(), 200);
     }
     eventually("the note", async || has_note(&r.amo, "forged")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Eve writes again: her chat is delivered in order, so once this is in, any
+    // copy of the replayed webhook would be too.
+    r.graph.customer_says(Some("15550009999"), None, "Eve", "marker after the replays");
+    eventually("Eve's marker", async || has_note(&r.amo, "marker after the replays")).await;
     assert_eq!(
         r.amo
             .snapshot()
@@ -354,5 +372,70 @@ async fn a_reply_with_a_file_is_uploaded_then_sent_by_id_within_whatsapps_limits
     let refused = r.parts.messenger.send(&picture).await.unwrap_err();
     assert!(refused.to_string().contains("WhatsApp's limit"), "{refused}");
     assert_eq!(r.graph.sent().len(), 1);
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn throughput_and_pair_rate_refusals_wait_and_every_reply_goes_once_in_order() {
+    // One message a second for the number, and Meta's 6 s between two messages to
+    // the same customer.
+    let config = GraphConfig { throughput_per_sec: 1, ..GraphConfig::default() };
+    let r = rig_with("walimits", false, config, None).await;
+    let lead_a = customer_writes(&r, "from Maria").await;
+    r.graph.customer_says(Some("15550002222"), None, "Omar", "from Omar");
+    eventually("Omar's note", async || has_note(&r.amo, "from Omar")).await;
+    let lead_b = r.amo.snapshot().leads.iter().map(|l| l.id).find(|id| *id != lead_a).expect("Omar's lead");
+    // Three answers at once: Maria, Omar, Maria again.
+    r.amo.add_manager_note(lead_a, 1001, ">> first for Maria");
+    r.amo.add_manager_note(lead_b, 1001, ">> first for Omar");
+    r.amo.add_manager_note(lead_a, 1001, ">> second for Maria");
+    let texts_to = |to: &str| -> Vec<String> {
+        r.graph
+            .sent()
+            .iter()
+            .filter(|m| m.to == to)
+            .map(|m| m.body["text"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    for i in 0.. {
+        if texts_to(CUSTOMER).len() == 2 && texts_to("15550002222").len() == 1 {
+            break;
+        }
+        assert!(
+            i < 300,
+            "every answer at the Graph API: sent {:?}, refused {:?}, outbox {:?}, dead {:?}",
+            r.graph.sent().iter().map(|m| (&m.to, m.body["text"]["body"].as_str())).collect::<Vec<_>>(),
+            r.graph.refusals(),
+            r.store.counts(&r.parts.key).await,
+            r.store.dead_letters(&r.parts.key).await,
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(texts_to(CUSTOMER), ["first for Maria", "second for Maria"], "once each, in order");
+    assert_eq!(texts_to("15550002222"), ["first for Omar"]);
+    // Both limits were hit, and waited out rather than dead-lettered.
+    let codes: Vec<u32> = r.graph.refusals().iter().map(|f| f.code).collect();
+    assert!(codes.contains(&130429) && codes.contains(&131056), "refusals: {codes:?}");
+    assert_eq!(r.store.dead_letters(&r.parts.key).await.unwrap().len(), 0);
+    let _ = r.stop.send(true);
+}
+
+#[tokio::test]
+async fn a_refused_access_token_shows_the_account_logged_out_and_keeps_its_messages() {
+    use crmessenger_connector::messenger::LoginState;
+    let r = rig_with("watoken", false, GraphConfig::default(), Some("EAAG-revoked-token")).await;
+    eventually("logged out", async || matches!(r.parts.state.get().login, Some(LoginState::LoggedOut { .. }))).await;
+    let Some(LoginState::LoggedOut { reason }) = r.parts.state.get().login else { unreachable!() };
+    assert!(reason.contains("access token was refused"), "{reason}");
+    // A customer's webhook still lands (Meta signs it with the app secret, not the
+    // token): it is kept for when the token is fixed, not lost.
+    r.graph.customer_says(Some(CUSTOMER), None, "Maria", "while the token is bad");
+    eventually("the webhook stored", async || r.graph.pending_webhooks() == 0).await;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE account = $1")
+        .bind(&r.parts.key)
+        .fetch_one(r.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the customer's message is kept");
     let _ = r.stop.send(true);
 }

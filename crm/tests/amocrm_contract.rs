@@ -238,18 +238,24 @@ async fn replies_are_polled_once_and_re_read_by_id() {
 
 #[tokio::test]
 async fn the_budget_keeps_requests_under_seven_per_second() {
+    // The spacing itself is checked exactly on the budget's own clock (the unit
+    // tests in `budget.rs`); arrival times on a busy machine bunch up, so here the
+    // outcome: the fake (which counts 7 per second by arrival) refused nothing, and
+    // the calls took at least as long as the budget spaces them — a lower bound a
+    // slow machine only makes easier to meet, and a missing budget cannot.
     let s = setup(FakeConfig::default(), false).await;
+    let started = std::time::Instant::now();
     for i in 0..30 {
         let person = Person { name: format!("p{i}"), telegram_user_id: Some(9000 + i), ..Person::default() };
         s.crm.find_or_create_contact(&person, &[DedupKey::TelegramUserId]).await.unwrap();
     }
-    let times: Vec<i64> = s.fake.snapshot().requests.iter().map(|r| r.real_ms as i64).collect();
-    assert!(times.len() >= 60);
-    for (i, &t) in times.iter().enumerate() {
-        let in_window = times[i..].iter().take_while(|&&u| u - t < 1000).count();
-        assert!(in_window <= 7, "{in_window} requests within one second from {t}");
-    }
-    assert!(!s.fake.snapshot().requests.iter().any(|r| r.status == 429), "the fake had to refuse a request");
+    let elapsed = started.elapsed();
+    let requests = s.fake.snapshot().requests;
+    assert!(requests.len() >= 60, "{} requests", requests.len());
+    assert!(!requests.iter().any(|r| r.status == 429), "the fake had to refuse a request");
+    let spacing = Duration::from_secs_f64(1.0 / Limit::AMOCRM_REST.rate);
+    let least = spacing * (requests.len() as u32 - 1);
+    assert!(elapsed >= least, "{} requests in {elapsed:?}: the budget spaces them over {least:?}", requests.len());
 }
 
 #[tokio::test]

@@ -327,7 +327,6 @@ async fn deletion_completes_at_once_when_the_connector_confirms_cleanup() {
     })
     .await;
     cp.kubectl_ok(&["delete", "messengeraccount", "bye", "-n", &ns, "--wait=false"]).unwrap();
-    let started = std::time::Instant::now();
     let patch = json!({ "status": { "connector": { "cleanupCompletedAt": "2026-01-01T00:00:00Z" } } });
     cp.kubectl_ok(&[
         "patch",
@@ -345,9 +344,12 @@ async fn deletion_completes_at_once_when_the_connector_confirms_cleanup() {
         if get(cp, &ns, "messengeraccount/bye").is_none() { Ok(()) } else { Err("still there".to_string()) }
     })
     .await;
+    // The confirmation released it, not the timeout (which would have said so in
+    // an event before removing the finalizer): an outcome, not a wall-clock bound.
+    let events = cp.kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]).unwrap();
     assert!(
-        started.elapsed().as_secs() < CLEANUP_TIMEOUT_SECS,
-        "deletion waited for the timeout although the connector confirmed"
+        !events.contains("CleanupTimedOut"),
+        "deletion waited for the timeout although the connector confirmed: {events}"
     );
 }
 

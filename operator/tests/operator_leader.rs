@@ -9,7 +9,7 @@ use common::{apply, condition, eventually, get, http_get, start_operator};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_testkit::ControlPlane;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// An operator process: admin address and pid.
 type Operator = (String, u32);
@@ -147,7 +147,27 @@ async fn only_the_leader_refreshes_once_per_expiry_and_the_standby_takes_over() 
         if t != first { Ok(t) } else { Err(format!("refreshes so far: {}", fake.snapshot().refreshes)) }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A change to the binding makes the leader reconcile it once more, after the
+    // refresh: once that reconcile is visible (its conditions carry the new
+    // generation), a second refresh for the same expiry would have happened.
+    cp.kubectl_ok(&[
+        "patch",
+        "crmbinding",
+        "amo",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"accountNames":["nobody","nobody-else"]}}"#,
+    ])
+    .unwrap();
+    eventually("a reconcile of the changed binding", 30, || async {
+        let b = get(cp, &ns, "crmbinding/amo").ok_or("absent")?;
+        let generation = b["metadata"]["generation"].as_i64().unwrap_or(0);
+        let seen = condition(&b, "CredentialsValid").and_then(|c| c["observedGeneration"].as_i64());
+        if generation >= 2 && seen == Some(generation) { Ok(()) } else { Err(b["status"].to_string()) }
+    })
+    .await;
     assert_eq!(fake.snapshot().refreshes, 2, "exactly one refresh per expiry, with two operators running");
     // The Secret connectors read holds a token the CRM accepts.
     let status = reqwest_status(&fake.base_url(), &second).await;

@@ -38,17 +38,24 @@ impl Postgres {
 
     /// Initialises a cluster in a fresh temporary directory and starts the server.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
+    }
+
+    /// A server with PostgreSQL's durable defaults (`fsync`, `synchronous_commit`
+    /// and `full_page_writes` on), for benchmarks whose figures must be what a
+    /// production server commits.
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::start_inner(None, true)
     }
 
     /// Like [`Postgres::start`], also listening on the host end of a real node's
     /// link and trusting connections from the node (pods reach it through a
     /// Service, so their packets come from the node's address).
     pub fn start_for_node(link: &crate::node::Link) -> anyhow::Result<Self> {
-        Self::start_inner(Some(link))
+        Self::start_inner(Some(link), false)
     }
 
-    fn start_inner(link: Option<&crate::node::Link>) -> anyhow::Result<Self> {
+    fn start_inner(link: Option<&crate::node::Link>, durable: bool) -> anyhow::Result<Self> {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("crmessenger-pg-").tempdir()?.keep();
         start_watchdog(&dir, false)?;
@@ -89,16 +96,14 @@ impl Postgres {
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string()).arg("-k").arg(&dir);
         cmd.arg("-c").arg(format!("listen_addresses={listen}"));
-        // Fast, not durable: a crash of this server may lose its last commits. The
-        // tests kill connectors, never this server, so durability is not what they
-        // check; figures taken against it are not durable commit rates.
-        for setting in [
-            "fsync=off",
-            "synchronous_commit=off",
-            "full_page_writes=off",
-            "max_connections=400",
-            "shared_buffers=64MB",
-        ] {
+        // Tests: fast, not durable — a crash of this server may lose its last
+        // commits. The tests kill connectors, never this server, so durability is
+        // not what they check; figures taken against it are not durable commit
+        // rates. Benchmarks start a durable server (PostgreSQL's defaults).
+        let fast = ["fsync=off", "synchronous_commit=off", "full_page_writes=off"];
+        for setting in
+            ["max_connections=400", "shared_buffers=64MB"].into_iter().chain(fast.into_iter().filter(|_| !durable))
+        {
             cmd.arg("-c").arg(setting);
         }
         as_user(&mut cmd, user);

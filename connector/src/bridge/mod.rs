@@ -309,7 +309,8 @@ impl Bridge {
                 self.on_status(chat_id, message_id, status).await?;
             }
         }
-        let rows = self.rows_of(&batch.events);
+        let events = self.attribute_deletions(batch.events).await.map_err(store_err)?;
+        let rows = self.rows_of(&events);
         if cursor.as_deref() == Some(batch.cursor.as_str()) && rows.is_empty() {
             return self.backfill_once().await;
         }
@@ -323,6 +324,25 @@ impl Bridge {
         }
         // The stream's start is recorded: history from before it can be imported.
         self.backfill_once().await
+    }
+
+    /// Gives each deletion that came without its chat the chat of the message it
+    /// deletes (from the inbox); a deletion of a message never stored here is not
+    /// ours to report and is dropped.
+    async fn attribute_deletions(&self, events: Vec<Event>) -> Result<Vec<Event>, crate::store::StoreError> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            match e {
+                Event::Deleted { chat_id, message_id } if chat_id.is_empty() => {
+                    match self.store.chat_of_message(self.account(), &message_id).await? {
+                        Some(chat_id) => out.push(Event::Deleted { chat_id, message_id }),
+                        None => tracing::debug!(account = self.account(), message_id, "deletion of an unknown message"),
+                    }
+                }
+                e => out.push(e),
+            }
+        }
+        Ok(out)
     }
 
     /// What the messenger says of a sent reply: recorded forward only (sent →
@@ -1165,6 +1185,7 @@ impl Bridge {
                 }
                 Err(e) => tracing::warn!("escalation: {e}"),
             }
+            self.metrics.escalation_checks.get_or_create(&Metrics::label(self.account())).inc();
             self.clock.sleep(Duration::from_secs(5)).await;
         }
     }

@@ -151,7 +151,8 @@ pub enum Event {
     Message(Box<Message>),
     /// A message was deleted.
     Deleted {
-        /// Chat id.
+        /// Chat id; empty when the messenger did not say (Telegram's deletions in
+        /// private chats and groups): the bridge finds it from the stored message.
         chat_id: String,
         /// Message id.
         message_id: String,

@@ -396,7 +396,17 @@ impl Messenger for WhatsApp {
             }
             other => other,
         };
-        let v = answer.map_err(Self::meaning)?;
+        let v = match answer {
+            Ok(v) => v,
+            Err(e) => {
+                if (400..500).contains(&e.status) {
+                    // Refused (a limit, a bad request): nothing went out, so the
+                    // retry is not in doubt and need not wait for a status webhook.
+                    self.mark(&format!("wa-attempt:{}", m.random_id), "").await?;
+                }
+                return Err(Self::meaning(e));
+            }
+        };
         let id = v["messages"][0]["id"]
             .as_str()
             .ok_or_else(|| MessengerError::InDoubt("the Cloud API answer names no message".into()))?;

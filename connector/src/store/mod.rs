@@ -594,6 +594,17 @@ impl Store {
         row.map(|r| Ok((r.try_get("account")?, r.try_get("chat_id")?))).transpose()
     }
 
+    /// The chat of `account`'s stored message `message_id` (its inbox key), if any.
+    pub async fn chat_of_message(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT chat_id FROM inbox WHERE account = $1 AND event_key = $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(account)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Records that the customer of `chat_id` wrote at `at_ms` (only ever forward).
     pub async fn customer_wrote(&self, account: &str, chat_id: &str, at_ms: i64) -> Result<()> {
         sqlx::query(

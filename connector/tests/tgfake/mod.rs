@@ -38,6 +38,9 @@ pub struct Script {
     pub channel_capacity: usize,
     /// getDifference returns at most this many messages per slice.
     pub difference_limit: usize,
+    /// getDifference answers `differenceTooLong` to a client more than this many
+    /// pts behind (Telegram does so for a long gap: the client must refetch).
+    pub too_long_after: Option<i32>,
 }
 
 impl Default for Script {
@@ -50,6 +53,7 @@ impl Default for Script {
             qr_ttl: 30,
             channel_capacity: 100,
             difference_limit: 100,
+            too_long_after: None,
         }
     }
 }
@@ -77,6 +81,11 @@ pub struct World {
     pub date: i32,
     /// Account-wide log: (pts, message) for getDifference.
     pub log: Vec<(i32, tl::enums::Message)>,
+    /// Account-wide edits and deletions: (pts, update), for getDifference's
+    /// `other_updates`.
+    pub other_log: Vec<(i32, tl::enums::Update)>,
+    /// Each channel's own log: (channel pts, post), for getChannelDifference.
+    pub channel_log: HashMap<i64, Vec<(i32, tl::enums::Message)>>,
     pub users: HashMap<i64, tl::enums::User>,
     pub chats: HashMap<i64, tl::enums::Chat>,
     pub next_id: i32,
@@ -508,46 +517,68 @@ impl FakeTelegram {
         self.log_message(user_id, None, "see attached", Some(media), true)
     }
 
-    /// A broadcast channel posts (channel updates carry their own pts).
-    pub fn channel_posts(&self, channel_id: i64, title: &str, text: &str, channel_pts: i32) -> i32 {
+    /// A broadcast channel posts (channel updates carry the channel's own pts; a
+    /// post not pushed `live` is only in the channel's log).
+    pub fn channel_posts(&self, channel_id: i64, title: &str, text: &str, live: bool) -> i32 {
         let chat = channel(channel_id, title, true);
-        let id = {
+        let peer = tl::enums::Peer::Channel(tl::types::PeerChannel { channel_id });
+        let (m, pts) = {
             let mut w = self.world.lock().unwrap();
             w.chats.insert(-1_000_000_000_000 - channel_id, chat.clone());
-            w.next_id += 1;
-            w.next_id
+            // Channel message ids count per channel.
+            let log = w.channel_log.entry(channel_id).or_default();
+            let (id, pts) = (log.len() as i32 + 1, log.last().map_or(0, |(p, _)| *p) + 1);
+            let m = message(id, peer, None, false, text, None, now(), None);
+            log.push((pts, m.clone()));
+            (m, pts)
         };
-        let peer = tl::enums::Peer::Channel(tl::types::PeerChannel { channel_id });
-        let m = message(id, peer, None, false, text, None, now(), None);
-        let update = tl::types::UpdateNewChannelMessage { message: m, pts: channel_pts, pts_count: 1 };
-        self.push_update(tl::enums::Update::NewChannelMessage(update), vec![], vec![chat]);
+        let id = match &m {
+            tl::enums::Message::Message(x) => x.id,
+            _ => unreachable!(),
+        };
+        if live {
+            let update = tl::types::UpdateNewChannelMessage { message: m, pts, pts_count: 1 };
+            self.push_update(tl::enums::Update::NewChannelMessage(update), vec![], vec![chat]);
+        }
         id
     }
 
-    /// A customer edits a message.
-    pub fn customer_edits(&self, user_id: i64, id: i32, text: &str) {
+    /// A customer edits a message (logged for getDifference; pushed when `live`).
+    pub fn customer_edits(&self, user_id: i64, id: i32, text: &str, live: bool) {
         let (u, users) = {
             let mut w = self.world.lock().unwrap();
             w.pts += 1;
             let m = message(id, peer_enum(user_id), None, false, text, None, now() - 5, Some(now()));
             let users = w.users.get(&user_id).cloned().into_iter().collect::<Vec<_>>();
-            (
-                tl::enums::Update::EditMessage(tl::types::UpdateEditMessage { message: m, pts: w.pts, pts_count: 1 }),
-                users,
-            )
+            let u =
+                tl::enums::Update::EditMessage(tl::types::UpdateEditMessage { message: m, pts: w.pts, pts_count: 1 });
+            let pts = w.pts;
+            w.other_log.push((pts, u.clone()));
+            (u, users)
         };
-        self.push_update(u, users, vec![]);
+        if live {
+            self.push_update(u, users, vec![]);
+        }
     }
 
-    /// A customer deletes messages (Telegram does not say from which chat).
-    pub fn customer_deletes(&self, ids: Vec<i32>) {
-        let pts = {
+    /// A customer deletes messages (Telegram does not say from which chat);
+    /// logged for getDifference, pushed when `live`.
+    pub fn customer_deletes(&self, ids: Vec<i32>, live: bool) {
+        let update = {
             let mut w = self.world.lock().unwrap();
             w.pts += 1;
-            w.pts
+            let update = tl::enums::Update::DeleteMessages(tl::types::UpdateDeleteMessages {
+                messages: ids,
+                pts: w.pts,
+                pts_count: 1,
+            });
+            let pts = w.pts;
+            w.other_log.push((pts, update.clone()));
+            update
         };
-        let update = tl::types::UpdateDeleteMessages { messages: ids, pts, pts_count: 1 };
-        self.push_update(tl::enums::Update::DeleteMessages(update), vec![], vec![]);
+        if live {
+            self.push_update(update, vec![], vec![]);
+        }
     }
 
     pub fn sent(&self) -> Vec<Sent> {
@@ -740,7 +771,6 @@ impl FakeTelegram {
                 need_auth!();
                 w.calls.push((dc, "getDifference".into()));
                 let r = req!(f::updates::GetDifference);
-                let newer: Vec<_> = w.log.iter().filter(|(pts, _)| *pts > r.pts).cloned().collect();
                 let state = |pts: i32| {
                     tl::enums::updates::State::State(tl::types::updates::State {
                         pts,
@@ -750,6 +780,23 @@ impl FakeTelegram {
                         unread_count: 0,
                     })
                 };
+                if script.too_long_after.is_some_and(|max| w.pts - r.pts > max) {
+                    // Too far behind: Telegram gives the current pts and nothing
+                    // else; what happened meanwhile must be refetched by the client.
+                    return Ok(tl::enums::updates::Difference::TooLong(tl::types::updates::DifferenceTooLong {
+                        pts: w.pts,
+                    })
+                    .to_bytes());
+                }
+                // New messages and the edits and deletions among them, in pts order.
+                let mut newer: Vec<(i32, Result<tl::enums::Message, tl::enums::Update>)> = w
+                    .log
+                    .iter()
+                    .filter(|(pts, _)| *pts > r.pts)
+                    .map(|(p, m)| (*p, Ok(m.clone())))
+                    .chain(w.other_log.iter().filter(|(pts, _)| *pts > r.pts).map(|(p, u)| (*p, Err(u.clone()))))
+                    .collect();
+                newer.sort_by_key(|(p, _)| *p);
                 if newer.is_empty() && r.pts >= w.pts {
                     tl::enums::updates::Difference::Empty(tl::types::updates::DifferenceEmpty { date: now(), seq: 0 })
                         .to_bytes()
@@ -759,12 +806,18 @@ impl FakeTelegram {
                     let page: Vec<_> = newer.iter().take(script.difference_limit).cloned().collect();
                     let more = newer.len() > page.len();
                     let upto = if more { page.last().map(|(p, _)| *p).unwrap_or(r.pts) } else { w.pts };
-                    let new_messages = page.into_iter().map(|(_, m)| m).collect();
+                    let (mut new_messages, mut other_updates) = (Vec::new(), Vec::new());
+                    for (_, entry) in page {
+                        match entry {
+                            Ok(m) => new_messages.push(m),
+                            Err(u) => other_updates.push(u),
+                        }
+                    }
                     if more {
                         tl::enums::updates::Difference::Slice(tl::types::updates::DifferenceSlice {
                             new_messages,
                             new_encrypted_messages: vec![],
-                            other_updates: vec![],
+                            other_updates,
                             chats,
                             users,
                             intermediate_state: state(upto),
@@ -774,7 +827,7 @@ impl FakeTelegram {
                         tl::enums::updates::Difference::Difference(tl::types::updates::Difference {
                             new_messages,
                             new_encrypted_messages: vec![],
-                            other_updates: vec![],
+                            other_updates,
                             chats,
                             users,
                             state: state(upto),
@@ -787,12 +840,36 @@ impl FakeTelegram {
                 need_auth!();
                 w.calls.push((dc, "getChannelDifference".into()));
                 let r = req!(f::updates::GetChannelDifference);
-                tl::enums::updates::ChannelDifference::Empty(tl::types::updates::ChannelDifferenceEmpty {
-                    r#final: true,
-                    pts: r.pts,
-                    timeout: None,
-                })
-                .to_bytes()
+                let tl::enums::InputChannel::Channel(c) = &r.channel else {
+                    return Err(rpc(400, "CHANNEL_INVALID"));
+                };
+                let log = w.channel_log.get(&c.channel_id).cloned().unwrap_or_default();
+                let current = log.last().map_or(0, |(p, _)| *p);
+                let newer: Vec<_> = log.iter().filter(|(p, _)| *p > r.pts).cloned().collect();
+                if newer.is_empty() {
+                    tl::enums::updates::ChannelDifference::Empty(tl::types::updates::ChannelDifferenceEmpty {
+                        r#final: true,
+                        pts: r.pts.max(current),
+                        timeout: None,
+                    })
+                    .to_bytes()
+                } else {
+                    let page: Vec<_> = newer.iter().take(r.limit.max(1) as usize).cloned().collect();
+                    let more = newer.len() > page.len();
+                    let pts = if more { page.last().map_or(r.pts, |(p, _)| *p) } else { current };
+                    let chats: Vec<_> =
+                        w.chats.get(&(-1_000_000_000_000 - c.channel_id)).cloned().into_iter().collect();
+                    tl::enums::updates::ChannelDifference::Difference(tl::types::updates::ChannelDifference {
+                        r#final: !more,
+                        pts,
+                        timeout: None,
+                        new_messages: page.into_iter().map(|(_, m)| m).collect(),
+                        other_updates: vec![],
+                        chats,
+                        users: vec![],
+                    })
+                    .to_bytes()
+                }
             }
             f::messages::SendMessage::CONSTRUCTOR_ID => {
                 need_auth!();

@@ -106,6 +106,9 @@ pub(crate) async fn run_webhooks(shared: Arc<Shared>) {
             let mut state = shared.state();
             let (due, later) = std::mem::take(&mut state.pending_webhooks).into_iter().partition(|p| p.due_ms <= now);
             state.pending_webhooks = later;
+            if due.is_empty() && inflight.is_empty() {
+                state.webhooks_idle_ms = state.webhooks_idle_ms.max(now);
+            }
             due
         };
         for d in due {

@@ -222,9 +222,28 @@ impl FakeAmo {
         oauth::issue_pair(&self.shared, &mut self.shared.state())
     }
 
+    /// The instant the fake started: what `Note::written_us` and
+    /// `RequestRecord::real_ms` count from.
+    pub fn started_at(&self) -> std::time::Instant {
+        self.shared.started
+    }
+
     /// Everything that exists, for assertions.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.state().snapshot()
+    }
+
+    /// Waits until the webhook scheduler has swept at or past the fake clock's
+    /// current time with nothing due and nothing in flight: every REST webhook due
+    /// by now has been delivered (and recorded), and none is late. The positive
+    /// signal that "no retry came" can be judged on. Panics after 10 s (real time).
+    pub async fn webhooks_settled(&self) {
+        let now = self.shared.clock.now_ms();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.shared.state().webhooks_idle_ms < now {
+            assert!(std::time::Instant::now() < deadline, "the webhook scheduler never settled");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Injects a fault.

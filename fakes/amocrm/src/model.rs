@@ -86,6 +86,10 @@ pub struct Note {
     pub created_at: i64,
     /// Unix seconds, fake clock.
     pub updated_at: i64,
+    /// When the fake wrote it: microseconds since the fake started (real,
+    /// monotonic; see [`crate::FakeAmo::started_at`]). Not part of the API.
+    #[serde(skip)]
+    pub written_us: u64,
 }
 
 /// A task.

@@ -71,6 +71,8 @@ pub(crate) struct State {
     pub webhook_invalid: HashMap<i64, Vec<i64>>,
     pub webhook_deliveries: Vec<WebhookDelivery>,
     pub pending_webhooks: Vec<PendingDelivery>,
+    /// Fake-clock ms of the last sweep that found no webhook due and none in flight.
+    pub webhooks_idle_ms: i64,
     pub chat_hook_deliveries: Vec<HookDelivery>,
     pub requests: Vec<RequestRecord>,
     pub refreshes: u32,

@@ -41,7 +41,7 @@ async fn rate_limit_gives_429_with_body_then_403_after_abuse_until_reset() {
     // The third 429 within 60 s blocks the account: everything is 403 now,
     // even after the rate window has passed.
     assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::TOO_MANY_REQUESTS);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.fake.clock().advance(Duration::from_millis(1100));
     assert_eq!(env.get("/api/v4/account").await.status(), StatusCode::FORBIDDEN);
     assert_eq!(env.get("/api/v4/users").await.status(), StatusCode::FORBIDDEN);
     env.fake.reset_limits();

@@ -123,12 +123,22 @@ pub struct Delivery {
     pub status: u16,
 }
 
+/// A send the fake refused for a limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Recipient.
+    pub to: String,
+    /// The Graph API error code (130429 throughput, 131056 pair rate).
+    pub code: u32,
+}
+
 #[derive(Default)]
 struct World {
     last_inbound: HashMap<String, i64>,
     last_sent_to: HashMap<String, i64>,
     recent: VecDeque<i64>,
     sent: Vec<SentMessage>,
+    refused: Vec<Refusal>,
     reads: Vec<String>,
     media: HashMap<String, (String, Vec<u8>)>,
     urls: HashMap<String, (String, i64)>,
@@ -251,6 +261,11 @@ impl FakeGraph {
     /// Webhook delivery attempts.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.world().deliveries.clone()
+    }
+
+    /// Sends refused for the throughput or pair-rate limit, in order.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.world().refused.clone()
     }
 
     /// Webhooks not yet answered 200.
@@ -403,6 +418,7 @@ fn accept_message(s: &Arc<Shared>, node: &str, headers: &HeaderMap, body: &Bytes
         w.recent.pop_front();
     }
     if w.recent.len() >= s.config.throughput_per_sec {
+        w.refused.push(Refusal { to: to.clone(), code: 130429 });
         return error(
             StatusCode::BAD_REQUEST,
             130429,
@@ -411,6 +427,7 @@ fn accept_message(s: &Arc<Shared>, node: &str, headers: &HeaderMap, body: &Bytes
         );
     }
     if w.last_sent_to.get(&to).is_some_and(|t| now - t < s.config.pair_interval_ms) {
+        w.refused.push(Refusal { to: to.clone(), code: 131056 });
         return error(StatusCode::BAD_REQUEST, 131056, "(Business Account, Consumer Account) pair rate limit hit", "");
     }
     let outside = kind != "template" && w.last_inbound.get(&to).is_none_or(|t| now - t > WINDOW_MS);

@@ -243,10 +243,12 @@ pub fn event(update: &tl::enums::Update, peers: &Peers, chat_of: impl Fn(i32) ->
         U::NewChannelMessage(u) => one(message(&u.message, peers, false)),
         U::EditMessage(u) => one(message(&u.message, peers, true)),
         U::EditChannelMessage(u) => one(message(&u.message, peers, true)),
+        // Telegram does not say from which chat: the adapter's memory of recent
+        // ids, else an empty chat the bridge fills from the stored message.
         U::DeleteMessages(u) => u
             .messages
             .iter()
-            .filter_map(|id| Some(Event::Deleted { chat_id: chat_of(*id)?, message_id: id.to_string() }))
+            .map(|id| Event::Deleted { chat_id: chat_of(*id).unwrap_or_default(), message_id: id.to_string() })
             .collect(),
         U::DeleteChannelMessages(u) => {
             let chat = dialog_id(PeerId::channel_unchecked(u.channel_id)).to_string();

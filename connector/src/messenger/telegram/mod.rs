@@ -16,7 +16,7 @@ use super::*;
 use grammers_crypto::two_factor_auth::{calculate_2fa, check_p_and_g};
 use grammers_session::Session;
 use grammers_session::types::{PeerAuth, PeerId, PeerInfo, PeerKind, PeerRef, UpdatesState};
-use grammers_session::updates::{MessageBoxes, PrematureEndReason, UpdateAndPeers, UpdatesLike};
+use grammers_session::updates::{MessageBox, MessageBoxes, PrematureEndReason, State, UpdateAndPeers, UpdatesLike};
 use grammers_tl_types::{self as tl, Deserializable, RemoteCall};
 use rpc::{RpcFailure, TgRpc};
 use session::DbSession;
@@ -137,6 +137,8 @@ const CHUNK: i32 = 512 * 1024;
 const BIG_FILE: usize = 10 * 1024 * 1024;
 /// Events handed to the bridge at once.
 const PAGE: usize = 500;
+/// At most this many chats are refetched after a gap too long for getDifference.
+const GAP_CHATS: u32 = 1_000;
 /// A QR token is exported again this long before it expires.
 const QR_MARGIN_MS: i64 = 2_000;
 /// Message ids remembered per account-wide box, to name the chat of a deletion.
@@ -676,6 +678,22 @@ impl Inner {
             let deadline = b.check_deadlines();
             if let Some(req) = b.get_difference() {
                 match self.call(None, &req).await {
+                    Ok(tl::enums::updates::Difference::TooLong(d)) => {
+                        // Too far behind for getDifference: what happened meanwhile is
+                        // refetched from the chats' history, and only then does the
+                        // state move past the gap (a failure asks again, and refetches).
+                        match self.recover_gap(d.pts).await {
+                            Ok(()) => {
+                                failures = 0;
+                                b.apply_difference(tl::enums::updates::Difference::TooLong(d));
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                tracing::warn!(account = self.s.account, "refetching a long gap failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(500) * failures.min(20)).await;
+                            }
+                        }
+                    }
                     Ok(diff) => {
                         failures = 0;
                         let got = b.apply_difference(diff);
@@ -794,6 +812,88 @@ impl Inner {
         drop(f);
         self.fed.notify_one();
         Ok(b)
+    }
+
+    /// Refetches a gap Telegram called too long for getDifference: every chat with a
+    /// message since the last state's date, its messages since then from the
+    /// history, oldest first, queued under one cursor that moves the state to
+    /// `pts` (so they are committed together; a crash before that refetches them,
+    /// and the inbox keeps each message once). Edits and deletions inside such a
+    /// gap are not in any history and stay unknown.
+    async fn recover_gap(&self, pts: i32) -> Result<(), MessengerError> {
+        let since = lock(&self.feed).running.as_ref().map_or(0, |s| s.date);
+        tracing::warn!(
+            account = self.s.account,
+            since,
+            "the update gap is too long for getDifference: refetching the chats' history since then"
+        );
+        let chat_ids = self.recent_chats(i64::from(since) * 1000, GAP_CHATS).await?;
+        let (mut found, mut users, mut chats) = (Vec::new(), Vec::new(), Vec::new());
+        for chat in &chat_ids {
+            let (_, peer) = self.input_peer(chat)?;
+            let mut offset_id = 0;
+            loop {
+                let (msgs, u, c) = match self.history(peer.clone(), offset_id, 100).await {
+                    Ok(page) => page,
+                    Err(e) => return Err(self.classify(e).await),
+                };
+                users.extend(u);
+                chats.extend(c);
+                let (mut reached, mut lowest, n) = (false, i32::MAX, msgs.len());
+                for m in msgs {
+                    let (id, date) = match &m {
+                        tl::enums::Message::Message(x) => (x.id, x.date),
+                        tl::enums::Message::Service(x) => (x.id, x.date),
+                        tl::enums::Message::Empty(_) => continue,
+                    };
+                    lowest = lowest.min(id);
+                    if date < since {
+                        reached = true;
+                    } else {
+                        found.push((date, id, m));
+                    }
+                }
+                if reached || n < 100 || lowest <= 1 {
+                    break;
+                }
+                offset_id = lowest;
+            }
+        }
+        found.sort_by_key(|(date, id, _)| (*date, *id));
+        self.cache(&users, &chats).await;
+        let peers = map::Peers::new(&users, &chats);
+        let mut f = lock(&self.feed);
+        let Some(running) = f.running.as_mut() else { return Ok(()) };
+        let date = running.date.max(found.last().map_or(0, |(d, _, _)| *d));
+        map::advance(running, &State { date, seq: 0, message_box: Some(MessageBox::Common { pts }) });
+        let cursor = map::cursor_of(running);
+        let mut recent = lock(&self.recent);
+        let recovered = found.len();
+        for (_, id, m) in found {
+            let channel =
+                matches!(&m, tl::enums::Message::Message(x) if matches!(x.peer_id, tl::enums::Peer::Channel(_)));
+            if let tl::enums::Message::Message(x) = &m {
+                recent.remember(id, map::chat_id_of(&x.peer_id));
+            }
+            let update = if channel {
+                tl::enums::Update::NewChannelMessage(tl::types::UpdateNewChannelMessage {
+                    message: m,
+                    pts: 0,
+                    pts_count: 0,
+                })
+            } else {
+                tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts: 0, pts_count: 0 })
+            };
+            for event in map::event(&update, &peers, |id| recent.chat_of.get(&id).cloned()) {
+                f.queue.push_back(Item { event: Some(event), cursor: cursor.clone() });
+            }
+        }
+        f.queue.push_back(Item { event: None, cursor });
+        drop(recent);
+        drop(f);
+        self.fed.notify_one();
+        tracing::info!(account = self.s.account, chats = chat_ids.len(), recovered, "long gap refetched from history");
+        Ok(())
     }
 
     async fn enqueue(&self, (updates, users, chats): UpdateAndPeers) {

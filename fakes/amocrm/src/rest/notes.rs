@@ -66,6 +66,7 @@ pub(crate) fn insert_note(
             responsible_user_id: created_by,
             created_at: now,
             updated_at: now,
+            written_us: u64::try_from(shared.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         },
     );
     id

@@ -38,7 +38,7 @@ async fn rest_webhooks_are_unsigned_forms_retried_on_the_fake_clock() {
 
     // Retry #2 is due 5 minutes (fake time) after the failure, not before.
     env.fake.clock().advance(Duration::from_secs(4 * 60));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.fake.webhooks_settled().await;
     assert_eq!(receiver.count(), 1, "retried too early");
     env.fake.clock().advance(Duration::from_secs(61));
     assert!(receiver.wait_for(2, Duration::from_secs(3)).await, "retry #2 never came");
@@ -54,7 +54,7 @@ async fn rest_webhooks_are_unsigned_forms_retried_on_the_fake_clock() {
     assert_eq!(attempts, [(1, Some(500), false), (2, Some(200), true)]);
     // Success ends the schedule.
     env.fake.clock().advance(Duration::from_secs(3 * 3600));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.fake.webhooks_settled().await;
     assert_eq!(receiver.count(), 2);
 
     // The notes list shows the manager's note.
@@ -92,7 +92,7 @@ async fn outgoing_chat_hook_is_signed_and_sent_once_even_if_the_receiver_fails()
 
     // Never retried, whatever the clock does.
     env.fake.clock().advance(Duration::from_secs(3600));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.fake.webhooks_settled().await;
     assert_eq!(receiver.count(), 1);
     let snap = env.fake.snapshot();
     assert_eq!(snap.chat_hook_deliveries.len(), 1);
