@@ -114,6 +114,7 @@ fn post(path: &str, host: &str, origin: Option<&str>, form: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_page_answers_only_port_forward() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: network namespaces need root (CI runs as root)");
         return;

@@ -59,6 +59,7 @@ impl Postgres {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("crmessenger-pg-").tempdir()?.keep();
         start_watchdog(&dir, false)?;
+        // SAFETY: geteuid has no preconditions.
         let user = if unsafe { libc::geteuid() } == 0 { Some(postgres_user()?) } else { None };
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;

@@ -21,10 +21,12 @@ export PATH="$NODE_BIN/bin:$PATH:/usr/sbin:/sbin"
 # Paths the node's parts write to that are not configurable: private tmpfs
 # (/var/lib/cni is libcni's cache; made here if the host has none, marked in the
 # host's /run, and removed by the cleanup of the last test node).
-if [ ! -d /var/lib/cni ]; then
-  mkdir /var/lib/cni
+# mkdir is the test and the creation in one step: another node starting at the
+# same moment either made it (and marked it) or finds it made.
+if mkdir /var/lib/cni 2>/dev/null; then
   touch /run/crmessenger-made-var-lib-cni
 fi
+[ -d /var/lib/cni ] || { echo "no /var/lib/cni and cannot make it" >&2; exit 1; }
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /var/log
 mount -t tmpfs -o mode=0755 tmpfs /var/lib/cni

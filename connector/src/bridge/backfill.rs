@@ -1,0 +1,63 @@
+//! The policy's history import, once per account.
+
+use super::*;
+
+impl Bridge {
+    /// Imports the policy's history once per account (`backfill.days` of the most
+    /// recent `backfill.maxChats` chats), oldest first per chat, marked as history
+    /// so nobody is notified. Messages the stream also brings are stored once.
+    pub(super) async fn backfill_once(&self) -> Result<(), MessengerError> {
+        let b = &self.s.policy.backfill;
+        if b.days <= 0 || self.backfilled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.store.cursor(self.account(), "backfill").await.map_err(store_err)?.as_deref() == Some("done") {
+            self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        let since = self.clock.now_ms() - i64::from(b.days) * 86_400_000;
+        let max_chats = if b.max_chats > 0 { b.max_chats as usize } else { usize::MAX };
+        let chats = self.messenger.recent_chats(since, 10_000).await?;
+        tracing::info!(account = self.account(), chats = chats.len(), days = b.days, "importing history");
+        let mut imported = 0usize;
+        for chat in chats {
+            if imported >= max_chats {
+                break;
+            }
+            let mut before: Option<String> = None;
+            let mut messages = Vec::new();
+            loop {
+                let page = self.messenger.backfill(&chat, before.as_deref(), 100).await?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.message_id.clone());
+                let older = page.iter().any(|m| m.sent_at_ms < since);
+                messages.extend(page.into_iter().filter(|m| m.sent_at_ms >= since));
+                if older {
+                    break;
+                }
+            }
+            messages.reverse();
+            let events: Vec<Event> = messages
+                .into_iter()
+                .map(|mut m| {
+                    m.history = true;
+                    Event::Message(Box::new(m))
+                })
+                .collect();
+            let rows = self.rows_of(&events);
+            if rows.is_empty() {
+                continue;
+            }
+            imported += 1;
+            self.store
+                .ingest(self.account(), &rows, "backfill-chat", &chat, self.clock.now_ms())
+                .await
+                .map_err(store_err)?;
+            self.store.wakeups().wake(self.account());
+        }
+        self.store.set_cursor(self.account(), "backfill", "done").await.map_err(store_err)?;
+        self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(account = self.account(), chats = imported, "history imported");
+        Ok(())
+    }
+}

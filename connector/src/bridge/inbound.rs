@@ -1,0 +1,395 @@
+//! Inbound delivery: due inbox rows become contacts, leads and notes (or Chats
+//! API messages), batched under the CRM's budget, with the circuit breaker and
+//! per-chat isolation of a refused message.
+
+use super::*;
+
+impl Bridge {
+    /// Delivers what is due in the inbox. Returns whether anything was done.
+    pub(super) async fn inbound_pass(&self) -> Result<bool, PassError> {
+        let now = self.clock.now_ms();
+        if !self.breaker.lock().unwrap_or_else(|p| p.into_inner()).allows(now) {
+            return Ok(false);
+        }
+        let mut rows = self.store.inbox_pending(self.account(), BATCH).await?;
+        // Wait for the budget before gathering: what arrives meanwhile goes out in
+        // the same request instead of waiting for the next one.
+        if rows.iter().any(|r| r.next_attempt_ms <= now) && self.crm.ready().await {
+            rows = self.store.inbox_pending(self.account(), BATCH).await?;
+        }
+        let now = self.clock.now_ms();
+        let mut order: Vec<String> = Vec::new();
+        let mut by_chat: HashMap<String, Vec<InboxRow>> = HashMap::new();
+        for r in rows {
+            if !by_chat.contains_key(&r.chat_id) {
+                order.push(r.chat_id.clone());
+            }
+            by_chat.entry(r.chat_id.clone()).or_default().push(r);
+        }
+        let mut worked = false;
+        let mut ready: Vec<Prepared> = Vec::new();
+        let mut known = self.store.conversations(self.account(), &order).await?;
+        for chat in order {
+            let rows = by_chat.remove(&chat).unwrap_or_default();
+            if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
+                continue;
+            }
+            if !self.breaker.lock().unwrap_or_else(|p| p.into_inner()).allows(self.clock.now_ms()) {
+                break;
+            }
+            worked = true;
+            let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
+            let rows: Vec<InboxRow> = if single { rows.into_iter().take(1).collect() } else { rows };
+            let conv = known.remove(&chat).unwrap_or_default();
+            if self.s.chats {
+                match self.post_chat(&chat, &rows, conv).await {
+                    Ok(()) => self.chat_delivered(&chat, single),
+                    Err(e) => {
+                        self.breaker_failure(&e);
+                        self.delivery_failed(&chat, &rows, &e).await
+                    }
+                }
+                continue;
+            }
+            match self.prepare_chat(&chat, &rows, single, conv).await {
+                Ok(Some(p)) if single => self.write_notes(vec![p]).await,
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => self.chat_delivered(&chat, single),
+                Err(e) => {
+                    self.breaker_failure(&e);
+                    self.delivery_failed(&chat, &rows, &e).await
+                }
+            }
+        }
+        // The notes of many chats share requests (250 notes to a request); a chat
+        // is split across requests only when it alone has more.
+        let mut chunk: Vec<Prepared> = Vec::new();
+        let mut size = 0;
+        for p in ready {
+            if !chunk.is_empty() && size + p.todo.len() > NOTES_PER_REQUEST {
+                self.write_notes(std::mem::take(&mut chunk)).await;
+                size = 0;
+            }
+            size += p.todo.len();
+            chunk.push(p);
+        }
+        if !chunk.is_empty() {
+            self.write_notes(chunk).await;
+        }
+        Ok(worked)
+    }
+
+    /// A CRM call failed: retryable failures count toward the circuit breaker.
+    pub(super) fn breaker_failure(&self, e: &CrmError) {
+        if e.class() != ErrorClass::Permanent
+            && let Ok(mut b) = self.breaker.lock()
+        {
+            b.failure(self.clock.now_ms());
+        }
+    }
+
+    /// A chat's rows went through: its backoff and one-by-one mode end.
+    pub(super) fn chat_delivered(&self, chat: &str, single: bool) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.success();
+        }
+        if let Ok(mut f) = self.chat_failures.lock() {
+            f.remove(chat);
+        }
+        self.state.update(|s| {
+            s.crm_ok = true;
+            s.crm_error = None;
+        });
+        if single && let Ok(mut s) = self.one_by_one.lock() {
+            // The dead letter (if any) is out; go back to batches.
+            s.remove(chat);
+        }
+    }
+
+    pub(super) async fn delivery_failed(&self, chat: &str, rows: &[InboxRow], e: &CrmError) {
+        let now = self.clock.now_ms();
+        self.metrics.crm_errors.get_or_create(&Metrics::label(self.account())).inc();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        match e.class() {
+            ErrorClass::Permanent if rows.len() == 1 => {
+                tracing::warn!(account = self.account(), chat, seq = rows[0].seq, "dead letter: {e}");
+                if let Err(err) = self.store.inbox_dead(rows[0].seq, &e.to_string(), now).await {
+                    self.store_failed("dead-lettering a message", &err);
+                }
+                if let Ok(mut s) = self.one_by_one.lock() {
+                    s.remove(chat);
+                }
+            }
+            ErrorClass::Permanent => {
+                tracing::info!(account = self.account(), chat, "a batch was refused; retrying message by message: {e}");
+                if let Ok(mut s) = self.one_by_one.lock() {
+                    s.insert(chat.to_string());
+                }
+            }
+            ErrorClass::Retryable | ErrorClass::Fatal => {
+                let failures = {
+                    let mut f = self.chat_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = f.entry(chat.to_string()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let mut wait = backoff(failures - 1, RETRY_BASE, RETRY_CAP);
+                if let Some(ra) = e.retry_after() {
+                    wait = wait.max(ra);
+                }
+                tracing::warn!(account = self.account(), chat, ?wait, "CRM delivery failed, retrying: {e}");
+                if let Err(err) = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await {
+                    self.store_failed("scheduling a retry", &err);
+                }
+                self.state.update(|s| {
+                    s.crm_ok = false;
+                    s.crm_error = Some(e.to_string());
+                });
+            }
+        }
+    }
+
+    /// Gets one chat's due rows ready to be written: the contact and lead exist
+    /// (created once per chat), and rows whose write may already have happened are
+    /// looked up by marker. `None` when nothing is left to write or record.
+    pub(super) async fn prepare_chat(
+        &self,
+        chat: &str,
+        rows: &[InboxRow],
+        single: bool,
+        mut conv: Conversation,
+    ) -> Result<Option<Prepared>, CrmError> {
+        let now = self.clock.now_ms();
+        let events: Vec<(&InboxRow, Event)> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.payload).map(|e| (r, e)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
+        let first_message = events.iter().find_map(|(_, e)| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        });
+        if conv.lead_id.is_none() {
+            let Some(m) = first_message else {
+                // Deletions or statuses of a chat the CRM never saw: nothing to write.
+                let done: Vec<(i64, String)> = rows.iter().map(|r| (r.seq, "skipped".to_string())).collect();
+                self.store.inbox_done(&done, now).await.map_err(db)?;
+                return Ok(None);
+            };
+            let person = self.person(m);
+            let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
+            let lead = self
+                .crm
+                .find_or_create_lead(
+                    &contact,
+                    &LeadRequest {
+                        name: self
+                            .s
+                            .policy
+                            .leads
+                            .name_template
+                            .replace("{name}", &person.name)
+                            .replace("{channel}", self.s.channel.label()),
+                        pipeline_id: self.s.pipeline_id,
+                        status_id: self.s.status_id,
+                        responsible_user_id: self.assigner.next(),
+                        tags: std::iter::once(self.s.channel.label().to_string())
+                            .chain(self.s.policy.leads.tags.iter().cloned())
+                            .collect(),
+                        reuse_open: self.s.policy.leads.reuse_open_lead,
+                    },
+                )
+                .await?;
+            conv.contact_id = Some(contact.id);
+            conv.lead_id = Some(lead.id);
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
+        }
+        let lead_id = conv.lead_id.unwrap_or_default();
+        let notes: Vec<(i64, NoteRequest)> =
+            events.iter().map(|(r, e)| (r.seq, self.note(chat, &r.event_key, e))).collect();
+        // Rows whose write may already have happened: look for their markers first.
+        let mut done: Vec<(i64, String)> = Vec::new();
+        let in_doubt: Vec<&(i64, NoteRequest)> =
+            notes.iter().filter(|(seq, _)| rows.iter().any(|r| r.seq == *seq && r.attempts > 0)).collect();
+        if !in_doubt.is_empty() {
+            let since = rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now) / 1000 - 5;
+            let markers: Vec<String> = in_doubt.iter().map(|(_, n)| n.marker.clone()).collect();
+            let found = self.crm.find_notes(lead_id, since, &markers).await?;
+            for f in found {
+                if let Some((seq, _)) = notes.iter().find(|(_, n)| n.marker == f.marker) {
+                    done.push((*seq, format!("note:{}", f.id)));
+                }
+            }
+        }
+        let todo: Vec<(i64, NoteRequest)> =
+            notes.into_iter().filter(|(seq, _)| !done.iter().any(|(d, _)| d == seq)).collect();
+        Ok(Some(Prepared {
+            chat: chat.to_string(),
+            single,
+            rows: rows.to_vec(),
+            sent_at: events.iter().map(|(r, e)| sent_at(e, r)).collect(),
+            // Imported history leaves no one waiting for an answer.
+            first_message_at: events.iter().find_map(|(_, e)| match e {
+                Event::Message(m) if !m.history => Some(m.sent_at_ms),
+                _ => None,
+            }),
+            last_message_at: events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::Message(m) => Some(m.sent_at_ms),
+                    _ => None,
+                })
+                .max(),
+            conv,
+            lead_id,
+            done,
+            todo,
+        }))
+    }
+
+    /// Writes the notes of prepared chats in one request (or as few as the CRM
+    /// allows) and records the outcome per chat.
+    pub(super) async fn write_notes(&self, chunk: Vec<Prepared>) {
+        let now = self.clock.now_ms();
+        let items: Vec<(i64, NoteRequest)> =
+            chunk.iter().flat_map(|p| p.todo.iter().map(|(_, n)| (p.lead_id, n.clone()))).collect();
+        let result = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let seqs: Vec<i64> = chunk.iter().flat_map(|p| p.todo.iter().map(|(s, _)| *s)).collect();
+            match self.store.inbox_started(&seqs, now).await {
+                Ok(()) => self.crm.add_lead_notes(&items).await,
+                Err(e) => Err(db(e)),
+            }
+        };
+        match result {
+            Ok(refs) => {
+                let mut refs = refs.into_iter();
+                let mut chunk = chunk;
+                for p in &mut chunk {
+                    for (seq, _) in &p.todo {
+                        if let Some(r) = refs.next() {
+                            p.done.push((*seq, format!("note:{}", r.id)));
+                        }
+                    }
+                }
+                // One transaction records the whole request (rows left unrecorded
+                // by a crash are found by marker on the next attempt).
+                let written = self.clock.now_ms();
+                let done: Vec<(i64, String)> = chunk.iter().flat_map(|p| p.done.iter().cloned()).collect();
+                if let Err(e) = self.store.inbox_done(&done, written).await {
+                    tracing::warn!(account = self.account(), "recording a delivery: {e}");
+                    return;
+                }
+                for p in chunk {
+                    let (chat, single) = (p.chat.clone(), p.single);
+                    match self.finish_chat(p, written).await {
+                        Ok(()) => self.chat_delivered(&chat, single),
+                        Err(e) => tracing::warn!(account = self.account(), chat, "recording a delivery: {e}"),
+                    }
+                }
+            }
+            Err(e) => {
+                self.breaker_failure(&e);
+                if chunk.len() > 1 && e.class() == ErrorClass::Permanent {
+                    // Some chat's note was refused: each chat goes alone until the
+                    // refused message is found and dead-lettered.
+                    tracing::info!(account = self.account(), "a shared batch was refused; retrying chat by chat: {e}");
+                    if let Ok(mut s) = self.one_by_one.lock() {
+                        s.extend(chunk.iter().map(|p| p.chat.clone()));
+                    }
+                    return;
+                }
+                for p in &chunk {
+                    self.delivery_failed(&p.chat, &p.rows, &e).await;
+                }
+            }
+        }
+    }
+
+    /// After a chat's rows are recorded: its metrics, and that the customer waits.
+    pub(super) async fn finish_chat(&self, mut p: Prepared, written: i64) -> Result<(), CrmError> {
+        let label = Metrics::label(self.account());
+        for (row, at) in p.rows.iter().zip(&p.sent_at) {
+            self.metrics.messages_in.get_or_create(&label).inc();
+            self.metrics.lag_seconds.get_or_create(&label).observe((written - at).max(0) as f64 / 1000.0);
+            let crm_ref = p.done.iter().find(|(seq, _)| *seq == row.seq).map(|(_, r)| r.as_str()).unwrap_or_default();
+            self.trace_message(&p.chat, row, *at, crm_ref, written);
+        }
+        // The customer now waits for an answer (from their first unanswered message).
+        if p.conv.unanswered_since_ms.is_none()
+            && let Some(first) = p.first_message_at
+        {
+            p.conv.unanswered_since_ms = Some(first.min(written));
+            self.store
+                .put_conversation(self.account(), &p.chat, &self.s.crm_key, &p.conv, written)
+                .await
+                .map_err(db)?;
+        }
+        // A manager's reply on this lead goes to the chat that wrote last.
+        if let Some(at) = p.last_message_at {
+            self.store.customer_wrote(self.account(), &p.chat, at).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// One trace per message: a span from the messenger event to the CRM write,
+    /// named by the message's correlation id (also in the CRM note's marker and in
+    /// the logs). A no-op unless OTLP export is configured.
+    pub(super) fn trace_message(&self, chat: &str, row: &InboxRow, event_ms: i64, crm_ref: &str, written_ms: i64) {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{Span, Tracer};
+        let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+        let correlation = format!("{}:{chat}:{}", short(self.account()), row.event_key);
+        tracing::debug!(account = self.account(), correlation, crm_ref, "delivered");
+        let tracer = crmessenger_telemetry::tracer();
+        let mut span = tracer
+            .span_builder("message")
+            .with_start_time(at(event_ms.min(row.received_ms)))
+            .with_attributes([
+                KeyValue::new("crmessenger.account", self.account().to_string()),
+                KeyValue::new("crmessenger.chat", chat.to_string()),
+                KeyValue::new("crmessenger.correlation_id", correlation),
+                KeyValue::new("crmessenger.crm_ref", crm_ref.to_string()),
+                KeyValue::new("crmessenger.received_ms", row.received_ms),
+                KeyValue::new("crmessenger.attempts", row.attempts + 1),
+            ])
+            .start(&tracer);
+        span.add_event_with_timestamp("stored in the inbox", at(row.received_ms), Vec::new());
+        span.end_with_timestamp(at(written_ms));
+    }
+
+    pub(super) fn person(&self, m: &Message) -> Person {
+        let mut p = Person { name: m.sender.name.clone(), phone: m.sender.phone.clone(), ..Person::default() };
+        match self.s.channel {
+            Channel::Telegram => {
+                p.telegram_user_id = m.sender.id.parse().ok();
+                p.telegram_username = m.sender.username.clone();
+            }
+            Channel::Whatsapp => p.whatsapp_id = Some(m.sender.id.clone()),
+        }
+        p
+    }
+
+    pub(super) fn note(&self, chat: &str, key: &str, event: &Event) -> NoteRequest {
+        let marker = format!("[ref {}:{chat}:{key}]", short(self.account()));
+        let body = match event {
+            Event::Message(m) => {
+                let who = match &m.sender.username {
+                    Some(u) => format!("{} (@{u})", m.sender.name),
+                    None => m.sender.name.clone(),
+                };
+                let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
+                let edited = if m.edited { " (edited)" } else { "" };
+                format!("{} · {who}{place}{edited}:\n{}", self.s.channel.label(), m.summary())
+            }
+            Event::Deleted { message_id, .. } => {
+                format!("{} · the customer deleted message {message_id}", self.s.channel.label())
+            }
+            Event::Status { message_id, status, .. } => {
+                format!("{} · message {message_id}: {status}", self.s.channel.label())
+            }
+        };
+        NoteRequest { text: format!("{body}\n{marker}"), marker }
+    }
+}

@@ -1,0 +1,125 @@
+//! Outbound delivery: due outbox rows go to the messenger once each (in-doubt
+//! sends looked up first), at the policy's pace, with flood waits and
+//! restrictions honoured.
+
+use super::*;
+
+impl Bridge {
+    /// Sends what is due in the outbox. Returns whether anything was done.
+    pub(super) async fn outbound_pass(&self) -> Result<bool, PassError> {
+        let now = self.clock.now_ms();
+        // A restricted account sends nothing until the next probe.
+        if self.restricted_until_ms.load(std::sync::atomic::Ordering::Relaxed) > now {
+            return Ok(false);
+        }
+        let rows = self.store.outbox_pending(self.account(), 100).await?;
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut worked = false;
+        for row in rows {
+            if blocked.contains(&row.chat_id) {
+                continue;
+            }
+            if row.next_attempt_ms > now {
+                blocked.insert(row.chat_id.clone());
+                continue;
+            }
+            // Never faster than the policy allows (a held reply is not an attempt).
+            if self.send_rate.lock().map(|mut r| r.next_slot(&row.chat_id, now) > now).unwrap_or(false) {
+                blocked.insert(row.chat_id.clone());
+                continue;
+            }
+            worked = true;
+            let outgoing = Outgoing {
+                chat_id: row.chat_id.clone(),
+                text: row.text.clone(),
+                random_id: row.random_id,
+                media: row.media.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            };
+            let result = async {
+                if row.attempts > 0
+                    && let Some(sent) = self.messenger.find_sent(&row.chat_id, row.random_id).await?
+                {
+                    return Ok(sent);
+                }
+                self.store.outbox_started(row.seq).await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+                if let Ok(mut r) = self.send_rate.lock() {
+                    r.record(&row.chat_id, now);
+                }
+                self.messenger.send(&outgoing).await
+            }
+            .await;
+            match result {
+                Ok(sent) => {
+                    self.store.outbox_sent(row.seq, &sent.message_id, self.clock.now_ms()).await?;
+                    // A status that came before this record applies now.
+                    if let Some(status) = self.store.take_early_status(self.account(), &sent.message_id).await?
+                        && let Err(e) = self.on_status(&row.chat_id, &sent.message_id, &status).await
+                    {
+                        tracing::warn!(account = self.account(), chat = row.chat_id, "early status: {e}");
+                    }
+                    self.metrics.messages_out.get_or_create(&Metrics::label(self.account())).inc();
+                    self.restricted_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+                    self.state.update(|s| {
+                        s.sending_paused_until_ms = None;
+                        s.sending_restricted = None;
+                    });
+                    // The manager answered: the customer's messages are read.
+                    if let Err(e) = self.messenger.mark_read(&row.chat_id, &sent.message_id).await {
+                        tracing::debug!(account = self.account(), chat = row.chat_id, "mark read: {e}");
+                    }
+                    self.answered(&row.chat_id).await;
+                    if let Some(id) = &row.crm_message_id {
+                        self.report_delivery(id, None).await;
+                    }
+                }
+                Err(MessengerError::Rejected(reason)) => {
+                    tracing::warn!(account = self.account(), chat = row.chat_id, "reply dead-lettered: {reason}");
+                    self.store.outbox_dead(row.seq, &reason).await?;
+                    if let Some(id) = &row.crm_message_id {
+                        self.report_delivery(id, Some(&reason)).await;
+                    }
+                }
+                Err(MessengerError::Restricted(why)) => {
+                    // The whole account is held (not dead-lettered); one probe later.
+                    let until = now + RESTRICTED_PROBE_EVERY.as_millis() as i64;
+                    self.restricted_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
+                    self.state.update(|s| s.sending_restricted = Some(why.clone()));
+                    self.store.outbox_retry(row.seq, until, &format!("account restricted: {why}")).await?;
+                    return Ok(worked);
+                }
+                Err(e) => {
+                    let wait = match &e {
+                        MessengerError::FloodWait(d) => {
+                            let until = now + d.as_millis() as i64;
+                            self.state.update(|s| s.sending_paused_until_ms = Some(until));
+                            *d
+                        }
+                        _ => backoff(row.attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
+                    };
+                    tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
+                    self.store.outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string()).await?;
+                    blocked.insert(row.chat_id.clone());
+                }
+            }
+        }
+        Ok(worked)
+    }
+
+    /// A reply went out: the conversation is answered; its escalation task is done.
+    pub(super) async fn answered(&self, chat: &str) {
+        let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
+        if let Some(task) = conv.task_id
+            && let Err(e) = self.crm.complete_task(task, "answered").await
+        {
+            tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
+            return;
+        }
+        conv.task_id = None;
+        conv.unanswered_since_ms = None;
+        if let Err(e) =
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await
+        {
+            self.store_failed("recording an answered conversation", &e);
+        }
+    }
+}

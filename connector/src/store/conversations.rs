@@ -1,0 +1,136 @@
+//! Conversations: each chat's contact, lead and CRM chat, who wrote last, and
+//! what is unanswered (escalation).
+
+use super::*;
+
+impl Store {
+    /// What `chat_id` maps to.
+    pub async fn conversation(&self, account: &str, chat_id: &str) -> Result<Option<Conversation>> {
+        let row = sqlx::query(
+            "SELECT contact_id, lead_id, crm_chat_id, unanswered_since_ms, task_id FROM conversations
+             WHERE account = $1 AND chat_id = $2",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| conversation_of(&r)).transpose()
+    }
+
+    /// The account's chats that have a CRM chat (Chats API), most recently active first.
+    pub async fn chat_conversations(&self, account: &str, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT chat_id FROM conversations WHERE account = $1 AND crm_chat_id IS NOT NULL
+             ORDER BY updated_ms DESC LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("chat_id")?)).collect()
+    }
+
+    /// What each of `chats` maps to (chats never seen are absent), in one query.
+    pub async fn conversations(&self, account: &str, chats: &[String]) -> Result<HashMap<String, Conversation>> {
+        let mut out = HashMap::new();
+        for part in chats.chunks(500) {
+            let marks: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT chat_id, contact_id, lead_id, crm_chat_id, unanswered_since_ms, task_id FROM conversations
+                 WHERE account = $1 AND chat_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(account);
+            for chat in part {
+                q = q.bind(chat);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("chat_id")?, conversation_of(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores what `chat_id` maps to (`crm` names the CRM account, for routing).
+    pub async fn put_conversation(
+        &self,
+        account: &str,
+        chat_id: &str,
+        crm: &str,
+        c: &Conversation,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO conversations (account, chat_id, crm, contact_id, lead_id, crm_chat_id, unanswered_since_ms, task_id, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (account, chat_id) DO UPDATE SET crm = excluded.crm, contact_id = excluded.contact_id,
+               lead_id = excluded.lead_id, crm_chat_id = excluded.crm_chat_id,
+               unanswered_since_ms = excluded.unanswered_since_ms, task_id = excluded.task_id, updated_ms = excluded.updated_ms",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(crm)
+        .bind(c.contact_id)
+        .bind(c.lead_id)
+        .bind(c.crm_chat_id.clone())
+        .bind(c.unanswered_since_ms)
+        .bind(c.task_id)
+        .bind(now_ms)
+        .run(self)
+        .await?;
+        Ok(())
+    }
+
+    /// The account and chat a manager's reply on `lead_id` goes to. Several chats
+    /// can share a lead (the same person on Telegram and WhatsApp, a reused open
+    /// lead): the reply goes to the chat of the latest customer message, ties
+    /// broken by the last change and then by name, so the choice is deterministic.
+    pub async fn chat_of_lead(&self, crm: &str, lead_id: i64) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT account, chat_id FROM conversations WHERE crm = $1 AND lead_id = $2
+             ORDER BY COALESCE(last_customer_ms, 0) DESC, updated_ms DESC, account, chat_id LIMIT 1",
+        )
+        .bind(crm)
+        .bind(lead_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("account")?, r.try_get("chat_id")?))).transpose()
+    }
+
+    /// Records that the customer of `chat_id` wrote at `at_ms` (only ever forward).
+    pub async fn customer_wrote(&self, account: &str, chat_id: &str, at_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE conversations SET last_customer_ms = $3
+             WHERE account = $1 AND chat_id = $2 AND (last_customer_ms IS NULL OR last_customer_ms < $3)",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(at_ms)
+        .run(self)
+        .await?;
+        Ok(())
+    }
+
+    /// Conversations of `account` waiting for an answer since before `before_ms`
+    /// without an escalation task.
+    pub async fn unanswered(&self, account: &str, before_ms: i64) -> Result<Vec<(String, Conversation)>> {
+        let rows = sqlx::query(
+            "SELECT chat_id, contact_id, lead_id, crm_chat_id, unanswered_since_ms, task_id FROM conversations
+             WHERE account = $1 AND unanswered_since_ms IS NOT NULL AND unanswered_since_ms <= $2 AND task_id IS NULL",
+        )
+        .bind(account)
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("chat_id")?, conversation_of(r)?))).collect()
+    }
+
+    /// The oldest unanswered customer message of `account`, if any.
+    pub async fn oldest_unanswered_ms(&self, account: &str) -> Result<Option<i64>> {
+        let r = sqlx::query("SELECT MIN(unanswered_since_ms) AS m FROM conversations WHERE account = $1")
+            .bind(account)
+            .fetch_one(&self.pool)
+            .await?;
+        opt_i64(&r, "m")
+    }
+}

@@ -1,0 +1,199 @@
+//! The outbox: replies queued once by their CRM id, sent once (pending → sent,
+//! retried, or dead), and their delivery statuses, which only move forward.
+
+use super::*;
+
+/// What recording a messenger's status of a sent reply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryUpdate {
+    /// No recorded send has that message id (yet).
+    UnknownMessage,
+    /// The reply's status is already that far (statuses move forward only).
+    Unchanged,
+    /// The status moved: the outbox row and the CRM message it answers.
+    Moved {
+        /// The outbox row.
+        seq: i64,
+        /// The CRM chat message id, when the reply came from the CRM's chat.
+        crm_message_id: Option<String>,
+    },
+}
+
+/// The order of delivery statuses: sent → delivered → read; failed ends it.
+pub(super) fn delivery_rank(s: Option<&str>) -> u8 {
+    match s {
+        Some("sent") => 1,
+        Some("delivered") => 2,
+        Some("read") => 3,
+        Some(s) if s.starts_with("failed") => 4,
+        _ => 0,
+    }
+}
+
+impl Store {
+    /// Queues a reply; returns false when `source_id` was queued before.
+    pub async fn outbox_add(&self, account: &str, reply: &NewReply<'_>, now_ms: i64) -> Result<bool> {
+        let NewReply { source_id, chat_id, text, crm_message_id, media } = *reply;
+        let random_id = random_i64();
+        let r = sqlx::query(
+            "INSERT INTO outbox (account, source_id, chat_id, text, random_id, crm_message_id, media, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, source_id) DO NOTHING",
+        )
+        .bind(account)
+        .bind(source_id)
+        .bind(chat_id)
+        .bind(text)
+        .bind(random_id)
+        .bind(crm_message_id.map(str::to_string))
+        .bind(media.map(str::to_string))
+        .bind(now_ms)
+        .run(self)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Pending outbox rows, oldest first.
+    pub async fn outbox_pending(&self, account: &str, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, source_id, chat_id, text, random_id, crm_message_id, media, attempts, next_attempt_ms
+             FROM outbox WHERE account = $1 AND state = 'pending' ORDER BY seq LIMIT $2",
+        )
+        .bind(account)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    seq: i64_col(r, "seq")?,
+                    source_id: r.try_get("source_id")?,
+                    chat_id: r.try_get("chat_id")?,
+                    text: r.try_get("text")?,
+                    random_id: i64_col(r, "random_id")?,
+                    crm_message_id: r.try_get("crm_message_id")?,
+                    media: r.try_get("media")?,
+                    attempts: i64_col(r, "attempts")?,
+                    next_attempt_ms: i64_col(r, "next_attempt_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records that a send of `seq` starts now.
+    pub async fn outbox_started(&self, seq: i64) -> Result<()> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE seq = $1").bind(seq).run(self).await?;
+        Ok(())
+    }
+
+    /// Marks `seq` sent.
+    pub async fn outbox_sent(&self, seq: i64, message_id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'sent', message_id = $2, sent_ms = $3, last_error = NULL WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(message_id)
+        .bind(now_ms)
+        .run(self)
+        .await?;
+        Ok(())
+    }
+
+    /// Schedules `seq` for another attempt.
+    pub async fn outbox_retry(&self, seq: i64, next_attempt_ms: i64, error: &str) -> Result<()> {
+        sqlx::query("UPDATE outbox SET next_attempt_ms = $2, last_error = $3 WHERE seq = $1")
+            .bind(seq)
+            .bind(next_attempt_ms)
+            .bind(error)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
+    /// Dead-letters `seq`.
+    pub async fn outbox_dead(&self, seq: i64, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE outbox SET state = 'dead', last_error = $2 WHERE seq = $1")
+            .bind(seq)
+            .bind(reason)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
+    /// Records what the messenger says of a sent reply, forward only (sent →
+    /// delivered → read; failed ends it).
+    pub async fn outbox_delivery(&self, account: &str, message_id: &str, status: &str) -> Result<DeliveryUpdate> {
+        let row =
+            sqlx::query("SELECT seq, crm_message_id, delivery FROM outbox WHERE account = $1 AND message_id = $2")
+                .bind(account)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(DeliveryUpdate::UnknownMessage) };
+        let seq = i64_col(&row, "seq")?;
+        let current: Option<String> = row.try_get("delivery")?;
+        if delivery_rank(Some(status)) <= delivery_rank(current.as_deref()) {
+            return Ok(DeliveryUpdate::Unchanged);
+        }
+        sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1").bind(seq).bind(status).run(self).await?;
+        Ok(DeliveryUpdate::Moved { seq, crm_message_id: row.try_get("crm_message_id")? })
+    }
+
+    /// Keeps a status that names no recorded send — it may have overtaken the
+    /// record of its send — until [`Store::take_early_status`] claims it: the
+    /// furthest one per message. Statuses no send claimed within a day (not ours)
+    /// are dropped.
+    pub async fn park_early_status(&self, account: &str, message_id: &str, status: &str, now_ms: i64) -> Result<()> {
+        let current: Option<String> =
+            sqlx::query("SELECT status FROM early_statuses WHERE account = $1 AND message_id = $2")
+                .bind(account)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get("status"))
+                .transpose()?;
+        if delivery_rank(Some(status)) > delivery_rank(current.as_deref()) {
+            sqlx::query(
+                "INSERT INTO early_statuses (account, message_id, status, received_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account, message_id) DO UPDATE SET status = excluded.status, received_ms = excluded.received_ms",
+            )
+            .bind(account)
+            .bind(message_id)
+            .bind(status)
+            .bind(now_ms)
+            .run(self)
+            .await?;
+        }
+        sqlx::query("DELETE FROM early_statuses WHERE account = $1 AND received_ms < $2")
+            .bind(account)
+            .bind(now_ms - 86_400_000)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
+    /// The status kept for `message_id` by [`Store::park_early_status`], removed.
+    pub async fn take_early_status(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT status FROM early_statuses WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        sqlx::query("DELETE FROM early_statuses WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .run(self)
+            .await?;
+        Ok(Some(row.try_get("status")?))
+    }
+
+    /// What the messenger last said of the reply sent as `message_id`.
+    pub async fn outbox_delivery_of(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT delivery FROM outbox WHERE account = $1 AND message_id = $2")
+            .bind(account)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("delivery")).transpose()?.flatten())
+    }
+}
