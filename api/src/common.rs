@@ -67,6 +67,25 @@ pub mod conditions {
     /// The CRM credentials work (tokens valid or refreshable).
     pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 
+    /// Reasons of the connector's `LoggedIn` condition (the connector writes them,
+    /// the operator reads them to set the account's phase).
+    pub mod login {
+        /// Signed in.
+        pub const LOGGED_IN: &str = "LoggedIn";
+        /// A QR code waits to be scanned on the login page.
+        pub const WAITING_FOR_QR_SCAN: &str = "WaitingForQrScan";
+        /// The login code Telegram sent waits to be typed.
+        pub const CODE_REQUIRED: &str = "CodeRequired";
+        /// The two-step verification password waits to be typed.
+        pub const PASSWORD_REQUIRED: &str = "PasswordRequired";
+        /// The session ended; a new login is needed.
+        pub const LOGGED_OUT: &str = "LoggedOut";
+        /// The connector has not asked the messenger yet.
+        pub const STARTING: &str = "Starting";
+        /// Reasons that wait for a person to log in: the account is `LoggingIn`.
+        pub const WAITING_FOR_A_PERSON: [&str; 4] = [WAITING_FOR_QR_SCAN, CODE_REQUIRED, PASSWORD_REQUIRED, LOGGED_OUT];
+    }
+
     /// Sets `new` in `list`, replacing the condition of the same type. The transition
     /// time is kept from the old condition unless the status actually flips, so
     /// `lastTransitionTime` means what it says.

@@ -126,7 +126,9 @@ pub struct LeadSettings {
     #[schemars(length(max = 4))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub deduplicate_by: Vec<DedupKey>,
-    /// Name of new leads. `{name}` is the customer's name, `{channel}` the messenger.
+    /// Name of new leads. `{name}` is the customer's name, `{channel}` the
+    /// messenger, `{phone}` and `{username}` the customer's phone and Telegram
+    /// username (empty when the messenger does not give them).
     #[serde(default = "default_lead_name")]
     #[schemars(length(min = 1, max = 255))]
     pub name_template: String,

@@ -215,29 +215,36 @@ pub struct StatusRenderer {
 impl StatusRenderer {
     /// The status document for `state`.
     pub fn render(&mut self, state: &AccountState, config_hash: &str, pod: &str, method: &str) -> serde_json::Value {
+        use crmessenger_api::common::conditions::login;
         let now = Time(jiff::Timestamp::now());
         let (logged_in, login_reason, login_message) = match &state.login {
-            Some(LoginState::LoggedIn { .. }) => (true, "LoggedIn", "the messenger session is active".to_string()),
+            Some(LoginState::LoggedIn { .. }) => {
+                (true, login::LOGGED_IN, "the messenger session is active".to_string())
+            }
             Some(LoginState::Qr { .. }) => match &state.logout_reason {
                 Some(reason) => (
                     false,
-                    "LoggedOut",
+                    login::LOGGED_OUT,
                     format!(
                         "the session ended: {reason}; scan the new QR code on the login page (kubectl port-forward to the sidecar)"
                     ),
                 ),
                 None => (
                     false,
-                    "WaitingForQrScan",
+                    login::WAITING_FOR_QR_SCAN,
                     "scan the QR code on the login page (kubectl port-forward to the sidecar)".into(),
                 ),
             },
-            Some(LoginState::CodeRequired) => (false, "CodeRequired", "enter the login code on the login page".into()),
-            Some(LoginState::PasswordRequired) => {
-                (false, "PasswordRequired", "enter the two-factor password on the login page".into())
+            Some(LoginState::CodeRequired) => {
+                (false, login::CODE_REQUIRED, "enter the login code on the login page".into())
             }
-            Some(LoginState::LoggedOut { reason }) => (false, "LoggedOut", format!("the session ended: {reason}")),
-            None => (false, "Starting", "the connector is starting".into()),
+            Some(LoginState::PasswordRequired) => {
+                (false, login::PASSWORD_REQUIRED, "enter the two-factor password on the login page".into())
+            }
+            Some(LoginState::LoggedOut { reason }) => {
+                (false, login::LOGGED_OUT, format!("the session ended: {reason}"))
+            }
+            None => (false, login::STARTING, "the connector is starting".into()),
         };
         let waiting = state.waiting.clone();
         let conds = [

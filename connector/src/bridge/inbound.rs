@@ -183,13 +183,7 @@ impl Bridge {
                 .find_or_create_lead(
                     &contact,
                     &LeadRequest {
-                        name: self
-                            .s
-                            .policy
-                            .leads
-                            .name_template
-                            .replace("{name}", &person.name)
-                            .replace("{channel}", self.s.channel.label()),
+                        name: plan::lead_name(&self.s.policy.leads.name_template, &person, self.s.channel.label()),
                         pipeline_id: self.s.pipeline_id,
                         status_id: self.s.status_id,
                         responsible_user_id: self.assigner.next(),

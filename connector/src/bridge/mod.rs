@@ -37,6 +37,7 @@ mod escalation;
 mod inbound;
 mod intake;
 mod outbound;
+pub mod plan;
 mod replies;
 pub mod retry;
 

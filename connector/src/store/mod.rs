@@ -84,9 +84,14 @@ impl Wakeups {
         let mut map = self.by_account.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(account.to_string()).or_default().clone()
     }
-    /// Wakes whoever waits for `account`.
+    /// Wakes whoever waits for `account`: every waiter (the bridge's work loop and
+    /// a messenger adapter streaming stored webhooks wait on the same notifier; a
+    /// single permit would wake one and leave the other to its timeout), and a
+    /// permit for the next one to wait if nobody waits now.
     pub fn wake(&self, account: &str) {
-        self.of(account).notify_one();
+        let n = self.of(account);
+        n.notify_waiters();
+        n.notify_one();
     }
 }
 
@@ -327,7 +332,10 @@ impl Store {
     /// Deletes every row of `account` (account deletion).
     pub async fn purge(&self, account: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        for table in ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media", "kv"] {
+        // The fence row stays: a new account of the same name goes on from its epoch.
+        for table in
+            ["inbox", "outbox", "conversations", "sessions", "routes", "events", "media", "kv", "early_statuses"]
+        {
             sqlx::query(&format!("DELETE FROM {table} WHERE account = $1")).bind(account).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM cursors WHERE scope = $1").bind(account).execute(&mut *tx).await?;

@@ -4,13 +4,14 @@
 use crate::conditions::Verdict;
 use crmessenger_api::account::AccountPhase;
 use crmessenger_api::common::conditions::find;
-use crmessenger_api::common::conditions::{CONNECTOR_AVAILABLE, LOGGED_IN, MESSENGER_CONNECTED, READY};
+use crmessenger_api::common::conditions::{CONNECTOR_AVAILABLE, LOGGED_IN, MESSENGER_CONNECTED, READY, login};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
 /// What the status is computed from.
+#[derive(Clone, Copy)]
 pub struct Observed<'a> {
     /// The connector's Lease.
     pub lease: Option<&'a Lease>,
@@ -106,8 +107,10 @@ pub fn phase(
             "NoHeartbeat" | "ConfigOutdated" => AccountPhase::Pending,
             _ => AccountPhase::Degraded,
         }
-    } else if ready.reason == "NotLoggedIn" || ready.reason.starts_with("Awaiting") || ready.reason == "LoginRequired" {
+    } else if ready.reason == "NotLoggedIn" || login::WAITING_FOR_A_PERSON.contains(&ready.reason.as_str()) {
         AccountPhase::LoggingIn
+    } else if ready.reason == login::STARTING {
+        AccountPhase::Pending
     } else {
         AccountPhase::Degraded
     }
@@ -173,12 +176,19 @@ mod tests {
         o.desired_hash = Some("h2");
         assert_eq!(connector_available(&o).reason, "ConfigOutdated");
         o.desired_hash = Some("h1");
-        let waiting = vec![cond(LOGGED_IN, "False", "AwaitingQrScan")];
-        o.connector_conditions = &waiting;
-        let available = connector_available(&o);
-        let r = ready(&valid, &available, &o);
-        assert_eq!((r.ok, r.reason.as_str()), (false, "AwaitingQrScan"));
-        assert_eq!(phase(&valid, &available, &r, false, false), AccountPhase::LoggingIn);
+        // Each reason the connector reports while a person has to act: LoggingIn.
+        let phase_for = |reason: &str| {
+            let conditions = vec![cond(LOGGED_IN, "False", reason)];
+            let o = Observed { connector_conditions: &conditions, ..o };
+            let available = connector_available(&o);
+            let r = ready(&valid, &available, &o);
+            assert_eq!((r.ok, r.reason.as_str()), (false, reason));
+            phase(&valid, &available, &r, false, false)
+        };
+        for reason in login::WAITING_FOR_A_PERSON {
+            assert_eq!(phase_for(reason), AccountPhase::LoggingIn, "{reason}");
+        }
+        assert_eq!(phase_for(login::STARTING), AccountPhase::Pending);
     }
 
     #[test]
