@@ -48,6 +48,16 @@ pub struct LocalObjectRef {
     pub name: String,
 }
 
+/// The server-side-apply field managers: who owns which fields of the project's
+/// objects (the operator: specs, children, its status fields; the connector: the
+/// status fields it reports).
+pub mod managers {
+    /// The operator.
+    pub const OPERATOR: &str = "crmessenger-operator";
+    /// The connector.
+    pub const CONNECTOR: &str = "crmessenger-connector";
+}
+
 /// Condition types and the helpers that keep `lastTransitionTime` honest.
 pub mod conditions {
     use super::Condition;

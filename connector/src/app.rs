@@ -332,16 +332,7 @@ pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: O
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-pub async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
+pub use crmessenger_telemetry::shutdown_signal as terminated;
 
 /// Settings of `run`.
 pub struct RunSettings {

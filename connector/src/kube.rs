@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The connector's field manager.
-pub const MANAGER: &str = "crmessenger-connector";
+pub const MANAGER: &str = crmessenger_api::common::managers::CONNECTOR;
 /// How often the Lease is renewed (the operator's heartbeat timeout is longer).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// Status is written on change, at most this often.

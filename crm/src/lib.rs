@@ -8,6 +8,7 @@
 
 pub mod amocrm;
 pub mod assign;
+pub mod backoff;
 pub mod budget;
 pub mod clock;
 pub mod error;

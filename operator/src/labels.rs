@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
-/// The operator's server-side-apply field manager.
-pub const MANAGER: &str = "crmessenger-operator";
-/// The connector's field manager (status fields it owns).
-pub const CONNECTOR_MANAGER: &str = "crmessenger-connector";
+/// The operator's server-side-apply field manager (also its `managed-by` label).
+pub const MANAGER: &str = crmessenger_api::common::managers::OPERATOR;
 /// `app.kubernetes.io/managed-by`.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Names the MessengerAccount a child belongs to.

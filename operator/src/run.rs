@@ -274,11 +274,12 @@ where
     }
 }
 
-/// Per-object exponential backoff: 2 s, 4 s, … up to 5 minutes.
+/// Per-object exponential backoff: 2 s, 4 s, … up to 5 minutes, jittered.
 fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = failure_key(obj.as_ref());
     let failures = ctx.failures(&key);
-    let delay = Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 8))).min(Duration::from_secs(300));
+    let delay =
+        crmessenger_crm::backoff::backoff(failures.max(1) - 1, Duration::from_secs(2), Duration::from_secs(300));
     tracing::warn!(object = key, ?delay, "reconcile failed: {error}");
     Action::requeue(delay)
 }
@@ -379,13 +380,4 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
-        _ => std::future::pending::<()>().await,
-    }
-}
+pub use crmessenger_telemetry::shutdown_signal;

@@ -57,3 +57,15 @@ pub fn init(service: &'static str, json: bool, default_filter: &str) -> anyhow::
     tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
     Ok(Telemetry(Some(provider)))
 }
+
+/// Resolves when the process is asked to stop: SIGTERM (Kubernetes) or SIGINT
+/// (Ctrl-C). Every binary of the project stops on this.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

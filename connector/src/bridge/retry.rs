@@ -1,19 +1,8 @@
-//! Backoff with jitter and a circuit breaker, both on the shared `Clock`.
+//! The circuit breaker, on the shared `Clock`; the backoff is the project's one
+//! (`crmessenger_crm::backoff`).
 
+pub use crmessenger_crm::backoff::backoff;
 use std::time::Duration;
-
-/// Exponential backoff: `base × 2^n`, capped, with ±20% jitter.
-pub fn backoff(failures: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.as_millis() as f64 * 2f64.powi(failures.min(20) as i32);
-    let capped = exp.min(cap.as_millis() as f64);
-    let jitter = 0.8 + 0.4 * unit_random();
-    Duration::from_millis((capped * jitter) as u64)
-}
-
-fn unit_random() -> f64 {
-    let b = uuid::Uuid::new_v4().into_bytes();
-    f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) / f64::from(u32::MAX)
-}
 
 /// Holds CRM work back during an outage: after `threshold` consecutive failures
 /// it opens for a cooldown that doubles on every failed probe (up to `max_cooldown`);
@@ -71,17 +60,6 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_under_the_cap() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(60);
-        let first = backoff(0, base, cap);
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200), "{first:?}");
-        let fourth = backoff(3, base, cap);
-        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600), "{fourth:?}");
-        assert!(backoff(30, base, cap) <= Duration::from_secs(72));
-    }
 
     #[test]
     fn breaker_opens_probes_and_closes() {

@@ -6,7 +6,7 @@
 //! dropped by [`Messenger::disconnect`].
 
 use super::*;
-use crmessenger_fake_messenger as wire;
+use crmessenger_scripted_wire as wire;
 use reqwest::StatusCode;
 use std::sync::Arc;
 

@@ -70,7 +70,12 @@ impl Inner {
                             Err(e) => {
                                 failures += 1;
                                 tracing::warn!(account = self.s.account, "refetching a long gap failed: {e}");
-                                tokio::time::sleep(Duration::from_millis(500) * failures.min(20)).await;
+                                tokio::time::sleep(crate::bridge::retry::backoff(
+                                    failures,
+                                    Duration::from_millis(500),
+                                    Duration::from_secs(60),
+                                ))
+                                .await;
                             }
                         }
                     }

@@ -2,7 +2,7 @@
 //! real HTTP, and real storage — the same suite on PostgreSQL (a real server) and
 //! on SQLite (standalone's store).
 
-mod common;
+use crate::common;
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::build_account;

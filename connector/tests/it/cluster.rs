@@ -6,7 +6,7 @@
 //! the gateway (an amoCRM REST webhook) to the messenger. The sidecar serves the
 //! status. No Secret value shows up in logs, status or ConfigMaps.
 
-mod common;
+use crate::common;
 
 use common::shop_yaml;
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};

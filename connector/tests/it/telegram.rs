@@ -4,8 +4,8 @@
 //! back-pressure, in-doubt sends, flood waits, logged-out sessions, media,
 //! backfill — and the whole bridge with the amoCRM fake.
 
-mod common;
-mod tgfake;
+use crate::common;
+use crate::tgfake;
 
 use crmessenger_connector::messenger::telegram::rpc::RpcFailure;
 use crmessenger_connector::messenger::telegram::session::{DbSession, row_key};

@@ -15,7 +15,7 @@
 //! test stays short; the seed is printed so a failure can be replayed with
 //! `CRASH_SEED=<seed>`.
 
-mod common;
+use crate::common;
 
 use common::{Ports, start_standalone, write_manifests};
 use crmessenger_fake_messenger::text;

@@ -4,7 +4,7 @@
 //! Graph API — on PostgreSQL. Also: webhook authentication, statuses that come
 //! reordered, duplicated or skipped, and the 24-hour window.
 
-mod common;
+use crate::common;
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::{AccountParts, SecretValues, build_account, whatsapp_settings};

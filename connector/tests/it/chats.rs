@@ -4,7 +4,7 @@
 //! delivered; forged, unsigned and malformed hooks are refused with no effect; an
 //! answer written while the gateway was down is recovered from the chat history.
 
-mod common;
+use crate::common;
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::{ChatsSettings, build_account};

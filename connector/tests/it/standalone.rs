@@ -3,7 +3,7 @@
 //! token obtained with a single-use refresh token and kept (sealed) in the
 //! database, so a restart goes on with the stored pair instead of the spent one.
 
-mod common;
+use crate::common;
 
 use common::{Ports, standalone_command, start_standalone, start_standalone_with, write_manifests};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
