@@ -52,6 +52,8 @@ pub struct Children {
     pub config_map: ConfigMap,
     /// The database URL and session key for the pod's environment, when configured.
     pub runtime_secret: Option<Secret>,
+    /// The runtime Secret's name (deleted when there is nothing to put in it).
+    pub runtime_secret_name: String,
 }
 
 /// What a connector pod gets beyond its config (see [`crate::settings::ConnectorRuntime`]).
@@ -185,6 +187,7 @@ pub fn build(
         role_binding,
         config_map,
         runtime_secret,
+        runtime_secret_name: runtime_secret_name(&name),
     })
 }
 

@@ -29,8 +29,22 @@ pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
     apply_one(ctx, namespace, &c.role).await?;
     apply_one(ctx, namespace, &c.role_binding).await?;
     apply_one(ctx, namespace, &c.config_map).await?;
-    if let Some(secret) = &c.runtime_secret {
-        apply_one(ctx, namespace, secret).await?;
+    match &c.runtime_secret {
+        Some(secret) => apply_one(ctx, namespace, secret).await?,
+        // An optional child that is no longer wanted goes (values removed from the
+        // operator's settings must not linger in the namespace).
+        None => {
+            let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            match api.delete(&c.runtime_secret_name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(
+                    namespace,
+                    secret = c.runtime_secret_name,
+                    "deleted a runtime Secret no longer wanted"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     apply_one(ctx, namespace, &c.lease).await?;
     apply_one(ctx, namespace, &c.service).await?;
