@@ -212,66 +212,38 @@ impl Inner {
             since,
             "the update gap is too long for getDifference: refetching the chats' history since then"
         );
-        let chat_ids = self.recent_chats(i64::from(since) * 1000, GAP_CHATS).await?;
-        let (mut found, mut users, mut chats) = (Vec::new(), Vec::new(), Vec::new());
+        let since_ms = i64::from(since) * 1000;
+        let chat_ids = self.recent_chats(since_ms, GAP_CHATS).await?;
+        // Each chat's messages since then, paged back as the history import does.
+        let mut found: Vec<Message> = Vec::new();
         for chat in &chat_ids {
-            let (_, peer) = self.input_peer(chat)?;
-            let mut offset_id = 0;
+            let mut before: Option<String> = None;
             loop {
-                let (msgs, u, c) = match self.history(peer.clone(), offset_id, 100).await {
-                    Ok(page) => page,
-                    Err(e) => return Err(self.classify(e).await),
-                };
-                users.extend(u);
-                chats.extend(c);
-                let (mut reached, mut lowest, n) = (false, i32::MAX, msgs.len());
-                for m in msgs {
-                    let (id, date) = match &m {
-                        tl::enums::Message::Message(x) => (x.id, x.date),
-                        tl::enums::Message::Service(x) => (x.id, x.date),
-                        tl::enums::Message::Empty(_) => continue,
-                    };
-                    lowest = lowest.min(id);
-                    if date < since {
-                        reached = true;
-                    } else {
-                        found.push((date, id, m));
-                    }
-                }
-                if reached || n < 100 || lowest <= 1 {
+                let page = self.backfill(chat, before.as_deref(), 100).await?;
+                let Some(last) = page.last() else { break };
+                before = Some(last.message_id.clone());
+                let older = page.iter().any(|m| m.sent_at_ms < since_ms);
+                found.extend(page.into_iter().filter(|m| m.sent_at_ms >= since_ms));
+                if older {
                     break;
                 }
-                offset_id = lowest;
             }
         }
-        found.sort_by_key(|(date, id, _)| (*date, *id));
-        self.cache(&users, &chats).await;
-        let peers = map::Peers::new(&users, &chats);
+        let id_of = |m: &Message| m.message_id.parse::<i32>().unwrap_or_default();
+        found.sort_by_key(|m| (m.sent_at_ms, id_of(m)));
         let mut f = lock(&self.feed);
         let Some(running) = f.running.as_mut() else { return Ok(()) };
-        let date = running.date.max(found.last().map_or(0, |(d, _, _)| *d));
+        let date = running.date.max(found.last().map_or(0, |m| (m.sent_at_ms / 1000) as i32));
         map::advance(running, &State { date, seq: 0, message_box: Some(MessageBox::Common { pts }) });
         let cursor = map::cursor_of(running);
         let mut recent = lock(&self.recent);
         let recovered = found.len();
-        for (_, id, m) in found {
-            let channel =
-                matches!(&m, tl::enums::Message::Message(x) if matches!(x.peer_id, tl::enums::Peer::Channel(_)));
-            if let tl::enums::Message::Message(x) = &m {
-                recent.remember(id, map::chat_id_of(&x.peer_id));
+        for m in found {
+            // Only the account-wide box's ids name a deletion's chat (as `enqueue`).
+            if m.chat_kind != ChatKind::Channel {
+                recent.remember(id_of(&m), m.chat_id.clone());
             }
-            let update = if channel {
-                tl::enums::Update::NewChannelMessage(tl::types::UpdateNewChannelMessage {
-                    message: m,
-                    pts: 0,
-                    pts_count: 0,
-                })
-            } else {
-                tl::enums::Update::NewMessage(tl::types::UpdateNewMessage { message: m, pts: 0, pts_count: 0 })
-            };
-            for event in map::event(&update, &peers, |id| recent.chat_of.get(&id).cloned()) {
-                f.queue.push_back(Item { event: Some(event), cursor: cursor.clone() });
-            }
+            f.queue.push_back(Item { event: Some(Event::Message(Box::new(m))), cursor: cursor.clone() });
         }
         f.queue.push_back(Item { event: None, cursor });
         drop(recent);
