@@ -328,19 +328,23 @@ async fn a_ten_minute_outage_delays_delivery_in_order_within_the_budget(db_url: 
     let _ = r.stop.send(true);
 }
 
+/// The value of the connector's counter `crmessenger_connector_<name>_total` (0 before it is first counted).
+fn counter(r: &Rig, name: &str) -> f64 {
+    let prefix = format!("crmessenger_connector_{name}_total{{");
+    r.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// The positive signal that escalation has looked: waits for `n` more escalation
 /// checks to complete (the connector's metric), moving `clock` by the loop's
 /// 5 s interval before each, so the last of them started after everything before
 /// this call and the clock moved no more than `n` × 5 s.
 async fn escalation_checks(r: &Rig, clock: &OffsetClock, n: usize) {
-    let done = || {
-        r.metrics
-            .encode()
-            .lines()
-            .find(|l| l.starts_with("crmessenger_connector_escalation_checks_total{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let done = || counter(r, "escalation_checks");
     for _ in 0..n {
         let before = done();
         clock.advance(Duration::from_secs(5));
@@ -633,13 +637,7 @@ async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
         assert!(Instant::now() < deadline, "timed out waiting for the store to link the lead to its chat");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let failed = || {
-        let text = r.metrics.encode();
-        text.lines()
-            .find(|l| l.starts_with("crmessenger_connector_store_errors_total{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let failed = || counter(&r, "store_errors");
     assert_eq!(failed(), 0.0);
     // Writes start failing (here: the fence moves, as when the lock is taken over).
     let bump = |d: i64| {
