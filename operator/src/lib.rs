@@ -6,7 +6,7 @@ pub mod account;
 pub mod admin;
 pub mod binding;
 pub mod conditions;
-pub mod context;
+pub mod controller;
 pub mod crdgen;
 pub mod error;
 pub mod generated;

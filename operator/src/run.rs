@@ -2,8 +2,8 @@
 //! controllers, with graceful shutdown on SIGTERM.
 
 use crate::admin::{self, Readiness};
-use crate::context::Context;
-use crate::error::Error;
+use crate::controller::wrap::{error_policy, guarded};
+use crate::controller::{Guarded, Shared, Stores};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::{account, binding, policy, selection};
@@ -13,13 +13,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// How the operator process runs.
 #[derive(Debug, Clone)]
@@ -70,8 +69,8 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
         lost_leadership = Some((is_leader, task));
     }
 
-    let stores = start_stores(&client).await?;
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), stores));
+    let stores = Stores::start(&client).await?;
+    let shared = Arc::new(Shared::new(client.clone(), settings, metrics.clone(), stores));
     let shutdown = async move {
         match lost_leadership {
             Some((mut is_leader, _task)) => {
@@ -134,7 +133,11 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
             }
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(guarded("messengeraccount", account::reconcile), error_policy, ctx.clone())
+        .run(
+            guarded("messengeraccount", account::reconcile),
+            error_policy,
+            Arc::new(account::Context::new(shared.clone())),
+        )
         .for_each(|_| async {});
 
     let bindings =
@@ -176,7 +179,7 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
             }
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(guarded("crmbinding", binding::reconcile), error_policy, ctx.clone())
+        .run(guarded("crmbinding", binding::reconcile), error_policy, Arc::new(binding::Context::new(shared.clone())))
         .for_each(|_| async {});
 
     let policies = Controller::new(Api::<Guarded<SyncPolicy>>::all(client.clone()), wc.clone())
@@ -186,7 +189,7 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
             b.0.ok().zip(ns).map(|(b, ns)| ObjectRef::new(&b.spec.policy_ref.name).within(&ns))
         })
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(guarded("syncpolicy", policy::reconcile), error_policy, ctx.clone())
+        .run(guarded("syncpolicy", policy::reconcile), error_policy, shared)
         .for_each(|_| async {});
 
     // Ready once every kind can be listed (the watches start from the same lists).
@@ -203,137 +206,6 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
     tokio::join!(accounts, bindings, policies);
     tracing::info!("controllers stopped");
     Ok(())
-}
-
-/// Objects are watched through this guard: one that does not deserialize (say,
-/// stored under an older schema) becomes an error on that object — a Warning Event
-/// — instead of a watch that fails for every object.
-pub type Guarded<K> = kube::core::DeserializeGuard<K>;
-
-/// Reconciles the object inside a [`Guarded`], or reports why it cannot be read.
-fn guarded<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<Guarded<K>>, Arc<Context>) -> ReconcileFuture
-where
-    K: Clone + Send + Sync + 'static + kube::Resource<DynamicType = ()>,
-    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
-    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
-{
-    let inner = counted(kind, f);
-    move |obj, ctx| match &obj.0 {
-        Ok(k) => inner(Arc::new(k.clone()), ctx),
-        Err(invalid) => {
-            let invalid = invalid.clone();
-            Box::pin(async move {
-                tracing::warn!(kind, object = invalid.metadata.name, "cannot read object: {}", invalid.error);
-                let reference = k8s_openapi::api::core::v1::ObjectReference {
-                    api_version: Some(K::api_version(&()).to_string()),
-                    kind: Some(K::kind(&()).to_string()),
-                    name: invalid.metadata.name.clone(),
-                    namespace: invalid.metadata.namespace.clone(),
-                    uid: invalid.metadata.uid.clone(),
-                    ..Default::default()
-                };
-                ctx.warn_ref(
-                    &reference,
-                    "InvalidObject",
-                    format!("the operator cannot read this object: {}", invalid.error),
-                    "Reconcile",
-                )
-                .await;
-                ctx.metrics.reconciled(kind, "invalid");
-                Ok(Action::await_change())
-            })
-        }
-    }
-}
-
-type ReconcileFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Action, Error>> + Send>>;
-
-/// Wraps a reconcile function so its outcome is counted and its backoff reset.
-fn counted<K, F, Fut>(kind: &'static str, f: F) -> impl Fn(Arc<K>, Arc<Context>) -> ReconcileFuture
-where
-    K: Send + Sync + 'static + kube::Resource<DynamicType = ()>,
-    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + Copy + 'static,
-    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
-{
-    move |obj, ctx| {
-        Box::pin(async move {
-            let key = failure_key(obj.as_ref());
-            let result = f(obj, ctx.clone()).await;
-            match &result {
-                Ok(_) => {
-                    ctx.metrics.reconciled(kind, "ok");
-                    ctx.forget_failures(&key);
-                }
-                Err(e) => {
-                    ctx.metrics.reconciled(kind, e.metric_label());
-                    ctx.note_failure(&key);
-                }
-            }
-            result
-        })
-    }
-}
-
-/// Per-object exponential backoff: 2 s, 4 s, … up to 5 minutes, jittered.
-fn error_policy<K: kube::Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = failure_key(obj.as_ref());
-    let failures = ctx.failures(&key);
-    let delay =
-        crmessenger_crm::backoff::backoff(failures.max(1) - 1, Duration::from_secs(2), Duration::from_secs(300));
-    tracing::warn!(object = key, ?delay, "reconcile failed: {error}");
-    Action::requeue(delay)
-}
-
-/// The key an object's consecutive failures are counted under: `Kind/namespace/name`
-/// (a guarded object has the kind of what it guards, so both sides agree).
-fn failure_key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
-    let meta = obj.meta();
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// Starts the watches behind the caches reconciles read, and waits for their first
-/// full lists (each store has exactly one waiter: this function).
-async fn start_stores(client: &Client) -> anyhow::Result<crate::context::Stores> {
-    use kube::runtime::{WatchStreamExt, reflector};
-    fn spawn_reflector<K>(api: Api<K>, wc: watcher::Config) -> kube::runtime::reflector::Store<K>
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, wc).default_backoff().reflect(writer).applied_objects();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    tracing::warn!("watch error (retrying): {e}");
-                }
-            }
-        });
-        reader
-    }
-    let managed = format!("{}={}", crate::labels::MANAGED_BY, crate::labels::MANAGER);
-    let stores = crate::context::Stores {
-        accounts: spawn_reflector(Api::<Guarded<MessengerAccount>>::all(client.clone()), watcher::Config::default()),
-        bindings: spawn_reflector(Api::<Guarded<CrmBinding>>::all(client.clone()), watcher::Config::default()),
-        policies: spawn_reflector(Api::<Guarded<SyncPolicy>>::all(client.clone()), watcher::Config::default()),
-        leases: spawn_reflector(Api::all(client.clone()), watcher::Config::default().labels(&managed)),
-    };
-    stores.accounts.wait_until_ready().await?;
-    stores.bindings.wait_until_ready().await?;
-    stores.policies.wait_until_ready().await?;
-    stores.leases.wait_until_ready().await?;
-    Ok(stores)
 }
 
 /// A client from the environment (in-cluster or `KUBECONFIG`) whose requests are

@@ -7,6 +7,7 @@
 //! which reach every pod; uninstall keeps the CRDs, the accounts and the generated
 //! Secrets.
 
+#[path = "it/common.rs"]
 mod common;
 
 use common::{account_set, apply, condition, eventually, get, start_operator_as};

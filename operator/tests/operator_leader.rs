@@ -3,6 +3,7 @@
 //! only the leader reconciles and refreshes, once per expiry; the standby takes over
 //! when the leader dies.
 
+#[path = "it/common.rs"]
 mod common;
 
 use common::{apply, condition, eventually, get, http_get, start_operator};

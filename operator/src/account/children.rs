@@ -1,8 +1,9 @@
 //! Applies an account's children with server-side apply, and keeps a rollout from
 //! getting stuck behind a pod that never became Ready.
 
+use super::Context;
 use super::build::Children;
-use crate::context::Context;
+use crate::controller::Shared;
 use crate::error::Result;
 use crate::labels::{self, CONFIG_HASH, MANAGER};
 use k8s_openapi::NamespaceResourceScope;
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
-async fn apply_one<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<()>
+async fn apply_one<K>(ctx: &Shared, namespace: &str, obj: &K) -> Result<()>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
@@ -24,7 +25,7 @@ where
 }
 
 /// Applies every child (one field manager, forced: the operator owns these fields).
-pub async fn apply(ctx: &Context, namespace: &str, c: &Children) -> Result<()> {
+pub async fn apply(ctx: &Shared, namespace: &str, c: &Children) -> Result<()> {
     apply_one(ctx, namespace, &c.service_account).await?;
     apply_one(ctx, namespace, &c.role).await?;
     apply_one(ctx, namespace, &c.role_binding).await?;
@@ -126,7 +127,7 @@ pub async fn apply_if_changed(
 /// A StatefulSet waits for its pod to be Ready before replacing it, so a pod that
 /// never becomes Ready would block every later config. Such a pod, running an old
 /// config, is deleted; the StatefulSet recreates it from the new template.
-pub async fn unstick_rollout(ctx: &Context, namespace: &str, account: &str, desired_hash: &str) -> Result<()> {
+pub async fn unstick_rollout(ctx: &Shared, namespace: &str, account: &str, desired_hash: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = labels::pod_selector(account).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     for pod in pods.list(&ListParams::default().labels(&selector)).await?.items {

@@ -2,15 +2,18 @@
 
 pub mod build;
 pub mod children;
+pub mod runtime;
 pub mod status;
 pub mod validate;
 
 use crate::conditions::{Verdict, merge};
-use crate::context::Context;
+use crate::controller::{ControllerContext, Shared};
 use crate::error::{Error, Result};
 use crate::labels::FINALIZER;
 use crate::selection;
-use crmessenger_api::common::conditions::CONFIG_VALID;
+use crmessenger_api::account::{AccountPhase, MessengerAccountStatus};
+use crmessenger_api::common::LocalObjectRef;
+use crmessenger_api::common::conditions::{CONFIG_VALID, CONNECTOR_AVAILABLE, READY};
 use crmessenger_api::config::{ConnectorConfig, RuntimeSettings, render};
 use crmessenger_api::{CrmBinding, MessengerAccount, SyncPolicy};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -27,6 +30,37 @@ use std::time::Duration;
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How often an account waiting for the database Secret is looked at.
 const DATABASE_RECHECK: Duration = Duration::from_secs(30);
+
+/// The account controller's context: the shared state, plus what it remembers
+/// between reconciles.
+pub struct Context {
+    /// What every controller shares.
+    pub shared: Arc<Shared>,
+    /// Children last applied per account (`namespace/name`).
+    pub applied: std::sync::Mutex<std::collections::HashMap<String, children::Applied>>,
+    /// The connectors' runtime values.
+    pub runtime: runtime::RuntimeCache,
+}
+
+impl Context {
+    /// A context over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, applied: Default::default(), runtime: Default::default() }
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl ControllerContext for Context {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
 
 /// Reconciles one account.
 #[tracing::instrument(skip_all, fields(account = %account.name_any(), namespace = account.namespace().unwrap_or_default()))]
@@ -91,7 +125,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     let available = status::connector_available(&observed);
     let ready = status::ready(&config_valid, &available, &observed);
     let phase = status::phase(&config_valid, &available, &ready, account.spec.suspend, false);
-    let binding_ref = binding.map(|b| json!({ "name": b.name_any() }));
+    let binding_ref = binding.map(|b| LocalObjectRef { name: b.name_any() });
     if crate::conditions::newly_failed(&status.conditions, &config_valid) {
         ctx.warn(account.as_ref(), &config_valid.reason, config_valid.message.clone(), "Reconcile").await;
     }
@@ -115,7 +149,7 @@ async fn connector(
     binding: &CrmBinding,
     config: &ConnectorConfig,
 ) -> Result<(Verdict, Option<String>)> {
-    let runtime = ctx.runtime_values().await?;
+    let runtime = ctx.runtime.get(&ctx.shared).await?;
     if let Err(verdict) = validate::database(&ctx.settings.connector_runtime.database, &runtime) {
         return Ok((verdict, None));
     }
@@ -149,26 +183,49 @@ async fn write_status(
     ctx: &Context,
     account: &MessengerAccount,
     verdicts: &[Verdict],
-    phase: crmessenger_api::account::AccountPhase,
-    binding: Option<serde_json::Value>,
+    phase: AccountPhase,
+    binding: Option<LocalObjectRef>,
 ) -> Result<()> {
     let status = account.status.clone().unwrap_or_default();
     let conditions = merge(&status.conditions, verdicts, account.metadata.generation, Timestamp::now());
     let unchanged = status.phase == Some(phase)
         && status.observed_generation == account.metadata.generation
-        && status.binding.as_ref().map(|b| json!({ "name": b.name })) == binding
+        && status.binding == binding
         && crate::conditions::unchanged(&status.conditions, &conditions);
     if unchanged {
         return Ok(());
     }
-    let mut status =
-        json!({ "phase": phase, "observedGeneration": account.metadata.generation, "conditions": conditions });
-    if let Some(b) = binding {
-        status["binding"] = b;
-    }
-    ctx.apply_status(account, status).await?;
+    let owned = MessengerAccountStatus {
+        phase: Some(phase),
+        observed_generation: account.metadata.generation,
+        conditions,
+        binding,
+        ..Default::default()
+    };
+    ctx.apply_status(account, &owned).await?;
     Ok(())
 }
+
+/// The operator-owned part of the status as it stands, with `phase`: what a write
+/// that changes only the phase sends (server-side apply removes owned fields
+/// that a write leaves out).
+fn owned_with_phase(status: &MessengerAccountStatus, phase: AccountPhase) -> MessengerAccountStatus {
+    MessengerAccountStatus {
+        phase: Some(phase),
+        observed_generation: status.observed_generation,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| OPERATOR_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned()
+            .collect(),
+        binding: status.binding.clone(),
+        ..Default::default()
+    }
+}
+
+/// The conditions the operator owns; the connector owns the others.
+const OPERATOR_CONDITIONS: [&str; 3] = [CONFIG_VALID, CONNECTOR_AVAILABLE, READY];
 
 /// Deletion: the connector sees the deletion timestamp, logs the session out,
 /// purges the account's data and sets `status.connector.cleanupCompletedAt`. The
@@ -189,8 +246,8 @@ async fn cleanup(api: &Api<MessengerAccount>, account: &MessengerAccount, ctx: &
     let timeout = ctx.settings.cleanup_timeout.as_secs_f64();
     if !done && waited < timeout {
         let status = account.status.clone().unwrap_or_default();
-        if status.phase != Some(crmessenger_api::account::AccountPhase::Terminating) {
-            ctx.apply_status(account, json!({ "phase": "Terminating" })).await?;
+        if status.phase != Some(AccountPhase::Terminating) {
+            ctx.apply_status(account, &owned_with_phase(&status, AccountPhase::Terminating)).await?;
         }
         let left = Duration::from_secs_f64((timeout - waited).max(1.0));
         return Ok(Action::requeue(left.min(Duration::from_secs(5))));

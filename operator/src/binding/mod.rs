@@ -2,25 +2,83 @@
 //! checks its credentials Secret, owns the live OAuth token pair, and reports.
 
 pub mod credentials;
+pub mod status;
 pub mod token;
 
-use crate::conditions::{Verdict, merge};
-use crate::context::Context;
+use crate::conditions::Verdict;
+use crate::controller::{ControllerContext, Shared};
 use crate::error::{Error, Result};
-use crate::selection;
 use crmessenger_api::CrmBinding;
-use crmessenger_api::common::conditions::{CREDENTIALS_VALID, READY};
+use crmessenger_api::common::conditions::CREDENTIALS_VALID;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use token::Outcome;
 
 /// The shortest time between two status writes of one binding.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The binding controller's context: the shared state, plus what it remembers
+/// between reconciles.
+pub struct Context {
+    /// What every controller shares.
+    pub shared: Arc<Shared>,
+    /// Recent successful credential checks, per `namespace/name/generation`.
+    credentials: Mutex<HashMap<String, Checked>>,
+    /// When each binding's status was last written (see [`Context::status_write_due`]).
+    status_writes: Mutex<HashMap<String, Instant>>,
+}
+
+/// A successful credentials check.
+#[derive(Clone)]
+struct Checked {
+    at: Instant,
+    verdict: Verdict,
+    token_expires_at: Option<i64>,
+    next_check: Duration,
+}
+
+impl Context {
+    /// A context over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, credentials: Mutex::default(), status_writes: Mutex::default() }
+    }
+
+    /// Whether `key`'s status may be written now: at most one write per `every`,
+    /// so a burst of changes (hundreds of accounts bound at once) becomes a few
+    /// writes. `Err(wait)` says when the next may go; the caller requeues, so the
+    /// last change is always written. Reconciles themselves are never delayed.
+    fn status_write_due(&self, key: &str, every: Duration) -> Result<(), Duration> {
+        let Ok(mut writes) = self.status_writes.lock() else { return Ok(()) };
+        let now = Instant::now();
+        if let Some(last) = writes.get(key)
+            && now.duration_since(*last) < every
+        {
+            return Err(every - now.duration_since(*last));
+        }
+        writes.insert(key.to_string(), now);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl ControllerContext for Context {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
 
 /// Reconciles one binding.
 #[tracing::instrument(skip_all, fields(binding = %binding.name_any(), namespace = binding.namespace().unwrap_or_default()))]
@@ -32,74 +90,29 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     // Borrowed from the cache, not cloned: a namespace may hold thousands.
     let snapshot = ctx.stores.accounts.state();
     let accounts = snapshot.iter().filter_map(|a| a.0.as_ref().ok()).filter(|a| a.namespace().as_deref() == Some(&ns));
-    let bindings = ctx.stores.bindings_in(&ns);
-    let mut bound = Vec::new();
-    let mut refused = Vec::new();
-    for account in accounts.filter(|a| selection::selects(&binding, a)) {
-        match selection::owner(account, &bindings) {
-            Some(owner) if owner.name_any() == name => bound.push(account.name_any()),
-            Some(owner) => refused.push(format!("{} (bound by {})", account.name_any(), owner.name_any())),
-            None => {}
-        }
-    }
-    bound.sort();
-
-    let policy = ctx
+    let selection = status::select(&binding, accounts, &ctx.stores.bindings_in(&ns));
+    let policy_found = ctx
         .stores
         .policies
         .get(&kube::runtime::reflector::ObjectRef::new(&binding.spec.policy_ref.name).within(&ns))
-        .and_then(|p| p.0.clone().ok());
+        .is_some_and(|p| p.0.is_ok());
     let (credentials, expires_at, requeue) = credentials(&binding, &ctx, &ns).await?;
-
-    let ready = if !credentials.ok {
-        Verdict::no(READY, &credentials.reason, credentials.message.clone())
-    } else if policy.is_none() {
-        Verdict::no(
-            READY,
-            "PolicyNotFound",
-            format!("SyncPolicy {} does not exist in this namespace", binding.spec.policy_ref.name),
-        )
-    } else if !refused.is_empty() {
-        Verdict::no(
-            READY,
-            "AccountAlreadyBound",
-            format!("already bound by another CrmBinding: {}", refused.join(", ")),
-        )
-    } else if bound.is_empty() {
-        Verdict::no(READY, "NoAccounts", "selects no MessengerAccount in this namespace")
-    } else {
-        Verdict::yes(READY, "Bound", format!("serves {}", bound.join(", ")))
-    };
+    let ready = status::ready(&binding, &credentials, policy_found, &selection);
     let previous = binding.status.clone().unwrap_or_default();
     if crate::conditions::newly_failed(&previous.conditions, &ready) {
         ctx.warn(binding.as_ref(), &ready.reason, ready.message.clone(), "Reconcile").await;
     }
-    let conditions =
-        merge(&previous.conditions, &[credentials, ready], binding.metadata.generation, jiff::Timestamp::now());
-    let mut status = json!({
-        "observedGeneration": binding.metadata.generation,
-        "conditions": conditions,
-        "boundAccounts": bound,
-        "boundAccountCount": bound.len(),
-    });
-    if let Some(t) = expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()) {
-        status["tokenExpiresAt"] = json!(t);
-    }
-    let expires = status.get("tokenExpiresAt").cloned();
-    let same = previous.observed_generation == binding.metadata.generation
-        && previous.bound_accounts == bound
-        && previous.bound_account_count == Some(bound.len() as i32)
-        && previous.token_expires_at.as_ref().map(|t| json!(t)) == expires
-        && crate::conditions::unchanged(&previous.conditions, &conditions);
-    if same {
+    let Some(next) =
+        status::status(&binding, &[credentials, ready], selection.bound, expires_at, jiff::Timestamp::now())
+    else {
         return Ok(Action::requeue(requeue));
-    }
+    };
     // While accounts keep arriving, the list changes on every one of them: write it
     // at most every 2 s (the last change is written on the requeue).
-    if let Err(wait) = ctx.status_write_due(&format!("binding/{ns}/{name}"), STATUS_EVERY) {
+    if let Err(wait) = ctx.status_write_due(&format!("{ns}/{name}"), STATUS_EVERY) {
         return Ok(Action::requeue(wait.min(requeue)));
     }
-    ctx.apply_status(binding.as_ref(), status).await?;
+    ctx.apply_status(binding.as_ref(), &next).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -112,16 +125,18 @@ const CREDENTIALS_TTL: Duration = Duration::from_secs(60);
 async fn credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(Verdict, Option<i64>, Duration)> {
     let key = format!("{ns}/{}/{}", binding.name_any(), binding.metadata.generation.unwrap_or_default());
     let cached = ctx.credentials.lock().ok().and_then(|m| m.get(&key).cloned());
-    if let Some((at, verdict, expires, requeue)) = cached
-        && at.elapsed() < CREDENTIALS_TTL.min(requeue)
+    if let Some(c) = cached
+        && c.at.elapsed() < CREDENTIALS_TTL.min(c.next_check)
     {
-        return Ok((verdict, expires, requeue.saturating_sub(at.elapsed()).max(Duration::from_secs(1))));
+        let left = c.next_check.saturating_sub(c.at.elapsed()).max(Duration::from_secs(1));
+        return Ok((c.verdict, c.token_expires_at, left));
     }
     let checked = check_credentials(binding, ctx, ns).await?;
     if checked.0.ok
         && let Ok(mut m) = ctx.credentials.lock()
     {
-        m.insert(key, (std::time::Instant::now(), checked.0.clone(), checked.1, checked.2));
+        let (verdict, token_expires_at, next_check) = checked.clone();
+        m.insert(key, Checked { at: Instant::now(), verdict, token_expires_at, next_check });
     }
     Ok(checked)
 }

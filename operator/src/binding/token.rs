@@ -3,7 +3,7 @@
 //! the user's Secret, refreshed before expiry, by the leader only.
 
 use super::credentials::{Bootstrap, decode};
-use crate::context::Context;
+use crate::controller::Shared;
 use crate::error::Result;
 use crate::labels::{self, MANAGER};
 use crmessenger_api::CrmBinding;
@@ -32,7 +32,7 @@ pub struct Stored {
 }
 
 /// Reads the operator-owned token Secret.
-pub async fn load(ctx: &Context, binding: &CrmBinding) -> Result<Option<Stored>> {
+pub async fn load(ctx: &Shared, binding: &CrmBinding) -> Result<Option<Stored>> {
     let ns = binding.namespace().unwrap_or_default();
     let Some(secret) =
         Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&token_secret_name(&binding.name_any())).await?
@@ -52,7 +52,7 @@ pub async fn load(ctx: &Context, binding: &CrmBinding) -> Result<Option<Stored>>
 }
 
 /// Writes the token Secret (owned by the binding, garbage-collected with it).
-pub async fn store(ctx: &Context, binding: &CrmBinding, stored: &Stored) -> Result<()> {
+pub async fn store(ctx: &Shared, binding: &CrmBinding, stored: &Stored) -> Result<()> {
     let ns = binding.namespace().unwrap_or_default();
     let name = token_secret_name(&binding.name_any());
     let mut data = BTreeMap::from([
@@ -88,7 +88,7 @@ pub enum Outcome {
 /// Makes sure a current pair is stored: bootstraps from the user's Secret when there
 /// is none (or the user's Secret changed), refreshes when it nears expiry.
 pub async fn ensure(
-    ctx: &Context,
+    ctx: &Shared,
     binding: &CrmBinding,
     bootstrap: &Bootstrap,
     bootstrap_version: &str,

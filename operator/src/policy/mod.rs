@@ -2,14 +2,14 @@
 //! the policy, and reports Ready.
 
 use crate::conditions::{Verdict, merge};
-use crate::context::Context;
+use crate::controller::Shared;
 use crate::error::{Error, Result};
 use crmessenger_api::SyncPolicy;
 use crmessenger_api::common::conditions::READY;
 use crmessenger_api::policy::SyncPolicySpec;
+use crmessenger_api::policy::SyncPolicyStatus;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub fn validate(spec: &SyncPolicySpec) -> Verdict {
 
 /// Reconciles one policy.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
-pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Shared>) -> Result<Action> {
     let ns = policy.namespace().ok_or_else(|| Error::Malformed("policy without namespace".into()))?;
     let name = policy.name_any();
     let bindings = ctx.stores.bindings_in(&ns);
@@ -71,13 +71,13 @@ pub async fn reconcile(policy: Arc<SyncPolicy>, ctx: Arc<Context>) -> Result<Act
     if same {
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let status = json!({
-        "observedGeneration": policy.metadata.generation,
-        "conditions": conditions,
-        "bindings": users,
-        "bindingCount": users.len(),
-    });
-    ctx.apply_status(policy.as_ref(), status).await?;
+    let status = SyncPolicyStatus {
+        observed_generation: policy.metadata.generation,
+        conditions,
+        binding_count: Some(users.len() as i32),
+        bindings: users,
+    };
+    ctx.apply_status(policy.as_ref(), &status).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

@@ -1,9 +1,7 @@
 //! Bindings and policies against the real control plane: accounts claimed once,
 //! credentials checked, reasons a person can act on, Warning Events.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 async fn ready_reason(cp: &crmessenger_testkit::ControlPlane, ns: &str, what: &str, reason: &str) -> serde_json::Value {

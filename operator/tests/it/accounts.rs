@@ -2,9 +2,7 @@
 //! and kwok): an account, its binding and policy become a connector's children with
 //! the right content, and status follows the connector's heartbeat.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 #[tokio::test]
