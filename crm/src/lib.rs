@@ -1,6 +1,7 @@
 //! The CRM side of CRMessenger.
 //!
-//! - [`Crm`]: what the bridge needs from a CRM, independent of the product;
+//! - [`Crm`]: what the bridge needs from a CRM, independent of the product (its
+//!   records: contacts, leads, notes, tasks, replies), and [`CrmChat`], its chat;
 //! - [`budget`]: request budgets (token buckets) with pluggable storage, so every
 //!   connector of one CRM integration shares one documented rate limit;
 //! - [`amocrm`]: the amoCRM / Kommo adapter (REST v4, OAuth, Chats API). Everything
@@ -25,7 +26,7 @@ use async_trait::async_trait;
 /// as an error; an in-doubt write (a timeout after the request was sent) is resolved
 /// by the adapter (it looks for what it wrote) before it writes again.
 #[async_trait]
-pub trait Crm: Send + Sync {
+pub trait Crm: CrmChat {
     /// Finds the contact for `person` by the identities in `dedup` (in that order),
     /// adding identities it lacks, or creates it.
     async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError>;
@@ -67,6 +68,16 @@ pub trait Crm: Send + Sync {
     /// reply if it is one.
     async fn read_reply(&self, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError>;
 
+    /// Subscribes `destination` (the gateway's URL for the binding) to the CRM's
+    /// webhooks for managers' notes; subscribing the same destination again
+    /// updates the subscription.
+    async fn subscribe_reply_webhook(&self, destination: &str) -> Result<(), CrmError>;
+}
+
+/// The CRM's chat, where it has one (amoCRM's Chats API): customers' messages in
+/// the chat, delivery statuses of managers' messages, and the chat's history.
+#[async_trait]
+pub trait CrmChat: Send + Sync {
     /// Posts a customer's message into the CRM's chat (Chats API), creating and
     /// linking the chat to the contact first.
     async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError>;
@@ -82,9 +93,4 @@ pub trait Crm: Send + Sync {
         offset: u32,
         limit: u32,
     ) -> Result<Vec<ChatHistoryEntry>, CrmError>;
-
-    /// Subscribes `destination` (the gateway's URL for the binding) to the CRM's
-    /// webhooks for managers' notes; subscribing the same destination again
-    /// updates the subscription.
-    async fn subscribe_reply_webhook(&self, destination: &str) -> Result<(), CrmError>;
 }

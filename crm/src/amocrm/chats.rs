@@ -3,7 +3,7 @@
 
 use super::AmoCrm;
 use super::contacts;
-use super::transport::transport_error;
+use super::transport::exchange;
 use crate::CrmError;
 use crate::budget::{Budget, Limit};
 use crate::clock::Clock;
@@ -111,51 +111,37 @@ impl ChatsClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Option<Value>, CrmError> {
-        self.budget.acquire().await.map_err(CrmError::Unavailable)?;
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| CrmError::Protocol(e.to_string()))?,
             None => Vec::new(),
         };
-        let date = rfc2822(self.clock.now_ms());
-        let (md5, signature) = sign_request(&self.channel.secret, method.as_str(), &bytes, &date, path);
-        let base = self.channel.base_url.trim_end_matches('/');
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{base}{path}"))
-            .timeout(self.timeout)
-            .header("Date", date)
-            .header("Content-Type", CONTENT_TYPE)
-            .header("Content-MD5", md5)
-            .header("X-Signature", signature);
-        if !query.is_empty() {
-            req = req.query(query);
-        }
-        if method != Method::GET {
-            req = req.body(bytes);
-        }
         let write = method != Method::GET;
-        let response = req.send().await.map_err(|e| transport_error(e, write, path))?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| transport_error(e, write, path))?;
-        let body: Option<Value> = serde_json::from_str(&text).ok();
-        let detail = || {
-            body.as_ref()
-                .and_then(|b| {
-                    b.get("error_description")
-                        .or_else(|| b.get("error_type"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| text.chars().take(200).collect())
+        let build = || {
+            let date = rfc2822(self.clock.now_ms());
+            let (md5, signature) = sign_request(&self.channel.secret, method.as_str(), &bytes, &date, path);
+            let base = self.channel.base_url.trim_end_matches('/');
+            let req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .header("Date", date)
+                .header("Content-Type", CONTENT_TYPE)
+                .header("Content-MD5", md5)
+                .header("X-Signature", signature);
+            let req = if query.is_empty() { req } else { req.query(query) };
+            Ok(if write { req.body(bytes.clone()) } else { req })
         };
-        match status {
-            204 => Ok(None),
-            200..=299 => Ok(body),
+        let answer = exchange(&self.budget, self.timeout, write, path, build).await?;
+        let detail = answer
+            .body
+            .as_ref()
+            .and_then(|b| b.get("error_description").or_else(|| b.get("error_type")).and_then(Value::as_str))
+            .map(str::to_string)
+            .unwrap_or_else(|| answer.text.chars().take(200).collect());
+        match answer.status {
             429 => Err(CrmError::RateLimited { retry_after: None }),
             // A bad signature is our configuration's fault (wrong secret or clock).
-            403 => Err(CrmError::Config(format!("Chats API refused the signature: {}", detail()))),
-            500..=599 => Err(CrmError::Unavailable(format!("{path}: {status}: {}", detail()))),
-            s => Err(CrmError::Rejected { status: s, detail: format!("{path}: {}", detail()) }),
+            403 => Err(CrmError::Config(format!("Chats API refused the signature: {detail}"))),
+            _ => answer.common(path, detail),
         }
     }
 

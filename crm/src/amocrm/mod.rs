@@ -18,7 +18,7 @@ pub use transport::{StaticToken, TokenSource, Transport};
 
 use crate::clock::Clock;
 use crate::model::*;
-use crate::{Crm, CrmError};
+use crate::{Crm, CrmChat, CrmError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -222,7 +222,10 @@ impl Crm for AmoCrm {
     async fn read_reply(&self, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError> {
         replies::read(self, lead_id, note_id).await
     }
+}
 
+#[async_trait]
+impl CrmChat for AmoCrm {
     async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError> {
         chats::post(self, message).await
     }

@@ -4,7 +4,7 @@
 use crate::CrmError;
 use crate::budget::Budget;
 use async_trait::async_trait;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,42 +116,26 @@ impl Transport {
         body: Option<&Value>,
         token: &str,
     ) -> Result<Option<Value>, CrmError> {
-        self.budget.acquire().await.map_err(CrmError::Unavailable)?;
-        let mut req =
-            self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token).timeout(self.timeout);
-        if !query.is_empty() {
-            req = req.query(query);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let is_write = *method != Method::GET;
-        let response = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Err(transport_error(e, is_write, path)),
+        let build = || {
+            let req = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
+            let req = if query.is_empty() { req } else { req.query(query) };
+            Ok(match body {
+                Some(body) => req.json(body),
+                None => req,
+            })
         };
-        let status = response.status();
-        let text = match response.text().await {
-            Ok(t) => t,
-            Err(e) => return Err(transport_error(e, is_write, path)),
-        };
-        self.classify(status, &text, path).await
+        let answer = exchange(&self.budget, self.timeout, *method != Method::GET, path, build).await?;
+        self.classify(answer, path).await
     }
 
-    async fn classify(&self, status: StatusCode, text: &str, path: &str) -> Result<Option<Value>, CrmError> {
-        let body: Option<Value> = serde_json::from_str(text).ok();
-        let detail = || problem_detail(body.as_ref(), text);
-        match status.as_u16() {
-            204 => Ok(None),
-            200..=299 => match body {
-                Some(v) => Ok(Some(v)),
-                None if text.trim().is_empty() => Ok(None),
-                None => Err(CrmError::Protocol(format!("{path}: answer is not JSON"))),
-            },
-            401 => Err(CrmError::Unauthorized(detail())),
-            402 | 403 => Err(CrmError::Blocked { status: status.as_u16(), detail: detail() }),
+    async fn classify(&self, answer: Answer, path: &str) -> Result<Option<Value>, CrmError> {
+        let detail = problem_detail(answer.body.as_ref(), &answer.text);
+        match answer.status {
+            401 => Err(CrmError::Unauthorized(detail)),
+            402 | 403 => Err(CrmError::Blocked { status: answer.status, detail }),
             429 => {
-                let retry_after = body
+                let retry_after = answer
+                    .body
                     .as_ref()
                     .and_then(|b| b.get("retry_after"))
                     .and_then(Value::as_u64)
@@ -162,14 +146,60 @@ impl Transport {
                 }
                 Err(CrmError::RateLimited { retry_after })
             }
-            500..=599 => Err(CrmError::Unavailable(format!("{path}: {status}: {}", detail()))),
-            s => Err(CrmError::Rejected { status: s, detail: format!("{path}: {}", detail()) }),
+            _ => answer.common(path, detail),
         }
     }
 }
 
+/// An HTTP answer: status, text, and the text as JSON when it is JSON.
+pub(crate) struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as text.
+    pub text: String,
+    /// The body as JSON, when it parses.
+    pub body: Option<Value>,
+}
+
+impl Answer {
+    /// What every amoCRM API answers alike: 204 is nothing, another 2xx its JSON
+    /// (or nothing when empty), 5xx unavailable, anything else a refusal with
+    /// `detail`. API-specific statuses are mapped by the caller first.
+    pub(crate) fn common(self, path: &str, detail: String) -> Result<Option<Value>, CrmError> {
+        match self.status {
+            204 => Ok(None),
+            200..=299 => match self.body {
+                Some(v) => Ok(Some(v)),
+                None if self.text.trim().is_empty() => Ok(None),
+                None => Err(CrmError::Protocol(format!("{path}: answer is not JSON"))),
+            },
+            500..=599 => Err(CrmError::Unavailable(format!("{path}: {}: {detail}", self.status))),
+            s => Err(CrmError::Rejected { status: s, detail: format!("{path}: {detail}") }),
+        }
+    }
+}
+
+/// The one HTTP call core of amoCRM's APIs (REST and Chats): waits for `budget`,
+/// builds the request (after the wait, so signed dates are fresh), sends it with
+/// `timeout` and reads the answer. A failure on the way is `Unavailable`, or
+/// `InDoubt` for a write that may have reached the server.
+pub(crate) async fn exchange(
+    budget: &Budget,
+    timeout: Duration,
+    is_write: bool,
+    path: &str,
+    build: impl FnOnce() -> Result<reqwest::RequestBuilder, CrmError>,
+) -> Result<Answer, CrmError> {
+    budget.acquire().await.map_err(CrmError::Unavailable)?;
+    let response = build()?.timeout(timeout).send().await.map_err(|e| transport_error(e, is_write, path))?;
+    let status = response.status().as_u16();
+    let text = response.text().await.map_err(|e| transport_error(e, is_write, path))?;
+    let body = serde_json::from_str(&text).ok();
+    Ok(Answer { status, text, body })
+}
+
 /// Classifies a failed request: in doubt when a write may have reached the server.
-pub(crate) fn transport_error(e: reqwest::Error, is_write: bool, path: &str) -> CrmError {
+fn transport_error(e: reqwest::Error, is_write: bool, path: &str) -> CrmError {
     // A write whose request may have reached the server is in doubt; a failure to
     // connect means nothing was sent.
     if is_write && !e.is_connect() && (e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()) {
