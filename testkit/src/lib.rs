@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod certs;
 pub mod checks;
+pub mod clock;
 pub mod controlplane;
 pub mod node;
 pub mod otlp;
@@ -18,5 +19,6 @@ pub mod postgres;
 pub mod process;
 
 pub use certs::TestCa;
+pub use clock::TestClock;
 pub use controlplane::ControlPlane;
 pub use postgres::Postgres;

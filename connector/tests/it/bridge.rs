@@ -10,10 +10,11 @@ use crmessenger_connector::metrics::Metrics;
 use crmessenger_connector::store::lock::AccountLock;
 use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
-use crmessenger_crm::clock::{Clock, OffsetClock, SystemClock};
+use crmessenger_crm::clock::{Clock, SystemClock};
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, Fault, FaultKind};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::Postgres;
+use crmessenger_testkit::TestClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -250,7 +251,7 @@ async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {
 /// together (real time would make this test 10 minutes long; a paused tokio clock
 /// would also fire the database's timeouts).
 async fn a_ten_minute_outage_delays_delivery_in_order_within_the_budget(db_url: &str) {
-    let clock = OffsetClock::default();
+    let clock = TestClock::default();
     let r = rig_on(db_url, Arc::new(clock.clone())).await;
     let fake_clock = r.fake.clock();
     let advance = |d: Duration| {
@@ -343,7 +344,7 @@ fn counter(r: &Rig, name: &str) -> f64 {
 /// checks to complete (the connector's metric), moving `clock` by the loop's
 /// 5 s interval before each, so the last of them started after everything before
 /// this call and the clock moved no more than `n` × 5 s.
-async fn escalation_checks(r: &Rig, clock: &OffsetClock, n: usize) {
+async fn escalation_checks(r: &Rig, clock: &TestClock, n: usize) {
     let done = || counter(r, "escalation_checks");
     for _ in 0..n {
         let before = done();
@@ -355,7 +356,7 @@ async fn escalation_checks(r: &Rig, clock: &OffsetClock, n: usize) {
 /// Escalation (policy: after 1m): one task per unanswered conversation, however
 /// long it stays unanswered; the reply going out completes it.
 async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str) {
-    let clock = OffsetClock::default();
+    let clock = TestClock::default();
     let r = rig_on(db_url, Arc::new(clock.clone())).await;
     r.messenger.push(vec![text("5001", "a", "Anna", "anyone there?"), text("5002", "b", "Boris", "hello?")]);
     let leads = wait_for("two leads with notes", 30, || {

@@ -12,10 +12,10 @@ use crmessenger_connector::gateway::Gateway;
 use crmessenger_connector::metrics::Metrics;
 use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
-use crmessenger_crm::clock::OffsetClock;
 use crmessenger_fake_amocrm::{ChatsChannel, FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::Postgres;
+use crmessenger_testkit::TestClock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,7 +67,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     let config =
         render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
             .unwrap();
-    let clock = OffsetClock::default();
+    let clock = TestClock::default();
     let chats = ChatsSettings {
         base_url: fake.base_url(),
         channel_id: channel.channel_id.clone(),

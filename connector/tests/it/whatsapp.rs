@@ -11,9 +11,10 @@ use crmessenger_connector::app::{AccountParts, SecretValues, build_account, what
 use crmessenger_connector::gateway::{Gateway, WhatsAppApp};
 use crmessenger_connector::messenger::whatsapp::WhatsApp;
 use crmessenger_connector::store::{POOL_SIZE, Store};
-use crmessenger_crm::clock::{Clock, OffsetClock};
+use crmessenger_crm::clock::Clock;
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig, TlsIdentity};
 use crmessenger_fake_whatsapp::{FakeGraph, GraphConfig, StatusScript, WindowError, signature};
+use crmessenger_testkit::TestClock;
 use crmessenger_testkit::{Postgres, TestCa};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ struct Rig {
     graph: FakeGraph,
     store: Store,
     parts: AccountParts,
-    clock: OffsetClock,
+    clock: TestClock,
     gateway: String,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -78,7 +79,7 @@ async fn rig_with(db: &str, template: bool, base: GraphConfig, token: Option<&st
     let mut settings = whatsapp_settings(&config, &values).unwrap();
     settings.graph_url = graph.graph_url();
     settings.ca_pem = Some(ca.cert_pem().to_string());
-    let clock = OffsetClock::default();
+    let clock = TestClock::default();
     let adapter = WhatsApp::new(settings, store.clone(), Arc::new(clock.clone())).unwrap();
     let token = amo.issue_token_pair().access_token;
     let parts = build_account(

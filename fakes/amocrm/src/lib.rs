@@ -13,7 +13,6 @@
 
 mod account;
 mod chats;
-mod clock;
 mod control;
 mod hooks;
 mod limits;
@@ -36,13 +35,13 @@ use tokio::task::JoinHandle;
 pub use account::{
     FIRST_STAGE_ID, LOST_STATUS_ID, MAIN_PIPELINE_ID, SECOND_STAGE_ID, TOKEN_USER_ID, UNSORTED_STATUS_ID, WON_STATUS_ID,
 };
-pub use clock::FakeClock;
 pub use limits::{Fault, FaultKind};
 pub use model::{
     Chat, ChatMessage, Contact, Direction, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, TokenPair,
     Unsorted, WebhookDelivery, WebhookSubscription,
 };
 
+use crmessenger_testkit::TestClock;
 use state::Shared;
 
 /// A TLS serving identity (PEM).
@@ -173,7 +172,7 @@ impl FakeAmo {
         let base_url = format!("{scheme}://{addr}");
         let http = tls::hook_client(&options.hook_roots_pem)?;
         let users = account::users(std::array::from_fn(|_| uuid::Uuid::new_v4().to_string()));
-        let shared = Arc::new(Shared::new(config, FakeClock::new(), base_url, users, http));
+        let shared = Arc::new(Shared::new(config, TestClock::new(), base_url, users, http));
         let tasks = vec![
             tokio::spawn(server::serve(listener, acceptor, shared.clone())),
             tokio::spawn(hooks::run_webhooks(shared.clone())),
@@ -208,7 +207,7 @@ impl FakeAmo {
     }
 
     /// The injectable clock (clones share state).
-    pub fn clock(&self) -> FakeClock {
+    pub fn clock(&self) -> TestClock {
         self.shared.clock.clone()
     }
 

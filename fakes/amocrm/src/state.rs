@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use crate::FakeConfig;
 use crate::account::User;
-use crate::clock::FakeClock;
 use crate::limits::{Faults, Limits};
 use crate::model::{
     Chat, ChatMessage, Contact, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, Unsorted, WebhookDelivery,
     WebhookSubscription,
 };
+use crmessenger_testkit::TestClock;
 
 /// An issued access token.
 #[derive(Clone, Debug)]
@@ -149,7 +149,7 @@ impl State {
 /// What every handler shares.
 pub(crate) struct Shared {
     pub config: FakeConfig,
-    pub clock: FakeClock,
+    pub clock: TestClock,
     pub started: Instant,
     pub base_url: String,
     pub users: Vec<User>,
@@ -167,7 +167,7 @@ impl Shared {
     /// Builds the shared handle.
     pub fn new(
         config: FakeConfig,
-        clock: FakeClock,
+        clock: TestClock,
         base_url: String,
         users: Vec<User>,
         http: reqwest::Client,

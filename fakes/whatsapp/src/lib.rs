@@ -13,7 +13,8 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use crmessenger_fake_amocrm::{FakeClock, TlsIdentity};
+use crmessenger_fake_amocrm::TlsIdentity;
+use crmessenger_testkit::TestClock;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -151,7 +152,7 @@ struct World {
 
 struct Shared {
     config: GraphConfig,
-    clock: FakeClock,
+    clock: TestClock,
     base_url: String,
     world: Mutex<World>,
     http: reqwest::Client,
@@ -203,7 +204,7 @@ impl FakeGraph {
         let http = crmessenger_fake_amocrm::tls::hook_client(&config.webhook_roots_pem)?;
         let shared = Arc::new(Shared {
             config,
-            clock: FakeClock::new(),
+            clock: TestClock::new(),
             base_url,
             world: Mutex::new(World::default()),
             http,
@@ -230,7 +231,7 @@ impl FakeGraph {
     }
 
     /// The fake's clock (the 24-hour window, URL expiry).
-    pub fn clock(&self) -> FakeClock {
+    pub fn clock(&self) -> TestClock {
         self.shared.clock.clone()
     }
 
