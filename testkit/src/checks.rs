@@ -78,7 +78,25 @@ where
 
 /// Polls `check` until it returns Ok, or gives up after `secs` with an error that
 /// names `what` and the last observation (for programs, which report rather than panic).
-pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, mut check: F) -> Result<T, String>
+pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll(what, secs, Duration::from_millis(250), check).await
+}
+
+/// Like [`eventually`] for a check that reads memory (a fake's record, a counter)
+/// instead of calling out: polled every 50 ms.
+pub async fn eventually_some<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let check = || std::future::ready(check().ok_or_else(|| "not yet".to_string()));
+    match poll(what, secs, Duration::from_millis(50), check).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn poll<T, F, Fut>(what: &str, secs: u64, every: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -90,7 +108,7 @@ where
             Err(last) if Instant::now() > deadline => {
                 return Err(format!("timed out waiting for {what}; last: {last}"));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }

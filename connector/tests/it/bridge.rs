@@ -3,6 +3,7 @@
 //! on SQLite (standalone's store).
 
 use crate::common;
+use crmessenger_testkit::checks::eventually_some;
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::build_account;
@@ -67,24 +68,13 @@ async fn rig_on(db_url: &str, clock: Arc<dyn Clock>) -> Rig {
     Rig { fake, messenger, store, stop, account: parts.key, metrics }
 }
 
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The positive signal that a chat has nothing more in the pipe: a marker message
 /// pushed after everything else in `chat` reaches the CRM. Each chat is delivered
 /// in order, so whatever the connector was going to do with the earlier messages
 /// of that chat (deliver them again, dead-letter them) it has done by then.
 async fn drained(r: &Rig, chat: &str, tag: &str) {
     r.messenger.push(vec![text(chat, tag, "Marker", tag)]);
-    wait_for(&format!("marker {tag} in chat {chat}"), 30, || {
+    eventually_some(&format!("marker {tag} in chat {chat}"), 30, || {
         r.fake
             .snapshot()
             .notes
@@ -114,7 +104,7 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
         r.messenger.push(batch);
     }
     // One contact and one lead per chat; ten notes per lead, in order, once each.
-    let leads = wait_for("three leads", 60, || {
+    let leads = eventually_some("three leads", 60, || {
         let s = r.fake.snapshot();
         (s.leads.len() == 3 && s.notes.iter().filter(|n| n.note_type == "common").count() == 30).then_some(s.leads)
     })
@@ -130,7 +120,7 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
     // A manager's reply (a note with the prefix) reaches the customer once.
     let lead = leads[0].id;
     r.fake.add_manager_note(lead, 1001, ">> Thanks, we are on it");
-    let sent = wait_for("the reply in the messenger", 30, || {
+    let sent = eventually_some("the reply in the messenger", 30, || {
         let sent = r.messenger.sent();
         (!sent.is_empty()).then_some(sent)
     })
@@ -154,7 +144,7 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
 async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_url: &str) {
     let r = rig(db_url).await;
     r.messenger.push(vec![text("2001", "a", "Ann", "first")]);
-    let lead = wait_for("the first note", 30, || {
+    let lead = eventually_some("the first note", 30, || {
         let s = r.fake.snapshot();
         s.notes.iter().find(|n| n.note_type == "common").map(|n| n.entity_id)
     })
@@ -168,14 +158,16 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
         times: 2,
     });
     r.messenger.push(vec![text("2001", "b", "Ann", "second"), text("2001", "c", "Ann", "third")]);
-    wait_for("third note", 30, || notes_of(&r.fake, lead).iter().any(|t| t.contains("third")).then_some(())).await;
+    eventually_some("third note", 30, || notes_of(&r.fake, lead).iter().any(|t| t.contains("third")).then_some(()))
+        .await;
     let dead = r.store.dead_letters(&r.account).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
     assert!(!notes_of(&r.fake, lead).iter().any(|t| t.contains("second")));
     // Fixed: replay delivers it, once.
     assert_eq!(r.store.replay_dead(&r.account).await.unwrap(), 1);
-    wait_for("second note", 30, || notes_of(&r.fake, lead).iter().any(|t| t.contains("second")).then_some(())).await;
+    eventually_some("second note", 30, || notes_of(&r.fake, lead).iter().any(|t| t.contains("second")).then_some(()))
+        .await;
     drained(&r, "2001", "marker-after-replay").await;
     let texts = notes_of(&r.fake, lead);
     assert_eq!(texts.iter().filter(|t| t.contains("second")).count(), 1);
@@ -184,7 +176,7 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
     // Two chats share one request; it is refused, and so is the first chat's
     // message alone: that one is dead-lettered, the other chat's goes through.
     r.messenger.push(vec![text("2002", "x", "Bob", "hello from bob")]);
-    wait_for("bob's first note", 30, || {
+    eventually_some("bob's first note", 30, || {
         r.fake
             .snapshot()
             .notes
@@ -200,7 +192,7 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
         times: 2,
     });
     r.messenger.push(vec![text("2001", "d", "Ann", "fourth"), text("2002", "y", "Bob", "bob again")]);
-    let dead = wait_for("one dead letter of the two chats", 30, || {
+    let dead = eventually_some("one dead letter of the two chats", 30, || {
         let dead = block_on_store(r.store.dead_letters(&r.account));
         let delivered = r
             .fake
@@ -233,7 +225,7 @@ async fn a_crm_outage_delays_delivery_and_loses_nothing(db_url: &str) {
     let batch: Vec<_> =
         (0..20).map(|i| text("3001", &format!("o{i}"), "Olga", &format!("during outage {i}"))).collect();
     r.messenger.push(batch);
-    let lead = wait_for("the notes after the outage", 120, || {
+    let lead = eventually_some("the notes after the outage", 120, || {
         let s = r.fake.snapshot();
         let notes: Vec<_> = s.notes.iter().filter(|n| n.note_type == "common").collect();
         (notes.len() == 20).then(|| notes[0].entity_id)
@@ -259,7 +251,7 @@ async fn a_ten_minute_outage_delays_delivery_in_order_within_the_budget(db_url: 
         fake_clock.advance(d);
     };
     r.messenger.push(vec![text("4000", "before", "Ivan", "before the outage")]);
-    wait_for("the first note", 30, || (!r.fake.snapshot().notes.is_empty()).then_some(())).await;
+    eventually_some("the first note", 30, || (!r.fake.snapshot().notes.is_empty()).then_some(())).await;
 
     r.fake.inject(Fault {
         method: None,
@@ -349,7 +341,7 @@ async fn escalation_checks(r: &Rig, clock: &TestClock, n: usize) {
     for _ in 0..n {
         let before = done();
         clock.advance(Duration::from_secs(5));
-        wait_for("an escalation check", 30, || (done() > before).then_some(())).await;
+        eventually_some("an escalation check", 30, || (done() > before).then_some(())).await;
     }
 }
 
@@ -359,7 +351,7 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
     let clock = TestClock::default();
     let r = rig_on(db_url, Arc::new(clock.clone())).await;
     r.messenger.push(vec![text("5001", "a", "Anna", "anyone there?"), text("5002", "b", "Boris", "hello?")]);
-    let leads = wait_for("two leads with notes", 30, || {
+    let leads = eventually_some("two leads with notes", 30, || {
         let s = r.fake.snapshot();
         (s.notes.iter().filter(|n| n.note_type == "common").count() == 2).then_some(s.leads)
     })
@@ -372,7 +364,7 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
         clock.advance(Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let tasks = wait_for("two tasks", 30, || {
+    let tasks = eventually_some("two tasks", 30, || {
         let t = r.fake.snapshot().tasks;
         (t.len() >= 2).then_some(t)
     })
@@ -395,7 +387,7 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
         .unwrap()
         .entity_id;
     r.fake.add_manager_note(anna, 1001, ">> Here, how can I help?");
-    wait_for("Anna's task completed", 30, || {
+    eventually_some("Anna's task completed", 30, || {
         r.fake.snapshot().tasks.iter().any(|t| t.entity_id == anna && t.is_completed).then_some(())
     })
     .await;
@@ -475,7 +467,7 @@ async fn the_second_connector_waits_for_the_lock_and_takes_over() {
         AccountLock::acquire(&store2, "ns/acct", move |why| w.lock().unwrap().push(why.to_string())).await.unwrap()
     });
     // Two refusals reported: the second connector tried, waited and tried again.
-    wait_for("two refused attempts", 30, || (waited.lock().unwrap().len() >= 2).then_some(())).await;
+    eventually_some("two refused attempts", 30, || (waited.lock().unwrap().len() >= 2).then_some(())).await;
     assert!(!second.is_finished(), "the second connector must wait while the first holds the lock");
     let why = waited.lock().unwrap().first().cloned().unwrap_or_default();
     assert!(why.contains("crmessenger-connector ns/acct"), "the wait names the holder: {why}");
@@ -588,13 +580,13 @@ async fn replies_go_to_the_chat_that_wrote_last_and_survive_the_pollers_removal(
     // Account a alone: it holds the polling duty, and a reply comes back through it.
     let (stop_a, _) = start_account(&fake, &token, &db, "a", &ma).await;
     ma.push(vec![from_customer("501", "m1", "hello on a")]);
-    let lead = wait_for("the lead", 30, || fake.snapshot().leads.first().map(|l| l.id)).await;
+    let lead = eventually_some("the lead", 30, || fake.snapshot().leads.first().map(|l| l.id)).await;
     fake.add_manager_note(lead, 1001, ">> first answer");
-    wait_for("the first answer on a", 30, || (sent_texts(&ma) == ["first answer"]).then_some(())).await;
+    eventually_some("the first answer on a", 30, || (sent_texts(&ma) == ["first answer"]).then_some(())).await;
     // Account b joins; the same person writes there: same contact, same lead, two chats.
     let (stop_b, _) = start_account(&fake, &token, &db, "b", &mb).await;
     mb.push(vec![from_customer("502", "m1", "hello on b")]);
-    wait_for("b's note on the same lead", 30, || {
+    eventually_some("b's note on the same lead", 30, || {
         notes_of(&fake, lead).iter().any(|n| n.contains("hello on b")).then_some(())
     })
     .await;
@@ -602,17 +594,22 @@ async fn replies_go_to_the_chat_that_wrote_last_and_survive_the_pollers_removal(
     assert_eq!((s.leads.len(), s.contacts.len()), (1, 1), "one person, one contact, one lead");
     // The reply goes where the customer wrote last: b, then a, then b again.
     fake.add_manager_note(lead, 1001, ">> second answer");
-    wait_for("the second answer on b", 30, || (sent_texts(&mb) == ["second answer"]).then_some(())).await;
+    eventually_some("the second answer on b", 30, || (sent_texts(&mb) == ["second answer"]).then_some(())).await;
     ma.push(vec![from_customer("501", "m2", "back on a")]);
-    wait_for("a's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on a")).then_some(())).await;
+    eventually_some("a's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on a")).then_some(()))
+        .await;
     fake.add_manager_note(lead, 1001, ">> third answer");
-    wait_for("the third answer on a", 30, || (sent_texts(&ma) == ["first answer", "third answer"]).then_some(())).await;
+    eventually_some("the third answer on a", 30, || {
+        (sent_texts(&ma) == ["first answer", "third answer"]).then_some(())
+    })
+    .await;
     mb.push(vec![from_customer("502", "m2", "back on b")]);
-    wait_for("b's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on b")).then_some(())).await;
+    eventually_some("b's new note", 30, || notes_of(&fake, lead).iter().any(|n| n.contains("back on b")).then_some(()))
+        .await;
     // The poller (a) is removed (suspended, deleted, or crashed): b takes polling over.
     let _ = stop_a.send(true);
     fake.add_manager_note(lead, 1001, ">> fourth answer");
-    wait_for("the fourth answer on b, polled by b", 60, || {
+    eventually_some("the fourth answer on b, polled by b", 60, || {
         (sent_texts(&mb) == ["second answer", "fourth answer"]).then_some(())
     })
     .await;
@@ -624,7 +621,7 @@ async fn replies_go_to_the_chat_that_wrote_last_and_survive_the_pollers_removal(
 async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
     let r = rig(&pg("storefail")).await;
     r.messenger.push(vec![text("3001", "a", "Ann", "hello")]);
-    let lead = wait_for("the lead", 30, || r.fake.snapshot().leads.first().map(|l| l.id)).await;
+    let lead = eventually_some("the lead", 30, || r.fake.snapshot().leads.first().map(|l| l.id)).await;
     // The lead is in the CRM before the store links it to the chat; a reply polled
     // in between belongs to no chat of ours. Wait for the link before fences move.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -646,11 +643,11 @@ async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
     };
     bump(1).execute(r.store.pool()).await.unwrap();
     r.fake.add_manager_note(lead, 1001, ">> Here you go");
-    wait_for("the failed write counted", 30, || (failed() >= 1.0).then_some(())).await;
+    eventually_some("the failed write counted", 30, || (failed() >= 1.0).then_some(())).await;
     assert!(r.messenger.sent().is_empty(), "nothing recorded, nothing sent");
     // Writes work again: the reply the failed write did not record is polled again and sent once.
     bump(-1).execute(r.store.pool()).await.unwrap();
-    wait_for("the reply", 30, || (!r.messenger.sent().is_empty()).then_some(())).await;
+    eventually_some("the reply", 30, || (!r.messenger.sent().is_empty()).then_some(())).await;
     let _ = r.stop.send(true);
     assert_eq!(r.messenger.sent().len(), 1);
 }
@@ -659,7 +656,7 @@ async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
 async fn a_deletion_that_names_no_chat_lands_on_the_chat_of_the_message_it_deletes() {
     let r = rig(&pg("delnochat")).await;
     r.messenger.push(vec![text("6001", "m-61", "Lena", "wrong address, sorry")]);
-    let lead = wait_for("Lena's note", 30, || {
+    let lead = eventually_some("Lena's note", 30, || {
         r.fake.snapshot().notes.iter().find(|n| n.note_type == "common").map(|n| n.entity_id)
     })
     .await;
@@ -671,7 +668,7 @@ async fn a_deletion_that_names_no_chat_lands_on_the_chat_of_the_message_it_delet
         u
     };
     r.messenger.push(vec![deletion("m-61"), deletion("never-seen")]);
-    wait_for("the deletion on Lena's lead", 30, || {
+    eventually_some("the deletion on Lena's lead", 30, || {
         notes_of(&r.fake, lead).iter().any(|t| t.contains("the customer deleted message m-61")).then_some(())
     })
     .await;

@@ -5,6 +5,7 @@
 //! answer written while the gateway was down is recovered from the chat history.
 
 use crate::common;
+use crmessenger_testkit::checks::eventually_some;
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::{ChatsSettings, build_account};
@@ -17,20 +18,9 @@ use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
 use crmessenger_testkit::Postgres;
 use crmessenger_testkit::TestClock;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECRET: &str = "chats-channel-secret-5d1c";
-
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn sign(body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
@@ -89,7 +79,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
 
     // The customer writes: the message is in amoCRM's chat, the chat linked to a contact.
     messenger.push(vec![text("6001", "1", "Lena", "Can I pick it up today?")]);
-    let conversation = wait_for("the chat message", 30, || {
+    let conversation = eventually_some("the chat message", 30, || {
         let s = fake.snapshot();
         s.chat_messages.iter().find(|m| m.text == "Can I pick it up today?").map(|m| m.conversation_id.clone())
     })
@@ -100,11 +90,11 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
 
     // The manager answers in the chat: the signed hook goes through the gateway.
     let answer = fake.manager_chat_reply(&conversation, 1001, "Yes, until 8 pm").await.unwrap();
-    wait_for("the answer in the messenger", 30, || {
+    eventually_some("the answer in the messenger", 30, || {
         messenger.sent().iter().any(|m| m.chat_id == "6001" && m.text == "Yes, until 8 pm").then_some(())
     })
     .await;
-    wait_for("the delivery status in amoCRM", 30, || {
+    eventually_some("the delivery status in amoCRM", 30, || {
         fake.snapshot().chat_messages.iter().any(|m| m.id == answer && m.delivery_status == Some(1)).then_some(())
     })
     .await;
@@ -131,7 +121,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     .to_string();
     let r = http.post(&url).header("X-Signature", sign(file.as_bytes())).body(file).send().await.unwrap();
     assert_eq!(status(r), 200);
-    wait_for("the manager's file in the messenger", 30, || {
+    eventually_some("the manager's file in the messenger", 30, || {
         messenger
             .sent()
             .iter()
@@ -150,7 +140,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         size: 1024,
     });
     messenger.push(vec![photo]);
-    let media_url = wait_for("the picture in amoCRM's chat", 30, || {
+    let media_url = eventually_some("the picture in amoCRM's chat", 30, || {
         fake.snapshot().chat_messages.iter().find(|m| m.message_type == "picture").and_then(|m| m.media.clone())
     })
     .await;
@@ -184,7 +174,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         crm_clock.advance(Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_for("the recovered answer in the messenger", 30, || {
+    eventually_some("the recovered answer in the messenger", 30, || {
         messenger.sent().iter().any(|m| m.text == "Written while you were away").then_some(())
     })
     .await;
@@ -197,7 +187,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         crm_clock.advance(Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_for("the second recovered answer", 30, || {
+    eventually_some("the second recovered answer", 30, || {
         messenger.sent().iter().any(|m| m.text == "And one more thing").then_some(())
     })
     .await;
