@@ -4,7 +4,7 @@
 //! signed hooks through the gateway, and — because amoCRM sends each hook once and
 //! never retries — are also recovered from each chat's history after any gap.
 
-use super::{Bridge, db, short};
+use super::{Bridge, db, plan, short};
 use crate::messenger::{Event, OutgoingMedia};
 use crate::store::media::MEDIA_TTL_MS;
 use crate::store::{Conversation, InboxRow};
@@ -61,7 +61,7 @@ impl Bridge {
             self.store.inbox_started(&[row.seq], now).await.map_err(db)?;
             let media = self.chat_media(m).await?;
             let post = ChatPost {
-                person: self.person(m),
+                person: plan::person(self.s.channel, m),
                 dedup: self.s.policy.leads.deduplicate_by.clone(),
                 conversation_id: conversation_id.clone(),
                 user_id: m.sender.id.clone(),
@@ -82,9 +82,8 @@ impl Bridge {
             let written = self.clock.now_ms();
             let crm_ref = format!("chat:{}", posted.crm_message_id);
             self.store.inbox_done(&[(row.seq, crm_ref.clone())], written).await.map_err(db)?;
-            if conv.unanswered_since_ms.is_none() && !m.history {
-                conv.unanswered_since_ms = Some(m.sent_at_ms.min(written));
-            }
+            let live = (!m.history).then_some(m.sent_at_ms);
+            conv.unanswered_since_ms = plan::unanswered_since(conv.unanswered_since_ms, live, written);
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
             let label = crate::metrics::Metrics::label(self.account());
             self.metrics.messages_in.get_or_create(&label).inc();

@@ -14,12 +14,7 @@ impl Bridge {
                 Ok(list) => {
                     for (chat, mut conv) in list {
                         let Some(lead_id) = conv.lead_id else { continue };
-                        let task = TaskRequest {
-                            lead_id,
-                            text: esc.task_text.clone(),
-                            complete_till: (now + deadline.as_millis() as i64) / 1000,
-                            responsible_user_id: None,
-                        };
+                        let task = plan::escalation_task(lead_id, &esc.task_text, now, deadline);
                         match self.crm.add_task(&task).await {
                             Ok(t) => {
                                 conv.task_id = Some(t.id);

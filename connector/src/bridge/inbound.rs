@@ -18,19 +18,12 @@ impl Bridge {
             rows = self.store.inbox_pending(self.account(), BATCH).await?;
         }
         let now = self.clock.now_ms();
-        let mut order: Vec<String> = Vec::new();
-        let mut by_chat: HashMap<String, Vec<InboxRow>> = HashMap::new();
-        for r in rows {
-            if !by_chat.contains_key(&r.chat_id) {
-                order.push(r.chat_id.clone());
-            }
-            by_chat.entry(r.chat_id.clone()).or_default().push(r);
-        }
+        let grouped = plan::by_chat(rows);
+        let chats: Vec<String> = grouped.iter().map(|(chat, _)| chat.clone()).collect();
         let mut worked = false;
         let mut ready: Vec<Prepared> = Vec::new();
-        let mut known = self.store.conversations(self.account(), &order).await?;
-        for chat in order {
-            let rows = by_chat.remove(&chat).unwrap_or_default();
+        let mut known = self.store.conversations(self.account(), &chats).await?;
+        for (chat, rows) in grouped {
             if rows.first().is_none_or(|r| r.next_attempt_ms > now) {
                 continue;
             }
@@ -63,18 +56,10 @@ impl Bridge {
         }
         // The notes of many chats share requests (250 notes to a request); a chat
         // is split across requests only when it alone has more.
-        let mut chunk: Vec<Prepared> = Vec::new();
-        let mut size = 0;
-        for p in ready {
-            if !chunk.is_empty() && size + p.todo.len() > NOTES_PER_REQUEST {
-                self.write_notes(std::mem::take(&mut chunk)).await;
-                size = 0;
-            }
-            size += p.todo.len();
-            chunk.push(p);
-        }
-        if !chunk.is_empty() {
-            self.write_notes(chunk).await;
+        let sizes: Vec<usize> = ready.iter().map(|p| p.todo.len()).collect();
+        let mut ready = ready.into_iter();
+        for request in plan::shared_requests(&sizes, NOTES_PER_REQUEST) {
+            self.write_notes(ready.by_ref().take(request.len()).collect()).await;
         }
         Ok(worked)
     }
@@ -110,8 +95,16 @@ impl Bridge {
         let now = self.clock.now_ms();
         self.metrics.crm_errors.get_or_create(&Metrics::label(self.account())).inc();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        match e.class() {
-            ErrorClass::Permanent if rows.len() == 1 => {
+        let failures = if e.class() == ErrorClass::Permanent {
+            0
+        } else {
+            let mut f = self.chat_failures.lock().unwrap_or_else(|p| p.into_inner());
+            let n = f.entry(chat.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        match plan::after_failure(e.class(), rows.len(), failures, e.retry_after()) {
+            plan::AfterFailure::DeadLetter => {
                 tracing::warn!(account = self.account(), chat, seq = rows[0].seq, "dead letter: {e}");
                 if let Err(err) = self.store.inbox_dead(rows[0].seq, &e.to_string(), now).await {
                     self.store_failed("dead-lettering a message", &err);
@@ -120,23 +113,13 @@ impl Bridge {
                     s.remove(chat);
                 }
             }
-            ErrorClass::Permanent => {
+            plan::AfterFailure::OneByOne => {
                 tracing::info!(account = self.account(), chat, "a batch was refused; retrying message by message: {e}");
                 if let Ok(mut s) = self.one_by_one.lock() {
                     s.insert(chat.to_string());
                 }
             }
-            ErrorClass::Retryable | ErrorClass::Fatal => {
-                let failures = {
-                    let mut f = self.chat_failures.lock().unwrap_or_else(|p| p.into_inner());
-                    let n = f.entry(chat.to_string()).or_default();
-                    *n += 1;
-                    *n
-                };
-                let mut wait = backoff(failures - 1, RETRY_BASE, RETRY_CAP);
-                if let Some(ra) = e.retry_after() {
-                    wait = wait.max(ra);
-                }
+            plan::AfterFailure::Retry(wait) => {
                 tracing::warn!(account = self.account(), chat, ?wait, "CRM delivery failed, retrying: {e}");
                 if let Err(err) = self.store.inbox_retry(&seqs, now + wait.as_millis() as i64, &e.to_string()).await {
                     self.store_failed("scheduling a retry", &err);
@@ -176,37 +159,29 @@ impl Bridge {
                 self.store.inbox_done(&done, now).await.map_err(db)?;
                 return Ok(None);
             };
-            let person = self.person(m);
+            let person = plan::person(self.s.channel, m);
             let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
-            let lead = self
-                .crm
-                .find_or_create_lead(
-                    &contact,
-                    &LeadRequest {
-                        name: plan::lead_name(&self.s.policy.leads.name_template, &person, self.s.channel.label()),
-                        pipeline_id: self.s.pipeline_id,
-                        status_id: self.s.status_id,
-                        responsible_user_id: self.assigner.next(),
-                        tags: std::iter::once(self.s.channel.label().to_string())
-                            .chain(self.s.policy.leads.tags.iter().cloned())
-                            .collect(),
-                        reuse_open: self.s.policy.leads.reuse_open_lead,
-                    },
-                )
-                .await?;
+            let place = plan::LeadPlace {
+                pipeline_id: self.s.pipeline_id,
+                status_id: self.s.status_id,
+                responsible_user_id: self.assigner.next(),
+            };
+            let request = plan::lead_request(&self.s.policy.leads, self.s.channel, &person, place);
+            let lead = self.crm.find_or_create_lead(&contact, &request).await?;
             conv.contact_id = Some(contact.id);
             conv.lead_id = Some(lead.id);
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
         }
         let lead_id = conv.lead_id.unwrap_or_default();
+        let account = short(self.account());
         let notes: Vec<(i64, NoteRequest)> =
-            events.iter().map(|(r, e)| (r.seq, self.note(chat, &r.event_key, e))).collect();
+            events.iter().map(|(r, e)| (r.seq, plan::note(self.s.channel, &account, chat, &r.event_key, e))).collect();
         // Rows whose write may already have happened: look for their markers first.
         let mut done: Vec<(i64, String)> = Vec::new();
         let in_doubt: Vec<&(i64, NoteRequest)> =
             notes.iter().filter(|(seq, _)| rows.iter().any(|r| r.seq == *seq && r.attempts > 0)).collect();
         if !in_doubt.is_empty() {
-            let since = rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now) / 1000 - 5;
+            let since = plan::in_doubt_since(rows, now);
             let markers: Vec<String> = in_doubt.iter().map(|(_, n)| n.marker.clone()).collect();
             let found = self.crm.find_notes(lead_id, since, &markers).await?;
             for f in found {
@@ -311,10 +286,9 @@ impl Bridge {
             self.trace_message(&p.chat, row, *at, crm_ref, written);
         }
         // The customer now waits for an answer (from their first unanswered message).
-        if p.conv.unanswered_since_ms.is_none()
-            && let Some(first) = p.first_message_at
-        {
-            p.conv.unanswered_since_ms = Some(first.min(written));
+        let waiting = plan::unanswered_since(p.conv.unanswered_since_ms, p.first_message_at, written);
+        if waiting != p.conv.unanswered_since_ms {
+            p.conv.unanswered_since_ms = waiting;
             self.store
                 .put_conversation(self.account(), &p.chat, &self.s.crm_key, &p.conv, written)
                 .await
@@ -351,39 +325,5 @@ impl Bridge {
             .start(&tracer);
         span.add_event_with_timestamp("stored in the inbox", at(row.received_ms), Vec::new());
         span.end_with_timestamp(at(written_ms));
-    }
-
-    pub(super) fn person(&self, m: &Message) -> Person {
-        let mut p = Person { name: m.sender.name.clone(), phone: m.sender.phone.clone(), ..Person::default() };
-        match self.s.channel {
-            Channel::Telegram => {
-                p.telegram_user_id = m.sender.id.parse().ok();
-                p.telegram_username = m.sender.username.clone();
-            }
-            Channel::Whatsapp => p.whatsapp_id = Some(m.sender.id.clone()),
-        }
-        p
-    }
-
-    pub(super) fn note(&self, chat: &str, key: &str, event: &Event) -> NoteRequest {
-        let marker = format!("[ref {}:{chat}:{key}]", short(self.account()));
-        let body = match event {
-            Event::Message(m) => {
-                let who = match &m.sender.username {
-                    Some(u) => format!("{} (@{u})", m.sender.name),
-                    None => m.sender.name.clone(),
-                };
-                let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
-                let edited = if m.edited { " (edited)" } else { "" };
-                format!("{} · {who}{place}{edited}:\n{}", self.s.channel.label(), m.summary())
-            }
-            Event::Deleted { message_id, .. } => {
-                format!("{} · the customer deleted message {message_id}", self.s.channel.label())
-            }
-            Event::Status { message_id, status, .. } => {
-                format!("{} · message {message_id}: {status}", self.s.channel.label())
-            }
-        };
-        NoteRequest { text: format!("{body}\n{marker}"), marker }
     }
 }

@@ -49,7 +49,7 @@ use crate::store::{Conversation, DeliveryUpdate, InboxRow, NewReply, Store, Stor
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
-use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, LeadRequest, NoteRequest, Person, ReplyCursor, TaskRequest};
+use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, NoteRequest, ReplyCursor};
 use retry::{Breaker, SendRate, backoff};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -144,8 +144,6 @@ struct Prepared {
 const NOTES_PER_REQUEST: usize = 250;
 /// How long a stopping connector waits for the CRM calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
-const RETRY_BASE: Duration = Duration::from_secs(1);
-const RETRY_CAP: Duration = Duration::from_secs(300);
 const IDLE: Duration = Duration::from_secs(2);
 /// While the messenger restricts the account, one reply is tried this often to
 /// see whether the restriction was lifted (no retry loop against a ban).

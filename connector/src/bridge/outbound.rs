@@ -88,14 +88,11 @@ impl Bridge {
                     return Ok(worked);
                 }
                 Err(e) => {
-                    let wait = match &e {
-                        MessengerError::FloodWait(d) => {
-                            let until = now + d.as_millis() as i64;
-                            self.state.update(|s| s.sending_paused_until_ms = Some(until));
-                            *d
-                        }
-                        _ => backoff(row.attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
-                    };
+                    let wait = plan::send_retry_wait(&e, row.attempts);
+                    if let MessengerError::FloodWait(_) = e {
+                        let until = now + wait.as_millis() as i64;
+                        self.state.update(|s| s.sending_paused_until_ms = Some(until));
+                    }
                     tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
                     self.store.outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string()).await?;
                     blocked.insert(row.chat_id.clone());

@@ -1,7 +1,133 @@
 //! The bridge's decisions that need no IO, kept apart from the passes that do
-//! the IO so they can be tested on their own.
+//! the IO so they can be tested on their own: how due rows are grouped and
+//! shared between requests, what a failed delivery or send leads to and when it
+//! is tried again, what a new lead, a note and an escalation task say, and when
+//! a customer starts waiting for an answer.
 
-use crmessenger_crm::Person;
+use super::retry::backoff;
+use crate::messenger::{Event, Message, MessengerError};
+use crate::store::InboxRow;
+use crmessenger_api::policy::LeadSettings;
+use crmessenger_crm::{Channel, ErrorClass, LeadRequest, NoteRequest, Person, TaskRequest};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+/// First delay of a retried delivery or send.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Longest delay between retries.
+pub const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// Rows grouped by chat: chats in the order their first row came, each chat's
+/// rows in their own order (the order a chat's messages are written in).
+pub fn by_chat(rows: Vec<InboxRow>) -> Vec<(String, Vec<InboxRow>)> {
+    let mut order: Vec<(String, Vec<InboxRow>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for r in rows {
+        match index.get(&r.chat_id) {
+            Some(&i) => order[i].1.push(r),
+            None => {
+                index.insert(r.chat_id.clone(), order.len());
+                order.push((r.chat_id.clone(), vec![r]));
+            }
+        }
+    }
+    order
+}
+
+/// Which chats share a request: consecutive chats whose notes together stay
+/// within `limit`; a chat is never split, and a chat with more than `limit` notes
+/// goes alone (the CRM client pages it).
+pub fn shared_requests(sizes: &[usize], limit: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, n) in sizes.iter().enumerate() {
+        if i > start && size + n > limit {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+/// What a failed CRM delivery of a chat's rows leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The one message is refused for good: it becomes a dead letter.
+    DeadLetter,
+    /// A batch was refused: the chat goes message by message to find the refused one.
+    OneByOne,
+    /// Try the rows again after this wait.
+    Retry(Duration),
+}
+
+/// The decision for a failed delivery of `rows` messages, the chat's
+/// `failures`-th in a row (from 1), with the CRM's `Retry-After` if it gave one.
+pub fn after_failure(class: ErrorClass, rows: usize, failures: u32, retry_after: Option<Duration>) -> AfterFailure {
+    match class {
+        ErrorClass::Permanent if rows == 1 => AfterFailure::DeadLetter,
+        ErrorClass::Permanent => AfterFailure::OneByOne,
+        ErrorClass::Retryable | ErrorClass::Fatal => {
+            let wait = backoff(failures.saturating_sub(1), RETRY_BASE, RETRY_CAP);
+            AfterFailure::Retry(retry_after.map_or(wait, |ra| wait.max(ra)))
+        }
+    }
+}
+
+/// How long a failed send waits: the messenger's flood wait when it set one,
+/// otherwise the backoff after `attempts` earlier attempts.
+pub fn send_retry_wait(e: &MessengerError, attempts: i64) -> Duration {
+    match e {
+        MessengerError::FloodWait(d) => *d,
+        _ => backoff(attempts.clamp(0, 10) as u32, RETRY_BASE, RETRY_CAP),
+    }
+}
+
+/// From when the CRM is searched for notes an interrupted write may have left
+/// (Unix seconds): the earliest attempt's start, with a few seconds of clock slack.
+pub fn in_doubt_since(rows: &[InboxRow], now_ms: i64) -> i64 {
+    rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now_ms) / 1000 - 5
+}
+
+/// The person a message comes from, with the ids its messenger gives.
+pub fn person(channel: Channel, m: &Message) -> Person {
+    let mut p = Person { name: m.sender.name.clone(), phone: m.sender.phone.clone(), ..Person::default() };
+    match channel {
+        Channel::Telegram => {
+            p.telegram_user_id = m.sender.id.parse().ok();
+            p.telegram_username = m.sender.username.clone();
+        }
+        Channel::Whatsapp => p.whatsapp_id = Some(m.sender.id.clone()),
+    }
+    p
+}
+
+/// Where a new lead goes and what it says.
+pub struct LeadPlace {
+    /// Pipeline of new leads.
+    pub pipeline_id: Option<i64>,
+    /// Stage of new leads.
+    pub status_id: Option<i64>,
+    /// Who the lead is assigned to.
+    pub responsible_user_id: Option<i64>,
+}
+
+/// The lead for `person`'s first message: named by the policy's template, tagged
+/// with the channel and the policy's tags.
+pub fn lead_request(leads: &LeadSettings, channel: Channel, person: &Person, place: LeadPlace) -> LeadRequest {
+    LeadRequest {
+        name: lead_name(&leads.name_template, person, channel.label()),
+        pipeline_id: place.pipeline_id,
+        status_id: place.status_id,
+        responsible_user_id: place.responsible_user_id,
+        tags: std::iter::once(channel.label().to_string()).chain(leads.tags.iter().cloned()).collect(),
+        reuse_open: leads.reuse_open_lead,
+    }
+}
 
 /// The name of a new lead: the policy's `leads.nameTemplate` with `{name}`,
 /// `{channel}`, `{phone}` and `{username}` filled in (a value the messenger did not
@@ -16,9 +142,147 @@ pub fn lead_name(template: &str, person: &Person, channel: &str) -> String {
         .to_string()
 }
 
+/// The lead note for one event, ending in the marker `[ref <account>:<chat>:<key>]`
+/// that finds it again after an interrupted write (`account` is the account's
+/// short id).
+pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Event) -> NoteRequest {
+    let marker = format!("[ref {account}:{chat}:{key}]");
+    let body = match event {
+        Event::Message(m) => {
+            let who = match &m.sender.username {
+                Some(u) => format!("{} (@{u})", m.sender.name),
+                None => m.sender.name.clone(),
+            };
+            let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
+            let edited = if m.edited { " (edited)" } else { "" };
+            format!("{} · {who}{place}{edited}:\n{}", channel.label(), m.summary())
+        }
+        Event::Deleted { message_id, .. } => format!("{} · the customer deleted message {message_id}", channel.label()),
+        Event::Status { message_id, status, .. } => format!("{} · message {message_id}: {status}", channel.label()),
+    };
+    NoteRequest { text: format!("{body}\n{marker}"), marker }
+}
+
+/// When the customer started waiting for an answer, once their messages are
+/// written at `written_ms`: unchanged while already waiting; otherwise from the
+/// first live message (imported history leaves no one waiting), never later than
+/// the write.
+pub fn unanswered_since(current: Option<i64>, first_live_message_ms: Option<i64>, written_ms: i64) -> Option<i64> {
+    current.or(first_live_message_ms.map(|first| first.min(written_ms)))
+}
+
+/// The escalation task on a lead left unanswered: due `deadline` from `now_ms`.
+pub fn escalation_task(lead_id: i64, text: &str, now_ms: i64, deadline: Duration) -> TaskRequest {
+    TaskRequest {
+        lead_id,
+        text: text.to_string(),
+        complete_till: (now_ms + deadline.as_millis() as i64) / 1000,
+        responsible_user_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messenger::{ChatKind, Content, Identity};
+
+    fn row(seq: i64, chat: &str) -> InboxRow {
+        InboxRow {
+            seq,
+            chat_id: chat.into(),
+            event_key: format!("m{seq}"),
+            payload: String::new(),
+            attempts: 0,
+            attempt_started_ms: None,
+            next_attempt_ms: 0,
+            received_ms: 0,
+        }
+    }
+
+    #[test]
+    fn rows_are_grouped_by_chat_in_arrival_order() {
+        let rows = vec![row(1, "b"), row(2, "a"), row(3, "b"), row(4, "c"), row(5, "a")];
+        let grouped: Vec<(String, Vec<i64>)> =
+            by_chat(rows).into_iter().map(|(c, rs)| (c, rs.iter().map(|r| r.seq).collect())).collect();
+        assert_eq!(
+            grouped,
+            vec![("b".into(), vec![1, 3]), ("a".into(), vec![2, 5]), ("c".into(), vec![4])],
+            "chats by first arrival, each chat's rows in order"
+        );
+    }
+
+    #[test]
+    fn chats_share_requests_up_to_the_limit_and_are_never_split() {
+        assert_eq!(shared_requests(&[100, 100, 100], 250), vec![0..2, 2..3]);
+        assert_eq!(shared_requests(&[250, 1], 250), vec![0..1, 1..2]);
+        // A chat over the limit goes alone; the ones around it are not dragged in.
+        assert_eq!(shared_requests(&[10, 600, 10], 250), vec![0..1, 1..2, 2..3]);
+        assert_eq!(shared_requests(&[1; 5], 250), vec![0..5]);
+        assert!(shared_requests(&[], 250).is_empty());
+    }
+
+    #[test]
+    fn a_failure_dead_letters_splits_or_backs_off_by_its_class() {
+        assert_eq!(after_failure(ErrorClass::Permanent, 1, 1, None), AfterFailure::DeadLetter);
+        assert_eq!(after_failure(ErrorClass::Permanent, 7, 1, None), AfterFailure::OneByOne);
+        let AfterFailure::Retry(first) = after_failure(ErrorClass::Retryable, 3, 1, None) else { panic!() };
+        assert!(first <= RETRY_BASE * 6 / 5, "first retry is short: {first:?}");
+        let AfterFailure::Retry(late) = after_failure(ErrorClass::Fatal, 3, 40, None) else { panic!() };
+        assert!(late <= RETRY_CAP && late >= RETRY_CAP / 2, "capped: {late:?}");
+        // The CRM's Retry-After is honoured when longer than our own wait.
+        let ra = Duration::from_secs(90);
+        assert_eq!(after_failure(ErrorClass::Retryable, 1, 1, Some(ra)), AfterFailure::Retry(ra));
+    }
+
+    #[test]
+    fn a_flood_wait_is_waited_out_exactly() {
+        let d = Duration::from_secs(37);
+        assert_eq!(send_retry_wait(&MessengerError::FloodWait(d), 3), d);
+        let other = send_retry_wait(&MessengerError::Unavailable("down".into()), 0);
+        assert!(other <= RETRY_BASE * 6 / 5, "{other:?}");
+    }
+
+    #[test]
+    fn interrupted_writes_are_searched_from_the_earliest_attempt() {
+        let mut a = row(1, "x");
+        a.attempt_started_ms = Some(20_000);
+        let mut b = row(2, "x");
+        b.attempt_started_ms = Some(12_000);
+        assert_eq!(in_doubt_since(&[a, b, row(3, "x")], 99_000), 7);
+        assert_eq!(in_doubt_since(&[row(4, "x")], 99_000), 94);
+    }
+
+    fn message(history: bool) -> Message {
+        Message {
+            chat_id: "42".into(),
+            chat_kind: ChatKind::Private,
+            chat_title: None,
+            message_id: "7".into(),
+            sender: Identity { id: "42".into(), name: "Anna".into(), username: Some("anna_k".into()), phone: None },
+            content: Content::Text { text: "hello".into() },
+            sent_at_ms: 1_000,
+            edited: false,
+            history,
+        }
+    }
+
+    #[test]
+    fn a_lead_is_named_tagged_and_placed_by_the_policy() {
+        let leads = LeadSettings {
+            name_template: "{channel}: {name}".into(),
+            tags: vec!["vip".into()],
+            reuse_open_lead: true,
+            ..LeadSettings::default()
+        };
+        let person = person(Channel::Telegram, &message(false));
+        assert_eq!(person.telegram_user_id, Some(42));
+        let place = LeadPlace { pipeline_id: Some(3), status_id: Some(4), responsible_user_id: Some(5) };
+        let lead = lead_request(&leads, Channel::Telegram, &person, place);
+        assert_eq!(lead.name, "Telegram: Anna");
+        assert_eq!(lead.tags, vec!["Telegram".to_string(), "vip".to_string()]);
+        assert_eq!((lead.pipeline_id, lead.status_id, lead.responsible_user_id), (Some(3), Some(4), Some(5)));
+        assert!(lead.reuse_open);
+    }
 
     #[test]
     fn every_placeholder_the_operator_accepts_is_filled() {
@@ -35,5 +299,30 @@ mod tests {
         // What the messenger did not give is left out, not printed as a placeholder.
         let bare = Person { name: "Boris".into(), ..Person::default() };
         assert_eq!(lead_name("{name} {phone}", &bare, "WhatsApp"), "Boris");
+    }
+
+    #[test]
+    fn a_note_names_its_sender_and_ends_in_its_marker() {
+        let n = note(Channel::Telegram, "0badf00d", "42", "m7", &Event::Message(Box::new(message(false))));
+        assert_eq!(n.marker, "[ref 0badf00d:42:m7]");
+        assert_eq!(n.text, "Telegram · Anna (@anna_k):\nhello\n[ref 0badf00d:42:m7]");
+        let deleted = Event::Deleted { chat_id: "42".into(), message_id: "7".into() };
+        assert!(note(Channel::Whatsapp, "a", "42", "d7", &deleted).text.starts_with("WhatsApp · the customer deleted"));
+    }
+
+    #[test]
+    fn waiting_starts_at_the_first_live_message_and_is_kept() {
+        assert_eq!(unanswered_since(None, Some(1_000), 5_000), Some(1_000));
+        // A message stamped after its own write (clock skew) counts from the write.
+        assert_eq!(unanswered_since(None, Some(9_000), 5_000), Some(5_000));
+        assert_eq!(unanswered_since(Some(500), Some(1_000), 5_000), Some(500));
+        // History alone leaves no one waiting.
+        assert_eq!(unanswered_since(None, None, 5_000), None);
+    }
+
+    #[test]
+    fn an_escalation_task_is_due_after_the_deadline() {
+        let t = escalation_task(9, "Answer", 10_000, Duration::from_secs(3600));
+        assert_eq!((t.lead_id, t.text.as_str(), t.complete_till), (9, "Answer", 3610));
     }
 }
