@@ -26,6 +26,9 @@ struct ChatsArgs {
     /// Chats API channel secret.
     #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
     chats_secret: Option<String>,
+    /// The Chats API channel bot's amojo id (issued with the channel).
+    #[arg(long, env = "CRMESSENGER_CHATS_BOT_ID")]
+    chats_bot_id: Option<String>,
     /// Chats API host (amojo).
     #[arg(long, env = "CRMESSENGER_CHATS_BASE_URL")]
     chats_base_url: Option<String>,
@@ -52,9 +55,9 @@ impl WhatsAppArgs {
 }
 
 impl ChatsArgs {
-    /// The channel, when its id and secret are both given.
+    /// The channel, when its id, secret and bot id are all given.
     fn settings(self) -> Option<app::ChatsSettings> {
-        app::ChatsSettings::from_parts(self.chats_base_url, self.chats_channel_id, self.chats_secret)
+        app::ChatsSettings::from_parts(self.chats_base_url, self.chats_channel_id, self.chats_secret, self.chats_bot_id)
     }
 }
 

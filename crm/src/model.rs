@@ -157,6 +157,18 @@ pub struct ChatPost {
     pub media: Option<ChatMedia>,
     /// Import without notifying managers (history backfill).
     pub silent: bool,
+    /// Written on the account's side (its owner answered from their own app):
+    /// posted as a message to the customer, authored by the channel's bot.
+    pub author: Option<ChatAuthor>,
+}
+
+/// Who wrote an account-side chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatAuthor {
+    /// Our id of them in the chat service.
+    pub id: String,
+    /// Display name.
+    pub name: String,
 }
 
 /// An attachment of a chat message.

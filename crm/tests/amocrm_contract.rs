@@ -58,6 +58,7 @@ fn adapter(fake: &FakeAmo, ca_pem: &str, scope: Option<String>, limit: Limit) ->
         channel_id: "chan-1".into(),
         secret: SCOPE_SECRET.into(),
         scope_id,
+        bot_id: "bot-1".into(),
         limit: Limit { rate: 20.0, burst: 1 },
     });
     let config = AmoConfig {
@@ -418,6 +419,7 @@ async fn chats_link_the_contact_before_the_first_message() {
         text: format!("hello {i}"),
         media: None,
         silent: false,
+        author: None,
     };
     let first = s.crm.post_chat_message(&post(1)).await.unwrap();
     let second = s.crm.post_chat_message(&post(2)).await.unwrap();
@@ -501,6 +503,7 @@ async fn an_in_doubt_chat_message_is_found_in_the_history_not_sent_twice() {
         text: "are you open?".into(),
         media: None,
         silent: false,
+        author: None,
     };
     // Create the chat first, so the dropped request is the message itself.
     let first = s.crm.post_chat_message(&ChatPost { message_id: "tg-777-0".into(), ..post.clone() }).await.unwrap();

@@ -103,6 +103,9 @@ struct RunArgs {
     /// The installation's amoCRM Chats API channel id.
     #[arg(long)]
     chats_channel_id: Option<String>,
+    /// The Chats API channel bot's amojo id (issued with the channel).
+    #[arg(long)]
+    chats_bot_id: Option<String>,
     /// Secret (in the operator's namespace) with the Chats API channel secret.
     #[arg(long)]
     chats_secret_secret: Option<String>,
@@ -184,6 +187,7 @@ async fn cli() -> anyhow::Result<()> {
                     generate_session_key: args.generate_session_key,
                     gateway_url: args.gateway_url.filter(|u| !u.is_empty()),
                     chats_channel_id: args.chats_channel_id.filter(|c| !c.is_empty()),
+                    chats_bot_id: args.chats_bot_id.filter(|c| !c.is_empty()),
                     chats_secret: args
                         .chats_secret_secret
                         .filter(|n| !n.is_empty())

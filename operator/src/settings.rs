@@ -62,6 +62,8 @@ pub struct ConnectorRuntime {
     pub gateway_url: Option<String>,
     /// The installation's Chats API channel id.
     pub chats_channel_id: Option<String>,
+    /// The Chats API channel bot's amojo id.
+    pub chats_bot_id: Option<String>,
     /// `(Secret, key)` holding the Chats API channel secret.
     pub chats_secret: Option<(String, String)>,
     /// The Chats API host.

@@ -35,7 +35,7 @@ fn values(extra: &[&str]) -> Vec<String> {
 
 /// Every value the chart has, set.
 const EVERYTHING: &[&str] = &[
-    "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.secret.name=amo-chats",
+    "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.botId=5c2b7f0e,chats.secret.name=amo-chats",
     "whatsapp.appSecret.name=meta-app,whatsapp.verifyToken.name=meta-app,gateway.publicUrl=https://hooks.example.com",
     "imagePullSecrets[0].name=regcred,global.imageRegistry=registry.example",
     "extraEnv[0].name=OTEL_EXPORTER_OTLP_ENDPOINT,extraEnv[0].value=http://127.0.0.1:4318",
@@ -264,7 +264,8 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert!(cp.kubectl_apply_output(chats_secret, &["-n", RELEASE_NS]).unwrap().status.success());
     let (otlp, mut spans) = crmessenger_testkit::otlp::receiver().await;
     let upgraded = [
-        "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.secret.name=amo-chats".to_string(),
+        "postgres.bundled.enabled=true,chats.channelId=3f6e0c1a,chats.botId=5c2b7f0e,chats.secret.name=amo-chats"
+            .to_string(),
         "whatsapp.appSecret.name=meta-app,whatsapp.verifyToken.name=meta-app".to_string(),
         format!("image.digest={DIGEST},imagePullSecrets[0].name=regcred"),
         format!("extraEnv[0].name=OTEL_EXPORTER_OTLP_ENDPOINT,extraEnv[0].value={otlp}"),
@@ -379,6 +380,7 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
     assert!(!sts.to_string().contains("postgres://"), "the URL is referenced, never inlined");
     assert!(!sts.to_string().contains("canary-chats-secret"), "the channel secret is referenced, never inlined");
     assert!(env.iter().any(|n| n == "CRMESSENGER_CHATS_CHANNEL_ID"), "{env:?}");
+    assert!(env.iter().any(|n| n == "CRMESSENGER_CHATS_BOT_ID"), "{env:?}");
     let b = get(cp, &ns, "crmbinding/via-chart").unwrap();
     assert!(condition(&b, "CredentialsValid").is_some_and(|c| c["status"] == "True"), "{}", b["status"]);
     let exported = tokio::time::timeout(std::time::Duration::from_secs(30), async {

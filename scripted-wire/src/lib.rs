@@ -48,7 +48,8 @@ pub struct Media {
     pub size: u64,
 }
 
-/// One update: a message written by a customer, or an edit or deletion of one.
+/// One update: a message of a chat (a customer's, or one written on the account's
+/// side), or an edit or deletion of one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
     /// Position in the log (assigned by the messenger).
@@ -84,6 +85,13 @@ pub struct Update {
     /// When it was written, Unix milliseconds (assigned when unset).
     #[serde(default)]
     pub sent_at_ms: i64,
+    /// Written on the account's side: by its owner on their own phone, or the
+    /// echo of a message the connector sent (`sender` is then the account).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outgoing: bool,
+    /// For an outgoing message in a private chat: the person written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Sender>,
 }
 
 fn default_kind() -> String {

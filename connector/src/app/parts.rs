@@ -56,6 +56,9 @@ pub struct ChatsSettings {
     pub channel_id: String,
     /// Channel secret (signs requests and hooks).
     pub secret: String,
+    /// The channel bot's amojo id (issued with the channel): the author of the
+    /// account owner's own messages in the CRM's chat.
+    pub bot_id: String,
     /// The gateway's public URL, under which attachments are served to amoCRM
     /// (without one, a media message goes as its text and a description).
     pub media_url: Option<String>,
@@ -68,12 +71,18 @@ impl std::fmt::Debug for ChatsSettings {
 }
 
 impl ChatsSettings {
-    /// From the three values, when the channel id and secret are both set.
-    pub fn from_parts(base_url: Option<String>, channel_id: Option<String>, secret: Option<String>) -> Option<Self> {
+    /// From its values, when the channel id, secret and bot id are all set.
+    pub fn from_parts(
+        base_url: Option<String>,
+        channel_id: Option<String>,
+        secret: Option<String>,
+        bot_id: Option<String>,
+    ) -> Option<Self> {
         Some(Self {
             base_url: base_url.filter(|s| !s.is_empty()).unwrap_or_else(|| "https://amojo.amocrm.ru".into()),
             channel_id: channel_id.filter(|s| !s.is_empty())?,
             secret: secret.filter(|s| !s.is_empty())?,
+            bot_id: bot_id.filter(|s| !s.is_empty())?,
             media_url: None,
         })
     }
@@ -306,7 +315,15 @@ pub async fn register_routes(parts: &AccountParts, store: &Store, gateway_url: O
     if let Some(c) = &parts.chats {
         parts
             .crm
-            .attach_chats(&c.base_url, &c.channel_id, &c.secret, "CRMessenger")
+            .attach_chats(
+                &crmessenger_crm::amocrm::ChannelKeys {
+                    base_url: &c.base_url,
+                    channel_id: &c.channel_id,
+                    secret: &c.secret,
+                    bot_id: &c.bot_id,
+                },
+                "CRMessenger",
+            )
             .await
             .context("connect the Chats API channel to the amoCRM account")?;
     }

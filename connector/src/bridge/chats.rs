@@ -8,7 +8,7 @@ use super::{Bridge, db, plan, short};
 use crate::messenger::{Event, OutgoingMedia};
 use crate::store::media::MEDIA_TTL_MS;
 use crate::store::{Conversation, InboxRow};
-use crmessenger_crm::{ChatMedia, ChatPost, CrmError, DeliveryStatus};
+use crmessenger_crm::{ChatAuthor, ChatMedia, ChatPost, CrmError, DeliveryStatus};
 use std::time::Duration;
 
 /// Route kind: our Chats API conversation id → the account it belongs to.
@@ -60,11 +60,23 @@ impl Bridge {
             }
             self.store.inbox_started(&[row.seq], now).await.map_err(db)?;
             let media = self.chat_media(m).await?;
+            // The owner's own message goes to the customer in the same chat.
+            let author = m
+                .outgoing
+                .then(|| ChatAuthor { id: format!("{}:owner", short(self.account())), name: m.sender.name.clone() });
+            let person = plan::customer(self.s.channel, chat, [m.as_ref()]).unwrap_or_default();
             let post = ChatPost {
-                person: plan::person(self.s.channel, m),
+                person,
+                author,
                 dedup: self.s.policy.leads.deduplicate_by.clone(),
                 conversation_id: conversation_id.clone(),
-                user_id: m.sender.id.clone(),
+                // The customer's id in the chat service (the chat itself when the
+                // owner wrote to someone the messenger did not describe).
+                user_id: match (&m.customer, m.outgoing) {
+                    (Some(c), true) => c.id.clone(),
+                    (None, true) => chat.to_string(),
+                    (_, false) => m.sender.id.clone(),
+                },
                 message_id,
                 sent_at_ms: m.sent_at_ms,
                 text: if media.is_some() { m.caption().to_string() } else { m.summary() },
@@ -82,8 +94,12 @@ impl Bridge {
             let written = self.clock.now_ms();
             let crm_ref = format!("chat:{}", posted.crm_message_id);
             self.store.inbox_done(&[(row.seq, crm_ref.clone())], written).await.map_err(db)?;
-            let live = (!m.history).then_some(m.sent_at_ms);
-            conv.unanswered_since_ms = plan::unanswered_since(conv.unanswered_since_ms, live, written);
+            let turn = plan::Turn { sent_at_ms: m.sent_at_ms, outgoing: m.outgoing, history: m.history };
+            let (waiting, answered) = plan::after_turns(conv.unanswered_since_ms, &[turn], written);
+            if answered {
+                self.answer_done(&mut conv).await;
+            }
+            conv.unanswered_since_ms = waiting;
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
             let label = crate::metrics::Metrics::label(self.account());
             self.metrics.messages_in.get_or_create(&label).inc();

@@ -30,6 +30,14 @@ impl Bridge {
             if !self.breaker.lock().unwrap_or_else(|p| p.into_inner()).allows(self.clock.now_ms()) {
                 break;
             }
+            let rows = match self.without_echoes(&chat, rows).await {
+                Ok(rows) if rows.is_empty() => continue,
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.store_failed("telling echoes of our replies apart", &e);
+                    continue;
+                }
+            };
             worked = true;
             let single = self.one_by_one.lock().map(|s| s.contains(&chat)).unwrap_or(false);
             let rows: Vec<InboxRow> = if single { rows.into_iter().take(1).collect() } else { rows };
@@ -148,18 +156,17 @@ impl Bridge {
             .map(|r| serde_json::from_str(&r.payload).map(|e| (r, e)))
             .collect::<Result<_, _>>()
             .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
-        let first_message = events.iter().find_map(|(_, e)| match e {
-            Event::Message(m) => Some(m),
+        let messages = events.iter().filter_map(|(_, e)| match e {
+            Event::Message(m) => Some(m.as_ref()),
             _ => None,
         });
         if conv.lead_id.is_none() {
-            let Some(m) = first_message else {
+            let Some(person) = plan::customer(self.s.channel, chat, messages) else {
                 // Deletions or statuses of a chat the CRM never saw: nothing to write.
                 let done: Vec<(i64, String)> = rows.iter().map(|r| (r.seq, "skipped".to_string())).collect();
                 self.store.inbox_done(&done, now).await.map_err(db)?;
                 return Ok(None);
             };
-            let person = plan::person(self.s.channel, m);
             let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
             let place = plan::LeadPlace {
                 pipeline_id: self.s.pipeline_id,
@@ -197,18 +204,15 @@ impl Bridge {
             single,
             rows: rows.to_vec(),
             sent_at: events.iter().map(|(r, e)| sent_at(e, r)).collect(),
-            // Imported history leaves no one waiting for an answer.
-            first_message_at: events.iter().find_map(|(_, e)| match e {
-                Event::Message(m) if !m.history => Some(m.sent_at_ms),
-                _ => None,
-            }),
-            last_message_at: events
+            turns: events
                 .iter()
                 .filter_map(|(_, e)| match e {
-                    Event::Message(m) => Some(m.sent_at_ms),
+                    Event::Message(m) => {
+                        Some(plan::Turn { sent_at_ms: m.sent_at_ms, outgoing: m.outgoing, history: m.history })
+                    }
                     _ => None,
                 })
-                .max(),
+                .collect(),
             conv,
             lead_id,
             done,
@@ -285,17 +289,21 @@ impl Bridge {
             let crm_ref = p.done.iter().find(|(seq, _)| *seq == row.seq).map(|(_, r)| r.as_str()).unwrap_or_default();
             self.trace_message(&p.chat, row, *at, crm_ref, written);
         }
-        // The customer now waits for an answer (from their first unanswered message).
-        let waiting = plan::unanswered_since(p.conv.unanswered_since_ms, p.first_message_at, written);
-        if waiting != p.conv.unanswered_since_ms {
+        // The customer now waits for an answer (from their first unanswered
+        // message), unless the account's owner answered from their own app.
+        let (waiting, answered) = plan::after_turns(p.conv.unanswered_since_ms, &p.turns, written);
+        if answered {
+            self.answer_done(&mut p.conv).await;
+        }
+        if waiting != p.conv.unanswered_since_ms || answered {
             p.conv.unanswered_since_ms = waiting;
             self.store
                 .put_conversation(self.account(), &p.chat, &self.s.crm_key, &p.conv, written)
                 .await
                 .map_err(db)?;
         }
-        // A manager's reply on this lead goes to the chat that wrote last.
-        if let Some(at) = p.last_message_at {
+        // A manager's reply on this lead goes to the chat whose customer wrote last.
+        if let Some(at) = p.turns.iter().filter(|t| !t.outgoing).map(|t| t.sent_at_ms).max() {
             self.store.customer_wrote(self.account(), &p.chat, at).await.map_err(db)?;
         }
         Ok(())

@@ -37,6 +37,7 @@ mod escalation;
 mod inbound;
 mod intake;
 mod outbound;
+mod own;
 pub mod plan;
 mod replies;
 pub mod retry;
@@ -135,9 +136,9 @@ struct Prepared {
     todo: Vec<(i64, NoteRequest)>,
     /// When each row's event happened (for the lag metric).
     sent_at: Vec<i64>,
-    first_message_at: Option<i64>,
-    /// When the newest customer message among the rows was sent (reply routing).
-    last_message_at: Option<i64>,
+    /// The messages among the rows, in order (who waits for an answer, and which
+    /// chat a manager's reply goes to).
+    turns: Vec<plan::Turn>,
 }
 
 /// amoCRM's entity limit per request: the notes of one shared write.

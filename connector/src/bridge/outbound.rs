@@ -35,6 +35,9 @@ impl Bridge {
                 random_id: row.random_id,
                 media: row.media.as_deref().and_then(|m| serde_json::from_str(m).ok()),
             };
+            // Whether this turn's send was tried (a refusal of it undoes the attempt;
+            // a failure to look up an earlier attempt leaves that one in doubt).
+            let mut tried = false;
             let result = async {
                 if row.attempts > 0
                     && let Some(sent) = self.messenger.find_sent(&row.chat_id, row.random_id).await?
@@ -42,6 +45,7 @@ impl Bridge {
                     return Ok(sent);
                 }
                 self.store.outbox_started(row.seq).await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+                tried = true;
                 if let Ok(mut r) = self.send_rate.lock() {
                     r.record(&row.chat_id, now);
                 }
@@ -84,7 +88,12 @@ impl Bridge {
                     let until = now + RESTRICTED_PROBE_EVERY.as_millis() as i64;
                     self.restricted_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
                     self.state.update(|s| s.sending_restricted = Some(why.clone()));
-                    self.store.outbox_retry(row.seq, until, &format!("account restricted: {why}")).await?;
+                    let why = format!("account restricted: {why}");
+                    if tried {
+                        self.store.outbox_refused(row.seq, until, &why).await?;
+                    } else {
+                        self.store.outbox_retry(row.seq, until, &why).await?;
+                    }
                     return Ok(worked);
                 }
                 Err(e) => {
@@ -94,7 +103,12 @@ impl Bridge {
                         self.state.update(|s| s.sending_paused_until_ms = Some(until));
                     }
                     tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
-                    self.store.outbox_retry(row.seq, now + wait.as_millis() as i64, &e.to_string()).await?;
+                    let at = now + wait.as_millis() as i64;
+                    if tried && let MessengerError::FloodWait(_) = e {
+                        self.store.outbox_refused(row.seq, at, &e.to_string()).await?;
+                    } else {
+                        self.store.outbox_retry(row.seq, at, &e.to_string()).await?;
+                    }
                     blocked.insert(row.chat_id.clone());
                 }
             }
@@ -102,16 +116,25 @@ impl Bridge {
         Ok(worked)
     }
 
-    /// A reply went out: the conversation is answered; its escalation task is done.
-    pub(super) async fn answered(&self, chat: &str) {
-        let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
+    /// A conversation was answered: its escalation task, if any, is done (kept on
+    /// the conversation when the CRM could not be told, to be completed later).
+    pub(super) async fn answer_done(&self, conv: &mut Conversation) -> bool {
         if let Some(task) = conv.task_id
             && let Err(e) = self.crm.complete_task(task, "answered").await
         {
             tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
-            return;
+            return false;
         }
         conv.task_id = None;
+        true
+    }
+
+    /// A reply went out: the conversation is answered; its escalation task is done.
+    pub(super) async fn answered(&self, chat: &str) {
+        let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
+        if !self.answer_done(&mut conv).await {
+            return;
+        }
         conv.unanswered_since_ms = None;
         if let Err(e) =
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await

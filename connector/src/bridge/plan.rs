@@ -5,7 +5,7 @@
 //! a customer starts waiting for an answer.
 
 use super::retry::backoff;
-use crate::messenger::{Event, Message, MessengerError};
+use crate::messenger::{Event, Identity, Message, MessengerError};
 use crate::store::InboxRow;
 use crmessenger_api::policy::LeadSettings;
 use crmessenger_crm::{Channel, ErrorClass, LeadRequest, NoteRequest, Person, TaskRequest};
@@ -106,6 +106,27 @@ pub fn person(channel: Channel, m: &Message) -> Person {
     p
 }
 
+/// The customer a chat's conversation belongs to, from its due messages: the
+/// first customer message's author; for a chat the account's owner started, the
+/// person the owner wrote to; failing both, the chat itself (named by its title).
+pub fn customer<'a>(channel: Channel, chat: &str, messages: impl IntoIterator<Item = &'a Message>) -> Option<Person> {
+    let messages: Vec<&Message> = messages.into_iter().collect();
+    if let Some(m) = messages.iter().find(|m| !m.outgoing) {
+        return Some(person(channel, m));
+    }
+    let first = messages.first()?;
+    let identity = first.customer.clone().unwrap_or_else(|| Identity {
+        id: chat.to_string(),
+        name: first.chat_title.clone().unwrap_or_default(),
+        ..Identity::default()
+    });
+    let mut p = person(channel, &Message { sender: identity, ..(*first).clone() });
+    if p.name.is_empty() {
+        p.name = first.chat_title.clone().unwrap_or_else(|| chat.to_string());
+    }
+    Some(p)
+}
+
 /// Where a new lead goes and what it says.
 pub struct LeadPlace {
     /// Pipeline of new leads.
@@ -149,13 +170,16 @@ pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Even
     let marker = format!("[ref {account}:{chat}:{key}]");
     let body = match event {
         Event::Message(m) => {
-            let who = match &m.sender.username {
-                Some(u) => format!("{} (@{u})", m.sender.name),
-                None => m.sender.name.clone(),
+            let who = match (&m.sender.username, m.outgoing) {
+                (_, true) if m.sender.name.is_empty() => "the account owner".to_string(),
+                (_, true) => format!("the account owner, {}", m.sender.name),
+                (Some(u), false) => format!("{} (@{u})", m.sender.name),
+                (None, false) => m.sender.name.clone(),
             };
             let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
             let edited = if m.edited { " (edited)" } else { "" };
-            format!("{} · {who}{place}{edited}:\n{}", channel.label(), m.summary())
+            let arrow = if m.outgoing { "→ " } else { "" };
+            format!("{} · {arrow}{who}{place}{edited}:\n{}", channel.label(), m.summary())
         }
         Event::Deleted { message_id, .. } => format!("{} · the customer deleted message {message_id}", channel.label()),
         Event::Status { message_id, status, .. } => format!("{} · message {message_id}: {status}", channel.label()),
@@ -171,6 +195,34 @@ pub fn unanswered_since(current: Option<i64>, first_live_message_ms: Option<i64>
     current.or(first_live_message_ms.map(|first| first.min(written_ms)))
 }
 
+/// A message as the answer bookkeeping sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// When it was sent, Unix ms.
+    pub sent_at_ms: i64,
+    /// Written on the account's side (the owner answered from their own app).
+    pub outgoing: bool,
+    /// Imported history.
+    pub history: bool,
+}
+
+/// Whether a customer waits for an answer after a chat's messages, in order, are
+/// written at `written_ms`: an account-side message answers (ending the wait);
+/// a live customer message after it starts a new one; imported history starts
+/// none. Returns the new wait and whether an answer came (an open escalation
+/// task is then done).
+pub fn after_turns(current: Option<i64>, turns: &[Turn], written_ms: i64) -> (Option<i64>, bool) {
+    let (mut waiting, mut answered) = (current, false);
+    for t in turns {
+        if t.outgoing {
+            (waiting, answered) = (None, true);
+        } else if !t.history {
+            waiting = unanswered_since(waiting, Some(t.sent_at_ms), written_ms);
+        }
+    }
+    (waiting, answered)
+}
+
 /// The escalation task on a lead left unanswered: due `deadline` from `now_ms`.
 pub fn escalation_task(lead_id: i64, text: &str, now_ms: i64, deadline: Duration) -> TaskRequest {
     TaskRequest {
@@ -184,7 +236,7 @@ pub fn escalation_task(lead_id: i64, text: &str, now_ms: i64, deadline: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messenger::{ChatKind, Content, Identity};
+    use crate::messenger::{ChatKind, Content};
 
     fn row(seq: i64, chat: &str) -> InboxRow {
         InboxRow {
@@ -263,6 +315,8 @@ mod tests {
             sent_at_ms: 1_000,
             edited: false,
             history,
+            outgoing: false,
+            customer: None,
         }
     }
 
@@ -318,6 +372,60 @@ mod tests {
         assert_eq!(unanswered_since(Some(500), Some(1_000), 5_000), Some(500));
         // History alone leaves no one waiting.
         assert_eq!(unanswered_since(None, None, 5_000), None);
+    }
+
+    fn owner(text: &str) -> Message {
+        let mut m = message(false);
+        m.outgoing = true;
+        m.sender = Identity::default();
+        m.customer = Some(Identity { id: "42".into(), name: "Anna".into(), ..Identity::default() });
+        m.content = Content::Text { text: text.into() };
+        m
+    }
+
+    #[test]
+    fn the_customer_is_the_first_customer_message_or_whom_the_owner_wrote_to() {
+        let (o, c) = (owner("hi"), message(false));
+        let p = customer(Channel::Telegram, "42", [&o, &c]).unwrap();
+        assert_eq!((p.name.as_str(), p.telegram_username.as_deref()), ("Anna", Some("anna_k")));
+        // Only the owner wrote so far: the person written to.
+        let p = customer(Channel::Telegram, "42", [&o]).unwrap();
+        assert_eq!((p.name.as_str(), p.telegram_user_id), ("Anna", Some(42)));
+        // Nothing known of them: the chat's title, else its id.
+        let mut bare = owner("hi");
+        bare.customer = None;
+        bare.chat_title = Some("Shop group".into());
+        assert_eq!(customer(Channel::Telegram, "-77", [&bare]).unwrap().name, "Shop group");
+        bare.chat_title = None;
+        assert_eq!(customer(Channel::Whatsapp, "15550001", [&bare]).unwrap().whatsapp_id.as_deref(), Some("15550001"));
+        assert!(customer(Channel::Telegram, "42", []).is_none());
+    }
+
+    #[test]
+    fn an_owner_message_is_noted_as_the_accounts_side() {
+        let n = note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(owner("On my way"))));
+        assert_eq!(n.text, "Telegram · → the account owner:\nOn my way\n[ref a:42:9]");
+        let mut named = owner("ok");
+        named.sender.name = "Ivan".into();
+        assert!(
+            note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(named)))
+                .text
+                .contains("→ the account owner, Ivan:")
+        );
+    }
+
+    #[test]
+    fn the_owners_answer_ends_the_wait_and_a_later_question_starts_one() {
+        let turn = |at, outgoing, history| Turn { sent_at_ms: at, outgoing, history };
+        assert_eq!(after_turns(None, &[turn(1_000, false, false)], 5_000), (Some(1_000), false));
+        assert_eq!(after_turns(Some(1_000), &[turn(2_000, true, false)], 5_000), (None, true));
+        assert_eq!(
+            after_turns(None, &[turn(1_000, false, false), turn(2_000, true, false), turn(3_000, false, false)], 5_000),
+            (Some(3_000), true)
+        );
+        // The owner's answer in imported history counts too; history alone starts no wait.
+        assert_eq!(after_turns(Some(1_000), &[turn(500, true, true)], 5_000), (None, true));
+        assert_eq!(after_turns(None, &[turn(500, false, true)], 5_000), (None, false));
     }
 
     #[test]

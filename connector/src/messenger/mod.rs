@@ -90,7 +90,7 @@ pub enum Content {
     },
 }
 
-/// A customer's message.
+/// A message in a chat: a customer's, or one written on the account's side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Chat id (stable per chat).
@@ -115,6 +115,15 @@ pub struct Message {
     /// Imported history (backfill): recorded in the CRM without notifying anyone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub history: bool,
+    /// Written on the account's side: by its owner from their own phone or desktop,
+    /// or an echo of a reply CRMessenger itself sent (the bridge recognises those by
+    /// their message id and drops them). `sender` is then the account owner.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outgoing: bool,
+    /// For an outgoing message in a private chat: the person the chat is with (the
+    /// customer whose contact and lead the conversation belongs to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Identity>,
 }
 
 impl Message {

@@ -106,6 +106,8 @@ fn to_message(u: wire::Update) -> Message {
         sent_at_ms: u.sent_at_ms,
         edited: u.kind == "edit",
         history: false,
+        outgoing: u.outgoing,
+        customer: u.customer.map(|c| Identity { id: c.id, name: c.name, phone: c.phone, username: c.username }),
     }
 }
 

@@ -291,6 +291,8 @@ impl WhatsApp {
             sent_at_ms: at,
             edited: false,
             history: false,
+            outgoing: false,
+            customer: None,
         }))))
     }
 

@@ -21,7 +21,7 @@ pub mod media;
 mod outbox;
 mod secrets;
 
-pub use outbox::DeliveryUpdate;
+pub use outbox::{DeliveryUpdate, Echo};
 
 use fence::{FenceCell, FencedWrite};
 use serde::{Deserialize, Serialize};

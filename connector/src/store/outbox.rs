@@ -19,6 +19,17 @@ pub enum DeliveryUpdate {
     },
 }
 
+/// Whether an account-side message is an echo of a reply the connector sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// A reply from the outbox: already in the CRM, not to be written again.
+    Ours,
+    /// A send in the chat may have gone out without its message id recorded yet.
+    Undecided,
+    /// Written by the account's owner outside CRMessenger.
+    NotOurs,
+}
+
 /// The order of delivery statuses: sent → delivered → read; failed ends it.
 pub(super) fn delivery_rank(s: Option<&str>) -> u8 {
     match s {
@@ -107,6 +118,49 @@ impl Store {
             .run(self)
             .await?;
         Ok(())
+    }
+
+    /// The messenger refused a send of `seq` outright (a flood wait, a restricted
+    /// account): nothing went out, so the attempt is undone (no one need look for
+    /// it or wait for its echo) and the row waits until `next_attempt_ms`.
+    pub async fn outbox_refused(&self, seq: i64, next_attempt_ms: i64, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_ms = $2, last_error = $3 WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(next_attempt_ms)
+        .bind(error)
+        .run(self)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an account-side message of `chat` is an echo of a reply sent from
+    /// the outbox: its message id is a sent reply's (or, for a reply whose id could
+    /// not be learnt, its text is); while a send in that chat may have gone out
+    /// without its id recorded yet, it cannot be told.
+    pub async fn outbox_echo(&self, account: &str, chat: &str, message_id: &str, text: &str) -> Result<Echo> {
+        let ours = sqlx::query(
+            "SELECT 1 FROM outbox WHERE account = $1 AND chat_id = $2 AND state = 'sent'
+               AND (message_id = $3 OR (message_id LIKE 'random:%' AND text = $4)) LIMIT 1",
+        )
+        .bind(account)
+        .bind(chat)
+        .bind(message_id)
+        .bind(text)
+        .fetch_optional(&self.pool)
+        .await?;
+        if ours.is_some() {
+            return Ok(Echo::Ours);
+        }
+        let in_flight = sqlx::query(
+            "SELECT 1 FROM outbox WHERE account = $1 AND chat_id = $2 AND state = 'pending' AND attempts > 0 LIMIT 1",
+        )
+        .bind(account)
+        .bind(chat)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(if in_flight.is_some() { Echo::Undecided } else { Echo::NotOurs })
     }
 
     /// Dead-letters `seq`.

@@ -86,7 +86,7 @@ async fn drained(r: &Rig, chat: &str, tag: &str) {
 }
 
 /// Texts of the fake's common notes on `lead`, in id order.
-fn notes_of(fake: &FakeAmo, lead: i64) -> Vec<String> {
+pub(crate) fn notes_of(fake: &FakeAmo, lead: i64) -> Vec<String> {
     let mut notes: Vec<_> =
         fake.snapshot().notes.into_iter().filter(|n| n.entity_id == lead && n.note_type == "common").collect();
     notes.sort_by_key(|n| n.id);
@@ -322,9 +322,9 @@ async fn a_ten_minute_outage_delays_delivery_in_order_within_the_budget(db_url: 
 }
 
 /// The value of the connector's counter `crmessenger_connector_<name>_total` (0 before it is first counted).
-fn counter(r: &Rig, name: &str) -> f64 {
+pub(crate) fn counter(metrics: &Metrics, name: &str) -> f64 {
     let prefix = format!("crmessenger_connector_{name}_total{{");
-    r.metrics
+    metrics
         .encode()
         .lines()
         .find(|l| l.starts_with(&prefix))
@@ -336,8 +336,8 @@ fn counter(r: &Rig, name: &str) -> f64 {
 /// checks to complete (the connector's metric), moving `clock` by the loop's
 /// 5 s interval before each, so the last of them started after everything before
 /// this call and the clock moved no more than `n` × 5 s.
-async fn escalation_checks(r: &Rig, clock: &TestClock, n: usize) {
-    let done = || counter(r, "escalation_checks");
+pub(crate) async fn escalation_checks(metrics: &Metrics, clock: &TestClock, n: usize) {
+    let done = || counter(metrics, "escalation_checks");
     for _ in 0..n {
         let before = done();
         clock.advance(Duration::from_secs(5));
@@ -357,7 +357,7 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
     })
     .await;
     // Two checks (a few seconds of the clock, well inside the minute): no task yet.
-    escalation_checks(&r, &clock, 2).await;
+    escalation_checks(&r.metrics, &clock, 2).await;
     assert!(r.fake.snapshot().tasks.is_empty(), "no task before the delay");
     // Three minutes unanswered: still one task each.
     for _ in 0..18 {
@@ -369,7 +369,7 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
         (t.len() >= 2).then_some(t)
     })
     .await;
-    escalation_checks(&r, &clock, 2).await;
+    escalation_checks(&r.metrics, &clock, 2).await;
     let tasks_later = r.fake.snapshot().tasks;
     assert_eq!(tasks_later.len(), 2, "one task per conversation: {tasks:?}");
     let mut on: Vec<i64> = tasks_later.iter().map(|t| t.entity_id).collect();
@@ -398,11 +398,11 @@ async fn unanswered_conversations_get_one_task_each_until_answered(db_url: &str)
     let _ = r.stop.send(true);
 }
 
-fn pg(prefix: &str) -> String {
+pub(crate) fn pg(prefix: &str) -> String {
     Postgres::shared().database(prefix).unwrap()
 }
 
-fn sqlite(dir: &tempfile::TempDir) -> String {
+pub(crate) fn sqlite(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("crmessenger.db").display())
 }
 
@@ -635,7 +635,7 @@ async fn a_failed_storage_write_is_logged_and_counted_and_its_work_retried() {
         assert!(Instant::now() < deadline, "timed out waiting for the store to link the lead to its chat");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let failed = || counter(&r, "store_errors");
+    let failed = || counter(&r.metrics, "store_errors");
     assert_eq!(failed(), 0.0);
     // Writes start failing (here: the fence moves, as when the lock is taken over).
     let bump = |d: i64| {

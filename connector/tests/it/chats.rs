@@ -62,6 +62,7 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         base_url: fake.base_url(),
         channel_id: channel.channel_id.clone(),
         secret: SECRET.into(),
+        bot_id: channel.bot_id.clone(),
         media_url: Some(gw.clone()),
     };
     let parts = build_account(

@@ -8,6 +8,7 @@ mod bridge;
 mod chats;
 mod cluster;
 mod crash;
+mod dialogue;
 mod edge;
 mod gateway;
 mod standalone;

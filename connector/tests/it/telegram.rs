@@ -865,3 +865,46 @@ async fn an_account_limited_for_spam_holds_replies_and_says_what_to_do() {
     assert!(w.fake.sent().is_empty());
     let _ = w.stop.send(true);
 }
+
+#[tokio::test]
+async fn the_owners_messages_reach_the_crm_and_an_in_doubt_reply_is_not_taken_for_one() {
+    let w = whole("tgowner", "{}", FakeTelegram::new(Script::default())).await;
+    w.fake.customer_says(501, "Anna", "Is the red one in stock?", true);
+    eventually("the customer's note", || has_note(&w.amo, "red one")).await;
+    // The owner answers from their own phone: an `out` message of the account.
+    w.fake.owner_says(501, "Yes, two left", true);
+    eventually("the owner's note", || has_note(&w.amo, "Yes, two left")).await;
+    let lead = w.amo.snapshot().leads[0].id;
+    // A manager's reply whose answer from Telegram is lost: the retry meets
+    // RANDOM_ID_DUPLICATE, and the sent message (an `out` message without its
+    // random_id) comes later through getDifference.
+    w.fake.world.lock().unwrap().lose_next_send_answer = true;
+    w.amo.add_manager_note(lead, 1001, ">> Shall I reserve one?");
+    let (store, account) = (w.store.clone(), w.parts.key.clone());
+    for _ in 0..300 {
+        let c = store.counts(&account).await.unwrap();
+        if w.fake.calls_of("sendMessage") >= 2 && c.outbox_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.counts(&account).await.unwrap().outbox_pending, 0, "the in-doubt reply was resolved");
+    // The next live message opens a gap: getDifference brings the echo first.
+    w.fake.customer_says(501, "Anna", "Yes please", true);
+    eventually("the later note", || has_note(&w.amo, "Yes please")).await;
+    let sent = w.fake.sent();
+    assert_eq!(sent.len(), 1, "sent once: {sent:?}");
+    let mut ours: Vec<_> = w
+        .amo
+        .snapshot()
+        .notes
+        .into_iter()
+        .filter(|n| n.params["text"].as_str().is_some_and(|t| t.contains("[ref ")))
+        .collect();
+    ours.sort_by_key(|n| n.id);
+    let texts: Vec<&str> = ours.iter().filter_map(|n| n.params["text"].as_str()).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts[1].starts_with("Telegram · → the account owner") && texts[1].contains("Yes, two left"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("Shall I reserve")), "the reply is not echoed: {texts:?}");
+    let _ = w.stop.send(true);
+}

@@ -29,6 +29,9 @@ pub struct ChatsChannel {
     pub secret: String,
     /// Scope of the connected account: `{channel_id}_{amojo_id}`.
     pub scope_id: String,
+    /// The channel bot's amojo id (issued with the channel): the author of
+    /// messages to the customer that no amoCRM user wrote.
+    pub bot_id: String,
     /// Request budget of the channel.
     pub limit: Limit,
 }
@@ -181,6 +184,13 @@ impl ChatsClient {
                 "message": msg,
             }
         });
+        let mut body = body;
+        if let Some(author) = &message.author {
+            // To the customer, from the account's side: the bot is its amoCRM author.
+            let name = if author.name.is_empty() { "Account owner" } else { author.name.as_str() };
+            body["payload"]["sender"] = json!({ "id": author.id, "ref_id": self.channel.bot_id, "name": name });
+            body["payload"]["receiver"] = user_json(message);
+        }
         let path = self.scope_path("");
         match self.call(Method::POST, &path, &[], Some(&body)).await {
             Ok(answer) => answer
@@ -291,6 +301,7 @@ pub async fn connect(
         channel_id: channel_id.into(),
         secret: secret.into(),
         scope_id: String::new(),
+        bot_id: String::new(),
         limit: Limit { rate: 1.0, burst: 1 },
     };
     let client = ChatsClient::new(channel, clock, ca_pem, Duration::from_secs(20))?;

@@ -81,6 +81,19 @@ pub struct AmoCrm {
     linked_chats: Mutex<HashMap<String, (String, i64)>>,
 }
 
+/// What amoCRM support issues for an installation's Chats API channel.
+#[derive(Clone, Copy)]
+pub struct ChannelKeys<'a> {
+    /// The amojo host, e.g. `https://amojo.amocrm.ru`.
+    pub base_url: &'a str,
+    /// Channel id.
+    pub channel_id: &'a str,
+    /// Channel secret (signs requests and hooks).
+    pub secret: &'a str,
+    /// The channel bot's amojo id.
+    pub bot_id: &'a str,
+}
+
 impl AmoCrm {
     /// An adapter over `rest` (which carries the budget and the token source).
     pub fn new(config: AmoConfig, rest: Transport, clock: Arc<dyn Clock>) -> Result<Self, CrmError> {
@@ -99,13 +112,8 @@ impl AmoCrm {
 
     /// Connects the installation's Chats API channel to this account (its
     /// `amojo_id`, read over REST) and uses it from now on. Idempotent.
-    pub async fn attach_chats(
-        &self,
-        amojo_base_url: &str,
-        channel_id: &str,
-        secret: &str,
-        title: &str,
-    ) -> Result<(), CrmError> {
+    pub async fn attach_chats(&self, channel: &ChannelKeys<'_>, title: &str) -> Result<(), CrmError> {
+        let ChannelKeys { base_url: amojo_base_url, channel_id, secret, bot_id } = *channel;
         if self.chats.get().is_some() {
             return Ok(());
         }
@@ -128,6 +136,7 @@ impl AmoCrm {
             channel_id: channel_id.to_string(),
             secret: secret.to_string(),
             scope_id,
+            bot_id: bot_id.to_string(),
             limit: crate::budget::Limit { rate: 10.0, burst: 1 },
         };
         let client = chats::ChatsClient::new(

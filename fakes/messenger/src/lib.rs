@@ -370,7 +370,11 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
     };
     append(&s.dir, "sent.jsonl", std::slice::from_ref(&sent));
     let message_id = sent.message_id.clone();
+    // Like every messenger, the account's update stream reports what it sent.
+    let echo = Update { message_id: message_id.clone(), ..from_owner(&sent.chat_id, "", &sent.text) };
     inner.sent.push(sent);
+    drop(inner);
+    push(&s, vec![echo]);
     Json(SendResponse { message_id, duplicate: false }).into_response()
 }
 
@@ -532,5 +536,22 @@ pub fn text(chat: &str, message_id: &str, name: &str, text: &str) -> Update {
         location: None,
         contact: None,
         sent_at_ms: 0,
+        outgoing: false,
+        customer: None,
     }
 }
+
+/// What the account's owner writes to `chat` from their own phone.
+pub fn from_owner(chat: &str, message_id: &str, text_: &str) -> Update {
+    Update {
+        sender: Sender { id: OWNER_ID.into(), name: OWNER_NAME.into(), phone: None, username: None },
+        outgoing: true,
+        customer: Some(Sender { id: chat.into(), ..Sender::default() }),
+        ..text(chat, message_id, OWNER_NAME, text_)
+    }
+}
+
+/// The scripted account's own user id and name (the sender of its outgoing messages).
+pub const OWNER_ID: &str = "me";
+/// See [`OWNER_ID`].
+pub const OWNER_NAME: &str = "Shop Owner";

@@ -71,6 +71,8 @@ pub struct RuntimeValues {
     pub chats_secret: Option<String>,
     /// The Chats API channel id.
     pub chats_channel_id: Option<String>,
+    /// The Chats API channel bot's amojo id.
+    pub chats_bot_id: Option<String>,
     /// The Chats API host.
     pub chats_base_url: Option<String>,
     /// Sandboxes instead of the messenger services.
@@ -296,6 +298,7 @@ fn stateful_set_spec(
     for (var, value) in [
         ("CRMESSENGER_GATEWAY_URL", &runtime.gateway_url),
         ("CRMESSENGER_CHATS_CHANNEL_ID", &runtime.chats_channel_id),
+        ("CRMESSENGER_CHATS_BOT_ID", &runtime.chats_bot_id),
         ("CRMESSENGER_CHATS_BASE_URL", &runtime.chats_base_url),
         ("CRMESSENGER_SCRIPTED_MESSENGER", &sandbox_scripted),
         ("CRMESSENGER_WHATSAPP_GRAPH_URL", &sandbox_graph),

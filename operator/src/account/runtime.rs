@@ -54,6 +54,7 @@ impl RuntimeCache {
             gateway_url: r.gateway_url.clone(),
             chats_secret: read(r.chats_secret.clone()).await?.ok(),
             chats_channel_id: r.chats_channel_id.clone(),
+            chats_bot_id: r.chats_bot_id.clone(),
             chats_base_url: r.chats_base_url.clone(),
             sandbox: r.sandbox.clone(),
         };

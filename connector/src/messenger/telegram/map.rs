@@ -89,12 +89,12 @@ pub fn peer_of(chat_id: &str) -> Option<PeerId> {
     chat_id.parse().ok().and_then(PeerId::from_bot_api_dialog_id)
 }
 
-/// A customer's message, or `None` for our own messages and service messages.
+/// A message of a chat, or `None` for service messages. An `out` message (the
+/// account's own: its owner wrote it on another device, or it is a reply the
+/// connector sent) is marked outgoing, with the owner as its sender and, in a
+/// private chat, the customer the chat is with.
 pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Message> {
     let tl::enums::Message::Message(m) = m else { return None };
-    if m.out {
-        return None;
-    }
     let chat = PeerId::from(&m.peer_id);
     let chat_key = dialog_id(chat);
     let (chat_kind, chat_title) = match &m.peer_id {
@@ -111,8 +111,14 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
             ),
         },
     };
+    let customer = match &m.peer_id {
+        tl::enums::Peer::User(u) if m.out => Some(peers.identity(u.user_id)),
+        _ => None,
+    };
     let sender = match (&m.from_id, &m.peer_id) {
         (Some(tl::enums::Peer::User(u)), _) => peers.identity(u.user_id),
+        // Our own message in a private chat names no author: the account's owner.
+        (None, tl::enums::Peer::User(_)) if m.out => Identity::default(),
         (None, tl::enums::Peer::User(u)) => peers.identity(u.user_id),
         // A channel post (or an anonymous admin): the chat speaks.
         _ => Identity {
@@ -132,6 +138,8 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
         sent_at_ms: i64::from(date) * 1000,
         edited,
         history: false,
+        outgoing: m.out,
+        customer,
     })
 }
 

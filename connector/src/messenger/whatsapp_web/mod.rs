@@ -64,6 +64,8 @@ pub fn to_message(i: &Incoming) -> Message {
         sent_at_ms: i.at_ms,
         edited: false,
         history: false,
+        outgoing: false,
+        customer: None,
     }
 }
 

@@ -461,12 +461,30 @@ impl FakeTelegram {
         media: Option<tl::enums::MessageMedia>,
         live: bool,
     ) -> i32 {
+        self.log(chat, from, false, text, media, live)
+    }
+
+    /// What the account's owner writes in a private chat from their own phone:
+    /// an `out` message with no `from_id` (as Telegram sends private messages).
+    pub fn owner_says(&self, user_id: i64, text: &str, live: bool) -> i32 {
+        self.log(user_id, None, true, text, None, live)
+    }
+
+    fn log(
+        &self,
+        chat: i64,
+        from: Option<i64>,
+        out: bool,
+        text: &str,
+        media: Option<tl::enums::MessageMedia>,
+        live: bool,
+    ) -> i32 {
         let (update, users, chats, id) = {
             let mut w = self.world.lock().unwrap();
             w.pts += 1;
             w.next_id += 1;
             let (id, pts, date) = (w.next_id, w.pts, now());
-            let m = message(id, peer_enum(chat), from, false, text, media, date, None);
+            let m = message(id, peer_enum(chat), from, out, text, media, date, None);
             w.log.push((pts, m.clone()));
             let users: Vec<_> =
                 from.or((chat > 0).then_some(chat)).and_then(|u| w.users.get(&u).cloned()).into_iter().collect();

@@ -19,13 +19,30 @@ pub(crate) fn event(shared: &Shared, body: &Value) -> Resp {
         return bad_request("payload is required");
     };
     match body.get("event_type").and_then(Value::as_str) {
-        Some("new_message") => match payload::new_message(payload) {
+        Some("new_message") => match payload::new_message(payload).and_then(|m| outbound_author(shared, m)) {
             Ok(m) => new_message(shared, m),
             Err(e) => bad_request(&e),
         },
         Some("edit_message") => edit_message(shared, payload),
         Some(other) => bad_request(&format!("event_type {other} is not supported")),
         None => bad_request("event_type is required and must be a string"),
+    }
+}
+
+/// A message to the client (one with a `receiver`) is written by an amoCRM user
+/// or by the channel's bot: its `sender.ref_id` must be one of their amojo ids.
+fn outbound_author(shared: &Shared, m: NewMessage) -> Result<NewMessage, String> {
+    if m.receiver.is_none() {
+        return Ok(m);
+    }
+    let Some(ref_id) = m.sender.ref_id.as_deref() else {
+        return Err("payload.sender.ref_id is required for a message with a receiver".into());
+    };
+    let bot = shared.config.chats.as_ref().is_some_and(|c| c.bot_id == ref_id);
+    if bot || shared.users.iter().any(|u| u.amojo_id == ref_id) {
+        Ok(m)
+    } else {
+        Err(format!("payload.sender.ref_id {ref_id} is neither a user of the account nor the channel's bot"))
     }
 }
 

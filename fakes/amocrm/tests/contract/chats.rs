@@ -157,7 +157,18 @@ async fn message_payloads_are_strictly_typed() {
     let mut no_name = inbound("c", "m", false, "x");
     no_name["payload"]["sender"] = json!({"id": "u"});
     let no_text = inbound("c", "m", false, "");
-    for body in [string_ts, bad_type, no_size, no_name, no_text] {
+    // A message to the client needs an author amoCRM knows: a user or the bot.
+    let to_client = |ref_id: Option<&str>| {
+        let mut body = inbound("c", "m", false, "x");
+        body["payload"]["receiver"] = body["payload"]["sender"].clone();
+        body["payload"]["sender"] = json!({"id": "owner", "name": "Owner"});
+        if let Some(r) = ref_id {
+            body["payload"]["sender"]["ref_id"] = json!(r);
+        }
+        body
+    };
+    let (no_author, unknown_author) = (to_client(None), to_client(Some("not-a-user")));
+    for body in [string_ts, bad_type, no_size, no_name, no_text, no_author, unknown_author] {
         let (status, err) = send_event(&env, &scope, &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {err}");
     }
@@ -167,6 +178,13 @@ async fn message_payloads_are_strictly_typed() {
     let (_, second) = send_event(&env, &scope, &inbound("c", "m", false, "x")).await;
     assert_eq!(first["new_message"]["msgid"], second["new_message"]["msgid"]);
     assert_eq!(env.fake.snapshot().chat_messages.len(), 1);
+    // The channel's bot may write to the client.
+    let bot = env.channel().bot_id.clone();
+    let mut by_bot = to_client(Some(&bot));
+    by_bot["payload"]["msgid"] = json!("m2");
+    let (status, answer) = send_event(&env, &scope, &by_bot).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(env.fake.snapshot().chat_messages[1].direction, crmessenger_fake_amocrm::Direction::Outbound);
 }
 
 #[tokio::test]

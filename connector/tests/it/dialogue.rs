@@ -1,0 +1,148 @@
+//! The whole dialogue in the CRM: what the account's owner writes from their own
+//! phone reaches the CRM as the account's side, in order with the customer's
+//! messages, and answers the customer; the echoes of replies the connector sent
+//! never do. On PostgreSQL and SQLite, across a restart.
+
+use crate::bridge::{escalation_checks, notes_of, pg, sqlite};
+use crate::common;
+use crmessenger_api::config::{ConnectorConfig, RuntimeSettings, render};
+use crmessenger_connector::app::build_account;
+use crmessenger_connector::metrics::Metrics;
+use crmessenger_connector::store::{POOL_SIZE, Store};
+use crmessenger_crm::amocrm::StaticToken;
+use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, from_owner, text};
+use crmessenger_testkit::TestClock;
+use crmessenger_testkit::checks::eventually_some;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+struct Shop {
+    fake: FakeAmo,
+    messenger: ScriptedMessenger,
+    store: Store,
+    config: ConnectorConfig,
+    clock: TestClock,
+    metrics: Arc<Metrics>,
+}
+
+impl Shop {
+    async fn new(db_url: &str) -> Self {
+        let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+        let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+        let yaml = common::shop_yaml(
+            &fake.base_url(),
+            "{ escalation: { enabled: true, after: 1m } }",
+            "replies: { detection: poll, pollInterval: 1s }",
+        );
+        let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
+        let config =
+            render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+                .unwrap();
+        let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
+        Self { fake, messenger, store, config, clock: TestClock::default(), metrics: Arc::new(Metrics::default()) }
+    }
+
+    /// Starts a connector for the account (a new one after each stop).
+    async fn start(&self) -> watch::Sender<bool> {
+        let parts = build_account(
+            &self.config,
+            &self.store,
+            Arc::new(StaticToken(self.fake.issue_token_pair().access_token)),
+            None,
+            Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&self.messenger.base_url()).unwrap()),
+            None,
+            Arc::new(self.clock.clone()),
+            self.metrics.clone(),
+        )
+        .unwrap();
+        common::run_bridge(&parts, &self.store).await
+    }
+
+    /// The connector's notes on the lead (ours carry a `[ref …]` marker), once
+    /// `n` of them are there.
+    async fn notes(&self, n: usize) -> Vec<String> {
+        eventually_some(&format!("{n} notes of ours"), 60, || {
+            let lead = self.fake.snapshot().leads.first()?.id;
+            let ours: Vec<String> = notes_of(&self.fake, lead).into_iter().filter(|t| t.contains("[ref ")).collect();
+            (ours.len() >= n).then_some(ours)
+        })
+        .await
+    }
+}
+
+/// First line of a note after its header: the message itself.
+fn body(note: &str) -> String {
+    note.lines().nth(1).unwrap_or_default().to_string()
+}
+
+async fn both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(db_url: &str) {
+    let shop = Shop::new(db_url).await;
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("7001", "c1", "Vera", "Do you deliver on Sundays?")]);
+    shop.messenger.push(vec![from_owner("7001", "o1", "Yes, until 6 pm")]);
+    shop.messenger.push(vec![text("7001", "c2", "Vera", "Great, tomorrow then")]);
+    let notes = shop.notes(3).await;
+    assert!(notes[1].starts_with("Telegram · → the account owner, Shop Owner:"), "{notes:?}");
+
+    // A restart in the middle of the conversation.
+    let _ = stop.send(true);
+    shop.messenger.push(vec![from_owner("7001", "o2", "Noted: Sunday, 2 pm")]);
+    let stop = shop.start().await;
+    // A manager answers in the CRM: the reply goes out once, and the messenger's
+    // echo of it is not written back as the owner's message.
+    let lead = shop.fake.snapshot().leads[0].id;
+    shop.fake.add_manager_note(lead, 1001, ">> The courier will call you");
+    eventually_some("the reply in the messenger", 30, || (!shop.messenger.sent().is_empty()).then_some(())).await;
+    shop.messenger.push(vec![text("7001", "c3", "Vera", "Thanks!")]);
+    shop.messenger.push(vec![from_owner("7001", "o3", "You are welcome")]);
+    let notes = shop.notes(6).await;
+    let bodies: Vec<String> = notes.iter().map(|n| body(n)).collect();
+    assert_eq!(
+        bodies,
+        [
+            "Do you deliver on Sundays?",
+            "Yes, until 6 pm",
+            "Great, tomorrow then",
+            "Noted: Sunday, 2 pm",
+            "Thanks!",
+            "You are welcome"
+        ],
+        "both sides, in order, once: {notes:?}"
+    );
+    let sent = shop.messenger.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(!notes.iter().any(|n| n.contains("courier")), "our own reply is not echoed: {notes:?}");
+    let counts =
+        shop.store.counts(&format!("{}/{}", shop.config.account.namespace, shop.config.account.name)).await.unwrap();
+    assert_eq!((counts.inbox_pending, counts.inbox_dead), (0, 0), "the echo was recorded, not left or dead-lettered");
+
+    // The owner answered last: however long nobody writes, no escalation task.
+    escalation_checks(&shop.metrics, &shop.clock, 2).await;
+    shop.clock.advance(Duration::from_secs(180));
+    escalation_checks(&shop.metrics, &shop.clock, 2).await;
+    assert!(shop.fake.snapshot().tasks.is_empty(), "the owner's answer counts as an answer");
+    // A customer who then waits gets one (so the check above could fail)...
+    shop.messenger.push(vec![text("7001", "c4", "Vera", "Is the courier coming?")]);
+    shop.notes(7).await;
+    shop.clock.advance(Duration::from_secs(180));
+    escalation_checks(&shop.metrics, &shop.clock, 2).await;
+    let tasks = shop.fake.snapshot().tasks;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    // ...which the owner's answer from the phone completes.
+    shop.messenger.push(vec![from_owner("7001", "o4", "He is on the way")]);
+    eventually_some("the task completed", 30, || shop.fake.snapshot().tasks[0].is_completed.then_some(())).await;
+    let _ = stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_both_sides_of_the_dialogue() {
+    both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(&pg("dialogue")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_both_sides_of_the_dialogue() {
+    let dir = tempfile::tempdir().unwrap();
+    both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(&sqlite(&dir)).await;
+}
