@@ -236,7 +236,9 @@ impl Bridge {
         for chat in chats {
             let conversation_id = self.conversation_id(&chat);
             let history = self.crm.chat_history(&conversation_id, 0, 50).await?;
-            for h in history.iter().filter(|h| h.from_manager && h.timestamp * 1000 >= since) {
+            // A message we posted ourselves (the owner's, sent with our msgid) is no answer.
+            let answers = history.iter().filter(|h| h.from_manager && h.client_message_id.is_none());
+            for h in answers.filter(|h| h.timestamp * 1000 >= since) {
                 if self
                     .queue_chat_answer(
                         &conversation_id,

@@ -13,8 +13,8 @@ use crmessenger_connector::gateway::Gateway;
 use crmessenger_connector::metrics::Metrics;
 use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
-use crmessenger_fake_amocrm::{ChatsChannel, FakeAmo, FakeConfig};
-use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+use crmessenger_fake_amocrm::{ChatsChannel, Direction, FakeAmo, FakeConfig};
+use crmessenger_fake_messenger::{Options, ScriptedMessenger, from_owner, text};
 use crmessenger_testkit::Postgres;
 use crmessenger_testkit::TestClock;
 use std::sync::Arc;
@@ -159,6 +159,22 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     let expired =
         format!("{gw}/media/{id}?exp={past}&sig={}", crmessenger_connector::store::media::sign(&key, &id, past));
     assert_eq!(http.get(&expired).send().await.unwrap().status().as_u16(), 410);
+
+    // The owner answers from their own phone: a message to the customer in the
+    // same chat, authored by the channel's bot. The messenger's echoes of the
+    // answers sent above are not posted again.
+    messenger.push(vec![from_owner("6001", "o1", "I can hold it until 9")]);
+    let by_owner = eventually_some("the owner's message in amoCRM's chat", 30, || {
+        fake.snapshot().chat_messages.into_iter().find(|m| m.text == "I can hold it until 9")
+    })
+    .await;
+    assert_eq!((by_owner.direction, by_owner.conversation_id.as_str()), (Direction::Outbound, conversation.as_str()));
+    assert_eq!(by_owner.sender["ref_id"], channel.bot_id.as_str());
+    assert_eq!(by_owner.receiver.as_ref().map(|r| r["id"].clone()), Some(serde_json::json!("6001")));
+    let by_bot = |s: &crmessenger_fake_amocrm::Snapshot| {
+        s.chat_messages.iter().filter(|m| m.sender["ref_id"] == channel.bot_id.as_str()).count()
+    };
+    assert_eq!(by_bot(&fake.snapshot()), 1, "only the owner's message, no echo of an answer");
 
     // The gateway goes down; the manager answers; amoCRM's single hook fails.
     server.abort();
