@@ -94,13 +94,16 @@ impl Bridge {
             let written = self.clock.now_ms();
             let crm_ref = format!("chat:{}", posted.crm_message_id);
             self.store.inbox_done(&[(row.seq, crm_ref.clone())], written).await.map_err(db)?;
+            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
             let turn = plan::Turn { sent_at_ms: m.sent_at_ms, outgoing: m.outgoing, history: m.history };
             let (waiting, answered) = plan::after_turns(conv.unanswered_since_ms, &[turn], written);
             if answered {
-                self.answer_done(&mut conv).await;
+                self.answered(chat).await;
+            }
+            if let Some(since) = waiting {
+                self.store.start_waiting(self.account(), chat, since).await.map_err(db)?;
             }
             conv.unanswered_since_ms = waiting;
-            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, written).await.map_err(db)?;
             let label = crate::metrics::Metrics::label(self.account());
             self.metrics.messages_in.get_or_create(&label).inc();
             self.metrics.lag_seconds.get_or_create(&label).observe((written - m.sent_at_ms).max(0) as f64 / 1000.0);

@@ -281,7 +281,7 @@ impl Bridge {
     }
 
     /// After a chat's rows are recorded: its metrics, and that the customer waits.
-    pub(super) async fn finish_chat(&self, mut p: Prepared, written: i64) -> Result<(), CrmError> {
+    pub(super) async fn finish_chat(&self, p: Prepared, written: i64) -> Result<(), CrmError> {
         let label = Metrics::label(self.account());
         for (row, at) in p.rows.iter().zip(&p.sent_at) {
             self.metrics.messages_in.get_or_create(&label).inc();
@@ -293,14 +293,10 @@ impl Bridge {
         // message), unless the account's owner answered from their own app.
         let (waiting, answered) = plan::after_turns(p.conv.unanswered_since_ms, &p.turns, written);
         if answered {
-            self.answer_done(&mut p.conv).await;
+            self.answered(&p.chat).await;
         }
-        if waiting != p.conv.unanswered_since_ms || answered {
-            p.conv.unanswered_since_ms = waiting;
-            self.store
-                .put_conversation(self.account(), &p.chat, &self.s.crm_key, &p.conv, written)
-                .await
-                .map_err(db)?;
+        if let Some(since) = waiting {
+            self.store.start_waiting(self.account(), &p.chat, since).await.map_err(db)?;
         }
         // A manager's reply on this lead goes to the chat whose customer wrote last.
         if let Some(at) = p.turns.iter().filter(|t| !t.outgoing).map(|t| t.sent_at_ms).max() {

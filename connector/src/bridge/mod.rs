@@ -50,7 +50,7 @@ use crate::store::{Conversation, DeliveryUpdate, InboxRow, NewReply, Store, Stor
 use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
-use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, NoteRequest, ReplyCursor};
+use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, NoteRequest, ReplyCursor, TaskRequest};
 use retry::{Breaker, SendRate, backoff};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

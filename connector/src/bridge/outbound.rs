@@ -116,30 +116,21 @@ impl Bridge {
         Ok(worked)
     }
 
-    /// A conversation was answered: its escalation task, if any, is done (kept on
-    /// the conversation when the CRM could not be told, to be completed later).
-    pub(super) async fn answer_done(&self, conv: &mut Conversation) -> bool {
-        if let Some(task) = conv.task_id
+    /// The conversation was answered (a reply went out, or the owner answered
+    /// from their own app): nobody waits, and its escalation task is completed (or
+    /// kept for the next answer when the CRM cannot be told now).
+    pub(super) async fn answered(&self, chat: &str) {
+        let task = match self.store.take_answered(self.account(), chat).await {
+            Ok(task) => task,
+            Err(e) => return self.store_failed("recording an answered conversation", &e),
+        };
+        if let Some(task) = task
             && let Err(e) = self.crm.complete_task(task, "answered").await
         {
             tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
-            return false;
-        }
-        conv.task_id = None;
-        true
-    }
-
-    /// A reply went out: the conversation is answered; its escalation task is done.
-    pub(super) async fn answered(&self, chat: &str) {
-        let Ok(Some(mut conv)) = self.store.conversation(self.account(), chat).await else { return };
-        if !self.answer_done(&mut conv).await {
-            return;
-        }
-        conv.unanswered_since_ms = None;
-        if let Err(e) =
-            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, self.clock.now_ms()).await
-        {
-            self.store_failed("recording an answered conversation", &e);
+            if let Err(e) = self.store.keep_task(self.account(), chat, task).await {
+                self.store_failed("keeping an escalation task", &e);
+            }
         }
     }
 }

@@ -111,6 +111,95 @@ impl Store {
         Ok(())
     }
 
+    /// The customer of `chat_id` waits for an answer since `since_ms`, unless they
+    /// already were waiting (the earlier wait stands).
+    pub async fn start_waiting(&self, account: &str, chat_id: &str, since_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE conversations SET unanswered_since_ms = $3
+             WHERE account = $1 AND chat_id = $2 AND unanswered_since_ms IS NULL",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(since_ms)
+        .run(self)
+        .await?;
+        Ok(())
+    }
+
+    /// The conversation was answered: nobody waits any more; returns the
+    /// escalation task to complete, taken off the conversation in the same step
+    /// (compare-and-set, so a task the escalation loop records meanwhile is
+    /// either returned here or sees the answer and completes itself).
+    pub async fn take_answered(&self, account: &str, chat_id: &str) -> Result<Option<i64>> {
+        loop {
+            let Some(conv) = self.conversation(account, chat_id).await? else { return Ok(None) };
+            let done = sqlx::query(
+                "UPDATE conversations SET unanswered_since_ms = NULL, task_id = NULL
+                 WHERE account = $1 AND chat_id = $2 AND task_id IS NOT DISTINCT FROM $3",
+            )
+            .bind(account)
+            .bind(chat_id)
+            .bind(conv.task_id)
+            .run(self)
+            .await?;
+            if done.rows_affected() > 0 {
+                return Ok(conv.task_id);
+            }
+        }
+    }
+
+    /// Records the escalation task made for the wait that began at `since_ms`;
+    /// false when that wait is over (answered meanwhile: the task is not needed).
+    pub async fn set_escalation_task(&self, account: &str, chat_id: &str, since_ms: i64, task_id: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE conversations SET task_id = $4
+             WHERE account = $1 AND chat_id = $2 AND unanswered_since_ms = $3 AND task_id IS NULL",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(since_ms)
+        .bind(task_id)
+        .run(self)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Answered conversations whose escalation task is still open (its completion
+    /// failed): `(chat, task)`.
+    pub async fn answered_open_tasks(&self, account: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT chat_id, task_id FROM conversations
+             WHERE account = $1 AND unanswered_since_ms IS NULL AND task_id IS NOT NULL",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("chat_id")?, r.try_get("task_id")?))).collect()
+    }
+
+    /// Takes a completed task off its conversation.
+    pub async fn task_completed(&self, account: &str, chat_id: &str, task_id: i64) -> Result<()> {
+        sqlx::query("UPDATE conversations SET task_id = NULL WHERE account = $1 AND chat_id = $2 AND task_id = $3")
+            .bind(account)
+            .bind(chat_id)
+            .bind(task_id)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts back a task whose completion the CRM refused; the escalation loop
+    /// completes it later.
+    pub async fn keep_task(&self, account: &str, chat_id: &str, task_id: i64) -> Result<()> {
+        sqlx::query("UPDATE conversations SET task_id = $3 WHERE account = $1 AND chat_id = $2 AND task_id IS NULL")
+            .bind(account)
+            .bind(chat_id)
+            .bind(task_id)
+            .run(self)
+            .await?;
+        Ok(())
+    }
+
     /// Conversations of `account` waiting for an answer since before `before_ms`
     /// without an escalation task.
     pub async fn unanswered(&self, account: &str, before_ms: i64) -> Result<Vec<(String, Conversation)>> {

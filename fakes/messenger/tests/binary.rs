@@ -45,8 +45,12 @@ async fn the_log_survives_a_kill() {
     let got: Value =
         http.get(format!("{base}/v1/updates?after=1&timeout_ms=0")).send().await.unwrap().json().await.unwrap();
     let texts: Vec<&str> = got["updates"].as_array().unwrap().iter().map(|u| u["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, ["m2", "m3"], "{got}");
-    assert_eq!(got["last_seq"], 3);
+    // The log kept the customer's messages and the account's own: the echo of
+    // what the connector sent, as every messenger reports it.
+    assert_eq!(texts, ["m2", "m3", "hi"], "{got}");
+    assert_eq!(got["updates"][2]["outgoing"], true, "{got}");
+    assert_eq!(got["updates"][2]["message_id"], first["message_id"], "{got}");
+    assert_eq!(got["last_seq"], 4);
     let again: Value = http.post(format!("{base}/v1/send")).json(&send).send().await.unwrap().json().await.unwrap();
     assert_eq!((again["duplicate"].clone(), again["message_id"].clone()), (json!(true), first["message_id"].clone()));
     let sent: Vec<Value> = http.get(format!("{base}/_script/sent")).send().await.unwrap().json().await.unwrap();

@@ -776,7 +776,9 @@ async fn kubectl_get_shows_the_printer_columns() {
     let account = eventually("the operator reports the account and the binding", 30, || async {
         let a = get(cp, &ns, "messengeraccount/a").ok_or("no account")?;
         let b = get(cp, &ns, "crmbinding/b").ok_or("no binding")?;
-        let reported = a["status"]["phase"].is_string()
+        // Settled: with no connector to send a heartbeat, the account waits
+        // (a moment earlier, before the binding selected it, it was not yet valid).
+        let reported = a["status"]["phase"] == "Pending"
             && a["status"]["identity"]["summary"].is_string()
             && condition(&a, "Ready").is_some()
             && b["status"]["boundAccountCount"] == json!(1);
