@@ -114,9 +114,17 @@ async fn both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(db_
     let sent = shop.messenger.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(!notes.iter().any(|n| n.contains("courier")), "our own reply is not echoed: {notes:?}");
-    let counts =
-        shop.store.counts(&format!("{}/{}", shop.config.account.namespace, shop.config.account.name)).await.unwrap();
-    assert_eq!((counts.inbox_pending, counts.inbox_dead), (0, 0), "the echo was recorded, not left or dead-lettered");
+    // A note is in the CRM a moment before its row is recorded done: wait for that
+    // (an echo left pending or dead-lettered would never get there).
+    let key = format!("{}/{}", shop.config.account.namespace, shop.config.account.name);
+    crmessenger_testkit::checks::eventually("every row recorded, the echo included", 10, || async {
+        let c = shop.store.counts(&key).await.map_err(|e| e.to_string())?;
+        match (c.inbox_pending, c.inbox_dead) {
+            (0, 0) => Ok(()),
+            other => Err(format!("pending and dead: {other:?}")),
+        }
+    })
+    .await;
 
     // The owner answered last: however long nobody writes, no escalation task.
     escalation_checks(&shop.metrics, &shop.clock, 2).await;

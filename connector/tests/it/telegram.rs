@@ -681,14 +681,9 @@ struct Whole {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// Waits up to 30 s for `f` to hold (`testkit::checks::eventually_some`).
 async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..300 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
+    crmessenger_testkit::checks::eventually_some(what, 30, || f().then_some(())).await
 }
 
 /// The bridge with the Telegram adapter (over the scripted Telegram), the amoCRM
@@ -881,14 +876,12 @@ async fn the_owners_messages_reach_the_crm_and_an_in_doubt_reply_is_not_taken_fo
     w.fake.world.lock().unwrap().lose_next_send_answer = true;
     w.amo.add_manager_note(lead, 1001, ">> Shall I reserve one?");
     let (store, account) = (w.store.clone(), w.parts.key.clone());
-    for _ in 0..300 {
-        let c = store.counts(&account).await.unwrap();
-        if w.fake.calls_of("sendMessage") >= 2 && c.outbox_pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(store.counts(&account).await.unwrap().outbox_pending, 0, "the in-doubt reply was resolved");
+    crmessenger_testkit::checks::eventually("the in-doubt reply resolved", 30, || async {
+        let c = store.counts(&account).await.map_err(|e| e.to_string())?;
+        let calls = w.fake.calls_of("sendMessage");
+        if calls >= 2 && c.outbox_pending == 0 { Ok(()) } else { Err(format!("{calls} sends, {c:?}")) }
+    })
+    .await;
     // The next live message opens a gap: getDifference brings the echo first.
     w.fake.customer_says(501, "Anna", "Yes please", true);
     eventually("the later note", || has_note(&w.amo, "Yes please")).await;
