@@ -45,6 +45,10 @@ impl Bridge {
             let now = self.clock.now_ms();
             let event: Event = serde_json::from_str(&row.payload)
                 .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
+            let mut event = event;
+            if let Event::Message(m) = &mut event {
+                self.quote(chat, m).await.map_err(db)?;
+            }
             let Event::Message(m) = &event else {
                 // The Chats API has no deletion or status event for customer messages.
                 self.store.inbox_done(&[(row.seq, "skipped".into())], now).await.map_err(db)?;

@@ -151,11 +151,16 @@ impl Bridge {
         mut conv: Conversation,
     ) -> Result<Option<Prepared>, CrmError> {
         let now = self.clock.now_ms();
-        let events: Vec<(&InboxRow, Event)> = rows
+        let mut events: Vec<(&InboxRow, Event)> = rows
             .iter()
             .map(|r| serde_json::from_str(&r.payload).map(|e| (r, e)))
             .collect::<Result<_, _>>()
             .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
+        for (_, e) in &mut events {
+            if let Event::Message(m) = e {
+                self.quote(chat, m).await.map_err(db)?;
+            }
+        }
         let messages = events.iter().filter_map(|(_, e)| match e {
             Event::Message(m) => Some(m.as_ref()),
             _ => None,

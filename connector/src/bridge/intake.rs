@@ -69,8 +69,10 @@ impl Bridge {
         });
         self.metrics.connected.get_or_create(&Metrics::label(self.account())).set(1);
         for e in &batch.events {
-            if let Event::Status { chat_id, message_id, status } = e {
-                self.on_status(chat_id, message_id, status).await?;
+            match e {
+                Event::Status { chat_id, message_id, status } => self.on_status(chat_id, message_id, status).await?,
+                Event::ReadUpTo { chat_id, message_id } => self.on_read_up_to(chat_id, message_id).await?,
+                _ => {}
             }
         }
         let events = self.attribute_deletions(batch.events).await.map_err(store_err)?;
@@ -161,12 +163,23 @@ impl Bridge {
         Ok(())
     }
 
+    /// The customer read the chat up to `max_id`: every reply of ours there up to
+    /// it is read (Telegram's message ids grow within a chat).
+    pub(super) async fn on_read_up_to(&self, chat: &str, max_id: &str) -> Result<(), MessengerError> {
+        let Ok(max) = max_id.parse::<i64>() else { return Ok(()) };
+        let unread = self.store.outbox_unread(self.account(), chat).await.map_err(store_err)?;
+        for id in unread.iter().filter(|id| id.parse::<i64>().is_ok_and(|n| n <= max)) {
+            self.on_status(chat, id, "read").await?;
+        }
+        Ok(())
+    }
+
     /// Inbox rows (chat, key, event) of the events the policy lets through
     /// (statuses of our own messages are not inbox work).
     pub(super) fn rows_of(&self, events: &[Event]) -> Vec<(String, String, String)> {
         events
             .iter()
-            .filter(|e| !matches!(e, Event::Status { .. }) && self.wanted(e))
+            .filter(|e| !matches!(e, Event::Status { .. } | Event::ReadUpTo { .. }) && self.wanted(e))
             .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
             .collect()
     }

@@ -33,6 +33,7 @@
 
 mod backfill;
 pub mod chats;
+mod context;
 mod escalation;
 mod inbound;
 mod intake;

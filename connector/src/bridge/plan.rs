@@ -183,6 +183,7 @@ pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Even
         }
         Event::Deleted { message_id, .. } => format!("{} · the customer deleted message {message_id}", channel.label()),
         Event::Status { message_id, status, .. } => format!("{} · message {message_id}: {status}", channel.label()),
+        Event::ReadUpTo { message_id, .. } => format!("{} · read up to message {message_id}", channel.label()),
     };
     NoteRequest { text: format!("{body}\n{marker}"), marker }
 }
@@ -318,6 +319,8 @@ mod tests {
             history,
             outgoing: false,
             customer: None,
+            forwarded_from: None,
+            reply_to: None,
         }
     }
 

@@ -124,6 +124,22 @@ pub struct Message {
     /// customer whose contact and lead the conversation belongs to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer: Option<Identity>,
+    /// Where a forwarded message came from (a person's or a chat's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<String>,
+    /// The message this one answers, within the chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Reply>,
+}
+
+/// The message a reply answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Its id in the chat.
+    pub message_id: String,
+    /// The part the writer quoted, or the bridge's copy of the whole text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
 }
 
 impl Message {
@@ -136,8 +152,23 @@ impl Message {
         }
     }
 
-    /// The text of the message, or a description of what it carries.
+    /// The text of the message, or a description of what it carries, after where
+    /// it was forwarded from and what it answers.
     pub fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Some(from) = &self.forwarded_from {
+            out.push_str(&format!("[forwarded from {from}]\n"));
+        }
+        if let Some(quote) = self.reply_to.as_ref().and_then(|r| r.quote.as_deref()) {
+            for line in quote.lines() {
+                out.push_str(&format!("> {line}\n"));
+            }
+        }
+        out + &self.content_summary()
+    }
+
+    /// What the message carries, without its context.
+    pub fn content_summary(&self) -> String {
         match &self.content {
             Content::Text { text } => text.clone(),
             Content::Media { media, caption } => {
@@ -175,6 +206,14 @@ pub enum Event {
         /// `delivered` or `read`.
         status: String,
     },
+    /// The customer read the chat up to this message of ours, and every earlier
+    /// one (Telegram reports reads this way: there is no per-message receipt).
+    ReadUpTo {
+        /// Chat id.
+        chat_id: String,
+        /// The newest message of ours that was read (Telegram: the chat's `max_id`).
+        message_id: String,
+    },
 }
 
 impl Event {
@@ -182,7 +221,7 @@ impl Event {
     pub fn chat_id(&self) -> &str {
         match self {
             Event::Message(m) => &m.chat_id,
-            Event::Deleted { chat_id, .. } | Event::Status { chat_id, .. } => chat_id,
+            Event::Deleted { chat_id, .. } | Event::Status { chat_id, .. } | Event::ReadUpTo { chat_id, .. } => chat_id,
         }
     }
 
@@ -193,6 +232,7 @@ impl Event {
             Event::Message(m) => m.message_id.clone(),
             Event::Deleted { message_id, .. } => format!("{message_id}#deleted"),
             Event::Status { message_id, status, .. } => format!("{message_id}#{status}"),
+            Event::ReadUpTo { message_id, .. } => format!("{message_id}#read-up-to"),
         }
     }
 }

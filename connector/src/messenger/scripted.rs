@@ -108,6 +108,8 @@ fn to_message(u: wire::Update) -> Message {
         history: false,
         outgoing: u.outgoing,
         customer: u.customer.map(|c| Identity { id: c.id, name: c.name, phone: c.phone, username: c.username }),
+        forwarded_from: None,
+        reply_to: None,
     }
 }
 

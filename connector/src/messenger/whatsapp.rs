@@ -230,45 +230,7 @@ impl WhatsApp {
         let Some(chat) = wa_id.clone().or(user_id.clone()) else { return Ok(None) };
         let id = m["id"].as_str().unwrap_or_default().to_string();
         let at = m["timestamp"].as_str().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) * 1000;
-        let kind = m["type"].as_str().unwrap_or("text");
-        let caption = |v: &Value| v["caption"].as_str().unwrap_or_default().to_string();
-        let content = match kind {
-            "text" => Content::Text { text: m["text"]["body"].as_str().unwrap_or_default().to_string() },
-            "image" | "document" | "audio" | "video" | "voice" | "sticker" => {
-                let part = &m[kind];
-                let mime = part["mime_type"].as_str().unwrap_or("application/octet-stream").to_string();
-                let ext = mime.split(['/', ';']).nth(1).unwrap_or("bin").trim().to_string();
-                let media_id = part["id"].as_str().unwrap_or_default();
-                Content::Media {
-                    media: MediaRef {
-                        id: format!("wa:{media_id}"),
-                        kind: match kind {
-                            "image" | "sticker" => "photo",
-                            "audio" if part["voice"].as_bool() == Some(true) => "voice",
-                            "voice" => "voice",
-                            k => k,
-                        }
-                        .into(),
-                        file_name: part["filename"]
-                            .as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| format!("{kind}_{media_id}.{ext}")),
-                        mime_type: mime,
-                        size: 0,
-                    },
-                    caption: caption(part),
-                }
-            }
-            "location" => Content::Location {
-                latitude: m["location"]["latitude"].as_f64().unwrap_or_default(),
-                longitude: m["location"]["longitude"].as_f64().unwrap_or_default(),
-            },
-            "contacts" => Content::Contact {
-                name: m["contacts"][0]["name"]["formatted_name"].as_str().unwrap_or_default().to_string(),
-                phone: m["contacts"][0]["phones"][0]["phone"].as_str().unwrap_or_default().to_string(),
-            },
-            other => Content::Text { text: format!("[{other} message]") },
-        };
+        let content = content_of(m);
         // The window opens with the customer's last message.
         let known = self.read(&format!("wa-inbound:{chat}")).await?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         if at >= known {
@@ -293,6 +255,8 @@ impl WhatsApp {
             history: false,
             outgoing: false,
             customer: None,
+            forwarded_from: None,
+            reply_to: None,
         }))))
     }
 
@@ -474,5 +438,99 @@ impl Messenger for WhatsApp {
     async fn logout(&self) -> Result<(), MessengerError> {
         // Nothing to end: the number stays registered with the Meta app.
         Ok(())
+    }
+}
+
+/// What a customer's WhatsApp message carries, from the webhook's `message`.
+fn content_of(m: &Value) -> Content {
+    let kind = m["type"].as_str().unwrap_or("text");
+    let caption = |v: &Value| v["caption"].as_str().unwrap_or_default().to_string();
+    match kind {
+        "text" => Content::Text { text: m["text"]["body"].as_str().unwrap_or_default().to_string() },
+        "image" | "document" | "audio" | "video" | "voice" | "sticker" => {
+            let part = &m[kind];
+            let mime = part["mime_type"].as_str().unwrap_or("application/octet-stream").to_string();
+            let ext = mime.split(['/', ';']).nth(1).unwrap_or("bin").trim().to_string();
+            let media_id = part["id"].as_str().unwrap_or_default();
+            Content::Media {
+                media: MediaRef {
+                    id: format!("wa:{media_id}"),
+                    kind: match kind {
+                        "image" | "sticker" => "photo",
+                        "audio" if part["voice"].as_bool() == Some(true) => "voice",
+                        "voice" => "voice",
+                        k => k,
+                    }
+                    .into(),
+                    file_name: part["filename"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{kind}_{media_id}.{ext}")),
+                    mime_type: mime,
+                    size: 0,
+                },
+                caption: caption(part),
+            }
+        }
+        "location" => Content::Location {
+            latitude: m["location"]["latitude"].as_f64().unwrap_or_default(),
+            longitude: m["location"]["longitude"].as_f64().unwrap_or_default(),
+        },
+        "contacts" => Content::Contact {
+            name: m["contacts"][0]["name"]["formatted_name"].as_str().unwrap_or_default().to_string(),
+            phone: m["contacts"][0]["phones"][0]["phone"].as_str().unwrap_or_default().to_string(),
+        },
+        // A reply to a template's quick-reply button: its text and payload.
+        "button" => {
+            Content::Text { text: reply_text(m["button"]["text"].as_str(), m["button"]["payload"].as_str(), "button") }
+        }
+        // A reply to an interactive message: the button or list row chosen.
+        "interactive" => {
+            let i = &m["interactive"];
+            let chosen = match i["type"].as_str() {
+                Some("list_reply") => &i["list_reply"],
+                _ => &i["button_reply"],
+            };
+            Content::Text { text: reply_text(chosen["title"].as_str(), chosen["id"].as_str(), "choice") }
+        }
+        other => Content::Text { text: format!("[{other} message]") },
+    }
+}
+
+/// A pressed button or chosen row: its title, and the payload it carries.
+fn reply_text(title: Option<&str>, payload: Option<&str>, what: &str) -> String {
+    let title = title.unwrap_or_default();
+    match payload.filter(|p| !p.is_empty() && *p != title) {
+        Some(p) => format!("{title} [{what}: {p}]"),
+        None => format!("{title} [{what}]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text_of(m: Value) -> String {
+        match content_of(&m) {
+            Content::Text { text } => text,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn button_and_interactive_replies_keep_their_titles_and_payloads() {
+        let quick = json!({ "type": "button", "button": { "text": "Yes, book it", "payload": "CONFIRM_42" } });
+        assert_eq!(text_of(quick), "Yes, book it [button: CONFIRM_42]");
+        let button = json!({ "type": "interactive", "interactive": {
+            "type": "button_reply", "button_reply": { "id": "slot-10am", "title": "10:00" } } });
+        assert_eq!(text_of(button), "10:00 [choice: slot-10am]");
+        let row = json!({ "type": "interactive", "interactive": {
+            "type": "list_reply", "list_reply": { "id": "size-42", "title": "42", "description": "EU" } } });
+        assert_eq!(text_of(row), "42 [choice: size-42]");
+        // A payload that only repeats the title is not said twice.
+        let same = json!({ "type": "button", "button": { "text": "Stop", "payload": "Stop" } });
+        assert_eq!(text_of(same), "Stop [button]");
+        assert_eq!(text_of(json!({ "type": "order" })), "[order message]");
     }
 }

@@ -121,6 +121,22 @@ impl Store {
 
     /// The chat of `account`'s stored message `message_id` (its inbox key), if any.
     pub async fn chat_of_message(&self, account: &str, message_id: &str) -> Result<Option<String>> {
+        self.chat_of_message_inner(account, message_id).await
+    }
+
+    /// The stored event of message `message_id` in `chat` (what a reply quotes).
+    pub async fn message_payload(&self, account: &str, chat: &str, message_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT payload FROM inbox WHERE account = $1 AND chat_id = $2 AND event_key = $3 LIMIT 1",
+        )
+        .bind(account)
+        .bind(chat)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn chat_of_message_inner(&self, account: &str, message_id: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT chat_id FROM inbox WHERE account = $1 AND event_key = $2 ORDER BY seq DESC LIMIT 1",
         )

@@ -163,6 +163,19 @@ impl Store {
         Ok(if in_flight.is_some() { Echo::Undecided } else { Echo::NotOurs })
     }
 
+    /// The message ids of the replies sent in `chat` that are not yet read (nor failed).
+    pub async fn outbox_unread(&self, account: &str, chat: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT message_id FROM outbox WHERE account = $1 AND chat_id = $2 AND state = 'sent'
+               AND message_id IS NOT NULL AND (delivery IS NULL OR (delivery <> 'read' AND delivery NOT LIKE 'failed%'))",
+        )
+        .bind(account)
+        .bind(chat)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("message_id")?)).collect()
+    }
+
     /// Dead-letters `seq`.
     pub async fn outbox_dead(&self, seq: i64, reason: &str) -> Result<()> {
         sqlx::query("UPDATE outbox SET state = 'dead', last_error = $2 WHERE seq = $1")

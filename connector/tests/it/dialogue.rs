@@ -154,3 +154,20 @@ async fn sqlite_both_sides_of_the_dialogue() {
     let dir = tempfile::tempdir().unwrap();
     both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(&sqlite(&dir)).await;
 }
+
+/// Emoji with skin tones and joiners, right-to-left Arabic, and combining marks.
+const UNUSUAL: &str = "Привет 👋🏽 👩‍👩‍👧 — مرحبا بك، — e\u{301} n\u{303} A\u{30a}\u{31b}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_text_survives_both_ways_byte_for_byte() {
+    let shop = Shop::new(&pg("unusual")).await;
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("7101", "u1", "Layla", UNUSUAL)]);
+    let notes = shop.notes(1).await;
+    assert_eq!(body(&notes[0]).as_bytes(), UNUSUAL.as_bytes(), "{notes:?}");
+    let lead = shop.fake.snapshot().leads[0].id;
+    shop.fake.add_manager_note(lead, 1001, &format!(">> {UNUSUAL}"));
+    let sent = eventually_some("the reply", 30, || shop.messenger.sent().first().cloned()).await;
+    assert_eq!(sent.text.as_bytes(), UNUSUAL.as_bytes());
+    let _ = stop.send(true);
+}

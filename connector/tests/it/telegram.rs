@@ -901,3 +901,67 @@ async fn the_owners_messages_reach_the_crm_and_an_in_doubt_reply_is_not_taken_fo
     assert!(!texts.iter().any(|t| t.contains("Shall I reserve")), "the reply is not echoed: {texts:?}");
     let _ = w.stop.send(true);
 }
+
+#[tokio::test]
+async fn a_read_receipt_marks_every_reply_up_to_it_read() {
+    let w = whole("tgread", "{}", FakeTelegram::new(Script::default())).await;
+    w.fake.customer_says(501, "Anna", "Two questions", true);
+    eventually("the customer's note", || has_note(&w.amo, "Two questions")).await;
+    let lead = w.amo.snapshot().leads[0].id;
+    w.amo.add_manager_note(lead, 1001, ">> First answer");
+    eventually("the first reply", || w.fake.sent().len() == 1).await;
+    w.amo.add_manager_note(lead, 1001, ">> Second answer");
+    eventually("the second reply", || w.fake.sent().len() == 2).await;
+    let sent = w.fake.sent();
+    let (first, second) = (sent[0].id.to_string(), sent[1].id.to_string());
+    let (store, account) = (w.store.clone(), w.parts.key.clone());
+    let delivery = |id: String| {
+        let (store, account) = (store.clone(), account.clone());
+        async move { store.outbox_delivery_of(&account, &id).await.map_err(|e| e.to_string()) }
+    };
+    crmessenger_testkit::checks::eventually("both replies recorded as sent", 30, || async {
+        let c = store.counts(&account).await.map_err(|e| e.to_string())?;
+        if c.outbox_pending == 0 { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
+    assert_eq!(delivery(first.clone()).await.unwrap(), None, "no receipt yet");
+    // Telegram says only how far the customer read: the first reply.
+    w.fake.customer_reads(501, sent[0].id);
+    crmessenger_testkit::checks::eventually("the first reply read", 30, || async {
+        match delivery(first.clone()).await?.as_deref() {
+            Some("read") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_ne!(delivery(second.clone()).await.unwrap().as_deref(), Some("read"), "a later reply is not read yet");
+    // Then the whole chat: both are read.
+    w.fake.customer_reads(501, sent[1].id);
+    crmessenger_testkit::checks::eventually("the second reply read", 30, || async {
+        match delivery(second.clone()).await?.as_deref() {
+            Some("read") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test]
+async fn forwards_name_their_origin_and_replies_carry_what_they_answer() {
+    let w = whole("tgcontext", "{}", FakeTelegram::new(Script::default())).await;
+    let asked = w.fake.customer_says(501, "Anna", "Do you have the blue mug?\nIn size L?", true);
+    eventually("the question", || has_note(&w.amo, "blue mug")).await;
+    w.fake.customer_forwards(501, "Boris Ivanov", "Their price is 12 EUR");
+    eventually("the forward", || has_note(&w.amo, "[forwarded from Boris Ivanov]\nTheir price is 12 EUR")).await;
+    // A reply to a whole message: the stored message is quoted, line by line.
+    w.fake.customer_replies(501, asked, None, "Or in green");
+    eventually("the reply with its quote", || {
+        has_note(&w.amo, "> Do you have the blue mug?\n> In size L?\nOr in green")
+    })
+    .await;
+    // A reply quoting a part: Telegram's own quote is kept.
+    w.fake.customer_replies(501, asked, Some("size L"), "M is fine too");
+    eventually("the reply with the quoted part", || has_note(&w.amo, "> size L\nM is fine too")).await;
+    let _ = w.stop.send(true);
+}

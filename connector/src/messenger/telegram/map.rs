@@ -140,6 +140,37 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
         history: false,
         outgoing: m.out,
         customer,
+        forwarded_from: m.fwd_from.as_ref().map(|f| forwarded_from(f, peers)),
+        reply_to: reply_to(m.reply_to.as_ref()),
+    })
+}
+
+/// Who a forwarded message came from: the name Telegram shows (a hidden
+/// account's chosen name, a person, or a channel).
+fn forwarded_from(f: &tl::enums::MessageFwdHeader, peers: &Peers) -> String {
+    let tl::enums::MessageFwdHeader::Header(f) = f;
+    if let Some(name) = f.from_name.clone().filter(|n| !n.is_empty()) {
+        return name;
+    }
+    match &f.from_id {
+        Some(tl::enums::Peer::User(u)) => {
+            let who = peers.identity(u.user_id);
+            if who.name.is_empty() { format!("user {}", u.user_id) } else { who.name }
+        }
+        Some(p) => {
+            let id = chat_id_of(p);
+            peers.chats.get(&id.parse().unwrap_or_default()).map(|(title, _)| title.clone()).unwrap_or(id)
+        }
+        None => "a hidden account".into(),
+    }
+}
+
+/// The message a message answers, with the part its writer quoted.
+fn reply_to(r: Option<&tl::enums::MessageReplyHeader>) -> Option<crate::messenger::Reply> {
+    let Some(tl::enums::MessageReplyHeader::Header(h)) = r else { return None };
+    Some(crate::messenger::Reply {
+        message_id: h.reply_to_msg_id?.to_string(),
+        quote: h.quote_text.clone().filter(|q| !q.is_empty()),
     })
 }
 
@@ -258,6 +289,14 @@ pub fn event(update: &tl::enums::Update, peers: &Peers, chat_of: impl Fn(i32) ->
             .iter()
             .map(|id| Event::Deleted { chat_id: chat_of(*id).unwrap_or_default(), message_id: id.to_string() })
             .collect(),
+        // Our messages read by the customer, up to `max_id` (bots get none).
+        U::ReadHistoryOutbox(u) => {
+            vec![Event::ReadUpTo { chat_id: chat_id_of(&u.peer), message_id: u.max_id.to_string() }]
+        }
+        U::ReadChannelOutbox(u) => vec![Event::ReadUpTo {
+            chat_id: dialog_id(PeerId::channel_unchecked(u.channel_id)).to_string(),
+            message_id: u.max_id.to_string(),
+        }],
         U::DeleteChannelMessages(u) => {
             let chat = dialog_id(PeerId::channel_unchecked(u.channel_id)).to_string();
             u.messages.iter().map(|id| Event::Deleted { chat_id: chat.clone(), message_id: id.to_string() }).collect()

@@ -66,6 +66,8 @@ pub fn to_message(i: &Incoming) -> Message {
         history: false,
         outgoing: false,
         customer: None,
+        forwarded_from: None,
+        reply_to: None,
     }
 }
 

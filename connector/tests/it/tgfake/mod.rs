@@ -461,15 +461,63 @@ impl FakeTelegram {
         media: Option<tl::enums::MessageMedia>,
         live: bool,
     ) -> i32 {
-        self.log(chat, from, false, text, media, live)
+        self.log(chat, from, false, text, media, live, |_| {})
+    }
+
+    /// A customer forwards a message written by `author` (shown by name only, as
+    /// for an account that hides its forwards).
+    pub fn customer_forwards(&self, user_id: i64, author: &str, text: &str) -> i32 {
+        let author = author.to_string();
+        self.log(user_id, None, false, text, None, true, move |m| {
+            m.fwd_from = Some(tl::enums::MessageFwdHeader::Header(tl::types::MessageFwdHeader {
+                imported: false,
+                saved_out: false,
+                from_id: None,
+                from_name: Some(author),
+                date: now() - 3600,
+                channel_post: None,
+                post_author: None,
+                saved_from_peer: None,
+                saved_from_msg_id: None,
+                saved_from_id: None,
+                saved_from_name: None,
+                saved_date: None,
+                psa_type: None,
+            }))
+        })
+    }
+
+    /// A customer answers message `to` in their private chat, quoting `quote` of it
+    /// when given (Telegram sends the quoted part only when the writer selected one).
+    pub fn customer_replies(&self, user_id: i64, to: i32, quote: Option<&str>, text: &str) -> i32 {
+        let quote = quote.map(str::to_string);
+        self.log(user_id, None, false, text, None, true, move |m| {
+            m.reply_to = Some(tl::enums::MessageReplyHeader::Header(tl::types::MessageReplyHeader {
+                reply_to_scheduled: false,
+                forum_topic: false,
+                quote: quote.is_some(),
+                reply_to_ephemeral: false,
+                reply_to_msg_id: Some(to),
+                reply_to_peer_id: None,
+                reply_from: None,
+                reply_media: None,
+                reply_to_top_id: None,
+                quote_text: quote,
+                quote_entities: None,
+                quote_offset: None,
+                todo_item_id: None,
+                poll_option: None,
+            }))
+        })
     }
 
     /// What the account's owner writes in a private chat from their own phone:
     /// an `out` message with no `from_id` (as Telegram sends private messages).
     pub fn owner_says(&self, user_id: i64, text: &str, live: bool) -> i32 {
-        self.log(user_id, None, true, text, None, live)
+        self.log(user_id, None, true, text, None, live, |_| {})
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
         chat: i64,
@@ -478,13 +526,17 @@ impl FakeTelegram {
         text: &str,
         media: Option<tl::enums::MessageMedia>,
         live: bool,
+        adjust: impl FnOnce(&mut tl::types::Message),
     ) -> i32 {
         let (update, users, chats, id) = {
             let mut w = self.world.lock().unwrap();
             w.pts += 1;
             w.next_id += 1;
             let (id, pts, date) = (w.next_id, w.pts, now());
-            let m = message(id, peer_enum(chat), from, out, text, media, date, None);
+            let mut m = message(id, peer_enum(chat), from, out, text, media, date, None);
+            if let tl::enums::Message::Message(inner) = &mut m {
+                adjust(inner);
+            }
             w.log.push((pts, m.clone()));
             let users: Vec<_> =
                 from.or((chat > 0).then_some(chat)).and_then(|u| w.users.get(&u).cloned()).into_iter().collect();
@@ -559,6 +611,25 @@ impl FakeTelegram {
             self.push_update(tl::enums::Update::NewChannelMessage(update), vec![], vec![chat]);
         }
         id
+    }
+
+    /// A customer opens the private chat: our messages up to `max_id` are read
+    /// (`updateReadHistoryOutbox`, logged for getDifference and pushed live).
+    pub fn customer_reads(&self, user_id: i64, max_id: i32) {
+        let u = {
+            let mut w = self.world.lock().unwrap();
+            w.pts += 1;
+            let u = tl::enums::Update::ReadHistoryOutbox(tl::types::UpdateReadHistoryOutbox {
+                peer: peer_enum(user_id),
+                max_id,
+                pts: w.pts,
+                pts_count: 1,
+            });
+            let pts = w.pts;
+            w.other_log.push((pts, u.clone()));
+            u
+        };
+        self.push_update(u, vec![], vec![]);
     }
 
     /// A customer edits a message (logged for getDifference; pushed when `live`).
