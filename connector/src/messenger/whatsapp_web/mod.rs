@@ -41,31 +41,40 @@ pub struct Incoming {
     pub at_ms: i64,
     /// Its text, if it has one.
     pub text: Option<String>,
+    /// Sent by the account itself: from the owner's phone (a device-sent message)
+    /// or another of its linked devices.
+    pub from_me: bool,
 }
 
-/// The connector's message of an incoming one.
+/// The person a JID names: its user part, with the phone number when it is one.
+fn identity_of(jid: &str, name: &str) -> Identity {
+    let user = jid.split(['@', ':']).next().unwrap_or_default().to_string();
+    let is_phone = jid.ends_with("@s.whatsapp.net") && user.bytes().all(|b| b.is_ascii_digit());
+    Identity {
+        id: user.clone(),
+        name: if name.is_empty() { user.clone() } else { name.to_string() },
+        phone: is_phone.then(|| format!("+{user}")),
+        username: None,
+    }
+}
+
+/// The connector's message of an incoming one (or of one the account sent from
+/// the owner's phone: outgoing, to the chat's person).
 pub fn to_message(i: &Incoming) -> Message {
-    let user = i.sender.split(['@', ':']).next().unwrap_or_default().to_string();
-    let is_phone = i.sender.ends_with("@s.whatsapp.net") && user.bytes().all(|b| b.is_ascii_digit());
     Message {
         chat_id: i.chat.clone(),
         chat_kind: if i.is_group { ChatKind::Group } else { ChatKind::Private },
         chat_title: None,
         message_id: i.id.clone(),
-        sender: Identity {
-            id: user.clone(),
-            name: if i.push_name.is_empty() { user.clone() } else { i.push_name.clone() },
-            phone: is_phone.then(|| format!("+{user}")),
-            username: None,
-        },
+        sender: identity_of(&i.sender, &i.push_name),
         content: Content::Text {
             text: i.text.clone().unwrap_or_else(|| "[a message this connector cannot show]".into()),
         },
         sent_at_ms: i.at_ms,
         edited: false,
         history: false,
-        outgoing: false,
-        customer: None,
+        outgoing: i.from_me,
+        customer: (i.from_me && !i.is_group).then(|| identity_of(&i.chat, "")),
         forwarded_from: None,
         reply_to: None,
     }
@@ -99,9 +108,6 @@ impl whatsapp_rust::InboundDurabilityHook for Durable {
         batch: &[whatsapp_rust::wacore::types::events::InboundMessage],
     ) -> whatsapp_rust::anyhow::Result<()> {
         for m in batch {
-            if m.info.source.is_from_me {
-                continue;
-            }
             let incoming = Incoming {
                 chat: m.info.source.chat.to_string(),
                 is_group: m.info.source.is_group,
@@ -110,10 +116,15 @@ impl whatsapp_rust::InboundDurabilityHook for Durable {
                 id: m.info.id.to_string(),
                 at_ms: m.info.timestamp.timestamp_millis(),
                 text: m.message.text_content().map(str::to_string),
+                from_me: m.info.source.is_from_me,
             };
             let event = Event::Message(Box::new(to_message(&incoming)));
             self.backend.put_inbound(&inbound_key(&incoming), &event).await?;
-            lock(&self.shared).last_in.insert(incoming.chat.clone(), (incoming.id.clone(), incoming.sender.clone()));
+            if !incoming.from_me {
+                lock(&self.shared)
+                    .last_in
+                    .insert(incoming.chat.clone(), (incoming.id.clone(), incoming.sender.clone()));
+            }
         }
         self.fed.notify_one();
         Ok(())
@@ -330,8 +341,10 @@ mod tests {
             id: "3EB0ABC".into(),
             at_ms: 1_700_000_000_000,
             text: Some("hi".into()),
+            from_me: false,
         };
         let m = to_message(&i);
+        assert!(!m.outgoing);
         assert_eq!(
             (m.chat_id.as_str(), m.chat_kind, m.caption()),
             ("15550001111@s.whatsapp.net", ChatKind::Private, "hi")
@@ -349,5 +362,23 @@ mod tests {
         });
         assert_eq!((g.chat_kind, g.sender.id.as_str(), g.sender.phone.clone()), (ChatKind::Group, "2040", None));
         assert!(g.caption().contains("cannot show"));
+    }
+
+    #[test]
+    fn what_the_owner_sends_from_the_phone_is_the_accounts_side() {
+        let m = to_message(&Incoming {
+            chat: "15550001111@s.whatsapp.net".into(),
+            is_group: false,
+            sender: "15550009999:12@s.whatsapp.net".into(),
+            push_name: "Shop".into(),
+            id: "3EB0DEF".into(),
+            at_ms: 1_700_000_000_000,
+            text: Some("On our way".into()),
+            from_me: true,
+        });
+        assert!(m.outgoing);
+        assert_eq!(m.sender.id, "15550009999");
+        let customer = m.customer.expect("the person written to");
+        assert_eq!((customer.id.as_str(), customer.phone.as_deref()), ("15550001111", Some("+15550001111")));
     }
 }
