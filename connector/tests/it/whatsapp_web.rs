@@ -179,6 +179,7 @@ async fn customer_messages_are_kept_until_the_inbox_has_them() {
         id: id.into(),
         at_ms,
         text: Some(format!("text {id}")),
+        from_me: false,
     };
     // Stored as the hook stores them (a redelivery lands on the same key), out of order.
     for m in [msg("B", 2_000), msg("A", 1_000), msg("B", 2_000), msg("C", 10_000)] {
