@@ -192,7 +192,6 @@ impl Bridge {
             return Ok(false);
         }
         let source = format!("chat:{crm_message_id}");
-        let now = self.clock.now_ms();
         let media = media.map(|m| serde_json::to_string(&m).unwrap_or_default());
         let reply = crate::store::NewReply {
             source_id: &source,
@@ -201,7 +200,7 @@ impl Bridge {
             crm_message_id: Some(crm_message_id),
             media: media.as_deref(),
         };
-        let added = self.store.outbox_add(self.account(), &reply, now).await.map_err(db)?;
+        let added = self.queue_parts(self.account(), &reply).await.map_err(db)?;
         Ok(added)
     }
 

@@ -224,6 +224,56 @@ pub fn after_turns(current: Option<i64>, turns: &[Turn], written_ms: i64) -> (Op
     (waiting, answered)
 }
 
+/// The longest text one message carries: Telegram's 4,096 (counted in UTF-16
+/// units, as Telegram counts) and WhatsApp's 4,096 characters.
+pub const MESSAGE_LIMIT: usize = 4096;
+
+/// A reply cut into messages of at most `limit` UTF-16 units, in order: at the
+/// last paragraph break, line break or space that fits, else at a character that
+/// does not start a combining sequence (a mark, a joiner, a skin tone or a
+/// variation selector stays with what it modifies). Nothing is added or lost:
+/// the parts put back together are the text.
+pub fn split_text(text: &str, limit: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.encode_utf16().count() > limit {
+        // The longest prefix within the limit, as a byte offset.
+        let mut fit = 0;
+        let mut units = 0;
+        for (i, c) in rest.char_indices() {
+            units += c.len_utf16();
+            if units > limit {
+                break;
+            }
+            fit = i + c.len_utf8();
+        }
+        let head = &rest[..fit];
+        let at = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| head.rfind(sep).map(|i| i + sep.len()).filter(|&i| i > fit / 2))
+            .unwrap_or_else(|| {
+                let mut at = fit;
+                while at > 0 && rest[at..].chars().next().is_some_and(continues) {
+                    at = rest[..at].char_indices().next_back().map_or(0, |(i, _)| i);
+                }
+                if at == 0 { fit } else { at }
+            });
+        parts.push(rest[..at].to_string());
+        rest = &rest[at..];
+    }
+    parts.push(rest.to_string());
+    parts
+}
+
+/// Whether `c` belongs to the character before it (combining marks, joiners,
+/// variation selectors, emoji skin tones).
+fn continues(c: char) -> bool {
+    matches!(c as u32,
+        0x0300..=0x036F | 0x0483..=0x0489 | 0x0591..=0x05BD | 0x0610..=0x061A | 0x064B..=0x065F | 0x0670
+        | 0x06D6..=0x06DC | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x200C | 0x200D | 0x20D0..=0x20FF
+        | 0xFE00..=0xFE0F | 0xFE20..=0xFE2F | 0x1F3FB..=0x1F3FF | 0xE0100..=0xE01EF)
+}
+
 /// The escalation task on a lead left unanswered: due `deadline` from `now_ms`.
 pub fn escalation_task(lead_id: i64, text: &str, now_ms: i64, deadline: Duration) -> TaskRequest {
     TaskRequest {
@@ -430,6 +480,26 @@ mod tests {
         // The owner's answer in imported history counts too; history alone starts no wait.
         assert_eq!(after_turns(Some(1_000), &[turn(500, true, true)], 5_000), (None, true));
         assert_eq!(after_turns(None, &[turn(500, false, true)], 5_000), (None, false));
+    }
+
+    #[test]
+    fn long_replies_are_cut_in_order_without_losing_or_breaking_anything() {
+        let words: String = (0..2000).map(|i| format!("word{i} ")).collect();
+        let parts = split_text(&words, MESSAGE_LIMIT);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.concat(), words, "nothing added or lost");
+        assert!(parts.iter().all(|p| p.encode_utf16().count() <= MESSAGE_LIMIT));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.ends_with(' ')), "cut at spaces");
+        // No space to cut at: emoji with a skin tone and letters with combining
+        // marks are never split from what they modify.
+        let dense = "e\u{301}👋🏽".repeat(3000);
+        let parts = split_text(&dense, 100);
+        assert_eq!(parts.concat(), dense);
+        for p in &parts {
+            assert!(p.encode_utf16().count() <= 100, "{}", p.encode_utf16().count());
+            assert!(!p.chars().next().is_some_and(continues), "a part starts with a combining character");
+        }
+        assert_eq!(split_text("short", MESSAGE_LIMIT), vec!["short".to_string()]);
     }
 
     #[test]

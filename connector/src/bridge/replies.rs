@@ -49,9 +49,27 @@ impl Bridge {
             return Ok(false);
         };
         let new = NewReply { source_id: &reply.source_id, chat_id: &chat, text: &reply.text, ..Default::default() };
-        let added = self.store.outbox_add(&account, &new, self.clock.now_ms()).await?;
+        let added = self.queue_parts(&account, &new).await?;
         if added {
             self.store.notify(&account).await?;
+        }
+        Ok(added)
+    }
+
+    /// Queues a reply as messages the messenger accepts: a text over its limit as
+    /// ordered parts, each queued once under its own source id (`<source>`, then
+    /// `<source>#2`, …), so a crash between them queues the rest again and a part
+    /// already queued never twice. A file's caption is not cut.
+    pub(super) async fn queue_parts(&self, account: &str, reply: &NewReply<'_>) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        if reply.media.is_some() {
+            return self.store.outbox_add(account, reply, now).await;
+        }
+        let mut added = false;
+        for (i, part) in plan::split_text(reply.text, plan::MESSAGE_LIMIT).iter().enumerate() {
+            let source = if i == 0 { reply.source_id.to_string() } else { format!("{}#{}", reply.source_id, i + 1) };
+            let part = NewReply { source_id: &source, text: part, ..*reply };
+            added |= self.store.outbox_add(account, &part, now).await?;
         }
         Ok(added)
     }

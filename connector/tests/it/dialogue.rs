@@ -171,3 +171,38 @@ async fn unusual_text_survives_both_ways_byte_for_byte() {
     assert_eq!(sent.text.as_bytes(), UNUSUAL.as_bytes());
     let _ = stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reply_goes_as_ordered_parts_once_across_a_restart() {
+    let shop = Shop::new(&pg("longreply")).await;
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("7201", "q1", "Oleg", "Send me the full terms, please")]);
+    shop.notes(1).await;
+    let lead = shop.fake.snapshot().leads[0].id;
+    // 10,000 characters with spaces (Cyrillic: two bytes each in UTF-8).
+    let terms: String = (0..1000).map(|i| format!("пункт{i:04} ")).collect();
+    assert_eq!(terms.chars().count(), 10_000);
+    // The connector stops once the first part is out, the next send attempt
+    // fails, and a new connector finishes the job.
+    shop.fake.add_manager_note(lead, 1001, &format!(">> {terms}"));
+    eventually_some("the first part", 30, || (!shop.messenger.sent().is_empty()).then_some(())).await;
+    shop.messenger.inject(crmessenger_fake_messenger::Fault {
+        op: "send".into(),
+        status: 503,
+        times: 1,
+        flood_wait_secs: 0,
+    });
+    let _ = stop.send(true);
+    let stop = shop.start().await;
+    let sent = eventually_some("three parts", 60, || {
+        let sent = shop.messenger.sent();
+        (sent.len() >= 3).then_some(sent)
+    })
+    .await;
+    // The trimmed text (the prefix and its space go) arrives whole, in order, once.
+    let expected = terms.trim();
+    assert_eq!(sent.len(), 3, "{:?}", sent.iter().map(|s| s.text.chars().count()).collect::<Vec<_>>());
+    assert_eq!(sent.iter().map(|s| s.text.as_str()).collect::<String>(), expected);
+    assert!(sent.iter().all(|s| s.text.encode_utf16().count() <= 4096));
+    let _ = stop.send(true);
+}

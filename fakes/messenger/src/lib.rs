@@ -358,6 +358,10 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
     if req.text.trim().is_empty() {
         return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "MESSAGE_EMPTY" }))).into_response();
     }
+    // Like Telegram: at most 4,096 UTF-16 units in one message.
+    if req.text.encode_utf16().count() > 4096 {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "MESSAGE_TOO_LONG" }))).into_response();
+    }
     if let Some(prev) = inner.sent.iter().find(|m| m.chat_id == req.chat_id && m.random_id == req.random_id) {
         return Json(SendResponse { message_id: prev.message_id.clone(), duplicate: true }).into_response();
     }

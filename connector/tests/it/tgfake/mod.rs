@@ -967,6 +967,9 @@ impl FakeTelegram {
                 if w.random_ids.contains_key(&r.random_id) {
                     return Err(rpc(400, "RANDOM_ID_DUPLICATE"));
                 }
+                if r.message.encode_utf16().count() > 4096 {
+                    return Err(rpc(400, "MESSAGE_TOO_LONG"));
+                }
                 let chat = peer_of(&r.peer).ok_or_else(|| rpc(400, "PEER_ID_INVALID"))?;
                 let answer = record_sent(&mut w, chat, &r.message, r.random_id, None);
                 if std::mem::take(&mut w.lose_next_send_answer) {
