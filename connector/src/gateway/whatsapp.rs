@@ -107,6 +107,12 @@ fn parse_whatsapp(body: &[u8]) -> Result<Vec<WhatsAppItem>, String> {
             let payload = serde_json::json!({ "message": m, "contact": contact }).to_string();
             out.push((number.to_string(), EVENT_MESSAGE, id.to_string(), payload));
         }
+        // Coexistence numbers: what the owner sent from the WhatsApp Business app.
+        for m in value["message_echoes"].as_array().into_iter().flatten() {
+            let id = m["id"].as_str().ok_or("an echo without id")?;
+            let payload = serde_json::json!({ "message": m, "echo": true }).to_string();
+            out.push((number.to_string(), EVENT_MESSAGE, id.to_string(), payload));
+        }
         for s in value["statuses"].as_array().into_iter().flatten() {
             let (Some(id), Some(status)) = (s["id"].as_str(), s["status"].as_str()) else {
                 return Err("a status without id or status".into());
@@ -148,6 +154,21 @@ mod whatsapp_tests {
         assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", &good[7..]));
         assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", "sha256=zz"));
         assert!(!verify_hub_signature("Jefe", b"what do ya want for nothing?", ""));
+    }
+
+    #[test]
+    fn owner_echoes_from_the_business_app_are_messages_of_their_number() {
+        let body = serde_json::json!({ "entry": [{ "changes": [{ "field": "smb_message_echoes", "value": {
+            "metadata": { "phone_number_id": "111" },
+            "message_echoes": [{ "from": "15550009999", "to": "15550001111", "id": "wamid.E1",
+                "timestamp": "1700000000", "type": "text", "text": { "body": "hi" } }] } }] }] });
+        let items = parse_whatsapp(body.to_string().as_bytes()).unwrap();
+        assert_eq!((items[0].0.as_str(), items[0].1, items[0].2.as_str()), ("111", "wa-message", "wamid.E1"));
+        let payload: serde_json::Value = serde_json::from_str(&items[0].3).unwrap();
+        assert_eq!(payload["echo"], true);
+        let no_id = serde_json::json!({ "entry": [{ "changes": [{ "value": {
+            "metadata": { "phone_number_id": "111" }, "message_echoes": [{ "to": "1" }] } }] }] });
+        assert!(parse_whatsapp(no_id.to_string().as_bytes()).is_err());
     }
 
     #[test]

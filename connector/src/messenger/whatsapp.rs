@@ -224,6 +224,9 @@ impl WhatsApp {
     /// A customer's message webhook as an event (and what the adapter learns from it).
     async fn message_event(&self, payload: &Value) -> Result<Option<Event>, MessengerError> {
         let m = &payload["message"];
+        if payload["echo"].as_bool() == Some(true) {
+            return Ok(echo_event(m));
+        }
         let contact = &payload["contact"];
         let wa_id = m["from"].as_str().or(contact["wa_id"].as_str()).map(str::to_string);
         let user_id = m["from_user_id"].as_str().or(contact["user_id"].as_str()).map(str::to_string);
@@ -439,6 +442,30 @@ impl Messenger for WhatsApp {
         // Nothing to end: the number stays registered with the Meta app.
         Ok(())
     }
+}
+
+/// What the owner sent from the WhatsApp Business app on a coexistence number
+/// (`smb_message_echoes`): the account's side of the chat with `to`. It opens
+/// no customer-service window.
+fn echo_event(m: &Value) -> Option<Event> {
+    let to = m["to"].as_str()?.to_string();
+    let phone = |n: &str| if n.starts_with('+') { n.to_string() } else { format!("+{n}") };
+    let from = m["from"].as_str().unwrap_or_default();
+    Some(Event::Message(Box::new(Message {
+        chat_id: to.clone(),
+        chat_kind: ChatKind::Private,
+        chat_title: None,
+        message_id: m["id"].as_str().unwrap_or_default().to_string(),
+        sender: Identity { id: from.to_string(), name: String::new(), phone: Some(phone(from)), username: None },
+        content: content_of(m),
+        sent_at_ms: m["timestamp"].as_str().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) * 1000,
+        edited: false,
+        history: false,
+        outgoing: true,
+        customer: Some(Identity { id: to.clone(), name: String::new(), phone: Some(phone(&to)), username: None }),
+        forwarded_from: None,
+        reply_to: None,
+    })))
 }
 
 /// What a customer's WhatsApp message carries, from the webhook's `message`.

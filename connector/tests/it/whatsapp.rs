@@ -440,3 +440,29 @@ async fn a_refused_access_token_shows_the_account_logged_out_and_keeps_its_messa
     assert_eq!(kept, 1, "the customer's message is kept");
     let _ = r.stop.send(true);
 }
+
+#[tokio::test]
+async fn what_the_owner_sends_from_the_business_app_is_the_accounts_side_and_opens_no_window() {
+    let r = rig("waecho", true, WindowError::Sync).await;
+    let lead = customer_writes(&r, "Do you ship abroad?").await;
+    // A day later the owner answers from the WhatsApp Business app (coexistence):
+    // Meta reports it as an smb_message_echoes webhook.
+    r.graph.clock().advance(Duration::from_secs(25 * 3600));
+    r.clock.advance(Duration::from_secs(25 * 3600));
+    r.graph.owner_says_from_the_app(CUSTOMER, "Yes, to the EU");
+    eventually("the owner's note", async || has_note(&r.amo, "Yes, to the EU")).await;
+    let notes: Vec<String> = r
+        .amo
+        .snapshot()
+        .notes
+        .iter()
+        .filter_map(|n| n.params["text"].as_str().map(str::to_string))
+        .filter(|t| t.contains("Yes, to the EU"))
+        .collect();
+    assert!(notes[0].starts_with("WhatsApp · → the account owner"), "{notes:?}");
+    assert_eq!(r.amo.snapshot().leads.len(), 1, "the same conversation");
+    // Only the customer opens the 24-hour window: a reply now is the template.
+    let sent = manager_answers(&r, lead, "Shipping takes 3 days").await;
+    assert_eq!(sent.kind, "template");
+    let _ = r.stop.send(true);
+}

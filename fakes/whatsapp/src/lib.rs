@@ -293,6 +293,30 @@ impl FakeGraph {
         )
     }
 
+    /// On a coexistence number, the owner writes to `wa_id` from the WhatsApp
+    /// Business app: Meta reports it as an `smb_message_echoes` webhook. Returns
+    /// the wamid.
+    pub fn owner_says_from_the_app(&self, wa_id: &str, text: &str) -> String {
+        let c = &self.shared.config;
+        let now = self.shared.clock.now_ms();
+        let mut w = self.world();
+        w.next_in += 1;
+        let id = format!("wamid.ECHO{}{}", w.next_in, uuid::Uuid::new_v4().simple());
+        let echo = json!({ "from": c.display_phone_number, "to": wa_id, "id": id,
+            "timestamp": (now / 1000).to_string(), "type": "text", "text": { "body": text } });
+        let value = json!({
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": c.display_phone_number, "phone_number_id": c.phone_number_id },
+            "message_echoes": [echo],
+        });
+        let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "102290129340398",
+            "changes": [{ "field": "smb_message_echoes", "value": value }] }] });
+        w.hooks.push_back((body.to_string(), 0));
+        drop(w);
+        self.shared.kick.notify_one();
+        id
+    }
+
     fn inbound(&self, wa_id: Option<&str>, user_id: Option<&str>, name: &str, content: Value) -> String {
         let c = &self.shared.config;
         let now = self.shared.clock.now_ms();
