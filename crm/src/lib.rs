@@ -82,6 +82,10 @@ pub trait CrmChat: Send + Sync {
     /// linking the chat to the contact first.
     async fn post_chat_message(&self, message: &ChatPost) -> Result<ChatPostRef, CrmError>;
 
+    /// Replaces the text of a message posted earlier (our `msgid` of it), as the
+    /// customer edited or deleted it.
+    async fn edit_chat_message(&self, conversation_id: &str, msgid: &str, text: &str) -> Result<(), CrmError>;
+
     /// Reports delivery or read status of a manager's chat message.
     async fn set_delivery_status(&self, crm_message_id: &str, status: DeliveryStatus) -> Result<(), CrmError>;
 

@@ -49,8 +49,13 @@ impl Bridge {
             if let Event::Message(m) = &mut event {
                 self.quote(chat, m).await.map_err(db)?;
             }
+            // An edit or a deletion changes the message posted before, in place.
+            if let Some(done) = self.edit_in_chat(&conversation_id, &event).await? {
+                self.store.inbox_done(&[(row.seq, done)], now).await.map_err(db)?;
+                continue;
+            }
             let Event::Message(m) = &event else {
-                // The Chats API has no deletion or status event for customer messages.
+                // Statuses of customer messages have no place in the CRM's chat.
                 self.store.inbox_done(&[(row.seq, "skipped".into())], now).await.map_err(db)?;
                 continue;
             };
@@ -114,6 +119,25 @@ impl Bridge {
             self.trace_message(chat, row, m.sent_at_ms, &crm_ref, written);
         }
         Ok(())
+    }
+
+    /// A customer's edit or deletion of a message already in the CRM's chat, made
+    /// there with `edit_message` (amoCRM has no deletion event: the message then
+    /// says it was deleted). `Some(what was done)` when the event was handled; an
+    /// edit of a message the chat never got is posted as a message of its own.
+    async fn edit_in_chat(&self, conversation_id: &str, event: &Event) -> Result<Option<String>, CrmError> {
+        let (original, text) = match event {
+            Event::Message(m) if m.edited && !m.outgoing => (&m.message_id, m.summary()),
+            Event::Deleted { message_id, .. } => (message_id, "[the customer deleted this message]".to_string()),
+            _ => return Ok(None),
+        };
+        let msgid = format!("{conversation_id}:{original}");
+        match self.crm.edit_chat_message(conversation_id, &msgid, &text).await {
+            Ok(()) => Ok(Some(format!("chat-edit:{msgid}"))),
+            Err(CrmError::Rejected { .. }) if matches!(event, Event::Deleted { .. }) => Ok(Some("skipped".into())),
+            Err(CrmError::Rejected { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// An attachment for the CRM's chat: fetched from the messenger, stored, and

@@ -176,6 +176,24 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     };
     assert_eq!(by_bot(&fake.snapshot()), 1, "only the owner's message, no echo of an answer");
 
+    // The customer edits the first message, then deletes the photo's message:
+    // both change the message in amoCRM's chat in place (amoCRM has no deletion
+    // event), and nothing new is posted.
+    let before = fake.snapshot().chat_messages.len();
+    let mut edited = text("6001", "1", "Lena", "Can I pick it up tomorrow?");
+    edited.kind = "edit".into();
+    let mut deleted = text("6001", "2", "Lena", "");
+    deleted.kind = "delete".into();
+    messenger.push(vec![edited, deleted]);
+    let changed = eventually_some("the edit and the deletion in amoCRM's chat", 30, || {
+        let s = fake.snapshot();
+        let first = s.chat_messages.iter().find(|m| m.text == "Can I pick it up tomorrow?")?;
+        let photo = s.chat_messages.iter().find(|m| m.text == "[the customer deleted this message]")?;
+        Some((first.edits, photo.message_type.clone(), s.chat_messages.len()))
+    })
+    .await;
+    assert_eq!(changed, (1, "text".to_string(), before), "edited in place, nothing posted");
+
     // The gateway goes down; the manager answers; amoCRM's single hook fails.
     server.abort();
     let _ = server.await;

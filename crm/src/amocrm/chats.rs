@@ -214,6 +214,21 @@ impl ChatsClient {
         }
     }
 
+    /// `edit_message`: the message we posted as `msgid` now says `text` (amoCRM has
+    /// no deletion event; a deletion is shown by editing).
+    pub(super) async fn edit(&self, conversation_id: &str, msgid: &str, text: &str) -> Result<(), CrmError> {
+        let body = json!({
+            "event_type": "edit_message",
+            "payload": {
+                "msgid": msgid,
+                "conversation_id": conversation_id,
+                "message": { "type": "text", "text": text },
+            }
+        });
+        self.call(Method::POST, &self.scope_path(""), &[], Some(&body)).await?;
+        Ok(())
+    }
+
     pub(super) async fn delivery_status(&self, crm_message_id: &str, status: &DeliveryStatus) -> Result<(), CrmError> {
         let mut body = json!({ "msgid": crm_message_id });
         match status {

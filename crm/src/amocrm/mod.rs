@@ -239,6 +239,10 @@ impl CrmChat for AmoCrm {
         chats::post(self, message).await
     }
 
+    async fn edit_chat_message(&self, conversation_id: &str, msgid: &str, text: &str) -> Result<(), CrmError> {
+        self.chats()?.edit(conversation_id, msgid, text).await
+    }
+
     async fn set_delivery_status(&self, crm_message_id: &str, status: DeliveryStatus) -> Result<(), CrmError> {
         self.chats()?.delivery_status(crm_message_id, &status).await
     }
