@@ -43,9 +43,8 @@ impl Bridge {
         let conversation_id = self.conversation_id(chat);
         for row in rows {
             let now = self.clock.now_ms();
-            let event: Event = serde_json::from_str(&row.payload)
+            let mut event: Event = serde_json::from_str(&row.payload)
                 .map_err(|e| CrmError::Rejected { status: 0, detail: format!("stored event does not parse: {e}") })?;
-            let mut event = event;
             if let Event::Message(m) = &mut event {
                 self.quote(chat, m).await.map_err(db)?;
             }

@@ -40,7 +40,7 @@ impl Bridge {
             Ok(false) => {
                 if let Err(e) = self.crm.complete_task(t.id, "answered").await {
                     tracing::warn!(account = self.account(), chat, "completing an escalation task: {e}");
-                    if let Err(e) = self.store.keep_task(self.account(), chat, t.id).await {
+                    if let Err(e) = self.store.replace_task(self.account(), chat, None, Some(t.id)).await {
                         self.store_failed("keeping an escalation task", &e);
                     }
                 }
@@ -59,7 +59,7 @@ impl Bridge {
         for (chat, task) in open {
             match self.crm.complete_task(task, "answered").await {
                 Ok(()) => {
-                    if let Err(e) = self.store.task_completed(self.account(), &chat, task).await {
+                    if let Err(e) = self.store.replace_task(self.account(), &chat, Some(task), None).await {
                         self.store_failed("recording a completed escalation task", &e);
                     }
                 }

@@ -88,27 +88,19 @@ impl Bridge {
                     let until = now + RESTRICTED_PROBE_EVERY.as_millis() as i64;
                     self.restricted_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
                     self.state.update(|s| s.sending_restricted = Some(why.clone()));
-                    let why = format!("account restricted: {why}");
-                    if tried {
-                        self.store.outbox_refused(row.seq, until, &why).await?;
-                    } else {
-                        self.store.outbox_retry(row.seq, until, &why).await?;
-                    }
+                    self.store.outbox_retry(row.seq, until, &format!("account restricted: {why}"), tried).await?;
                     return Ok(worked);
                 }
                 Err(e) => {
                     let wait = plan::send_retry_wait(&e, row.attempts);
-                    if let MessengerError::FloodWait(_) = e {
-                        let until = now + wait.as_millis() as i64;
-                        self.state.update(|s| s.sending_paused_until_ms = Some(until));
+                    let at = now + wait.as_millis() as i64;
+                    let flood = matches!(e, MessengerError::FloodWait(_));
+                    if flood {
+                        self.state.update(|s| s.sending_paused_until_ms = Some(at));
                     }
                     tracing::warn!(account = self.account(), chat = row.chat_id, ?wait, "send failed, retrying: {e}");
-                    let at = now + wait.as_millis() as i64;
-                    if tried && let MessengerError::FloodWait(_) = e {
-                        self.store.outbox_refused(row.seq, at, &e.to_string()).await?;
-                    } else {
-                        self.store.outbox_retry(row.seq, at, &e.to_string()).await?;
-                    }
+                    // A flood wait refuses the send: nothing went out.
+                    self.store.outbox_retry(row.seq, at, &e.to_string(), tried && flood).await?;
                     blocked.insert(row.chat_id.clone());
                 }
             }
@@ -128,7 +120,7 @@ impl Bridge {
             && let Err(e) = self.crm.complete_task(task, "answered").await
         {
             tracing::warn!(account = self.account(), task, "could not complete the escalation task: {e}");
-            if let Err(e) = self.store.keep_task(self.account(), chat, task).await {
+            if let Err(e) = self.store.replace_task(self.account(), chat, None, Some(task)).await {
                 self.store_failed("keeping an escalation task", &e);
             }
         }

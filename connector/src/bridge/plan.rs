@@ -93,15 +93,15 @@ pub fn in_doubt_since(rows: &[InboxRow], now_ms: i64) -> i64 {
     rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now_ms) / 1000 - 5
 }
 
-/// The person a message comes from, with the ids its messenger gives.
-pub fn person(channel: Channel, m: &Message) -> Person {
-    let mut p = Person { name: m.sender.name.clone(), phone: m.sender.phone.clone(), ..Person::default() };
+/// A person as the CRM knows them, with the ids their messenger gives.
+pub fn person(channel: Channel, who: &Identity) -> Person {
+    let mut p = Person { name: who.name.clone(), phone: who.phone.clone(), ..Person::default() };
     match channel {
         Channel::Telegram => {
-            p.telegram_user_id = m.sender.id.parse().ok();
-            p.telegram_username = m.sender.username.clone();
+            p.telegram_user_id = who.id.parse().ok();
+            p.telegram_username = who.username.clone();
         }
-        Channel::Whatsapp => p.whatsapp_id = Some(m.sender.id.clone()),
+        Channel::Whatsapp => p.whatsapp_id = Some(who.id.clone()),
     }
     p
 }
@@ -112,15 +112,11 @@ pub fn person(channel: Channel, m: &Message) -> Person {
 pub fn customer<'a>(channel: Channel, chat: &str, messages: impl IntoIterator<Item = &'a Message>) -> Option<Person> {
     let messages: Vec<&Message> = messages.into_iter().collect();
     if let Some(m) = messages.iter().find(|m| !m.outgoing) {
-        return Some(person(channel, m));
+        return Some(person(channel, &m.sender));
     }
     let first = messages.first()?;
-    let identity = first.customer.clone().unwrap_or_else(|| Identity {
-        id: chat.to_string(),
-        name: first.chat_title.clone().unwrap_or_default(),
-        ..Identity::default()
-    });
-    let mut p = person(channel, &Message { sender: identity, ..(*first).clone() });
+    let identity = first.customer.clone().unwrap_or_else(|| Identity { id: chat.to_string(), ..Identity::default() });
+    let mut p = person(channel, &identity);
     if p.name.is_empty() {
         p.name = first.chat_title.clone().unwrap_or_else(|| chat.to_string());
     }
@@ -382,7 +378,7 @@ mod tests {
             reuse_open_lead: true,
             ..LeadSettings::default()
         };
-        let person = person(Channel::Telegram, &message(false));
+        let person = person(Channel::Telegram, &message(false).sender);
         assert_eq!(person.telegram_user_id, Some(42));
         let place = LeadPlace { pipeline_id: Some(3), status_id: Some(4), responsible_user_id: Some(5) };
         let lead = lead_request(&leads, Channel::Telegram, &person, place);

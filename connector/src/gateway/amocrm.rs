@@ -1,7 +1,7 @@
 //! amoCRM's hooks: REST webhooks (authenticated by the token in the URL) and
 //! Chats API hooks (signed with the channel secret).
 
-use super::{DEADLINE, Gateway, ROUTE_BINDING_CRM};
+use super::{Gateway, ROUTE_BINDING_CRM, stored_in_time};
 use crate::messenger::OutgoingMedia;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -38,14 +38,7 @@ pub(super) async fn amocrm_rest(State(g): State<Gateway>, Path(token): Path<Stri
         tracing::debug!(binding, notes = hook.lead_notes.len(), stored, "amoCRM webhook accepted");
         Ok::<_, crate::store::StoreError>((StatusCode::OK, "ok\n").into_response())
     };
-    match tokio::time::timeout(DEADLINE, work).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::error!("webhook not stored: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n").into_response()
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time; try again\n").into_response(),
-    }
+    stored_in_time("webhook", true, work).await
 }
 
 /// The parts of a Chats hook the connector needs.
@@ -95,12 +88,5 @@ pub(super) async fn amocrm_chats(
             .await?;
         Ok::<_, crate::store::StoreError>((StatusCode::OK, "ok\n").into_response())
     };
-    match tokio::time::timeout(DEADLINE, work).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::error!("Chats hook not stored: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time\n").into_response(),
-    }
+    stored_in_time("Chats hook", false, work).await
 }

@@ -55,6 +55,25 @@ use whatsapp::{whatsapp_verify, whatsapp_webhook};
 pub const ROUTE_BINDING_CRM: &str = "binding-crm";
 /// The longest the gateway takes before answering (amoCRM waits about 2 s).
 pub const DEADLINE: Duration = Duration::from_millis(1500);
+/// Runs the storing `work` of a delivery within [`DEADLINE`]: its own answer
+/// once stored, else 503 (`retried`: the sender tries again, and the body says so;
+/// amoCRM's Chats hooks are not retried). `what` names the delivery in the log.
+async fn stored_in_time(
+    what: &str,
+    retried: bool,
+    work: impl std::future::Future<Output = Result<Response, crate::store::StoreError>>,
+) -> Response {
+    let again = if retried { "; try again" } else { "" };
+    match tokio::time::timeout(DEADLINE, work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!("{what} not stored: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not stored{again}\n")).into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("not stored in time{again}\n")).into_response(),
+    }
+}
+
 /// The largest body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
 /// Requests in progress at once on the routes whose senders retry (per replica);

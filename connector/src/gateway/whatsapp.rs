@@ -1,7 +1,7 @@
 //! WhatsApp Cloud API webhooks: Meta's subscription handshake and signed
 //! deliveries of messages and statuses.
 
-use super::{DEADLINE, Gateway, ROUTE_WA_NUMBER};
+use super::{Gateway, ROUTE_WA_NUMBER, stored_in_time};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -73,14 +73,7 @@ pub(super) async fn whatsapp_webhook(
         }
         Ok::<_, crate::store::StoreError>((StatusCode::OK, "ok\n").into_response())
     };
-    match tokio::time::timeout(DEADLINE, work).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::error!("WhatsApp webhook not stored: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n").into_response()
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not stored in time; try again\n").into_response(),
-    }
+    stored_in_time("WhatsApp webhook", true, work).await
 }
 
 /// (phone number id, kind, dedup key, payload) of each message and status.

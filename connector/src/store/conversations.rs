@@ -177,26 +177,27 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("chat_id")?, r.try_get("task_id")?))).collect()
     }
 
-    /// Takes a completed task off its conversation.
-    pub async fn task_completed(&self, account: &str, chat_id: &str, task_id: i64) -> Result<()> {
-        sqlx::query("UPDATE conversations SET task_id = NULL WHERE account = $1 AND chat_id = $2 AND task_id = $3")
-            .bind(account)
-            .bind(chat_id)
-            .bind(task_id)
-            .run(self)
-            .await?;
-        Ok(())
-    }
-
-    /// Puts back a task whose completion the CRM refused; the escalation loop
-    /// completes it later.
-    pub async fn keep_task(&self, account: &str, chat_id: &str, task_id: i64) -> Result<()> {
-        sqlx::query("UPDATE conversations SET task_id = $3 WHERE account = $1 AND chat_id = $2 AND task_id IS NULL")
-            .bind(account)
-            .bind(chat_id)
-            .bind(task_id)
-            .run(self)
-            .await?;
+    /// Sets the conversation's escalation task to `new` if it is still `expected`
+    /// (compare-and-set): `(Some(t), None)` takes a completed task off,
+    /// `(None, Some(t))` puts back one whose completion the CRM refused, for the
+    /// escalation loop to complete later.
+    pub async fn replace_task(
+        &self,
+        account: &str,
+        chat_id: &str,
+        expected: Option<i64>,
+        new: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE conversations SET task_id = $4
+             WHERE account = $1 AND chat_id = $2 AND task_id IS NOT DISTINCT FROM $3",
+        )
+        .bind(account)
+        .bind(chat_id)
+        .bind(expected)
+        .bind(new)
+        .run(self)
+        .await?;
         Ok(())
     }
 

@@ -109,27 +109,20 @@ impl Store {
         Ok(())
     }
 
-    /// Schedules `seq` for another attempt.
-    pub async fn outbox_retry(&self, seq: i64, next_attempt_ms: i64, error: &str) -> Result<()> {
-        sqlx::query("UPDATE outbox SET next_attempt_ms = $2, last_error = $3 WHERE seq = $1")
-            .bind(seq)
-            .bind(next_attempt_ms)
-            .bind(error)
-            .run(self)
-            .await?;
-        Ok(())
-    }
-
-    /// The messenger refused a send of `seq` outright (a flood wait, a restricted
-    /// account): nothing went out, so the attempt is undone (no one need look for
-    /// it or wait for its echo) and the row waits until `next_attempt_ms`.
-    pub async fn outbox_refused(&self, seq: i64, next_attempt_ms: i64, error: &str) -> Result<()> {
+    /// Schedules `seq` for another attempt at `next_attempt_ms`. When the messenger
+    /// refused this turn's send outright (a flood wait, a restricted account),
+    /// nothing went out: `undo_attempt` takes the attempt back, so no one looks for
+    /// it or waits for its echo.
+    pub async fn outbox_retry(&self, seq: i64, next_attempt_ms: i64, error: &str, undo_attempt: bool) -> Result<()> {
         sqlx::query(
-            "UPDATE outbox SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_ms = $2, last_error = $3 WHERE seq = $1",
+            "UPDATE outbox SET next_attempt_ms = $2, last_error = $3,
+               attempts = CASE WHEN $4 AND attempts > 0 THEN attempts - 1 ELSE attempts END
+             WHERE seq = $1",
         )
         .bind(seq)
         .bind(next_attempt_ms)
         .bind(error)
+        .bind(undo_attempt)
         .run(self)
         .await?;
         Ok(())

@@ -902,6 +902,17 @@ async fn the_owners_messages_reach_the_crm_and_an_in_doubt_reply_is_not_taken_fo
     let _ = w.stop.send(true);
 }
 
+/// Waits for the reply sent as `message_id` to be recorded as read.
+async fn until_read(store: &Store, account: &str, message_id: &str) {
+    crmessenger_testkit::checks::eventually(&format!("reply {message_id} read"), 30, || async {
+        match store.outbox_delivery_of(account, message_id).await.map_err(|e| e.to_string())?.as_deref() {
+            Some("read") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_read_receipt_marks_every_reply_up_to_it_read() {
     let w = whole("tgread", "{}", FakeTelegram::new(Script::default())).await;
@@ -927,23 +938,11 @@ async fn a_read_receipt_marks_every_reply_up_to_it_read() {
     assert_eq!(delivery(first.clone()).await.unwrap(), None, "no receipt yet");
     // Telegram says only how far the customer read: the first reply.
     w.fake.customer_reads(501, sent[0].id);
-    crmessenger_testkit::checks::eventually("the first reply read", 30, || async {
-        match delivery(first.clone()).await?.as_deref() {
-            Some("read") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    until_read(&store, &account, &first).await;
     assert_ne!(delivery(second.clone()).await.unwrap().as_deref(), Some("read"), "a later reply is not read yet");
     // Then the whole chat: both are read.
     w.fake.customer_reads(501, sent[1].id);
-    crmessenger_testkit::checks::eventually("the second reply read", 30, || async {
-        match delivery(second.clone()).await?.as_deref() {
-            Some("read") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    until_read(&store, &account, &second).await;
     let _ = w.stop.send(true);
 }
 
