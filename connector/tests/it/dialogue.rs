@@ -134,6 +134,16 @@ async fn both_sides_reach_the_crm_in_order_once_and_the_owners_answer_counts(db_
     // A customer who then waits gets one (so the check above could fail)...
     shop.messenger.push(vec![text("7001", "c4", "Vera", "Is the courier coming?")]);
     shop.notes(7).await;
+    // The waiting is recorded just after the note is written: the clock moves on
+    // only once it is (a check before it would find nobody waiting).
+    crmessenger_testkit::checks::eventually("the customer recorded as waiting", 10, || async {
+        let c = shop.store.conversation(&key, "7001").await.map_err(|e| e.to_string())?;
+        match c.and_then(|c| c.unanswered_since_ms) {
+            Some(_) => Ok(()),
+            None => Err("nobody waits yet".to_string()),
+        }
+    })
+    .await;
     shop.clock.advance(Duration::from_secs(180));
     escalation_checks(&shop.metrics, &shop.clock, 2).await;
     let tasks = shop.fake.snapshot().tasks;

@@ -423,13 +423,17 @@ async fn a_burst_over_the_queue_capacity_while_the_database_stalls_loses_nothing
     s.queue_capacity = 50;
     let (tg, mut cursor) = signed_in(&fake, &store, s).await;
     // The bridge is stuck on a slow database: nobody asks for updates meanwhile.
-    // They come in batches of 20, with a moment between batches for the adapter's
-    // pump: one that keeps reading the channel while its queue is full never lets
-    // it fill; one that stops reading lets Telegram's updates drop.
+    // They come in batches of 20; before the next batch the adapter's pump gets up
+    // to a second to read the channel. One that keeps reading while its queue is
+    // full empties it each time; one that stops reading lets it fill after five
+    // batches, and Telegram's updates drop.
     for i in 0..500 {
         fake.customer_says(600 + i % 7, "Customer", &format!("burst {i}"), true);
         if i % 20 == 19 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while fake.backlog() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
     }
     // A push into a full channel is dropped (and counted) at once: the count is final here.

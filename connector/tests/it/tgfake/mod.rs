@@ -424,6 +424,11 @@ impl FakeTelegram {
         }
     }
 
+    /// Updates pushed and not yet read from the connection's channel.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// The phone scans the QR code.
     pub fn scan(&self) {
         self.world.lock().unwrap().scanned = true;
