@@ -35,6 +35,10 @@ pub trait Crm: CrmChat {
     /// exists, or creates a lead linked to the contact.
     async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError>;
 
+    /// Links contacts to a lead (each sender of a group chat on the group's lead).
+    /// Linking a contact that is linked already changes nothing.
+    async fn link_contacts(&self, lead_id: i64, contact_ids: &[i64]) -> Result<(), CrmError>;
+
     /// Adds notes to a lead, in order, batched as the CRM allows. Notes whose
     /// marker is already on the lead are not written again.
     async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError>;

@@ -62,6 +62,9 @@ pub struct LeadRequest {
     pub tags: Vec<String>,
     /// Reuse the contact's open lead instead of creating one.
     pub reuse_open: bool,
+    /// Leads never reused for this one (the leads of group chats the contact
+    /// writes in: a private chat gets its own).
+    pub not_reused: Vec<i64>,
 }
 
 /// A lead in the CRM.

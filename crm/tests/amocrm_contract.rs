@@ -119,6 +119,29 @@ fn lead_request() -> LeadRequest {
 }
 
 #[tokio::test]
+async fn a_group_lead_links_its_senders_once_and_is_never_a_members_open_lead() {
+    let s = setup(FakeConfig::default(), false).await;
+    let (anna, group) = contact_and_lead(&s).await;
+    let boris = Person { name: "Boris".into(), telegram_user_id: Some(555_002), ..Person::default() };
+    let boris = s.crm.find_or_create_contact(&boris, &all_keys()).await.unwrap();
+    s.crm.link_contacts(group.id, &[anna.id, boris.id]).await.unwrap();
+    s.crm.link_contacts(group.id, &[boris.id]).await.unwrap();
+    let lead = s.fake.snapshot().leads.into_iter().find(|l| l.id == group.id).unwrap();
+    assert_eq!(lead.contact_ids, vec![anna.id, boris.id], "each contact once, the first still the main one");
+    // amoCRM refuses a link to a contact that does not exist, naming the field.
+    match s.crm.link_contacts(group.id, &[987_654]).await {
+        Err(CrmError::Rejected { status: 400, detail }) => assert!(detail.contains("to_entity_id"), "{detail}"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    // Boris writes privately: the group's lead is open and his, but not reused.
+    let private = LeadRequest { name: "Telegram: Boris".into(), not_reused: vec![group.id], ..lead_request() };
+    let own = s.crm.find_or_create_lead(&boris, &private).await.unwrap();
+    assert!(own.created && own.id != group.id);
+    let again = s.crm.find_or_create_lead(&boris, &private).await.unwrap();
+    assert_eq!((again.id, again.created), (own.id, false), "his private lead is reused");
+}
+
+#[tokio::test]
 async fn one_person_on_two_messengers_is_one_contact_with_one_open_lead() {
     let s = setup(FakeConfig::default(), false).await;
     let tg = s.crm.find_or_create_contact(&telegram_person(), &all_keys()).await.unwrap();

@@ -66,6 +66,9 @@ pub struct Update {
     /// Chat title (groups and channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_title: Option<String>,
+    /// How many members a group has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
     /// Message id, unique within the chat.
     pub message_id: String,
     /// Author.

@@ -161,12 +161,16 @@ impl Bridge {
                 self.quote(chat, m).await.map_err(db)?;
             }
         }
-        let messages = events.iter().filter_map(|(_, e)| match e {
-            Event::Message(m) => Some(m.as_ref()),
-            _ => None,
-        });
+        let messages: Vec<&Message> = events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Message(m) => Some(m.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let group = plan::group(chat, messages.iter().copied());
         if conv.lead_id.is_none() {
-            let Some(person) = plan::customer(self.s.channel, chat, messages) else {
+            let Some(person) = plan::customer(self.s.channel, chat, messages.iter().copied()) else {
                 // Deletions or statuses of a chat the CRM never saw: nothing to write.
                 let done: Vec<(i64, String)> = rows.iter().map(|r| (r.seq, "skipped".to_string())).collect();
                 self.store.inbox_done(&done, now).await.map_err(db)?;
@@ -178,13 +182,27 @@ impl Bridge {
                 status_id: self.s.status_id,
                 responsible_user_id: self.assigner.next(),
             };
-            let request = plan::lead_request(&self.s.policy.leads, self.s.channel, &person, place);
+            let request = match &group {
+                Some(g) => plan::group_lead_request(&self.s.policy.leads, self.s.channel, g, place),
+                None => crmessenger_crm::LeadRequest {
+                    not_reused: self.store.group_leads(self.account()).await.map_err(db)?,
+                    ..plan::lead_request(&self.s.policy.leads, self.s.channel, &person, place)
+                },
+            };
             let lead = self.crm.find_or_create_lead(&contact, &request).await?;
             conv.contact_id = Some(contact.id);
             conv.lead_id = Some(lead.id);
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
+            // The group's lead was created with its first sender's contact.
+            if let Some(first) = group.as_ref().and_then(|_| messages.iter().find(|m| !m.outgoing)) {
+                let member = [(first.sender.id.clone(), contact.id)];
+                self.store.add_chat_members(self.account(), chat, &member).await.map_err(db)?;
+            }
         }
         let lead_id = conv.lead_id.unwrap_or_default();
+        if group.is_some() {
+            self.link_members(chat, lead_id, &messages).await?;
+        }
         let account = short(self.account());
         let notes: Vec<(i64, NoteRequest)> =
             events.iter().map(|(r, e)| (r.seq, plan::note(self.s.channel, &account, chat, &r.event_key, e))).collect();
@@ -223,6 +241,26 @@ impl Bridge {
             done,
             todo,
         }))
+    }
+
+    /// Each sender of a group chat is a contact linked to the group's lead: the
+    /// senders the lead does not have yet are found or created and linked, then
+    /// recorded (a crash in between links them again, which changes nothing).
+    async fn link_members(&self, chat: &str, lead_id: i64, messages: &[&Message]) -> Result<(), CrmError> {
+        let known = self.store.chat_members(self.account(), chat).await.map_err(db)?;
+        let senders = plan::new_members(messages.iter().copied(), &known);
+        if senders.is_empty() {
+            return Ok(());
+        }
+        let mut members = Vec::new();
+        for who in senders {
+            let person = plan::person(self.s.channel, who);
+            let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
+            members.push((who.id.clone(), contact.id));
+        }
+        let ids: Vec<i64> = members.iter().map(|(_, c)| *c).collect();
+        self.crm.link_contacts(lead_id, &ids).await?;
+        self.store.add_chat_members(self.account(), chat, &members).await.map_err(db)
     }
 
     /// Writes the notes of prepared chats in one request (or as few as the CRM

@@ -143,7 +143,52 @@ pub fn lead_request(leads: &LeadSettings, channel: Channel, person: &Person, pla
         responsible_user_id: place.responsible_user_id,
         tags: std::iter::once(channel.label().to_string()).chain(leads.tags.iter().cloned()).collect(),
         reuse_open: leads.reuse_open_lead,
+        not_reused: Vec::new(),
     }
+}
+
+/// A group chat as its lead shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Its title (the chat id when the messenger gave none).
+    pub title: String,
+    /// How many members it has, when the messenger said.
+    pub members: Option<u32>,
+}
+
+/// The group a chat is, from its due messages; `None` for a private chat or a
+/// channel.
+pub fn group<'a>(chat: &str, messages: impl IntoIterator<Item = &'a Message>) -> Option<Group> {
+    let m = messages.into_iter().find(|m| m.chat_kind == crate::messenger::ChatKind::Group)?;
+    Some(Group { title: m.chat_title.clone().unwrap_or_else(|| chat.to_string()), members: m.chat_members })
+}
+
+/// The lead of a group chat: the policy's template filled with the group's title,
+/// its member count after it. Never a member's open lead: the group's
+/// conversation is not any one member's.
+pub fn group_lead_request(leads: &LeadSettings, channel: Channel, group: &Group, place: LeadPlace) -> LeadRequest {
+    let mut request = lead_request(leads, channel, &Person { name: group.title.clone(), ..Person::default() }, place);
+    if let Some(n) = group.members {
+        request.name = format!("{} · group of {n}", request.name);
+    }
+    request.reuse_open = false;
+    request
+}
+
+/// The senders of a group's messages whose contacts are not on its lead yet
+/// (`known`), each once, in the order they first wrote. The account's own
+/// messages bring none.
+pub fn new_members<'a>(
+    messages: impl IntoIterator<Item = &'a Message>,
+    known: &HashMap<String, i64>,
+) -> Vec<&'a Identity> {
+    let mut out: Vec<&Identity> = Vec::new();
+    for m in messages.into_iter().filter(|m| !m.outgoing && !m.sender.id.is_empty()) {
+        if !known.contains_key(&m.sender.id) && !out.iter().any(|o| o.id == m.sender.id) {
+            out.push(&m.sender);
+        }
+    }
+    out
 }
 
 /// The name of a new lead: the policy's `leads.nameTemplate` with `{name}`,
@@ -357,6 +402,7 @@ mod tests {
             chat_id: "42".into(),
             chat_kind: ChatKind::Private,
             chat_title: None,
+            chat_members: None,
             message_id: "7".into(),
             sender: Identity { id: "42".into(), name: "Anna".into(), username: Some("anna_k".into()), phone: None },
             content: Content::Text { text: "hello".into() },
@@ -386,6 +432,38 @@ mod tests {
         assert_eq!(lead.tags, vec!["Telegram".to_string(), "vip".to_string()]);
         assert_eq!((lead.pipeline_id, lead.status_id, lead.responsible_user_id), (Some(3), Some(4), Some(5)));
         assert!(lead.reuse_open);
+    }
+
+    fn in_group(sender: (&str, &str), outgoing: bool) -> Message {
+        let mut m = message(false);
+        m.chat_id = "-100".into();
+        m.chat_kind = ChatKind::Group;
+        m.chat_title = Some("Market".into());
+        m.chat_members = Some(12);
+        m.sender = Identity { id: sender.0.into(), name: sender.1.into(), ..Identity::default() };
+        m.outgoing = outgoing;
+        m
+    }
+
+    #[test]
+    fn a_group_is_its_own_lead_and_each_sender_joins_it_once() {
+        assert_eq!(group("42", &[message(false)]), None, "a private chat is no group");
+        let msgs = [in_group(("1", "Anna"), false), in_group(("me", "Owner"), true), in_group(("2", "Boris"), false)];
+        let g = group("-100", &msgs).unwrap();
+        assert_eq!(g, Group { title: "Market".into(), members: Some(12) });
+        let leads =
+            LeadSettings { name_template: "{channel}: {name}".into(), reuse_open_lead: true, ..Default::default() };
+        let place = LeadPlace { pipeline_id: None, status_id: None, responsible_user_id: None };
+        let lead = group_lead_request(&leads, Channel::Telegram, &g, place);
+        assert_eq!(lead.name, "Telegram: Market · group of 12");
+        assert!(!lead.reuse_open, "never a member's open lead");
+        let mut known = HashMap::new();
+        let ids = |v: Vec<&Identity>| v.into_iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+        let again = [in_group(("2", "Boris"), false), in_group(("1", "Anna"), false), in_group(("3", "Clara"), false)];
+        let all: Vec<Message> = msgs.iter().chain(&again).cloned().collect();
+        assert_eq!(ids(new_members(&all, &known)), ["1", "2", "3"], "once each, in order, the owner not");
+        known.insert("1".to_string(), 501);
+        assert_eq!(ids(new_members(&all, &known)), ["2", "3"]);
     }
 
     #[test]

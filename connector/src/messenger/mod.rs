@@ -100,6 +100,9 @@ pub struct Message {
     /// Chat title (groups and channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_title: Option<String>,
+    /// How many members a group has, when the messenger said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_members: Option<u32>,
     /// Message id, unique within the chat: with the account and chat, the
     /// idempotency key of the message.
     pub message_id: String,

@@ -100,6 +100,7 @@ fn to_message(u: wire::Update) -> Message {
             wire::ChatKind::Channel => ChatKind::Channel,
         },
         chat_title: u.chat_title,
+        chat_members: u.members,
         message_id: u.message_id,
         sender: Identity { id: u.sender.id, name: u.sender.name, phone: u.sender.phone, username: u.sender.username },
         content,

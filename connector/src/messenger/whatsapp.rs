@@ -244,6 +244,7 @@ impl WhatsApp {
             chat_id: chat,
             chat_kind: ChatKind::Private,
             chat_title: None,
+            chat_members: None,
             message_id: id,
             sender: Identity {
                 // Meta's business-scoped user id names the person; the phone, when shared, goes with it.
@@ -455,6 +456,7 @@ fn echo_event(m: &Value) -> Option<Event> {
         chat_id: to.clone(),
         chat_kind: ChatKind::Private,
         chat_title: None,
+        chat_members: None,
         message_id: m["id"].as_str().unwrap_or_default().to_string(),
         sender: Identity { id: from.to_string(), name: String::new(), phone: Some(phone(from)), username: None },
         content: content_of(m),

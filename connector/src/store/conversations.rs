@@ -223,4 +223,45 @@ impl Store {
             .await?;
         opt_i64(&r, "m")
     }
+    /// The senders of a group chat whose contacts are linked to its lead, with
+    /// their contacts.
+    pub async fn chat_members(&self, account: &str, chat_id: &str) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT sender_id, contact_id FROM chat_members WHERE account = $1 AND chat_id = $2")
+            .bind(account)
+            .bind(chat_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("sender_id")?, r.try_get("contact_id")?))).collect()
+    }
+
+    /// The leads of the account's group chats.
+    pub async fn group_leads(&self, account: &str) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.lead_id FROM conversations c
+             JOIN chat_members m ON m.account = c.account AND m.chat_id = c.chat_id
+             WHERE c.account = $1 AND c.lead_id IS NOT NULL",
+        )
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("lead_id")?)).collect()
+    }
+
+    /// Records that the senders' contacts (`(sender, contact)`) are linked to the
+    /// group chat's lead.
+    pub async fn add_chat_members(&self, account: &str, chat_id: &str, members: &[(String, i64)]) -> Result<()> {
+        for (sender, contact) in members {
+            sqlx::query(
+                "INSERT INTO chat_members (account, chat_id, sender_id, contact_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account, chat_id, sender_id) DO UPDATE SET contact_id = excluded.contact_id",
+            )
+            .bind(account)
+            .bind(chat_id)
+            .bind(sender)
+            .bind(contact)
+            .run(self)
+            .await?;
+        }
+        Ok(())
+    }
 }

@@ -11,7 +11,7 @@ const CREATE_ATTEMPTS: usize = 3;
 
 pub(super) async fn find_or_create(amo: &AmoCrm, contact_id: i64, request: &LeadRequest) -> Result<LeadRef, CrmError> {
     if request.reuse_open
-        && let Some(lead) = open_lead(amo, contact_id, request.pipeline_id).await?
+        && let Some(lead) = open_lead(amo, contact_id, request.pipeline_id, &request.not_reused).await?
     {
         return Ok(LeadRef { id: lead_id(&lead)?, created: false });
     }
@@ -48,9 +48,15 @@ fn is_open(lead: &Value) -> bool {
     !lead.get("is_deleted").and_then(Value::as_bool).unwrap_or(false) && status != STATUS_WON && status != STATUS_LOST
 }
 
-/// The contact's most recent open lead, preferring `pipeline`.
-async fn open_lead(amo: &AmoCrm, contact_id: i64, pipeline: Option<i64>) -> Result<Option<Value>, CrmError> {
-    let open: Vec<Value> = contact_leads(amo, contact_id).await?.into_iter().filter(is_open).collect();
+/// The contact's most recent open lead, preferring `pipeline`, other than `not`.
+async fn open_lead(
+    amo: &AmoCrm,
+    contact_id: i64,
+    pipeline: Option<i64>,
+    not: &[i64],
+) -> Result<Option<Value>, CrmError> {
+    let leads = contact_leads(amo, contact_id).await?.into_iter();
+    let open: Vec<Value> = leads.filter(is_open).filter(|l| lead_id(l).is_ok_and(|id| !not.contains(&id))).collect();
     let in_pipeline = |l: &&Value| pipeline.is_none() || l.get("pipeline_id").and_then(Value::as_i64) == pipeline;
     let newest = |leads: Vec<&Value>| {
         leads.into_iter().max_by_key(|l| l.get("id").and_then(Value::as_i64).unwrap_or(0)).cloned()
@@ -97,4 +103,15 @@ async fn create(amo: &AmoCrm, contact_id: i64, request: &LeadRequest) -> Result<
     }
     let created = amo.rest.post("/api/v4/leads", &json!([lead])).await?;
     Ok(created_ids(&created, "leads", 1)?[0])
+}
+
+/// Links contacts to the lead (`POST /api/v4/leads/{id}/link`); amoCRM keeps one
+/// link per pair, so linking again (a retry after an in-doubt request) is harmless.
+pub(super) async fn link_contacts(amo: &AmoCrm, lead_id: i64, contact_ids: &[i64]) -> Result<(), CrmError> {
+    for chunk in contact_ids.chunks(50) {
+        let body: Vec<Value> =
+            chunk.iter().map(|id| json!({ "to_entity_id": id, "to_entity_type": "contacts" })).collect();
+        amo.rest.post(&format!("/api/v4/leads/{lead_id}/link"), &json!(body)).await?;
+    }
+    Ok(())
 }

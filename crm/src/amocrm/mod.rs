@@ -200,6 +200,10 @@ impl Crm for AmoCrm {
         leads::find_or_create(self, contact.id, request).await
     }
 
+    async fn link_contacts(&self, lead_id: i64, contact_ids: &[i64]) -> Result<(), CrmError> {
+        leads::link_contacts(self, lead_id, contact_ids).await
+    }
+
     async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {
         notes::add(self, lead_id, notes).await
     }

@@ -533,6 +533,7 @@ pub fn text(chat: &str, message_id: &str, name: &str, text: &str) -> Update {
         chat_id: chat.into(),
         chat_kind: ChatKind::Private,
         chat_title: None,
+        members: None,
         message_id: message_id.into(),
         sender: Sender { id: chat.into(), name: name.into(), phone: None, username: None },
         text: text.into(),
@@ -542,6 +543,25 @@ pub fn text(chat: &str, message_id: &str, name: &str, text: &str) -> Update {
         sent_at_ms: 0,
         outgoing: false,
         customer: None,
+    }
+}
+
+/// What `sender` (`(id, name)`) writes in the group `chat` titled `title`, of
+/// `members` members.
+pub fn group_text(
+    chat: &str,
+    title: &str,
+    members: u32,
+    message_id: &str,
+    sender: (&str, &str),
+    text_: &str,
+) -> Update {
+    Update {
+        chat_kind: ChatKind::Group,
+        chat_title: Some(title.into()),
+        members: Some(members),
+        sender: Sender { id: sender.0.into(), name: sender.1.into(), phone: None, username: None },
+        ..text(chat, message_id, sender.1, text_)
     }
 }
 

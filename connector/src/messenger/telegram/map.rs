@@ -12,7 +12,7 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Peers {
     users: HashMap<i64, tl::types::User>,
-    chats: HashMap<i64, (String, ChatKind)>,
+    chats: HashMap<i64, (String, ChatKind, Option<u32>)>,
 }
 
 impl Peers {
@@ -25,22 +25,27 @@ impl Peers {
             }
         }
         for c in chats {
-            let (id, title, kind) = match c {
-                tl::enums::Chat::Chat(c) => (PeerId::chat_unchecked(c.id), c.title.clone(), ChatKind::Group),
-                tl::enums::Chat::Forbidden(c) => (PeerId::chat_unchecked(c.id), c.title.clone(), ChatKind::Group),
+            let members = |n: i32| u32::try_from(n).ok();
+            let (id, title, kind, count) = match c {
+                tl::enums::Chat::Chat(c) => {
+                    (PeerId::chat_unchecked(c.id), c.title.clone(), ChatKind::Group, members(c.participants_count))
+                }
+                tl::enums::Chat::Forbidden(c) => (PeerId::chat_unchecked(c.id), c.title.clone(), ChatKind::Group, None),
                 tl::enums::Chat::Channel(c) => (
                     PeerId::channel_unchecked(c.id),
                     c.title.clone(),
                     if c.broadcast { ChatKind::Channel } else { ChatKind::Group },
+                    c.participants_count.and_then(members),
                 ),
                 tl::enums::Chat::ChannelForbidden(c) => (
                     PeerId::channel_unchecked(c.id),
                     c.title.clone(),
                     if c.broadcast { ChatKind::Channel } else { ChatKind::Group },
+                    None,
                 ),
                 _ => continue,
             };
-            p.chats.insert(dialog_id(id), (title, kind));
+            p.chats.insert(dialog_id(id), (title, kind, count));
         }
         p
     }
@@ -97,16 +102,17 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
     let tl::enums::Message::Message(m) = m else { return None };
     let chat = PeerId::from(&m.peer_id);
     let chat_key = dialog_id(chat);
-    let (chat_kind, chat_title) = match &m.peer_id {
-        tl::enums::Peer::User(_) => (ChatKind::Private, None),
+    let (chat_kind, chat_title, chat_members) = match &m.peer_id {
+        tl::enums::Peer::User(_) => (ChatKind::Private, None, None),
         _ => match peers.chats.get(&chat_key) {
-            Some((title, kind)) => (*kind, Some(title.clone())),
+            Some((title, kind, members)) => (*kind, Some(title.clone()), *members),
             None => (
                 if matches!(m.peer_id, tl::enums::Peer::Channel(_)) && m.post {
                     ChatKind::Channel
                 } else {
                     ChatKind::Group
                 },
+                None,
                 None,
             ),
         },
@@ -132,6 +138,7 @@ pub fn message(m: &tl::enums::Message, peers: &Peers, edited: bool) -> Option<Me
         chat_id: chat_key.to_string(),
         chat_kind,
         chat_title,
+        chat_members,
         message_id: m.id.to_string(),
         sender,
         content: content(m),
@@ -159,7 +166,7 @@ fn forwarded_from(f: &tl::enums::MessageFwdHeader, peers: &Peers) -> String {
         }
         Some(p) => {
             let id = chat_id_of(p);
-            peers.chats.get(&id.parse().unwrap_or_default()).map(|(title, _)| title.clone()).unwrap_or(id)
+            peers.chats.get(&id.parse().unwrap_or_default()).map(|(title, ..)| title.clone()).unwrap_or(id)
         }
         None => "a hidden account".into(),
     }

@@ -65,6 +65,7 @@ pub fn to_message(i: &Incoming) -> Message {
         chat_id: i.chat.clone(),
         chat_kind: if i.is_group { ChatKind::Group } else { ChatKind::Private },
         chat_title: None,
+        chat_members: None,
         message_id: i.id.clone(),
         sender: identity_of(&i.sender, &i.push_name),
         content: Content::Text {

@@ -195,6 +195,10 @@ fn apply(shared: &Shared, state: &mut State, id: i64, input: Input) -> i64 {
 
 /// Routes `/api/v4/leads...` except notes, pipelines and complex.
 pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
+    if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/link")) {
+        let id: i64 = id.parse().ok()?;
+        return (method == Method::POST).then(|| link(shared, id, body));
+    }
     Some(match Op::of(method, rest)? {
         Op::Create => batch::create(shared, &LEADS, body, parse_input, insert),
         Op::Update(single) => batch::update(shared, &LEADS, body, single, parse_input, apply),
@@ -228,4 +232,69 @@ fn get(shared: &Shared, q: &Query, id: i64) -> Resp {
     let state = shared.state();
     let lead = state.leads.get(&id).filter(|l| !l.is_deleted);
     respond::found(lead.map(|l| lead_json(shared, &state, l, q.with("contacts"))))
+}
+
+/// `POST /api/v4/leads/{id}/link`: links contacts (and what else a lead takes) to
+/// the lead. Every item names an existing entity of a type a lead can be linked
+/// to; a pair linked already stays one link.
+fn link(shared: &Shared, id: i64, body: &[u8]) -> Reply {
+    let items = query::parse_batch(body)?;
+    let mut state = shared.state();
+    if !state.leads.get(&id).is_some_and(|l| !l.is_deleted) {
+        return Err(respond::problem(http::StatusCode::NOT_FOUND, "Lead not found"));
+    }
+    let mut v = respond::Validation::default();
+    let mut contacts = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let to_type = item.get("to_entity_type").and_then(Value::as_str).unwrap_or_default();
+        let to_id = item.get("to_entity_id").and_then(Value::as_i64);
+        let mut errors = Vec::new();
+        match (to_type, to_id) {
+            (_, None) => errors.push(FieldError::new("NotBlank", "to_entity_id", "This value should not be blank.")),
+            ("contacts", Some(c)) if state.contacts.get(&c).is_some_and(|c| !c.is_deleted) => contacts.push(c),
+            ("contacts", Some(c)) => {
+                errors.push(FieldError::new("NotFound", "to_entity_id", format!("Contact {c} not found")))
+            }
+            ("companies" | "catalog_elements", Some(_)) => {
+                errors.push(FieldError::new("NotSupported", "to_entity_type", "This fake links contacts only"))
+            }
+            (other, Some(_)) => errors.push(FieldError::new(
+                "NotSupportedChoice",
+                "to_entity_type",
+                format!("A lead cannot be linked to {other:?}"),
+            )),
+        }
+        v.add(&i.to_string(), errors);
+    }
+    if !v.is_empty() {
+        return Err(v.into_response());
+    }
+    for c in &contacts {
+        state.link(id, *c);
+    }
+    let main = state.leads.get(&id).and_then(|l| l.contact_ids.first().copied());
+    let links: Vec<Value> = contacts
+        .iter()
+        .map(|c| {
+            json!({
+                "entity_id": id,
+                "entity_type": "leads",
+                "to_entity_id": c,
+                "to_entity_type": "contacts",
+                "metadata": {"main_contact": main == Some(*c)},
+            })
+        })
+        .collect();
+    Ok(respond::hal(
+        http::StatusCode::OK,
+        &json!({
+            "_total_items": links.len(),
+            "_links": links_of_link(shared, id),
+            "_embedded": {"links": links},
+        }),
+    ))
+}
+
+fn links_of_link(shared: &Shared, id: i64) -> Value {
+    self_links(shared, &format!("/api/v4/leads/{id}/links"))
 }
