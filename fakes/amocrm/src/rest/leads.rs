@@ -240,7 +240,7 @@ fn get(shared: &Shared, q: &Query, id: i64) -> Resp {
 fn link(shared: &Shared, id: i64, body: &[u8]) -> Reply {
     let items = query::parse_batch(body)?;
     let mut state = shared.state();
-    if !state.leads.get(&id).is_some_and(|l| !l.is_deleted) {
+    if state.leads.get(&id).is_none_or(|l| l.is_deleted) {
         return Err(respond::problem(http::StatusCode::NOT_FOUND, "Lead not found"));
     }
     let mut v = respond::Validation::default();
