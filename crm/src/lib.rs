@@ -39,6 +39,16 @@ pub trait Crm: CrmChat {
     /// Linking a contact that is linked already changes nothing.
     async fn link_contacts(&self, lead_id: i64, contact_ids: &[i64]) -> Result<(), CrmError>;
 
+    /// Puts a file in the CRM's file storage (amoCRM: an upload session and its
+    /// parts on the file service).
+    async fn upload_file(&self, file: &FileUpload) -> Result<StoredFile, CrmError>;
+
+    /// Links stored files to a lead (linking one again changes nothing).
+    async fn link_files(&self, lead_id: i64, files: &[StoredFile]) -> Result<(), CrmError>;
+
+    /// A stored file's bytes and MIME type, refusing more than `max_bytes`.
+    async fn download_file(&self, file: &StoredFile, max_bytes: u64) -> Result<(String, Vec<u8>), CrmError>;
+
     /// Adds notes to a lead, in order, batched as the CRM allows. Notes whose
     /// marker is already on the lead are not written again.
     async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError>;

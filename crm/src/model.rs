@@ -115,6 +115,37 @@ pub struct TaskRef {
     pub id: i64,
 }
 
+/// A file to put in the CRM's file storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileUpload {
+    /// File name.
+    pub file_name: String,
+    /// MIME type.
+    pub mime_type: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A file in the CRM's file storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// File id (amoCRM: its UUID).
+    pub uuid: String,
+    /// The version (amoCRM: its version UUID).
+    pub version_uuid: String,
+    /// File name.
+    pub file_name: String,
+}
+
+/// A file a manager sends with a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFile {
+    /// The file.
+    pub file: StoredFile,
+    /// The note that attached it; with the reply, the idempotency key of its send.
+    pub source_id: String,
+}
+
 /// A manager's reply found in the CRM, to be sent to the customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
@@ -128,6 +159,9 @@ pub struct Reply {
     pub author_id: i64,
     /// When it was written, Unix seconds.
     pub created_at: i64,
+    /// Files the manager attached to the lead for this reply, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ReplyFile>,
 }
 
 /// Where reply polling continues from.

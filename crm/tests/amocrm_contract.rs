@@ -119,6 +119,60 @@ fn lead_request() -> LeadRequest {
 }
 
 #[tokio::test]
+async fn a_file_goes_up_in_parts_is_linked_to_the_lead_and_comes_back_byte_for_byte() {
+    let s = setup(FakeConfig::default(), false).await;
+    let (_, lead) = contact_and_lead(&s).await;
+    // 1.2 MB: parts of 524,288, 524,288 and the rest, each to the URL the last gave.
+    let bytes: Vec<u8> = (0..1_200_000u32).map(|i| (i % 251) as u8).collect();
+    let upload = FileUpload { file_name: "catalogue.pdf".into(), mime_type: "application/pdf".into(), bytes };
+    let stored = s.crm.upload_file(&upload).await.unwrap();
+    s.crm.link_files(lead.id, std::slice::from_ref(&stored)).await.unwrap();
+    s.crm.link_files(lead.id, std::slice::from_ref(&stored)).await.unwrap();
+    let snap = s.fake.snapshot();
+    let parts = snap.requests.iter().filter(|r| r.path.starts_with("/drive/v1.0/sessions/upload/")).count();
+    assert_eq!(parts, 3);
+    let f = snap.files.iter().find(|f| f.uuid == stored.uuid).unwrap();
+    assert_eq!(
+        (f.version_uuid.as_str(), f.leads.as_slice(), f.size),
+        (stored.version_uuid.as_str(), &[lead.id][..], 1_200_000)
+    );
+    let (mime, back) = s.crm.download_file(&stored, 2_000_000).await.unwrap();
+    assert_eq!((mime.as_str(), back == upload.bytes), ("application/pdf", true));
+    // Over the caller's limit: refused before the download.
+    assert!(matches!(s.crm.download_file(&stored, 1_000).await, Err(CrmError::Rejected { status: 413, .. })));
+
+    // The file service's contract, as a client that breaks it sees it.
+    let http = crmessenger_crm::tls::client_builder(Some(&s.ca_pem)).unwrap().build().unwrap();
+    let token = s.fake.issue_token_pair().access_token;
+    let drive = format!("{}/drive", s.fake.base_url());
+    let post = |url: String, body: reqwest::Body| http.post(url).bearer_auth(&token).body(body).send();
+    let open = |size: u64| {
+        let body = serde_json::json!({"file_name": "a.bin", "file_size": size}).to_string();
+        post(format!("{drive}/v1.0/sessions"), body.into())
+    };
+    assert_eq!(open(314_572_801).await.unwrap().status(), 400, "over max_file_size");
+    assert_eq!(open(0).await.unwrap().status(), 400, "no size");
+    let session: serde_json::Value = open(600_000).await.unwrap().json().await.unwrap();
+    let first = session["upload_url"].as_str().unwrap().to_string();
+    let short = post(first.clone(), vec![0u8; 1000].into()).await.unwrap();
+    assert_eq!(short.status(), 400, "a part before the last is max_part_size");
+    let next: serde_json::Value = post(first.clone(), vec![0u8; 524_288].into()).await.unwrap().json().await.unwrap();
+    assert_eq!(post(first, vec![0u8; 524_288].into()).await.unwrap().status(), 404, "a spent part URL");
+    let next = next["next_url"].as_str().unwrap().to_string();
+    assert_eq!(post(next.clone(), vec![0u8; 80_000].into()).await.unwrap().status(), 400, "past file_size");
+    let done: serde_json::Value = post(next, vec![0u8; 75_712].into()).await.unwrap().json().await.unwrap();
+    assert!(done["uuid"].is_string() && done["version_uuid"].is_string(), "{done}");
+    let unauthorized = http.post(format!("{drive}/v1.0/sessions")).body("{}").send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    // Linking or naming a file that does not exist is refused, naming the field.
+    let ghost = StoredFile { uuid: "00000000-0000-0000-0000-000000000000".into(), ..stored.clone() };
+    match s.crm.link_files(lead.id, &[ghost]).await {
+        Err(CrmError::Rejected { status: 400, detail }) => assert!(detail.contains("file_uuid"), "{detail}"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_group_lead_links_its_senders_once_and_is_never_a_members_open_lead() {
     let s = setup(FakeConfig::default(), false).await;
     let (anna, group) = contact_and_lead(&s).await;

@@ -101,13 +101,27 @@ fn default_kind() -> String {
     "message".into()
 }
 
+/// A file sent with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentFile {
+    /// `picture`, `video`, `voice`, `audio` or `file`.
+    pub kind: String,
+    /// File name.
+    pub file_name: String,
+    /// Its bytes, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
 /// A message the connector sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
     /// Chat id.
     pub chat_id: String,
-    /// Text.
+    /// Text (a file's caption).
     pub text: String,
+    /// The file it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<SentFile>,
     /// The sender's idempotency key.
     pub random_id: i64,
     /// Id the messenger gave it.
@@ -121,8 +135,11 @@ pub struct Sent {
 pub struct SendRequest {
     /// Chat id.
     pub chat_id: String,
-    /// Text.
+    /// Text (a file's caption).
     pub text: String,
+    /// A file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<SentFile>,
     /// Idempotency key: a second send with the same id in the same chat is not
     /// delivered again.
     pub random_id: i64,

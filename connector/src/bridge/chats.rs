@@ -296,5 +296,5 @@ impl Bridge {
 
 /// A file the CRM's chat carries, as the messenger adapters send it.
 pub fn outgoing_media(m: &crmessenger_crm::ChatMedia) -> OutgoingMedia {
-    OutgoingMedia { kind: m.kind.clone(), url: m.url.clone(), file_name: m.file_name.clone() }
+    OutgoingMedia { kind: m.kind.clone(), url: m.url.clone(), file_name: m.file_name.clone(), ..Default::default() }
 }

@@ -203,9 +203,15 @@ impl Bridge {
         if group.is_some() {
             self.link_members(chat, lead_id, &messages).await?;
         }
+        let files = self.customer_files(lead_id, &events).await?;
         let account = short(self.account());
-        let notes: Vec<(i64, NoteRequest)> =
-            events.iter().map(|(r, e)| (r.seq, plan::note(self.s.channel, &account, chat, &r.event_key, e))).collect();
+        let notes: Vec<(i64, NoteRequest)> = events
+            .iter()
+            .map(|(r, e)| {
+                let file = files.get(&r.seq).map(String::as_str);
+                (r.seq, plan::note(self.s.channel, &account, chat, &r.event_key, e, file))
+            })
+            .collect();
         // Rows whose write may already have happened: look for their markers first.
         let mut done: Vec<(i64, String)> = Vec::new();
         let in_doubt: Vec<&(i64, NoteRequest)> =
@@ -241,6 +247,69 @@ impl Bridge {
             done,
             todo,
         }))
+    }
+
+    /// In notes mode a message's file goes to the CRM's file storage and is linked
+    /// to the lead, within the policy's media limit; returns, per row with a file,
+    /// the line its note gets (where the file is, or why it is not there). An
+    /// upload is recorded by the message's key before it is linked, so a retry
+    /// links the same file again instead of uploading it twice.
+    async fn customer_files(
+        &self,
+        lead_id: i64,
+        events: &[(&InboxRow, Event)],
+    ) -> Result<HashMap<i64, String>, CrmError> {
+        const NS: &str = "crm-files";
+        let policy = &self.s.policy.media;
+        let limit_mib = policy.max_size_mib.max(1) as u64;
+        let mut lines = HashMap::new();
+        let mut stored = Vec::new();
+        for (row, e) in events {
+            let Event::Message(m) = e else { continue };
+            let crate::messenger::Content::Media { media, .. } = &m.content else { continue };
+            if policy.mode == crmessenger_api::policy::MediaMode::Skip {
+                lines.insert(row.seq, "not attached: the policy's media mode is skip".to_string());
+                continue;
+            }
+            if media.size > limit_mib * 1024 * 1024 {
+                lines.insert(row.seq, format!("not attached: over the policy's media limit of {limit_mib} MiB"));
+                continue;
+            }
+            let known = self.store.kv_get(self.account(), NS, &row.event_key).await.map_err(db)?;
+            let file = match known.and_then(|v| serde_json::from_slice::<crmessenger_crm::StoredFile>(&v).ok()) {
+                Some(f) => f,
+                None => {
+                    let bytes = match self.messenger.fetch_media(media).await {
+                        Ok(b) => b,
+                        Err(MessengerError::Rejected(why)) => {
+                            lines.insert(row.seq, format!("not attached: {why}"));
+                            continue;
+                        }
+                        Err(e) => return Err(CrmError::Unavailable(format!("fetch media: {e}"))),
+                    };
+                    let upload = crmessenger_crm::FileUpload {
+                        file_name: media.file_name.clone(),
+                        mime_type: media.mime_type.clone(),
+                        bytes,
+                    };
+                    let f = match self.crm.upload_file(&upload).await {
+                        Ok(f) => f,
+                        Err(e) if e.class() == ErrorClass::Permanent => {
+                            lines.insert(row.seq, format!("not attached: the CRM refused the file: {e}"));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let value = serde_json::to_vec(&f).map_err(|e| CrmError::Protocol(e.to_string()))?;
+                    self.store.kv_put(self.account(), NS, &row.event_key, &value).await.map_err(db)?;
+                    f
+                }
+            };
+            lines.insert(row.seq, format!("in the lead's files: {}", file.file_name));
+            stored.push(file);
+        }
+        self.crm.link_files(lead_id, &stored).await?;
+        Ok(lines)
     }
 
     /// Each sender of a group chat is a contact linked to the group's lead: the

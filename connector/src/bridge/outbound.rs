@@ -44,6 +44,7 @@ impl Bridge {
                 {
                     return Ok(sent);
                 }
+                let outgoing = self.with_crm_file(&outgoing).await?;
                 self.store.outbox_started(row.seq).await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
                 tried = true;
                 if let Ok(mut r) = self.send_rate.lock() {
@@ -106,6 +107,24 @@ impl Bridge {
             }
         }
         Ok(worked)
+    }
+
+    /// A reply carrying a file from the CRM's storage gets its bytes, fetched with
+    /// the CRM's credentials within the policy's media limit (a file the CRM
+    /// refuses or that is too large is a refusal, dead-lettered with the reason).
+    async fn with_crm_file(&self, outgoing: &Outgoing) -> Result<Outgoing, MessengerError> {
+        let mut outgoing = outgoing.clone();
+        if let Some(media) = &mut outgoing.media
+            && let Some(file) = &media.crm_file
+        {
+            let limit = self.s.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024;
+            let (_, body) = self.crm.download_file(file, limit).await.map_err(|e| match e.class() {
+                ErrorClass::Permanent => MessengerError::Rejected(format!("the file {}: {e}", file.file_name)),
+                _ => MessengerError::Unavailable(format!("fetching {} from the CRM: {e}", file.file_name)),
+            })?;
+            media.body = Some(body);
+        }
+        Ok(outgoing)
     }
 
     /// The conversation was answered (a reply went out, or the owner answered

@@ -206,8 +206,9 @@ pub fn lead_name(template: &str, person: &Person, channel: &str) -> String {
 
 /// The lead note for one event, ending in the marker `[ref <account>:<chat>:<key>]`
 /// that finds it again after an interrupted write (`account` is the account's
-/// short id).
-pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Event) -> NoteRequest {
+/// short id); `file` says where the message's file went (the lead's files, or why
+/// it is not there).
+pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Event, file: Option<&str>) -> NoteRequest {
     let marker = format!("[ref {account}:{chat}:{key}]");
     let body = match event {
         Event::Message(m) => {
@@ -220,7 +221,8 @@ pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Even
             let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
             let edited = if m.edited { " (edited)" } else { "" };
             let arrow = if m.outgoing { "→ " } else { "" };
-            format!("{} · {arrow}{who}{place}{edited}:\n{}", channel.label(), m.summary())
+            let file = file.map(|f| format!("\n({f})")).unwrap_or_default();
+            format!("{} · {arrow}{who}{place}{edited}:\n{}{file}", channel.label(), m.summary())
         }
         Event::Deleted { message_id, .. } => format!("{} · the customer deleted message {message_id}", channel.label()),
         Event::Status { message_id, status, .. } => format!("{} · message {message_id}: {status}", channel.label()),
@@ -485,11 +487,15 @@ mod tests {
 
     #[test]
     fn a_note_names_its_sender_and_ends_in_its_marker() {
-        let n = note(Channel::Telegram, "0badf00d", "42", "m7", &Event::Message(Box::new(message(false))));
+        let n = note(Channel::Telegram, "0badf00d", "42", "m7", &Event::Message(Box::new(message(false))), None);
         assert_eq!(n.marker, "[ref 0badf00d:42:m7]");
         assert_eq!(n.text, "Telegram · Anna (@anna_k):\nhello\n[ref 0badf00d:42:m7]");
         let deleted = Event::Deleted { chat_id: "42".into(), message_id: "7".into() };
-        assert!(note(Channel::Whatsapp, "a", "42", "d7", &deleted).text.starts_with("WhatsApp · the customer deleted"));
+        assert!(
+            note(Channel::Whatsapp, "a", "42", "d7", &deleted, None)
+                .text
+                .starts_with("WhatsApp · the customer deleted")
+        );
     }
 
     #[test]
@@ -531,12 +537,12 @@ mod tests {
 
     #[test]
     fn an_owner_message_is_noted_as_the_accounts_side() {
-        let n = note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(owner("On my way"))));
+        let n = note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(owner("On my way"))), None);
         assert_eq!(n.text, "Telegram · → the account owner:\nOn my way\n[ref a:42:9]");
         let mut named = owner("ok");
         named.sender.name = "Ivan".into();
         assert!(
-            note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(named)))
+            note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(named)), None)
                 .text
                 .contains("→ the account owner, Ivan:")
         );

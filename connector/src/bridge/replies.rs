@@ -49,7 +49,16 @@ impl Bridge {
             return Ok(false);
         };
         let new = NewReply { source_id: &reply.source_id, chat_id: &chat, text: &reply.text, ..Default::default() };
-        let added = self.queue_parts(&account, &new).await?;
+        let mut added = self.queue_parts(&account, &new).await?;
+        // The files the manager attached for it, after the text, each once.
+        for f in &reply.files {
+            let source = format!("{}#{}", reply.source_id, f.source_id);
+            let media = serde_json::to_string(&crate::messenger::OutgoingMedia::crm_file(&f.file))
+                .map_err(|e| crate::store::StoreError::Data(e.to_string()))?;
+            let file =
+                NewReply { source_id: &source, chat_id: &chat, text: "", media: Some(&media), ..Default::default() };
+            added |= self.store.outbox_add(&account, &file, self.clock.now_ms()).await?;
+        }
         if added {
             self.store.notify(&account).await?;
         }

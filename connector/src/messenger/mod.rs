@@ -277,7 +277,7 @@ pub enum LoginState {
 }
 
 /// A file to send, fetched by the adapter from where the CRM keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct OutgoingMedia {
     /// `picture`, `video`, `voice`, `audio` or `file`.
     pub kind: String,
@@ -285,6 +285,29 @@ pub struct OutgoingMedia {
     pub url: String,
     /// File name shown to the customer.
     pub file_name: String,
+    /// A file in the CRM's own storage (a manager's attachment): the bridge
+    /// fetches it with the CRM's credentials instead of from `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_file: Option<crmessenger_crm::StoredFile>,
+    /// Its bytes, once the bridge fetched them (never stored).
+    #[serde(skip)]
+    pub body: Option<Vec<u8>>,
+}
+
+impl OutgoingMedia {
+    /// A manager's attachment: sent as its name says (`picture`, `voice`, `video`,
+    /// `audio`, otherwise a document).
+    pub fn crm_file(file: &crmessenger_crm::StoredFile) -> Self {
+        let ext = file.file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let kind = match ext.as_str() {
+            "jpg" | "jpeg" | "png" | "webp" | "gif" => "picture",
+            "ogg" | "oga" | "opus" => "voice",
+            "mp4" | "mov" | "m4v" => "video",
+            "mp3" | "m4a" | "aac" | "wav" | "flac" => "audio",
+            _ => "file",
+        };
+        Self { kind: kind.into(), file_name: file.file_name.clone(), crm_file: Some(file.clone()), ..Self::default() }
+    }
 }
 
 /// A message to send.
@@ -308,6 +331,15 @@ pub async fn download_reply_file(
     media: &OutgoingMedia,
     max_bytes: u64,
 ) -> Result<Vec<u8>, MessengerError> {
+    if let Some(body) = &media.body {
+        if body.len() as u64 > max_bytes {
+            return Err(MessengerError::Rejected(format!(
+                "the file {} is over the policy's media limit of {max_bytes} bytes",
+                media.file_name
+            )));
+        }
+        return Ok(body.clone());
+    }
     let failed = |e: String| MessengerError::Unavailable(format!("download {}: {e}", media.file_name));
     let mut resp = http.get(&media.url).send().await.map_err(|e| failed(e.to_string()))?;
     let status = resp.status();

@@ -166,13 +166,21 @@ impl Messenger for Scripted {
 
     async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError> {
         self.connected().await?;
+        use base64::Engine;
         let body = wire::SendRequest {
             chat_id: message.chat_id.clone(),
-            // The scripted messenger carries text only: a file goes as its link.
+            // A file the bridge fetched goes as its bytes; one the scripted
+            // messenger would have to fetch itself goes as its link.
             text: match &message.media {
-                Some(m) => format!("{}\n[{}: {}] {}", message.text, m.kind, m.file_name, m.url).trim().to_string(),
-                None => message.text.clone(),
+                Some(m) if m.body.is_none() => {
+                    format!("{}\n[{}: {}] {}", message.text, m.kind, m.file_name, m.url).trim().to_string()
+                }
+                _ => message.text.clone(),
             },
+            file: message.media.as_ref().and_then(|m| {
+                let data = base64::engine::general_purpose::STANDARD.encode(m.body.as_ref()?);
+                Some(wire::SentFile { kind: m.kind.clone(), file_name: m.file_name.clone(), data })
+            }),
             random_id: message.random_id,
         };
         let resp = Self::check(self.http.post(format!("{}/v1/send", self.base)).json(&body).send().await).await?;

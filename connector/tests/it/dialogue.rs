@@ -12,7 +12,7 @@ use crmessenger_connector::store::{POOL_SIZE, Store};
 use crmessenger_crm::amocrm::StaticToken;
 use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
 use crmessenger_fake_messenger::{
-    OWNER_ID, OWNER_NAME, Options, ScriptedMessenger, Update, from_owner, group_text, text,
+    Media, OWNER_ID, OWNER_NAME, Options, ScriptedMessenger, Update, from_owner, group_text, media_bytes, text,
 };
 use crmessenger_testkit::TestClock;
 use crmessenger_testkit::checks::eventually_some;
@@ -247,6 +247,113 @@ async fn postgres_a_group_is_one_lead() {
 async fn sqlite_a_group_is_one_lead() {
     let dir = tempfile::tempdir().unwrap();
     a_group_is_one_lead_with_a_contact_per_sender(&sqlite(&dir)).await;
+}
+
+/// Files both ways in notes mode. A customer's photo and documents go to amoCRM's
+/// file service (a 600 KB one in two parts) and are linked to the lead, once even
+/// when linking fails and is retried; an oversized one gets a note saying why. A
+/// manager's files go to the customer only when attached by the same manager right
+/// before a `>>` reply; another manager's attachment, and one attached after the
+/// reply, never leave the CRM.
+async fn files_go_both_ways_in_notes_mode(db_url: &str) {
+    let shop = Shop::new(db_url).await;
+    let file = |id: &str, kind: &str, name: &str, mime: &str, size: u64, caption: &str| Update {
+        media: Some(Media { id: id.into(), kind: kind.into(), file_name: name.into(), mime_type: mime.into(), size }),
+        ..text("7001", &format!("m-{id}"), "Vera", caption)
+    };
+    // The first link of the files to the lead fails: the retry links the same files.
+    shop.fake.inject(crmessenger_fake_amocrm::Fault {
+        method: Some(http::Method::PUT),
+        path_prefix: "/api/v4/leads/".into(),
+        kind: crmessenger_fake_amocrm::FaultKind::Status(503),
+        times: 1,
+    });
+    let stop = shop.start().await;
+    shop.messenger.push(vec![
+        file("shelf", "photo", "shelf.jpg", "image/jpeg", 1024, "This one?"),
+        file("order*600000", "document", "order.pdf", "application/pdf", 600_000, ""),
+        file("scan", "document", "scan.tiff", "image/tiff", 300 * 1024 * 1024, "the full scan"),
+    ]);
+    let notes = shop.notes(3).await;
+    let s = shop.fake.snapshot();
+    let lead = s.leads[0].id;
+    let mut files: Vec<(String, Vec<i64>, u64)> =
+        s.files.iter().map(|f| (f.name.clone(), f.leads.clone(), f.size)).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [("order.pdf".to_string(), vec![lead], 600_000), ("shelf.jpg".to_string(), vec![lead], 1024)],
+        "each file uploaded once and linked to the lead"
+    );
+    assert!(s.requests.iter().any(|r| r.method == "PUT" && r.status == 503), "the first link was refused");
+    let uploads = s.requests.iter().filter(|r| r.path.starts_with("/drive/v1.0/sessions/upload/")).count();
+    assert_eq!(uploads, 3, "600,000 bytes in two parts of 524,288 at most, 1,024 in one");
+    assert!(notes[0].contains("This one?\n(in the lead's files: shelf.jpg)"), "{notes:?}");
+    assert!(notes[1].contains("(in the lead's files: order.pdf)"), "{notes:?}");
+    assert!(notes[2].contains("the full scan\n(not attached: over the policy's media limit of 20 MiB)"), "{notes:?}");
+
+    // The manager: a file by a colleague, then two of their own, the reply, and
+    // one more after it.
+    let bytes = |n: usize, b: u8| vec![b; n];
+    shop.fake.add_manager_attachment(lead, 1002, "internal.xlsx", "application/vnd.ms-excel", &bytes(50, 1));
+    shop.fake.add_manager_attachment(lead, 1001, "invoice.pdf", "application/pdf", &bytes(700_000, 2));
+    shop.fake.add_manager_attachment(lead, 1001, "photo.png", "image/png", &bytes(2048, 3));
+    shop.fake.add_manager_note(lead, 1001, ">> Here is your invoice");
+    let sent = eventually_some("the reply and its two files", 30, || {
+        let sent = shop.messenger.sent();
+        (sent.len() >= 3).then_some(sent)
+    })
+    .await;
+    shop.fake.add_manager_attachment(lead, 1001, "later.pdf", "application/pdf", &bytes(10, 4));
+    let b64 = |v: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v);
+    assert_eq!(sent[0].text, "Here is your invoice");
+    let files: Vec<(&str, &str, &str)> = sent[1..]
+        .iter()
+        .filter_map(|m| m.file.as_ref().map(|f| (f.kind.as_str(), f.file_name.as_str(), f.data.as_str())))
+        .collect();
+    let (invoice, photo) = (b64(&bytes(700_000, 2)), b64(&bytes(2048, 3)));
+    assert!(
+        files == [("file", "invoice.pdf", invoice.as_str()), ("picture", "photo.png", photo.as_str())],
+        "as the type says, byte for byte: {:?}",
+        files.iter().map(|(k, n, d)| (k, n, d.len())).collect::<Vec<_>>()
+    );
+    // Later polls and a restart send nothing more: not the colleague's file, not
+    // the one attached after the reply, not the reply again. The colleague answers
+    // six minutes after attaching their file: it stays in the CRM too.
+    let _ = stop.send(true);
+    let stop = shop.start().await;
+    shop.fake.clock().advance(Duration::from_secs(360));
+    shop.fake.add_manager_note(lead, 1002, ">> Anything else?");
+    eventually_some("the colleague's reply", 30, || {
+        let sent = shop.messenger.sent();
+        (sent.len() >= 4).then_some(sent)
+    })
+    .await;
+    for _ in 0..3 {
+        shop.clock.advance(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let sent = shop.messenger.sent().into_iter().skip(3).collect::<Vec<_>>();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].text.as_str(), sent[0].file.is_none()), ("Anything else?", true));
+    // What the customer sent is in the file service byte for byte.
+    let s = shop.fake.snapshot();
+    for (name, id) in [("shelf.jpg", "shelf"), ("order.pdf", "order*600000")] {
+        let f = s.files.iter().find(|f| f.name == name).unwrap();
+        assert!(f.bytes == media_bytes(id), "{name} differs");
+    }
+    let _ = stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_files_go_both_ways_in_notes_mode() {
+    files_go_both_ways_in_notes_mode(&pg("dialogue_files")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_go_both_ways_in_notes_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    files_go_both_ways_in_notes_mode(&sqlite(&dir)).await;
 }
 
 /// Emoji with skin tones and joiners, right-to-left Arabic, and combining marks.

@@ -559,6 +559,7 @@ async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
         kind: kind.into(),
         url: format!("{base}/files/{name}"),
         file_name: name.into(),
+        ..Default::default()
     };
     let reply = Outgoing { media: Some(media("invoice.pdf", "file")), ..out("501", "Your invoice", 11) };
     let sent = tg.send(&reply).await.unwrap();
@@ -583,6 +584,7 @@ async fn a_reply_with_a_file_is_uploaded_in_parts_and_sent_once() {
             kind: "video".into(),
             url: format!("{big}/files/big.mp4"),
             file_name: "big.mp4".into(),
+            ..Default::default()
         }),
         ..out("501", "", 13)
     };

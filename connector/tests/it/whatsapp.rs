@@ -350,6 +350,7 @@ async fn a_reply_with_a_file_is_uploaded_then_sent_by_id_within_whatsapps_limits
             kind: "file".into(),
             url: format!("{files}/files/invoice.pdf"),
             file_name: "invoice.pdf".into(),
+            ..Default::default()
         }),
     };
     let sent = r.parts.messenger.send(&reply).await.unwrap();
@@ -367,6 +368,7 @@ async fn a_reply_with_a_file_is_uploaded_then_sent_by_id_within_whatsapps_limits
             kind: "picture".into(),
             url: format!("{big}/files/big.jpg"),
             file_name: "big.jpg".into(),
+            ..Default::default()
         }),
         ..reply
     };

@@ -3,6 +3,7 @@
 
 pub mod chats;
 mod contacts;
+mod files;
 pub mod grant;
 mod leads;
 mod notes;
@@ -14,7 +15,7 @@ pub mod webhook;
 
 pub use chats::{ChatsChannel, connect, sign_request, verify_hook_signature};
 pub use oauth::{OAuthClient, TokenPair};
-pub use transport::{StaticToken, TokenSource, Transport};
+pub use transport::{Payload, StaticToken, TokenSource, Transport};
 
 use crate::clock::Clock;
 use crate::model::*;
@@ -79,6 +80,8 @@ pub struct AmoCrm {
     chats: std::sync::OnceLock<chats::ChatsClient>,
     /// Chats already linked to a contact (chat id → contact id), to skip the lookup.
     linked_chats: Mutex<HashMap<String, (String, i64)>>,
+    /// The file service's address (`with=drive_url`), once read.
+    drive_url: tokio::sync::OnceCell<String>,
 }
 
 /// What amoCRM support issues for an installation's Chats API channel.
@@ -107,7 +110,14 @@ impl AmoCrm {
             )?;
             let _ = chats.set(client);
         }
-        Ok(Self { rest, config, clock, chats, linked_chats: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            rest,
+            config,
+            clock,
+            chats,
+            linked_chats: Mutex::new(HashMap::new()),
+            drive_url: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// Connects the installation's Chats API channel to this account (its
@@ -202,6 +212,18 @@ impl Crm for AmoCrm {
 
     async fn link_contacts(&self, lead_id: i64, contact_ids: &[i64]) -> Result<(), CrmError> {
         leads::link_contacts(self, lead_id, contact_ids).await
+    }
+
+    async fn upload_file(&self, file: &FileUpload) -> Result<StoredFile, CrmError> {
+        files::upload(self, file).await
+    }
+
+    async fn link_files(&self, lead_id: i64, stored: &[StoredFile]) -> Result<(), CrmError> {
+        files::link(self, lead_id, stored).await
+    }
+
+    async fn download_file(&self, file: &StoredFile, max_bytes: u64) -> Result<(String, Vec<u8>), CrmError> {
+        files::download(self, file, max_bytes).await
     }
 
     async fn add_notes(&self, lead_id: i64, notes: &[NoteRequest]) -> Result<Vec<NoteRef>, CrmError> {

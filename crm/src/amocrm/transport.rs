@@ -43,6 +43,17 @@ pub struct Transport {
     timeout: Duration,
 }
 
+/// What a request carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// Nothing.
+    None,
+    /// JSON.
+    Json(&'a Value),
+    /// Raw bytes (a part of a file).
+    Bytes(&'a [u8]),
+}
+
 /// The longest pause a 429's `retry_after` imposes; beyond it we retry sooner and
 /// let the next 429 say again.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -70,36 +81,79 @@ impl Transport {
 
     /// GET `path` with `query`; `None` for amoCRM's 204 (nothing found).
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Option<Value>, CrmError> {
-        self.call(Method::GET, path, query, None).await
+        self.call(Method::GET, &self.url(path), query, Payload::None).await
     }
 
     /// POST `body` to `path`.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CrmError> {
-        self.call(Method::POST, path, &[], Some(body))
+        self.call(Method::POST, &self.url(path), &[], Payload::Json(body))
             .await?
             .ok_or_else(|| CrmError::Protocol(format!("POST {path}: empty answer")))
     }
 
     /// PATCH `path` with `body`.
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, CrmError> {
-        self.call(Method::PATCH, path, &[], Some(body))
+        self.call(Method::PATCH, &self.url(path), &[], Payload::Json(body))
             .await?
             .ok_or_else(|| CrmError::Protocol(format!("PATCH {path}: empty answer")))
+    }
+
+    /// PUT `body` to `path`; `None` for an answer without a body (202).
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Option<Value>, CrmError> {
+        self.call(Method::PUT, &self.url(path), &[], Payload::Json(body)).await
+    }
+
+    /// GET an absolute URL of another amoCRM service (the file service).
+    pub async fn get_from(&self, url: &str) -> Result<Option<Value>, CrmError> {
+        self.call(Method::GET, url, &[], Payload::None).await
+    }
+
+    /// POST to an absolute URL of another amoCRM service (the file service), with
+    /// the same token and budget: JSON, or raw bytes (a file's part).
+    pub async fn post_to(&self, url: &str, body: Payload<'_>) -> Result<Value, CrmError> {
+        self.call(Method::POST, url, &[], body)
+            .await?
+            .ok_or_else(|| CrmError::Protocol(format!("POST {url}: empty answer")))
+    }
+
+    /// Downloads a file of the file service, refusing more than `max_bytes`.
+    pub async fn download(&self, url: &str, max_bytes: u64) -> Result<Vec<u8>, CrmError> {
+        self.budget.acquire().await.map_err(CrmError::Unavailable)?;
+        let token = self.tokens.access_token().await?;
+        let failed = |e: reqwest::Error| CrmError::Unavailable(format!("download {url}: {e}"));
+        let mut resp = self.http.get(url).bearer_auth(token).timeout(self.timeout * 6).send().await.map_err(failed)?;
+        let status = resp.status().as_u16();
+        if status >= 300 {
+            let answer = Answer { status, text: String::new(), body: None };
+            return answer.common(url, format!("download answered {status}")).map(|_| Vec::new());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > max_bytes {
+                return Err(CrmError::Rejected { status: 413, detail: format!("{url}: over {max_bytes} bytes") });
+            }
+        }
+        Ok(body)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
     async fn call(
         &self,
         method: Method,
-        path: &str,
+        url: &str,
         query: &[(&str, String)],
-        body: Option<&Value>,
+        body: Payload<'_>,
     ) -> Result<Option<Value>, CrmError> {
         let mut renewed = false;
         loop {
             let token = self.tokens.access_token().await?;
-            match self.send(&method, path, query, body, &token).await {
+            match self.send(&method, url, query, &body, &token).await {
                 Err(CrmError::Unauthorized(detail)) if !renewed => {
-                    tracing::info!(path, "access token refused; renewing it once: {detail}");
+                    tracing::info!(url, "access token refused; renewing it once: {detail}");
                     self.tokens.renew(&token).await?;
                     renewed = true;
                 }
@@ -111,17 +165,19 @@ impl Transport {
     async fn send(
         &self,
         method: &Method,
-        path: &str,
+        url: &str,
         query: &[(&str, String)],
-        body: Option<&Value>,
+        body: &Payload<'_>,
         token: &str,
     ) -> Result<Option<Value>, CrmError> {
+        let path = url.strip_prefix(&self.base).unwrap_or(url);
         let build = || {
-            let req = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(token);
+            let req = self.http.request(method.clone(), url).bearer_auth(token);
             let req = if query.is_empty() { req } else { req.query(query) };
             Ok(match body {
-                Some(body) => req.json(body),
-                None => req,
+                Payload::Json(body) => req.json(body),
+                Payload::Bytes(bytes) => req.header("Content-Type", "application/octet-stream").body(bytes.to_vec()),
+                Payload::None => req,
             })
         };
         let answer = exchange(&self.budget, self.timeout, *method != Method::GET, path, build).await?;

@@ -28,6 +28,43 @@ pub(crate) fn add_manager_note(shared: &Shared, lead_id: i64, user_id: i64, text
     id
 }
 
+/// A manager attaches a file to a lead: the file is put in the file service,
+/// linked to the lead, and an attachment note by the manager names it. Returns the
+/// note's ID and the file's UUID.
+pub(crate) fn add_manager_attachment(
+    shared: &Shared,
+    lead_id: i64,
+    user_id: i64,
+    file_name: &str,
+    mime_type: &str,
+    bytes: &[u8],
+) -> (i64, String) {
+    let file = crate::model::DriveFile {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        version_uuid: uuid::Uuid::new_v4().to_string(),
+        name: file_name.to_string(),
+        mime_type: mime_type.to_string(),
+        size: bytes.len() as u64,
+        bytes: bytes.to_vec(),
+        created_by: user_id,
+        created_at: shared.now(),
+        leads: vec![lead_id],
+    };
+    let params = json!({
+        "file_uuid": file.uuid,
+        "version_uuid": file.version_uuid,
+        "file_name": file_name,
+        "original_name": file_name,
+        "text": file_name,
+        "is_drive_attachment": true,
+    });
+    let mut state = shared.state();
+    let id = notes::insert_note(shared, &mut state, "leads", lead_id, "attachment", params, user_id);
+    let uuid = file.uuid.clone();
+    state.files.insert(uuid.clone(), file);
+    (id, uuid)
+}
+
 /// Moves a lead to `status_id`, as a manager would.
 pub(crate) fn set_lead_status(shared: &Shared, lead_id: i64, status_id: i64) {
     let now = shared.now();

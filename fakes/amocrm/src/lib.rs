@@ -14,6 +14,7 @@
 mod account;
 mod chats;
 mod control;
+mod drive;
 mod hooks;
 mod limits;
 mod model;
@@ -258,6 +259,19 @@ impl FakeAmo {
     /// A manager writes a common note on a lead (fires `note_lead` REST webhooks).
     pub fn add_manager_note(&self, lead_id: i64, user_id: i64, text: &str) -> i64 {
         control::add_manager_note(&self.shared, lead_id, user_id, text)
+    }
+
+    /// A manager attaches a file to a lead (the file service, the lead's files and
+    /// an attachment note by `user_id`); returns the note's ID and the file's UUID.
+    pub fn add_manager_attachment(
+        &self,
+        lead_id: i64,
+        user_id: i64,
+        file_name: &str,
+        mime_type: &str,
+        bytes: &[u8],
+    ) -> (i64, String) {
+        control::add_manager_attachment(&self.shared, lead_id, user_id, file_name, mime_type, bytes)
     }
 
     /// A manager replies in a Chats conversation: stored in history and sent once

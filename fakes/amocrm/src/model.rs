@@ -288,11 +288,37 @@ pub struct RequestRecord {
     pub dropped: bool,
 }
 
+/// A file in amoCRM's file service.
+#[derive(Clone, Debug, Serialize)]
+pub struct DriveFile {
+    /// File UUID.
+    pub uuid: String,
+    /// UUID of its (only) version.
+    pub version_uuid: String,
+    /// File name.
+    pub name: String,
+    /// MIME type given when it was uploaded.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its bytes.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    /// The user who uploaded it (the integration's user for API uploads).
+    pub created_by: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Leads it is linked to.
+    pub leads: Vec<i64>,
+}
+
 /// Everything that exists in the fake, for assertions.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     /// Contacts.
     pub contacts: Vec<Contact>,
+    /// Files in the file service.
+    pub files: Vec<DriveFile>,
     /// Leads.
     pub leads: Vec<Lead>,
     /// Notes.

@@ -17,6 +17,15 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> R
     resp
 }
 
+/// A file's bytes under its own content type.
+pub(crate) fn file(status: StatusCode, content_type: &str, body: Vec<u8>) -> Resp {
+    let mut resp = http::Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let value = HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, value);
+    resp
+}
+
 /// A `application/hal+json` success.
 pub(crate) fn hal(status: StatusCode, body: &Value) -> Resp {
     with_type(status, "application/hal+json", body.to_string().into_bytes())

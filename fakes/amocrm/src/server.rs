@@ -18,7 +18,7 @@ use crate::limits::{FaultKind, Refusal};
 use crate::model::RequestRecord;
 use crate::respond::{self, Resp};
 use crate::state::Shared;
-use crate::{chats, control, oauth, page, rest};
+use crate::{chats, control, drive, oauth, page, rest};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -143,6 +143,9 @@ fn process(
             return respond::problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
         }
         return oauth::access_token(shared, headers, body);
+    }
+    if path.starts_with(drive::PREFIX) {
+        return drive::handle(shared, method, path, headers, body);
     }
     if path.starts_with(chats::PREFIX) {
         return chats::handle(shared, method, path, query, headers, body);

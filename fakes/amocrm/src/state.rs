@@ -8,8 +8,8 @@ use crate::FakeConfig;
 use crate::account::User;
 use crate::limits::{Faults, Limits};
 use crate::model::{
-    Chat, ChatMessage, Contact, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, Unsorted, WebhookDelivery,
-    WebhookSubscription,
+    Chat, ChatMessage, Contact, DriveFile, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, Unsorted,
+    WebhookDelivery, WebhookSubscription,
 };
 use crmessenger_testkit::TestClock;
 
@@ -83,6 +83,10 @@ pub(crate) struct State {
     /// amojo user IDs of chat participants, by the integration's user ID.
     pub chat_users: HashMap<String, String>,
     pub tags: HashMap<String, i64>,
+    /// The file service's files, by UUID.
+    pub files: BTreeMap<String, DriveFile>,
+    /// Open upload sessions, by ID.
+    pub upload_sessions: BTreeMap<i64, crate::drive::Session>,
     next_id: i64,
 }
 
@@ -129,6 +133,7 @@ impl State {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             contacts: self.contacts.values().cloned().collect(),
+            files: self.files.values().cloned().collect(),
             leads: self.leads.values().cloned().collect(),
             notes: self.notes.values().cloned().collect(),
             tasks: self.tasks.values().cloned().collect(),

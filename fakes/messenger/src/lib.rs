@@ -13,11 +13,12 @@
 //!   ([`ScriptedMessenger::connections`]), so a test can check that an account
 //!   never had two live connections at once;
 //! - `GET /v1/updates?after=N&timeout_ms=T` — events with `seq > N` (long poll);
-//! - `POST /v1/send` `{chat_id, text, random_id}` — `{message_id, duplicate}`;
+//! - `POST /v1/send` `{chat_id, text, random_id, file?}` — `{message_id, duplicate}`
+//!   (a file is `{kind, file_name, data}`, its bytes in base64);
 //! - `GET /v1/sent?chat_id=C&random_id=R` — the message sent with that id, or 404;
 //! - `GET /v1/session`, `POST /v1/logout` — login state (QR, or code then password);
 //! - `POST /v1/login` `{code?, password?}` — a typed code or password;
-//! - `GET /v1/media/{id}` — an attachment's bytes;
+//! - `GET /v1/media/{id}` — an attachment's bytes ([`media_bytes`]);
 //! - `POST /_script/inbound` (one message or a list), `GET /_script/sent`,
 //!   `POST /_script/scan` (the phone scans the QR code), `POST /_script/fault`.
 
@@ -355,7 +356,7 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
     if !inner.logged_in {
         return not_logged_in();
     }
-    if req.text.trim().is_empty() {
+    if req.text.trim().is_empty() && req.file.is_none() {
         return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": "MESSAGE_EMPTY" }))).into_response();
     }
     // Like Telegram: at most 4,096 UTF-16 units in one message.
@@ -368,6 +369,7 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
     let sent = Sent {
         chat_id: req.chat_id,
         text: req.text,
+        file: req.file,
         random_id: req.random_id,
         message_id: format!("out-{}", inner.sent.len() + 1),
         at_ms: now_ms(),
@@ -489,8 +491,8 @@ async fn logout(State(s): State<Arc<Shared>>) -> StatusCode {
 }
 
 async fn media(Path(id): Path<String>) -> Response {
-    // Deterministic content, so a test can check what arrived.
-    let body: Vec<u8> = id.bytes().cycle().take(1024).collect();
+    // Deterministic content, so a test can check what arrived: `media_bytes(id)`.
+    let body = media_bytes(&id);
     ([("content-type", "application/octet-stream")], body).into_response()
 }
 
@@ -523,6 +525,13 @@ async fn script_fault(State(s): State<Arc<Shared>>, Json(f): Json<Fault>) -> Sta
         i.faults.push(f);
     }
     StatusCode::NO_CONTENT
+}
+
+/// The bytes `GET /v1/media/{id}` serves: the id repeated, 1,024 bytes long, or
+/// `n` bytes for an id ending in `*<n>`.
+pub fn media_bytes(id: &str) -> Vec<u8> {
+    let len = id.rsplit_once('*').and_then(|(_, n)| n.parse().ok()).unwrap_or(1024);
+    id.bytes().cycle().take(len).collect()
 }
 
 /// A customer's text message in a private chat (the common case in tests).

@@ -195,6 +195,14 @@ fn apply(shared: &Shared, state: &mut State, id: i64, input: Input) -> i64 {
 
 /// Routes `/api/v4/leads...` except notes, pipelines and complex.
 pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
+    if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/files")) {
+        let id: i64 = id.parse().ok()?;
+        return match *method {
+            Method::PUT => Some(link_files(shared, id, body)),
+            Method::GET => Some(Ok(files(shared, id))),
+            _ => None,
+        };
+    }
     if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/link")) {
         let id: i64 = id.parse().ok()?;
         return (method == Method::POST).then(|| link(shared, id, body));
@@ -297,4 +305,52 @@ fn link(shared: &Shared, id: i64, body: &[u8]) -> Reply {
 
 fn links_of_link(shared: &Shared, id: i64) -> Value {
     self_links(shared, &format!("/api/v4/leads/{id}/links"))
+}
+
+/// `PUT /api/v4/leads/{id}/files`: links files of the file service to the lead
+/// (`[{"file_uuid": …}]`); 202 with no body. Linking a linked file again changes
+/// nothing.
+fn link_files(shared: &Shared, id: i64, body: &[u8]) -> Reply {
+    let items = query::parse_batch(body)?;
+    let mut state = shared.state();
+    if state.leads.get(&id).is_none_or(|l| l.is_deleted) {
+        return Err(respond::problem(http::StatusCode::NOT_FOUND, "Entity not found"));
+    }
+    let mut v = respond::Validation::default();
+    let mut uuids = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.get("file_uuid").and_then(Value::as_str) {
+            Some(u) if state.files.contains_key(u) => uuids.push(u.to_string()),
+            Some(u) => {
+                v.add(&i.to_string(), vec![FieldError::new("NotFound", "file_uuid", format!("File {u} not found"))])
+            }
+            None => v.add(&i.to_string(), vec![FieldError::new("NotBlank", "file_uuid", "file_uuid is required")]),
+        }
+    }
+    if !v.is_empty() {
+        return Err(v.into_response());
+    }
+    for u in uuids {
+        if let Some(f) = state.files.get_mut(&u)
+            && !f.leads.contains(&id)
+        {
+            f.leads.push(id);
+        }
+    }
+    Ok(respond::empty(http::StatusCode::ACCEPTED))
+}
+
+/// `GET /api/v4/leads/{id}/files`: the files linked to the lead (204 without any).
+fn files(shared: &Shared, id: i64) -> Resp {
+    let state = shared.state();
+    let linked: Vec<Value> = state
+        .files
+        .values()
+        .filter(|f| f.leads.contains(&id))
+        .enumerate()
+        .map(|(i, f)| json!({"file_uuid": f.uuid, "id": i + 1}))
+        .collect();
+    respond::found((!linked.is_empty()).then(
+        || json!({"_links": self_links(shared, &format!("/api/v4/leads/{id}/files")), "_embedded": {"files": linked}}),
+    ))
 }

@@ -200,6 +200,9 @@ fn account_info(shared: &Shared, q: &Query) -> Resp {
     if q.with("amojo_id") {
         doc["amojo_id"] = json!(cfg.amojo_id);
     }
+    if q.with("drive_url") {
+        doc["drive_url"] = json!(shared.url(crate::drive::PREFIX));
+    }
     if q.with("task_types") {
         doc["_embedded"] = json!({"task_types": [
             {"id": 1, "name": "Связаться", "color": null, "icon_id": null, "code": "FOLLOW_UP"},

@@ -21,7 +21,7 @@ const NOTE_TYPES: [(&str, &[&str]); 10] = [
     ("geolocation", &["text", "address", "longitude", "latitude"]),
     ("sms_in", &["text", "phone"]),
     ("sms_out", &["text", "phone"]),
-    ("attachment", &[]),
+    ("attachment", &["file_uuid", "file_name"]),
 ];
 
 /// Renders a note as amoCRM does.
@@ -169,6 +169,12 @@ fn create(shared: &Shared, entity_type: &str, path_entity: Option<i64>, body: &[
             }
         };
         let note_type = validate_type(item, errors);
+        if note_type.as_deref() == Some("attachment")
+            && let Some(uuid) = item.get("params").and_then(|p| p.get("file_uuid")).and_then(Value::as_str)
+            && !state.files.contains_key(uuid)
+        {
+            errors.push(FieldError::new("NotFound", "params.file_uuid", format!("File {uuid} not found")));
+        }
         let created_by = opt_int(item, "created_by", errors).unwrap_or(TOKEN_USER_ID);
         let params = item.get("params").cloned().unwrap_or(json!({}));
         Some((entity_id?, note_type?, params, created_by))
