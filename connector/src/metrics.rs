@@ -16,6 +16,15 @@ pub struct AccountLabel {
     pub account: String,
 }
 
+/// An account and what the messenger said of a reply.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `namespace/name`.
+    pub account: String,
+    /// `delivered`, `read` or `failed`.
+    pub status: String,
+}
+
 /// The connector's metrics (one process may serve many accounts in standalone mode).
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -23,6 +32,9 @@ pub struct Metrics {
     pub messages_in: Family<AccountLabel, Counter>,
     /// Replies delivered to the messenger.
     pub messages_out: Family<AccountLabel, Counter>,
+    /// Replies whose delivery moved forward (the messenger said delivered, read or
+    /// failed), by status.
+    pub reply_statuses: Family<StatusLabel, Counter>,
     /// Inbox and outbox rows not yet delivered.
     pub undelivered: Family<AccountLabel, Gauge>,
     /// Age in seconds of the oldest undelivered customer message.
@@ -59,6 +71,7 @@ impl Default for Metrics {
             registry: Mutex::new(Registry::default()),
             messages_in: Family::default(),
             messages_out: Family::default(),
+            reply_statuses: Family::default(),
             undelivered: Family::default(),
             oldest_undelivered_seconds: Family::default(),
             dead_letters: Family::default(),
@@ -73,6 +86,11 @@ impl Default for Metrics {
         };
         r.register("messages_in", "Customer messages delivered to the CRM", m.messages_in.clone());
         r.register("messages_out", "Replies delivered to the messenger", m.messages_out.clone());
+        r.register(
+            "reply_statuses",
+            "Replies the messenger reported delivered, read or failed",
+            m.reply_statuses.clone(),
+        );
         r.register("undelivered", "Inbox and outbox rows not yet delivered", m.undelivered.clone());
         r.register(
             "oldest_undelivered_seconds",
@@ -97,6 +115,12 @@ impl Metrics {
     /// The label of `account`.
     pub fn label(account: &str) -> AccountLabel {
         AccountLabel { account: account.to_string() }
+    }
+
+    /// The label of `account` and a reply `status` (`failed…` counts as `failed`).
+    pub fn status_label(account: &str, status: &str) -> StatusLabel {
+        let status = if status.starts_with("failed") { "failed" } else { status };
+        StatusLabel { account: account.to_string(), status: status.to_string() }
     }
 
     /// The OpenMetrics text.

@@ -141,6 +141,7 @@ impl Bridge {
                 }
             }
         };
+        self.metrics.reply_statuses.get_or_create(&Metrics::status_label(self.account(), status)).inc();
         if let Some(detail) = status.strip_prefix("failed") {
             let reason = format!("the messenger did not deliver the reply{detail}");
             tracing::warn!(account = self.account(), chat, message_id, "{reason}");

@@ -55,7 +55,12 @@ impl Store {
                (SELECT COUNT(*) FROM inbox WHERE account = $1 AND state = 'dead') AS inbox_dead,
                (SELECT COUNT(*) FROM outbox WHERE account = $1 AND state = 'pending') AS outbox_pending,
                (SELECT COUNT(*) FROM outbox WHERE account = $1 AND state = 'dead') AS outbox_dead,
-               (SELECT MIN(received_ms) FROM inbox WHERE account = $1 AND state = 'pending') AS oldest",
+               (SELECT MIN(received_ms) FROM inbox WHERE account = $1 AND state = 'pending') AS oldest,
+               (SELECT COUNT(*) FROM outbox WHERE account = $1 AND state = 'sent'
+                  AND (delivery IS NULL OR delivery = 'sent')) AS replies_sent,
+               (SELECT COUNT(*) FROM outbox WHERE account = $1 AND state = 'sent' AND delivery = 'delivered')
+                  AS replies_delivered,
+               (SELECT COUNT(*) FROM outbox WHERE account = $1 AND state = 'sent' AND delivery = 'read') AS replies_read",
         )
         .bind(account)
         .fetch_one(&self.pool)
@@ -66,6 +71,11 @@ impl Store {
             outbox_pending: i64_col(&r, "outbox_pending")?,
             outbox_dead: i64_col(&r, "outbox_dead")?,
             oldest_pending_ms: opt_i64(&r, "oldest")?,
+            replies: ReplyCounts {
+                sent: i64_col(&r, "replies_sent")?,
+                delivered: i64_col(&r, "replies_delivered")?,
+                read: i64_col(&r, "replies_read")?,
+            },
         })
     }
 }

@@ -202,8 +202,22 @@ pub struct Counts {
     pub outbox_pending: i64,
     /// Outbox rows dead-lettered.
     pub outbox_dead: i64,
+    /// Sent replies by what the messenger last said of them: `sent` (nothing
+    /// more yet, or a messenger without receipts), `delivered`, `read`.
+    pub replies: ReplyCounts,
     /// Arrival time of the oldest undelivered inbox row.
     pub oldest_pending_ms: Option<i64>,
+}
+
+/// Sent replies by delivery state.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReplyCounts {
+    /// Sent, nothing more known.
+    pub sent: i64,
+    /// Delivered to the customer's device.
+    pub delivered: i64,
+    /// Read by the customer.
+    pub read: i64,
 }
 
 /// A dead letter.

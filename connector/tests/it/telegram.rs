@@ -685,6 +685,7 @@ struct Whole {
     parts: crmessenger_connector::app::AccountParts,
     store: Store,
     stop: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<crmessenger_connector::metrics::Metrics>,
 }
 
 /// Waits up to 30 s for `f` to hold (`testkit::checks::eventually_some`).
@@ -718,6 +719,7 @@ async fn whole(db: &str, policy: &str, fake: Arc<FakeTelegram>) -> Whole {
     let session = Arc::new(DbSession::load(store.clone(), key(), &s.account).await.unwrap());
     let tg = Arc::new(Telegram::new(s, Arc::new(Seam(fake.clone())), session));
     let token = amo.issue_token_pair().access_token;
+    let metrics = Arc::new(crmessenger_connector::metrics::Metrics::default());
     let parts = build_account(
         &config,
         &store,
@@ -726,7 +728,7 @@ async fn whole(db: &str, policy: &str, fake: Arc<FakeTelegram>) -> Whole {
         tg,
         None,
         Arc::new(crmessenger_crm::clock::SystemClock),
-        Arc::new(crmessenger_connector::metrics::Metrics::default()),
+        metrics.clone(),
     )
     .unwrap();
     let stop = common::run_bridge(&parts, &store).await;
@@ -738,7 +740,7 @@ async fn whole(db: &str, policy: &str, fake: Arc<FakeTelegram>) -> Whole {
     fake.scan();
     eventually("logged in", || matches!(state.get().login, Some(LoginState::LoggedIn { .. }))).await;
     eventually("the stream to start", || fake.calls_of("getState") > 0).await;
-    Whole { amo, fake, parts, store, stop }
+    Whole { amo, fake, parts, store, stop, metrics }
 }
 
 fn has_note(amo: &crmessenger_fake_amocrm::FakeAmo, text: &str) -> bool {
@@ -949,6 +951,12 @@ async fn a_read_receipt_marks_every_reply_up_to_it_read() {
     // Then the whole chat: both are read.
     w.fake.customer_reads(501, sent[1].id);
     until_read(&store, &account, &second).await;
+    // What an operator sees: the status's queue counts and the metrics.
+    let c = store.counts(&account).await.unwrap();
+    assert_eq!((c.replies.sent, c.replies.delivered, c.replies.read), (0, 0, 2), "{c:?}");
+    let text = w.metrics.encode();
+    let line = format!("crmessenger_connector_reply_statuses_total{{account=\"{account}\",status=\"read\"}} 2");
+    assert!(text.contains(&line), "{line} in:\n{text}");
     let _ = w.stop.send(true);
 }
 

@@ -94,6 +94,25 @@ pub fn inbound_key(i: &Incoming) -> String {
     format!("{:015}|{}|{}|{}", i.at_ms.max(0), i.chat, i.sender, i.id)
 }
 
+/// What a receipt says of our messages: `delivered` when the customer's phone got
+/// them, `read` when they opened them (a voice message played counts as read). A
+/// customer who turned read receipts off never sends `read`: their replies stay
+/// delivered. Receipts of the account's own other devices, and anything else
+/// (retries, server errors), say nothing of the customer.
+pub fn receipt_status(kind: &whatsapp_rust::wacore::types::presence::ReceiptType) -> Option<&'static str> {
+    use whatsapp_rust::wacore::types::presence::ReceiptType;
+    match kind {
+        ReceiptType::Delivered => Some("delivered"),
+        ReceiptType::Read | ReceiptType::Played => Some("read"),
+        _ => None,
+    }
+}
+
+/// The store key of a receipt: its time first, like messages, then what it covers.
+fn receipt_key(at_ms: i64, chat: &str, status: &str, first_id: &str) -> String {
+    format!("{:015}|{chat}|receipt:{status}|{first_id}", at_ms.max(0))
+}
+
 /// Stores each message before WhatsApp is told it arrived.
 struct Durable {
     backend: Arc<store::WaStore>,
@@ -242,6 +261,19 @@ async fn on_event(
             }
             lock(shared).login = Some(LoginState::LoggedOut { reason });
         }
+        WaEvent::Receipt(r) if !r.source.is_from_me || r.source.is_group => {
+            let Some(status) = receipt_status(&r.r#type) else { return };
+            let chat = r.source.chat.to_string();
+            let ids: Vec<String> = r.message_ids.iter().map(|id| id.to_string()).collect();
+            let key =
+                receipt_key(r.timestamp.timestamp_millis(), &chat, status, ids.first().map_or("", String::as_str));
+            for (n, message_id) in ids.into_iter().enumerate() {
+                let event = Event::Status { chat_id: chat.clone(), message_id, status: status.to_string() };
+                if let Err(e) = backend.put_inbound(&format!("{key}|{n}"), &event).await {
+                    tracing::warn!(account, "a receipt could not be stored: {e}");
+                }
+            }
+        }
         // Messages are stored by the durability hook before they are acknowledged.
         _ => {}
     }
@@ -280,6 +312,14 @@ impl Messenger for WhatsAppWeb {
         let to: Jid =
             m.chat_id.parse().map_err(|_| MessengerError::Rejected(format!("not a WhatsApp chat: {}", m.chat_id)))?;
         let text = match &m.media {
+            // Only a file with a link can go as text; a file from the CRM's own
+            // storage has none.
+            Some(f) if f.crm_file.is_some() => {
+                return Err(MessengerError::Rejected(format!(
+                    "WhatsApp Web sends text only: {} stays in the CRM",
+                    f.file_name
+                )));
+            }
             Some(f) => format!("{}\n{}: {}", m.text, f.file_name, f.url).trim().to_string(),
             None => m.text.clone(),
         };
@@ -363,6 +403,20 @@ mod tests {
         });
         assert_eq!((g.chat_kind, g.sender.id.as_str(), g.sender.phone.clone()), (ChatKind::Group, "2040", None));
         assert!(g.caption().contains("cannot show"));
+    }
+
+    #[test]
+    fn receipts_move_replies_to_delivered_and_read_only() {
+        use whatsapp_rust::wacore::types::presence::ReceiptType;
+        assert_eq!(receipt_status(&ReceiptType::Delivered), Some("delivered"));
+        assert_eq!(receipt_status(&ReceiptType::Read), Some("read"));
+        assert_eq!(receipt_status(&ReceiptType::Played), Some("read"));
+        for other in [ReceiptType::ReadSelf, ReceiptType::Retry, ReceiptType::Sent, ReceiptType::ServerError] {
+            assert_eq!(receipt_status(&other), None, "{other:?}");
+        }
+        // Receipts sort among the messages by time, and never collide with one.
+        let k = receipt_key(1_700_000_000_000, "1555@s.whatsapp.net", "read", "3EB0");
+        assert!(k.starts_with("001700000000000|1555@s.whatsapp.net|receipt:read|"));
     }
 
     #[test]
