@@ -122,6 +122,9 @@ pub struct Sent {
     /// The file it carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<SentFile>,
+    /// Earlier texts, oldest first, when it was edited (`text` is the current one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<String>,
     /// The sender's idempotency key.
     pub random_id: i64,
     /// Id the messenger gave it.
@@ -143,6 +146,17 @@ pub struct SendRequest {
     /// Idempotency key: a second send with the same id in the same chat is not
     /// delivered again.
     pub random_id: i64,
+}
+
+/// An edit of a sent message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditRequest {
+    /// Chat id.
+    pub chat_id: String,
+    /// The message's id.
+    pub message_id: String,
+    /// Its new text.
+    pub text: String,
 }
 
 /// The answer to a send.

@@ -222,6 +222,7 @@ impl Bridge {
             text,
             crm_message_id: Some(crm_message_id),
             media: media.as_deref(),
+            edit_of: None,
         };
         let added = self.queue_parts(self.account(), &reply).await.map_err(db)?;
         Ok(added)

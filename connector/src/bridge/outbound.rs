@@ -29,6 +29,12 @@ impl Bridge {
                 continue;
             }
             worked = true;
+            if let Some(original) = &row.edit_of {
+                if !self.send_edit(&row, original).await? {
+                    blocked.insert(row.chat_id.clone());
+                }
+                continue;
+            }
             let outgoing = Outgoing {
                 chat_id: row.chat_id.clone(),
                 text: row.text.clone(),
@@ -107,6 +113,27 @@ impl Bridge {
             }
         }
         Ok(worked)
+    }
+
+    /// A manager's edit of a sent reply: the message's text changes in the
+    /// messenger (a messenger that cannot edit dead-letters it, saying so).
+    /// Returns false when it waits for a retry.
+    async fn send_edit(&self, row: &crate::store::OutboxRow, original: &str) -> Result<bool, PassError> {
+        let now = self.clock.now_ms();
+        self.store.outbox_started(row.seq).await?;
+        match self.messenger.edit(&row.chat_id, original, &row.text).await {
+            Ok(()) => self.store.outbox_sent(row.seq, original, now).await?,
+            Err(MessengerError::Rejected(reason)) => {
+                tracing::warn!(account = self.account(), chat = row.chat_id, "an edit was not mirrored: {reason}");
+                self.store.outbox_dead(row.seq, &reason).await?;
+            }
+            Err(e) => {
+                let at = now + plan::send_retry_wait(&e, row.attempts).as_millis() as i64;
+                self.store.outbox_retry(row.seq, at, &e.to_string(), false).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A reply carrying a file from the CRM's storage gets its bytes, fetched with

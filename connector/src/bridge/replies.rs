@@ -50,6 +50,9 @@ impl Bridge {
         };
         let new = NewReply { source_id: &reply.source_id, chat_id: &chat, text: &reply.text, ..Default::default() };
         let mut added = self.queue_parts(&account, &new).await?;
+        if !added {
+            added = self.queue_edit(&account, reply).await?;
+        }
         // The files the manager attached for it, after the text, each once.
         for f in &reply.files {
             let source = format!("{}#{}", reply.source_id, f.source_id);
@@ -63,6 +66,40 @@ impl Bridge {
             self.store.notify(&account).await?;
         }
         Ok(added)
+    }
+
+    /// A manager changed a reply already queued (a note's text changed): one not
+    /// yet tried goes out as edited; one sent is edited in the messenger, by a row
+    /// keyed by the new text's hash, so each distinct edit goes once. A reply that
+    /// went as several parts, or whose edit would not fit one message, is left as
+    /// it was (logged).
+    async fn queue_edit(&self, account: &str, reply: &crmessenger_crm::Reply) -> Result<bool, StoreError> {
+        let Some(queued) = self.store.outbox_of_source(account, &reply.source_id).await? else { return Ok(false) };
+        if queued.text == reply.text {
+            return Ok(false);
+        }
+        let split = self.store.outbox_of_source(account, &format!("{}#2", reply.source_id)).await?.is_some();
+        if split || plan::split_text(&reply.text, plan::MESSAGE_LIMIT).len() > 1 {
+            tracing::info!(account, source = reply.source_id, "an edit of a reply of several parts is not mirrored");
+            return Ok(false);
+        }
+        match (queued.state.as_str(), queued.message_id) {
+            ("pending", _) => self.store.outbox_retext_unsent(account, &reply.source_id, &reply.text).await,
+            ("sent", Some(message_id)) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(reply.text.as_bytes());
+                let source = format!("{}@edit:{}", reply.source_id, hex::encode(&digest[..8]));
+                let edit = NewReply {
+                    source_id: &source,
+                    chat_id: &queued.chat_id,
+                    text: &reply.text,
+                    edit_of: Some(&message_id),
+                    ..Default::default()
+                };
+                self.store.outbox_add(account, &edit, self.clock.now_ms()).await
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Queues a reply as messages the messenger accepts: a text over its limit as

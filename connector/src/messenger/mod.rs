@@ -418,6 +418,12 @@ pub trait Messenger: Send + Sync {
     async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError>;
     /// Marks the chat read up to `message_id`.
     async fn mark_read(&self, chat_id: &str, message_id: &str) -> Result<(), MessengerError>;
+    /// Changes the text of a message the account sent (a manager's edit of a
+    /// reply). Editing to the same text again succeeds. A messenger that cannot
+    /// edit refuses.
+    async fn edit(&self, _chat_id: &str, _message_id: &str, _text: &str) -> Result<(), MessengerError> {
+        Err(MessengerError::Rejected("this messenger cannot edit a sent message".into()))
+    }
     /// Downloads an attachment.
     async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError>;
     /// Messages of a chat before `before` (newest first), for history backfill. A

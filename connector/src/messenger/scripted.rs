@@ -188,6 +188,16 @@ impl Messenger for Scripted {
         Ok(SentRef { message_id: sent.message_id })
     }
 
+    async fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), MessengerError> {
+        self.connected().await?;
+        let body = wire::EditRequest { chat_id: chat_id.into(), message_id: message_id.into(), text: text.into() };
+        match Self::check(self.http.post(format!("{}/v1/edit", self.base)).json(&body).send().await).await {
+            // Already that text (an edit repeated after a lost answer).
+            Err(MessengerError::Rejected(e)) if e.contains("MESSAGE_NOT_MODIFIED") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     async fn find_sent(&self, chat_id: &str, random_id: i64) -> Result<Option<SentRef>, MessengerError> {
         self.connected().await?;
         let url = format!("{}/v1/sent", self.base);

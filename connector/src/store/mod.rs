@@ -21,7 +21,7 @@ pub mod media;
 mod outbox;
 mod secrets;
 
-pub use outbox::{DeliveryUpdate, Echo};
+pub use outbox::{DeliveryUpdate, Echo, QueuedReply};
 
 use fence::{FenceCell, FencedWrite};
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,8 @@ pub struct NewReply<'a> {
     pub crm_message_id: Option<&'a str>,
     /// The file it carries (JSON of [`crate::messenger::OutgoingMedia`]).
     pub media: Option<&'a str>,
+    /// For a manager's edit of a sent reply: the message id it changes.
+    pub edit_of: Option<&'a str>,
 }
 
 /// One outbox row.
@@ -163,6 +165,8 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Not before this time.
     pub next_attempt_ms: i64,
+    /// For an edit: the message id whose text becomes `text`.
+    pub edit_of: Option<String>,
 }
 
 /// What a chat maps to in the CRM.

@@ -30,6 +30,19 @@ pub enum Echo {
     NotOurs,
 }
 
+/// A queued reply as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedReply {
+    /// `pending`, `sent` or `dead`.
+    pub state: String,
+    /// Its chat.
+    pub chat_id: String,
+    /// Its text.
+    pub text: String,
+    /// The id it was sent as.
+    pub message_id: Option<String>,
+}
+
 /// The order of delivery statuses: sent → delivered → read; failed ends it.
 pub(super) fn delivery_rank(s: Option<&str>) -> u8 {
     match s {
@@ -44,11 +57,11 @@ pub(super) fn delivery_rank(s: Option<&str>) -> u8 {
 impl Store {
     /// Queues a reply; returns false when `source_id` was queued before.
     pub async fn outbox_add(&self, account: &str, reply: &NewReply<'_>, now_ms: i64) -> Result<bool> {
-        let NewReply { source_id, chat_id, text, crm_message_id, media } = *reply;
+        let NewReply { source_id, chat_id, text, crm_message_id, media, edit_of } = *reply;
         let random_id = random_i64();
         let r = sqlx::query(
-            "INSERT INTO outbox (account, source_id, chat_id, text, random_id, crm_message_id, media, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, source_id) DO NOTHING",
+            "INSERT INTO outbox (account, source_id, chat_id, text, random_id, crm_message_id, media, created_ms, edit_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (account, source_id) DO NOTHING",
         )
         .bind(account)
         .bind(source_id)
@@ -58,6 +71,40 @@ impl Store {
         .bind(crm_message_id.map(str::to_string))
         .bind(media.map(str::to_string))
         .bind(now_ms)
+        .bind(edit_of.map(str::to_string))
+        .run(self)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// What became of the reply queued as `source_id`.
+    pub async fn outbox_of_source(&self, account: &str, source_id: &str) -> Result<Option<QueuedReply>> {
+        let row =
+            sqlx::query("SELECT state, chat_id, text, message_id FROM outbox WHERE account = $1 AND source_id = $2")
+                .bind(account)
+                .bind(source_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(QueuedReply {
+                state: r.try_get("state")?,
+                chat_id: r.try_get("chat_id")?,
+                text: r.try_get("text")?,
+                message_id: r.try_get("message_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A reply edited before any attempt to send it goes out as edited; returns
+    /// whether there was such a reply.
+    pub async fn outbox_retext_unsent(&self, account: &str, source_id: &str, text: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE outbox SET text = $3 WHERE account = $1 AND source_id = $2 AND state = 'pending' AND attempts = 0",
+        )
+        .bind(account)
+        .bind(source_id)
+        .bind(text)
         .run(self)
         .await?;
         Ok(r.rows_affected() > 0)
@@ -66,7 +113,7 @@ impl Store {
     /// Pending outbox rows, oldest first.
     pub async fn outbox_pending(&self, account: &str, limit: i64) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query(
-            "SELECT seq, source_id, chat_id, text, random_id, crm_message_id, media, attempts, next_attempt_ms
+            "SELECT seq, source_id, chat_id, text, random_id, crm_message_id, media, attempts, next_attempt_ms, edit_of
              FROM outbox WHERE account = $1 AND state = 'pending' ORDER BY seq LIMIT $2",
         )
         .bind(account)
@@ -85,6 +132,7 @@ impl Store {
                     media: r.try_get("media")?,
                     attempts: i64_col(r, "attempts")?,
                     next_attempt_ms: i64_col(r, "next_attempt_ms")?,
+                    edit_of: r.try_get("edit_of")?,
                 })
             })
             .collect()

@@ -356,6 +356,38 @@ async fn sqlite_files_go_both_ways_in_notes_mode() {
     files_go_both_ways_in_notes_mode(&sqlite(&dir)).await;
 }
 
+/// A manager who edits a reply note after it went out changes the message in the
+/// messenger (once per edit); the messenger's report of the edit is not written to
+/// the CRM as the owner's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managers_edit_of_a_sent_reply_reaches_the_messenger() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Shop::new(&sqlite(&dir)).await;
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("7001", "c1", "Vera", "When do you open?")]);
+    shop.notes(1).await;
+    let lead = shop.fake.snapshot().leads[0].id;
+    let note = shop.fake.add_manager_note(lead, 1001, ">> We open at 9");
+    eventually_some("the reply", 30, || (!shop.messenger.sent().is_empty()).then_some(())).await;
+    // A minute later the manager corrects it.
+    shop.fake.clock().advance(Duration::from_secs(60));
+    assert!(shop.fake.edit_note(note, ">> We open at 10, sorry"));
+    let sent = eventually_some("the edit in the messenger", 30, || {
+        let sent = shop.messenger.sent();
+        (sent[0].text == "We open at 10, sorry").then_some(sent)
+    })
+    .await;
+    assert_eq!((sent.len(), sent[0].edits.clone()), (1, vec!["We open at 9".to_string()]), "edited, not sent again");
+    // Polls go on; the customer writes again: nothing else is sent or edited, and
+    // the messenger's report of the edit is not in the CRM.
+    shop.messenger.push(vec![text("7001", "c2", "Vera", "Thanks")]);
+    let notes = shop.notes(2).await;
+    assert!(!notes.iter().any(|n| n.contains("We open at")), "{notes:?}");
+    let sent = shop.messenger.sent();
+    assert_eq!((sent.len(), sent[0].edits.len()), (1, 1), "{sent:?}");
+    let _ = stop.send(true);
+}
+
 /// Emoji with skin tones and joiners, right-to-left Arabic, and combining marks.
 const UNUSUAL: &str = "Привет 👋🏽 👩‍👩‍👧 — مرحبا بك، — e\u{301} n\u{303} A\u{30a}\u{31b}";
 

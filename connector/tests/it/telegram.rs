@@ -541,6 +541,29 @@ async fn a_duplicated_auth_key_is_reported_as_a_duplicate_session() {
     logged_out_with(RpcFailure::from_message(406, "AUTH_KEY_DUPLICATED"), "duplicate session").await;
 }
 
+#[tokio::test]
+async fn a_sent_reply_is_edited_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let fake = FakeTelegram::new(Script::default());
+    let (tg, mut cursor) = signed_in(&fake, &store, settings(LoginMethod::Qr)).await;
+    with_customer(&fake, &tg, &mut cursor).await;
+    let sent = tg.send(&out("501", "We open at 9", 21)).await.unwrap();
+    tg.edit("501", &sent.message_id, "We open at 10").await.unwrap();
+    // Repeated after a lost answer: Telegram says MESSAGE_NOT_MODIFIED, which is done.
+    tg.edit("501", &sent.message_id, "We open at 10").await.unwrap();
+    let s = fake.sent();
+    assert_eq!((s[0].text.as_str(), s[0].edits.clone()), ("We open at 10", vec!["We open at 9".to_string()]));
+    assert_eq!(fake.calls_of("editMessage"), 2);
+    // A message that is not ours, or not there, is refused (not retried).
+    let e = tg.edit("501", "99999", "x").await.unwrap_err();
+    assert!(matches!(e, MessengerError::Rejected(ref m) if m.contains("MESSAGE_ID_INVALID")), "{e:?}");
+    // The send and the edit come back through the update stream as the account's own.
+    let events = read(&tg, &mut cursor, 2).await;
+    let m = message(events.last().unwrap());
+    assert!(m.edited && m.outgoing && m.message_id == sent.message_id, "{m:?}");
+}
+
 // ---- media, backfill, logout ---------------------------------------------
 
 #[tokio::test]

@@ -65,6 +65,17 @@ pub(crate) fn add_manager_attachment(
     (id, uuid)
 }
 
+/// A manager changes a note's text (its `updated_at` moves to now); false when
+/// there is no such note.
+pub(crate) fn edit_note(shared: &Shared, note_id: i64, text: &str) -> bool {
+    let now = shared.now();
+    let mut state = shared.state();
+    let Some(n) = state.notes.get_mut(&note_id) else { return false };
+    n.params["text"] = json!(text);
+    n.updated_at = now;
+    true
+}
+
 /// Moves a lead to `status_id`, as a manager would.
 pub(crate) fn set_lead_status(shared: &Shared, lead_id: i64, status_id: i64) {
     let now = shared.now();

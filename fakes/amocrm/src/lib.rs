@@ -261,6 +261,12 @@ impl FakeAmo {
         control::add_manager_note(&self.shared, lead_id, user_id, text)
     }
 
+    /// A manager changes a note's text, as amoCRM's editor does (`updated_at`
+    /// moves); false when there is no such note.
+    pub fn edit_note(&self, note_id: i64, text: &str) -> bool {
+        control::edit_note(&self.shared, note_id, text)
+    }
+
     /// A manager attaches a file to a lead (the file service, the lead's files and
     /// an attachment note by `user_id`); returns the note's ID and the file's UUID.
     pub fn add_manager_attachment(

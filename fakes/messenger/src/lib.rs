@@ -15,6 +15,8 @@
 //! - `GET /v1/updates?after=N&timeout_ms=T` — events with `seq > N` (long poll);
 //! - `POST /v1/send` `{chat_id, text, random_id, file?}` — `{message_id, duplicate}`
 //!   (a file is `{kind, file_name, data}`, its bytes in base64);
+//! - `POST /v1/edit` `{chat_id, message_id, text}` — 204, or `MESSAGE_ID_INVALID`,
+//!   `MESSAGE_NOT_MODIFIED` (400);
 //! - `GET /v1/sent?chat_id=C&random_id=R` — the message sent with that id, or 404;
 //! - `GET /v1/session`, `POST /v1/logout` — login state (QR, or code then password);
 //! - `POST /v1/login` `{code?, password?}` — a typed code or password;
@@ -262,6 +264,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/connect", get(connect))
         .route("/v1/updates", get(updates))
         .route("/v1/send", post(send))
+        .route("/v1/edit", post(edit))
         .route("/v1/sent", get(find_sent))
         .route("/v1/session", get(session))
         .route("/v1/logout", post(logout))
@@ -370,6 +373,7 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
         chat_id: req.chat_id,
         text: req.text,
         file: req.file,
+        edits: Vec::new(),
         random_id: req.random_id,
         message_id: format!("out-{}", inner.sent.len() + 1),
         at_ms: now_ms(),
@@ -382,6 +386,36 @@ async fn send(State(s): State<Arc<Shared>>, Json(req): Json<SendRequest>) -> Res
     drop(inner);
     push(&s, vec![echo]);
     Json(SendResponse { message_id, duplicate: false }).into_response()
+}
+
+/// Edits a message the account sent, like Telegram's `messages.editMessage`: an
+/// unknown message is `MESSAGE_ID_INVALID`, the same text `MESSAGE_NOT_MODIFIED`;
+/// the account's update stream reports the edit.
+async fn edit(State(s): State<Arc<Shared>>, Json(req): Json<EditRequest>) -> Response {
+    let bad = |e: &str| (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e }))).into_response();
+    let Ok(mut inner) = s.inner.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    if !inner.logged_in {
+        return not_logged_in();
+    }
+    if req.text.trim().is_empty() {
+        return bad("MESSAGE_EMPTY");
+    }
+    if req.text.encode_utf16().count() > 4096 {
+        return bad("MESSAGE_TOO_LONG");
+    }
+    let Some(m) = inner.sent.iter_mut().find(|m| m.chat_id == req.chat_id && m.message_id == req.message_id) else {
+        return bad("MESSAGE_ID_INVALID");
+    };
+    if m.text == req.text {
+        return bad("MESSAGE_NOT_MODIFIED");
+    }
+    let before = std::mem::replace(&mut m.text, req.text.clone());
+    m.edits.push(before);
+    drop(inner);
+    let echo =
+        Update { kind: "edit".into(), message_id: req.message_id.clone(), ..from_owner(&req.chat_id, "", &req.text) };
+    push(&s, vec![echo]);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]

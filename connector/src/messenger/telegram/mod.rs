@@ -316,6 +316,10 @@ impl Messenger for Telegram {
         self.inner.mark_read(chat_id, message_id).await
     }
 
+    async fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), MessengerError> {
+        self.inner.edit(chat_id, message_id, text).await
+    }
+
     async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, MessengerError> {
         self.inner.fetch_media(media).await
     }

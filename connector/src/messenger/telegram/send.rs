@@ -193,6 +193,39 @@ impl Inner {
             _ => None,
         })
     }
+    /// A manager's edit of a reply: `messages.editMessage` (the same text again is
+    /// `MESSAGE_NOT_MODIFIED`, which is done already). Its answer goes to the
+    /// update feed like any update, where the bridge knows it as its own.
+    pub(super) async fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), MessengerError> {
+        self.flood_gate()?;
+        let id: i32 = message_id
+            .parse()
+            .map_err(|_| MessengerError::Rejected(format!("not a Telegram message id: {message_id}")))?;
+        let (_, peer) = self.input_peer(chat_id)?;
+        let req = tl::functions::messages::EditMessage {
+            no_webpage: false,
+            invert_media: false,
+            peer,
+            id,
+            message: Some(text.to_string()),
+            media: None,
+            reply_markup: None,
+            entities: None,
+            schedule_date: None,
+            schedule_repeat_period: None,
+            quick_reply_shortcut_id: None,
+            rich_message: None,
+        };
+        match self.call(None, &req).await {
+            Ok(updates) => {
+                let _ = self.local.send(UpdatesLike::Updates(updates));
+                Ok(())
+            }
+            Err(RpcFailure::Rpc { name, .. }) if name == "MESSAGE_NOT_MODIFIED" => Ok(()),
+            Err(e) => Err(self.classify(e).await),
+        }
+    }
+
     pub(super) async fn mark_read(&self, chat_id: &str, message_id: &str) -> Result<(), MessengerError> {
         let Ok(max_id) = message_id.parse::<i32>() else { return Ok(()) };
         let (r, peer) = self.input_peer(chat_id)?;

@@ -66,6 +66,8 @@ pub struct Sent {
     pub id: i32,
     /// A file sent with it: name, MIME type, bytes.
     pub file: Option<(String, String, Vec<u8>)>,
+    /// Earlier texts, oldest first, when it was edited.
+    pub edits: Vec<String>,
 }
 
 #[derive(Default)]
@@ -982,6 +984,41 @@ impl FakeTelegram {
                 }
                 answer
             }
+            f::messages::EditMessage::CONSTRUCTOR_ID => {
+                need_auth!();
+                w.calls.push((dc, "editMessage".into()));
+                let r = req!(f::messages::EditMessage);
+                let chat = peer_of(&r.peer).ok_or_else(|| rpc(400, "PEER_ID_INVALID"))?;
+                let text = r.message.unwrap_or_default();
+                if text.encode_utf16().count() > 4096 {
+                    return Err(rpc(400, "MESSAGE_TOO_LONG"));
+                }
+                let Some(sent) = w.sent.iter_mut().find(|s| s.chat == chat && s.id == r.id) else {
+                    return Err(rpc(400, "MESSAGE_ID_INVALID"));
+                };
+                if sent.text == text {
+                    return Err(rpc(400, "MESSAGE_NOT_MODIFIED"));
+                }
+                let before = std::mem::replace(&mut sent.text, text.clone());
+                sent.edits.push(before);
+                w.pts += 1;
+                let m = message(r.id, peer_enum(chat), Some(ME), true, &text, None, now() - 1, Some(now()));
+                let u = tl::enums::Update::EditMessage(tl::types::UpdateEditMessage {
+                    message: m,
+                    pts: w.pts,
+                    pts_count: 1,
+                });
+                let pts = w.pts;
+                w.other_log.push((pts, u.clone()));
+                tl::enums::Updates::Updates(tl::types::Updates {
+                    updates: vec![u],
+                    users: vec![],
+                    chats: vec![],
+                    date: now(),
+                    seq: 0,
+                })
+                .to_bytes()
+            }
             f::upload::SaveFilePart::CONSTRUCTOR_ID => {
                 need_auth!();
                 w.calls.push((dc, "saveFilePart".into()));
@@ -1173,7 +1210,7 @@ fn record_sent(
     w.next_id += 1;
     let (id, pts) = (w.next_id, w.pts);
     w.random_ids.insert(random_id, id);
-    w.sent.push(Sent { chat, text: text.to_string(), random_id, id, file });
+    w.sent.push(Sent { chat, text: text.to_string(), random_id, id, file, edits: Vec::new() });
     let m = message(id, peer_enum(chat), Some(ME), true, text, None, now(), None);
     w.log.push((pts, m.clone()));
     tl::enums::Updates::Updates(tl::types::Updates {
