@@ -204,8 +204,30 @@ fn content(m: &tl::types::Message) -> Content {
             name: format!("{} {}", c.first_name, c.last_name).trim().to_string(),
             phone: c.phone_number.clone(),
         },
+        Some(tl::enums::MessageMedia::Poll(p)) => Content::Text { text: poll_text(p) },
         _ => text(),
     }
+}
+
+/// A poll as a line a manager reads: `[poll: question — answer / answer]` (a quiz
+/// says so; a closed poll too).
+fn poll_text(p: &tl::types::MessageMediaPoll) -> String {
+    let tl::enums::Poll::Poll(poll) = &p.poll;
+    let tl::enums::TextWithEntities::Entities(question) = &poll.question;
+    let answers: Vec<&str> = poll
+        .answers
+        .iter()
+        .filter_map(|a| match a {
+            tl::enums::PollAnswer::Answer(a) => {
+                let tl::enums::TextWithEntities::Entities(t) = &a.text;
+                Some(t.text.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let kind = if poll.quiz { "quiz" } else { "poll" };
+    let closed = if poll.closed { ", closed" } else { "" };
+    format!("[{kind}{closed}: {} — {}]", question.text, answers.join(" / "))
 }
 
 fn photo_ref(photo: &tl::types::Photo) -> Option<MediaRef> {
@@ -393,5 +415,58 @@ mod tests {
             UpdatesState { pts: 11, qts: 1, date: 102, seq: 6, channels: vec![ChannelState { id: 7, pts: 4 }] }
         );
         assert_eq!(state_of(&cursor_of(&s)), Some(s));
+    }
+
+    #[test]
+    fn a_poll_reads_as_its_question_and_answers() {
+        let text = |t: &str| {
+            tl::enums::TextWithEntities::Entities(tl::types::TextWithEntities { text: t.into(), entities: vec![] })
+        };
+        let answer = |t: &str, o: u8| {
+            tl::enums::PollAnswer::Answer(tl::types::PollAnswer {
+                text: text(t),
+                option: vec![o],
+                media: None,
+                added_by: None,
+                date: None,
+            })
+        };
+        let poll = tl::types::Poll {
+            id: 1,
+            closed: false,
+            public_voters: false,
+            multiple_choice: false,
+            quiz: false,
+            open_answers: false,
+            revoting_disabled: false,
+            shuffle_answers: false,
+            hide_results_until_close: false,
+            creator: false,
+            subscribers_only: false,
+            question: text("Which day suits you?"),
+            answers: vec![answer("Saturday", 0), answer("Sunday", 1)],
+            close_period: None,
+            close_date: None,
+            countries_iso2: None,
+            hash: 0,
+        };
+        let media = |poll: tl::types::Poll| tl::types::MessageMediaPoll {
+            poll: tl::enums::Poll::Poll(poll),
+            results: tl::enums::PollResults::Results(Box::new(tl::types::PollResults {
+                min: false,
+                has_unread_votes: false,
+                can_view_stats: false,
+                results: None,
+                total_voters: None,
+                recent_voters: None,
+                solution: None,
+                solution_entities: None,
+                solution_media: None,
+            })),
+            attached_media: None,
+        };
+        assert_eq!(poll_text(&media(poll.clone())), "[poll: Which day suits you? — Saturday / Sunday]");
+        let quiz = tl::types::Poll { quiz: true, closed: true, ..poll };
+        assert_eq!(poll_text(&media(quiz)), "[quiz, closed: Which day suits you? — Saturday / Sunday]");
     }
 }
