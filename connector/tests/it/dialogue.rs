@@ -424,6 +424,7 @@ async fn a_long_reply_goes_as_ordered_parts_once_across_a_restart() {
         status: 503,
         times: 1,
         flood_wait_secs: 0,
+        skip: 0,
     });
     let _ = stop.send(true);
     let stop = shop.start().await;

@@ -232,3 +232,48 @@ async fn a_second_process_on_the_same_sqlite_waits_for_the_lock_and_takes_over_a
         assert_eq!(n, 1, "{needle:?} delivered once");
     }
 }
+
+/// A reply over the message limit goes as ordered parts. The connector is
+/// SIGKILLed after the first part went out, while the next one is failing: the
+/// restarted connector sends the rest, each part once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reply_survives_a_sigkill_between_its_parts() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
+    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let token = fake.issue_token_pair().access_token;
+    write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+    let ports = Ports::free();
+    let scripted = format!("home/shop={}", messenger.base_url());
+    let args = ["--scripted-messenger", scripted.as_str()];
+    let mut p = start_standalone(dir.path(), &ports, &args);
+    messenger.push(vec![text("7001", "1", "Olga", "Send me the full terms")]);
+    let lead = note_with(&fake, "full terms", &p).await;
+    // The first send passes; the next two fail, so the second part is being retried.
+    messenger.inject(crmessenger_fake_messenger::Fault {
+        op: "send".into(),
+        status: 503,
+        times: 2,
+        flood_wait_secs: 0,
+        skip: 1,
+    });
+    let terms: String = (0..1000).map(|i| format!("clause{i:03}. ")).collect();
+    assert!(terms.chars().count() > 2 * 4096, "three parts");
+    fake.add_manager_note(lead, 1001, &format!(">> {terms}"));
+    eventually("the first part out and the second failing", 60, || async {
+        (messenger.sent().len() == 1 && messenger.send_calls() >= 2).then_some(()).ok_or(p.log_tail(10))
+    })
+    .await;
+    p.kill();
+    let p = start_standalone(dir.path(), &ports, &args);
+    eventually("all three parts", 90, || async { (messenger.sent().len() >= 3).then_some(()).ok_or(p.log_tail(10)) })
+        .await;
+    // Give a duplicate every chance to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = messenger.sent();
+    assert_eq!(sent.len(), 3, "{:?}", sent.iter().map(|s| s.text.chars().count()).collect::<Vec<_>>());
+    assert_eq!(sent.iter().map(|s| s.text.as_str()).collect::<String>(), terms.trim());
+    assert!(sent.iter().all(|s| s.text.encode_utf16().count() <= 4096));
+    drop(p);
+}

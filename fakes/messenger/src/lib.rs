@@ -51,6 +51,9 @@ pub struct Fault {
     /// For 429: seconds the client must wait (Telegram's FLOOD_WAIT_X).
     #[serde(default)]
     pub flood_wait_secs: u64,
+    /// How many matching calls pass before the first one fails.
+    #[serde(default)]
+    pub skip: u32,
 }
 
 /// How to start a scripted messenger.
@@ -306,6 +309,10 @@ async fn connect(State(shared): State<Arc<Shared>>, Query(q): Query<ConnectQuery
 fn fault(shared: &Shared, op: &str) -> Option<Response> {
     let mut inner = shared.inner.lock().ok()?;
     let f = inner.faults.iter_mut().find(|f| f.op == op && f.times > 0)?;
+    if f.skip > 0 {
+        f.skip -= 1;
+        return None;
+    }
     f.times -= 1;
     let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({ "error": format!("injected {}", f.status), "flood_wait_secs": f.flood_wait_secs });
