@@ -55,7 +55,8 @@ pub struct Update {
     /// Position in the log (assigned by the messenger).
     #[serde(default)]
     pub seq: u64,
-    /// `message`, `edit` or `delete`.
+    /// `message`, `edit` or `delete`; `delivered` or `read` for a receipt of a
+    /// message the account sent (`message_id` is its id).
     #[serde(default = "default_kind")]
     pub kind: String,
     /// Chat id.

@@ -158,6 +158,8 @@ impl Messenger for Scripted {
             .into_iter()
             .map(|u| match u.kind.as_str() {
                 "delete" => Event::Deleted { chat_id: u.chat_id, message_id: u.message_id },
+                // A receipt for a message the account sent.
+                "delivered" | "read" => Event::Status { chat_id: u.chat_id, message_id: u.message_id, status: u.kind },
                 _ => Event::Message(Box::new(to_message(u))),
             })
             .collect();

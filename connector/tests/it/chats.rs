@@ -99,6 +99,13 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
         fake.snapshot().chat_messages.iter().any(|m| m.id == answer && m.delivery_status == Some(1)).then_some(())
     })
     .await;
+    // The customer reads it: amoCRM's chat shows it read.
+    let sent_id = messenger.sent().iter().find(|m| m.text == "Yes, until 8 pm").map(|m| m.message_id.clone()).unwrap();
+    messenger.push(vec![crmessenger_fake_messenger::receipt("6001", &sent_id, "read")]);
+    eventually_some("the read status in amoCRM", 30, || {
+        fake.snapshot().chat_messages.iter().any(|m| m.id == answer && m.delivery_status == Some(2)).then_some(())
+    })
+    .await;
 
     // Forged, unsigned and malformed hooks: refused, nothing stored.
     let http = reqwest::Client::new();

@@ -615,6 +615,12 @@ pub fn group_text(
     }
 }
 
+/// The customer's receipt for message `message_id` the account sent to `chat`:
+/// `delivered` or `read`.
+pub fn receipt(chat: &str, message_id: &str, status: &str) -> Update {
+    Update { kind: status.into(), ..text(chat, message_id, "", "") }
+}
+
 /// What the account's owner writes to `chat` from their own phone.
 pub fn from_owner(chat: &str, message_id: &str, text_: &str) -> Update {
     Update {
