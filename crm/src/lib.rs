@@ -31,6 +31,10 @@ pub trait Crm: CrmChat {
     /// adding identities it lacks, or creates it.
     async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError>;
 
+    /// The contact's open lead that `request` would reuse (`reuse_open`, never one
+    /// of `not_reused`), if any.
+    async fn open_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<Option<LeadRef>, CrmError>;
+
     /// Returns the contact's open lead when `request.reuse_open` is set and one
     /// exists, or creates a lead linked to the contact.
     async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError>;

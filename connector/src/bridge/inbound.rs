@@ -180,16 +180,24 @@ impl Bridge {
             let place = plan::LeadPlace {
                 pipeline_id: self.s.pipeline_id,
                 status_id: self.s.status_id,
-                responsible_user_id: self.assigner.next(),
+                responsible_user_id: None,
             };
-            let request = match &group {
+            let mut request = match &group {
                 Some(g) => plan::group_lead_request(&self.s.policy.leads, self.s.channel, g, place),
                 None => crmessenger_crm::LeadRequest {
                     not_reused: self.store.group_leads(self.account()).await.map_err(db)?,
                     ..plan::lead_request(&self.s.policy.leads, self.s.channel, &person, place)
                 },
             };
-            let lead = self.crm.find_or_create_lead(&contact, &request).await?;
+            let lead = match self.crm.open_lead(&contact, &request).await? {
+                // A returning customer's open lead: nobody new is assigned.
+                Some(lead) => lead,
+                None => {
+                    request.responsible_user_id = self.assign().await?;
+                    request.reuse_open = false;
+                    self.crm.find_or_create_lead(&contact, &request).await?
+                }
+            };
             conv.contact_id = Some(contact.id);
             conv.lead_id = Some(lead.id);
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
@@ -247,6 +255,17 @@ impl Bridge {
             done,
             todo,
         }))
+    }
+
+    /// The responsible user of a new lead: the fixed user, or the next turn of the
+    /// binding's rotation (taken only for a lead about to be created; a crash
+    /// before it is created skips that turn).
+    async fn assign(&self) -> Result<Option<i64>, CrmError> {
+        if !self.assigner.rotates() {
+            return Ok(self.assigner.user(0));
+        }
+        let turn = self.store.take_turn(&self.s.binding).await.map_err(db)?;
+        Ok(self.assigner.user(turn))
     }
 
     /// In notes mode a message's file goes to the CRM's file storage and is linked

@@ -173,7 +173,7 @@ impl Bridge {
         metrics: Arc<Metrics>,
         state: Arc<StateCell>,
     ) -> Self {
-        let assigner = Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids, 0);
+        let assigner = Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids);
         let limits = &settings.policy.rate_limits;
         let send_rate = Mutex::new(SendRate::new(limits.messages_per_minute, limits.per_chat_per_minute));
         Self {

@@ -264,4 +264,18 @@ impl Store {
         }
         Ok(())
     }
+    /// Takes the next turn of `binding`'s assignment rotation (0, 1, 2, …): one
+    /// counter in the database, so every connector of the binding shares it and a
+    /// restart continues it.
+    pub async fn take_turn(&self, binding: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "INSERT INTO assignment_turns (binding, next_turn) VALUES ($1, 1)
+             ON CONFLICT (binding) DO UPDATE SET next_turn = assignment_turns.next_turn + 1
+             RETURNING next_turn",
+        )
+        .bind(binding)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((i64_col(&r, "next_turn")? - 1).max(0) as u64)
+    }
 }

@@ -31,12 +31,20 @@ struct Shop {
 
 impl Shop {
     async fn new(db_url: &str) -> Self {
+        Self::with(db_url, "").await
+    }
+
+    /// A shop whose binding also has `binding_extra` (flow-style fields).
+    async fn with(db_url: &str, binding_extra: &str) -> Self {
         let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
         let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+        let extra = if binding_extra.is_empty() { String::new() } else { format!(", {binding_extra}") };
         let yaml = common::shop_yaml(
             &fake.base_url(),
             "{ chats: { groups: true }, escalation: { enabled: true, after: 1m } }",
-            "replies: { detection: poll, pollInterval: 1s }, contactFields: { telegramUserId: 201 }",
+            &format!(
+                "replies: {{ detection: poll, pollInterval: 1s }}, contactFields: {{ telegramUserId: 201 }}{extra}"
+            ),
         );
         let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
         let config =
@@ -69,6 +77,19 @@ impl Shop {
             let lead = self.fake.snapshot().leads.first()?.id;
             let ours: Vec<String> = notes_of(&self.fake, lead).into_iter().filter(|t| t.contains("[ref ")).collect();
             (ours.len() >= n).then_some(ours)
+        })
+        .await
+    }
+}
+
+impl Shop {
+    /// Waits until the CRM has `n` notes of ours on any leads.
+    async fn notes_total(&self, n: usize) {
+        eventually_some(&format!("{n} notes in all"), 90, || {
+            let s = self.fake.snapshot();
+            let ours =
+                s.notes.iter().filter(|x| x.params["text"].as_str().is_some_and(|t| t.contains("[ref "))).count();
+            (ours >= n).then_some(())
         })
         .await
     }
@@ -386,6 +407,53 @@ async fn a_managers_edit_of_a_sent_reply_reaches_the_messenger() {
     let sent = shop.messenger.sent();
     assert_eq!((sent.len(), sent[0].edits.len()), (1, 1), "{sent:?}");
     let _ = stop.send(true);
+}
+
+/// Round-robin assignment over three users: 30 new leads while the connector is
+/// restarted twice go 10/10/10 (the rotation is in the database, not in a
+/// connector's memory), and customers who come back to their open lead take no turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leads_go_round_robin_across_restarts_and_reused_leads_take_no_turn() {
+    let url = pg("dialogue_rr");
+    let shop = Shop::with(&url, "responsibleUserIds: [1001, 1002, 1003]").await;
+    let mut stop = shop.start().await;
+    for round in 0..3 {
+        let batch: Vec<Update> =
+            (0..10).map(|i| text(&format!("88{round}{i}"), "m1", &format!("Customer {round}{i}"), "hello")).collect();
+        shop.messenger.push(batch);
+        shop.notes_total(10 * (round + 1)).await;
+        // Two customers come back to their open leads.
+        shop.messenger.push(vec![
+            text(&format!("88{round}0"), "m2", "again", "me again"),
+            text(&format!("88{round}1"), "m2", "again", "me again"),
+        ]);
+        shop.notes_total(10 * (round + 1) + 2 * (round + 1)).await;
+        let _ = stop.send(true);
+        stop = shop.start().await;
+    }
+    let leads = shop.fake.snapshot().leads;
+    assert_eq!(leads.len(), 30);
+    let per_user = |u: i64| leads.iter().filter(|l| l.responsible_user_id == u).count();
+    assert_eq!((per_user(1001), per_user(1002), per_user(1003)), (10, 10, 10));
+    // The rotation is one counter in the database: two connectors' stores take
+    // distinct turns.
+    let other = Store::connect(&url, POOL_SIZE).await.unwrap();
+    let binding = format!("{}/shop", shop.config.account.namespace);
+    let (a, b) = tokio::join!(async { futures_take(&shop.store, &binding, 20).await }, async {
+        futures_take(&other, &binding, 20).await
+    });
+    let mut turns: Vec<u64> = a.into_iter().chain(b).collect();
+    turns.sort();
+    assert_eq!(turns, (30..70).collect::<Vec<u64>>(), "every turn once, after the 30 taken");
+    let _ = stop.send(true);
+}
+
+async fn futures_take(store: &Store, binding: &str, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(store.take_turn(binding).await.unwrap());
+    }
+    out
 }
 
 /// Emoji with skin tones and joiners, right-to-left Arabic, and combining marks.

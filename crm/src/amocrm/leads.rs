@@ -9,11 +9,24 @@ use serde_json::{Value, json};
 
 const CREATE_ATTEMPTS: usize = 3;
 
+/// The contact's open lead `request` reuses, if any.
+pub(super) async fn reusable(
+    amo: &AmoCrm,
+    contact_id: i64,
+    request: &LeadRequest,
+) -> Result<Option<LeadRef>, CrmError> {
+    if !request.reuse_open {
+        return Ok(None);
+    }
+    match open_lead(amo, contact_id, request.pipeline_id, &request.not_reused).await? {
+        Some(lead) => Ok(Some(LeadRef { id: lead_id(&lead)?, created: false })),
+        None => Ok(None),
+    }
+}
+
 pub(super) async fn find_or_create(amo: &AmoCrm, contact_id: i64, request: &LeadRequest) -> Result<LeadRef, CrmError> {
-    if request.reuse_open
-        && let Some(lead) = open_lead(amo, contact_id, request.pipeline_id, &request.not_reused).await?
-    {
-        return Ok(LeadRef { id: lead_id(&lead)?, created: false });
+    if let Some(lead) = reusable(amo, contact_id, request).await? {
+        return Ok(lead);
     }
     let mut last = None;
     for _ in 0..CREATE_ATTEMPTS {

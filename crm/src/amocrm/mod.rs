@@ -206,6 +206,10 @@ impl Crm for AmoCrm {
         contacts::find_or_create(self, person, dedup).await
     }
 
+    async fn open_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<Option<LeadRef>, CrmError> {
+        leads::reusable(self, contact.id, request).await
+    }
+
     async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError> {
         leads::find_or_create(self, contact.id, request).await
     }
