@@ -188,7 +188,7 @@ impl Bridge {
     /// Whether the policy lets this event's chat through.
     pub(super) fn wanted(&self, event: &Event) -> bool {
         match event {
-            Event::Message(m) => chat_allowed(&self.s.policy.chats, m),
+            Event::Message(m) => plan::chat_allowed(&self.s.policy.chats, m),
             _ => true,
         }
     }

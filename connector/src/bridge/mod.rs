@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::lock::{AccountLock, Duties};
 use crate::store::{Conversation, DeliveryUpdate, InboxRow, NewReply, Store, StoreError};
-use crmessenger_api::policy::{ChatFilter, SyncPolicySpec};
+use crmessenger_api::policy::SyncPolicySpec;
 use crmessenger_crm::assign::Assigner;
 use crmessenger_crm::clock::Clock;
 use crmessenger_crm::{Channel, Crm, CrmError, ErrorClass, NoteRequest, ReplyCursor, TaskRequest};
@@ -308,26 +308,4 @@ fn db(e: crate::store::StoreError) -> CrmError {
 
 fn store_err(e: crate::store::StoreError) -> MessengerError {
     MessengerError::Unavailable(format!("local database: {e}"))
-}
-
-/// Whether the policy's chat filter lets `m` through: deny wins, then allow (when
-/// set, only listed chats pass), then the chat kind.
-pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
-    let names: Vec<String> =
-        [Some(m.chat_id.clone()), m.sender.username.clone(), m.sender.username.as_ref().map(|u| format!("@{u}"))]
-            .into_iter()
-            .flatten()
-            .collect();
-    let listed = |list: &[String]| list.iter().any(|e| names.iter().any(|n| n.eq_ignore_ascii_case(e)));
-    if listed(&filter.deny) {
-        return false;
-    }
-    if !filter.allow.is_empty() {
-        return listed(&filter.allow);
-    }
-    match m.chat_kind {
-        crate::messenger::ChatKind::Private => filter.private,
-        crate::messenger::ChatKind::Group => filter.groups,
-        crate::messenger::ChatKind::Channel => filter.channels,
-    }
 }

@@ -7,7 +7,7 @@
 use super::retry::backoff;
 use crate::messenger::{Event, Identity, Message, MessengerError};
 use crate::store::InboxRow;
-use crmessenger_api::policy::LeadSettings;
+use crmessenger_api::policy::{ChatFilter, LeadSettings};
 use crmessenger_crm::{Channel, ErrorClass, LeadRequest, NoteRequest, Person, TaskRequest};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -91,6 +91,42 @@ pub fn send_retry_wait(e: &MessengerError, attempts: i64) -> Duration {
 /// (Unix seconds): the earliest attempt's start, with a few seconds of clock slack.
 pub fn in_doubt_since(rows: &[InboxRow], now_ms: i64) -> i64 {
     rows.iter().filter_map(|r| r.attempt_started_ms).min().unwrap_or(now_ms) / 1000 - 5
+}
+
+/// Whether the policy's chat filter lets `m` through: deny wins, then allow (when
+/// set, only listed chats pass), then the chat kind. An entry matches the chat id,
+/// the customer's `@username` (with or without `@`), or — when it is written as a
+/// phone number, with `+` or separators (`+7 999 123-45-67`; a bare number is a
+/// chat id) — the customer's phone, compared in E.164.
+pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
+    // The customer: the sender, or for the account's own message the person written to.
+    let who = if m.outgoing { m.customer.as_ref() } else { Some(&m.sender) };
+    let username = who.and_then(|w| w.username.clone());
+    let phone = who.and_then(|w| w.phone.as_deref()).and_then(crmessenger_crm::phone::normalize);
+    let matches = |entry: &String| {
+        let e = entry.trim();
+        if e.eq_ignore_ascii_case(&m.chat_id) {
+            return true;
+        }
+        if let Some(u) = &username
+            && e.trim_start_matches('@').eq_ignore_ascii_case(u)
+        {
+            return true;
+        }
+        let written_as_phone = e.starts_with('+') || e.chars().any(|c| " -().".contains(c));
+        written_as_phone && phone.is_some() && crmessenger_crm::phone::normalize(e) == phone
+    };
+    if filter.deny.iter().any(matches) {
+        return false;
+    }
+    if !filter.allow.is_empty() {
+        return filter.allow.iter().any(matches);
+    }
+    match m.chat_kind {
+        crate::messenger::ChatKind::Private => filter.private,
+        crate::messenger::ChatKind::Group => filter.groups,
+        crate::messenger::ChatKind::Channel => filter.channels,
+    }
 }
 
 /// A person as the CRM knows them, with the ids their messenger gives.
@@ -466,6 +502,32 @@ mod tests {
         assert_eq!(ids(new_members(&all, &known)), ["1", "2", "3"], "once each, in order, the owner not");
         known.insert("1".to_string(), 501);
         assert_eq!(ids(new_members(&all, &known)), ["2", "3"]);
+    }
+
+    #[test]
+    fn the_chat_filter_matches_ids_usernames_and_phones_as_people_write_them() {
+        let filter = |allow: &[&str], deny: &[&str]| ChatFilter {
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+            ..ChatFilter::default()
+        };
+        let mut anna = message(false);
+        anna.sender.phone = Some("79991234567".into());
+        // By phone, however it is written, in allow and in deny.
+        assert!(chat_allowed(&filter(&["+7 999 123-45-67"], &[]), &anna));
+        assert!(!chat_allowed(&filter(&["+7 (999) 000-00-00"], &[]), &anna));
+        assert!(!chat_allowed(&filter(&[], &["8 999 123 45 67"]), &anna));
+        // By chat id and by username (with or without @); deny wins over allow.
+        assert!(chat_allowed(&filter(&["42"], &[]), &anna));
+        assert!(chat_allowed(&filter(&["@Anna_K"], &[]), &anna));
+        assert!(!chat_allowed(&filter(&["anna_k"], &["42"]), &anna));
+        // A bare number is a chat id, never a phone.
+        assert!(!chat_allowed(&filter(&["79991234567"], &[]), &anna));
+        // The owner's message in that chat is judged by the customer written to.
+        let mut own = owner("hi");
+        own.customer = Some(Identity { phone: Some("+79991234567".into()), ..Identity::default() });
+        assert!(!chat_allowed(&filter(&[], &["+79991234567"]), &own));
+        assert!(chat_allowed(&filter(&[], &[]), &own));
     }
 
     #[test]
