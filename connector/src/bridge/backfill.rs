@@ -1,8 +1,45 @@
-//! The policy's history import, once per account.
+//! The policy's history import, once per account, as its own task beside the live
+//! stream: live messages never wait behind it.
 
 use super::*;
 
 impl Bridge {
+    /// Runs the history import once the account is logged in and the stream's
+    /// start is recorded (so nothing falls between history and the stream),
+    /// retrying failures with a backoff. A messenger that has no history to give
+    /// (a Telegram bot has no dialog list) refuses: the import is skipped, recorded
+    /// with the reason, and not tried again.
+    pub(super) async fn backfill_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while !*stop.borrow() && !self.backfilled.load(std::sync::atomic::Ordering::Relaxed) {
+            let logged_in = matches!(self.state.get().login, Some(crate::messenger::LoginState::LoggedIn { .. }));
+            let started = logged_in && matches!(self.store.cursor(self.account(), "messenger").await, Ok(Some(_)));
+            if started {
+                match self.backfill_once().await {
+                    Ok(()) => failures = 0,
+                    Err(MessengerError::Rejected(why)) => {
+                        tracing::warn!(account = self.account(), "history import skipped: {why}");
+                        let note = format!("skipped: {why}");
+                        if let Err(e) = self.store.set_cursor(self.account(), "backfill", &note).await {
+                            self.store_failed("recording a skipped history import", &e);
+                        }
+                        self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(account = self.account(), "history import failed, retrying: {e}");
+                    }
+                }
+            }
+            let pause = if failures > 0 {
+                backoff(failures.min(6), Duration::from_secs(1), Duration::from_secs(60))
+            } else {
+                Duration::from_millis(500)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// Imports the policy's history once per account (`backfill.days` of the most
     /// recent `backfill.maxChats` chats), oldest first per chat, marked as history
     /// so nobody is notified. Messages the stream also brings are stored once.
@@ -11,7 +48,8 @@ impl Bridge {
         if b.days <= 0 || self.backfilled.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        if self.store.cursor(self.account(), "backfill").await.map_err(store_err)?.as_deref() == Some("done") {
+        let recorded = self.store.cursor(self.account(), "backfill").await.map_err(store_err)?;
+        if recorded.as_deref().is_some_and(|c| c == "done" || c.starts_with("skipped")) {
             self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }

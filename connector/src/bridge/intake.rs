@@ -78,7 +78,7 @@ impl Bridge {
         let events = self.attribute_deletions(batch.events).await.map_err(store_err)?;
         let rows = self.rows_of(&events);
         if cursor.as_deref() == Some(batch.cursor.as_str()) && rows.is_empty() {
-            return self.backfill_once().await;
+            return Ok(());
         }
         let new = self
             .store
@@ -88,8 +88,7 @@ impl Bridge {
         if new > 0 {
             self.store.wakeups().wake(self.account());
         }
-        // The stream's start is recorded: history from before it can be imported.
-        self.backfill_once().await
+        Ok(())
     }
 
     /// Gives each deletion that came without its chat the chat of the message it

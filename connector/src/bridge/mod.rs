@@ -220,6 +220,9 @@ impl Bridge {
             tokio::spawn(self.clone().ingest_loop(stop.clone())),
             tokio::spawn(self.clone().escalation_loop(stop.clone())),
         ];
+        if self.s.policy.backfill.days > 0 {
+            others.push(tokio::spawn(self.clone().backfill_loop(stop.clone())));
+        }
         if self.s.chats {
             others.push(tokio::spawn(self.clone().history_loop(stop.clone())));
         }

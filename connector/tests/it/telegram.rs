@@ -835,6 +835,30 @@ async fn history_is_imported_once_in_order_without_leaving_anyone_waiting() {
     let _ = w.stop.send(true);
 }
 
+/// A bot has no dialog list, so no history to import: the import is skipped once,
+/// with Telegram's reason recorded, and live messages flow as usual.
+#[tokio::test]
+async fn a_bot_skips_the_history_import_and_live_messages_flow() {
+    let fake = FakeTelegram::new(Script::default());
+    fake.world.lock().unwrap().bot = true;
+    let policy = "{ backfill: { days: 1, maxChats: 5 } }";
+    let w = whole("tgbotbackfill", policy, fake).await;
+    w.fake.customer_says(501, "Anna", "live while no history", true);
+    eventually("the live note", || has_note(&w.amo, "live while no history")).await;
+    let (store, key) = (w.store.clone(), w.parts.key.clone());
+    crmessenger_testkit::checks::eventually("the import recorded as skipped", 30, || async {
+        match store.cursor(&key, "backfill").await.map_err(|e| e.to_string())? {
+            Some(c) if c.starts_with("skipped") && c.contains("BOT_METHOD_INVALID") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Not retried: one getDialogs, however long the connector runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.fake.calls_of("getDialogs"), 1);
+    let _ = w.stop.send(true);
+}
+
 #[tokio::test]
 async fn a_frozen_account_is_restricted_not_flood_waited() {
     use tl::functions::messages::SendMessage;

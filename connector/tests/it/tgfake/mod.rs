@@ -1094,6 +1094,10 @@ impl FakeTelegram {
             f::messages::GetDialogs::CONSTRUCTOR_ID => {
                 need_auth!();
                 w.calls.push((dc, "getDialogs".into()));
+                if w.bot {
+                    // Bots have no dialog list.
+                    return Err(rpc(400, "BOT_METHOD_INVALID"));
+                }
                 w.history_calls.push(std::time::Instant::now());
                 // Each chat once, by its latest message, most recent first.
                 let mut tops: Vec<tl::enums::Message> = Vec::new();
