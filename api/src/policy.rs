@@ -204,6 +204,13 @@ pub struct MediaSettings {
     pub max_size_mib: i32,
 }
 
+impl MediaSettings {
+    /// The largest file let through, in bytes (`maxSizeMiB`, at least 1 MiB).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_size_mib.max(1) as u64 * 1024 * 1024
+    }
+}
+
 impl Default for MediaSettings {
     fn default() -> Self {
         Self { mode: MediaMode::default(), max_size_mib: default_media_size() }

@@ -127,7 +127,7 @@ pub fn telegram_settings(config: &ConnectorConfig, values: &SecretValues) -> any
     let account = format!("{}/{}", config.account.namespace, config.account.name);
     let mut s = telegram::Settings::new(&account, api_id, api_hash.trim(), login);
     s.password = t.two_factor_password.as_ref().map(|r| secret(values, r)).transpose()?;
-    s.max_media_bytes = config.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024;
+    s.max_media_bytes = config.policy.media.max_bytes();
     Ok(s)
 }
 
@@ -219,7 +219,7 @@ pub fn whatsapp_settings(
         phone_number_id: cloud.phone_number_id.clone(),
         access_token: secret(values, &cloud.access_token)?.trim().to_string(),
         template: config.policy.whatsapp.as_ref().and_then(|p| p.outside_window_template.clone()),
-        max_media_bytes: config.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024,
+        max_media_bytes: config.policy.media.max_bytes(),
         ca_pem: None,
     })
 }

@@ -146,9 +146,9 @@ impl Bridge {
         let (crate::messenger::Content::Media { media, .. }, Some(base)) = (&m.content, &self.s.media_url) else {
             return Ok(None);
         };
-        let media_policy = &self.s.policy.media;
-        let limit = media_policy.max_size_mib.max(1) as u64 * 1024 * 1024;
-        if media_policy.mode == crmessenger_api::policy::MediaMode::Skip || media.size > limit {
+        if self.s.policy.media.mode == crmessenger_api::policy::MediaMode::Skip
+            || media.size > self.s.policy.media.max_bytes()
+        {
             // The message goes as its text and a description of the file.
             return Ok(None);
         }

@@ -279,19 +279,19 @@ impl Bridge {
         events: &[(&InboxRow, Event)],
     ) -> Result<HashMap<i64, String>, CrmError> {
         const NS: &str = "crm-files";
-        let policy = &self.s.policy.media;
-        let limit_mib = policy.max_size_mib.max(1) as u64;
+        let limit = self.s.policy.media.max_bytes();
         let mut lines = HashMap::new();
         let mut stored = Vec::new();
         for (row, e) in events {
             let Event::Message(m) = e else { continue };
             let crate::messenger::Content::Media { media, .. } = &m.content else { continue };
-            if policy.mode == crmessenger_api::policy::MediaMode::Skip {
+            if self.s.policy.media.mode == crmessenger_api::policy::MediaMode::Skip {
                 lines.insert(row.seq, "not attached: the policy's media mode is skip".to_string());
                 continue;
             }
-            if media.size > limit_mib * 1024 * 1024 {
-                lines.insert(row.seq, format!("not attached: over the policy's media limit of {limit_mib} MiB"));
+            if media.size > limit {
+                let mib = limit / (1024 * 1024);
+                lines.insert(row.seq, format!("not attached: over the policy's media limit of {mib} MiB"));
                 continue;
             }
             let known = self.store.kv_get(self.account(), NS, &row.event_key).await.map_err(db)?;

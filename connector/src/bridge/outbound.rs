@@ -144,11 +144,11 @@ impl Bridge {
         if let Some(media) = &mut outgoing.media
             && let Some(file) = &media.crm_file
         {
-            let limit = self.s.policy.media.max_size_mib.max(1) as u64 * 1024 * 1024;
-            let (_, body) = self.crm.download_file(file, limit).await.map_err(|e| match e.class() {
-                ErrorClass::Permanent => MessengerError::Rejected(format!("the file {}: {e}", file.file_name)),
-                _ => MessengerError::Unavailable(format!("fetching {} from the CRM: {e}", file.file_name)),
-            })?;
+            let (_, body) =
+                self.crm.download_file(file, self.s.policy.media.max_bytes()).await.map_err(|e| match e.class() {
+                    ErrorClass::Permanent => MessengerError::Rejected(format!("the file {}: {e}", file.file_name)),
+                    _ => MessengerError::Unavailable(format!("fetching {} from the CRM: {e}", file.file_name)),
+                })?;
             media.body = Some(body);
         }
         Ok(outgoing)

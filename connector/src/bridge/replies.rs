@@ -60,7 +60,7 @@ impl Bridge {
                 .map_err(|e| crate::store::StoreError::Data(e.to_string()))?;
             let file =
                 NewReply { source_id: &source, chat_id: &chat, text: "", media: Some(&media), ..Default::default() };
-            added |= self.store.outbox_add(&account, &file, self.clock.now_ms()).await?;
+            added |= self.queue_parts(&account, &file).await?;
         }
         if added {
             self.store.notify(&account).await?;

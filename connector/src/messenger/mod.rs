@@ -331,14 +331,14 @@ pub async fn download_reply_file(
     media: &OutgoingMedia,
     max_bytes: u64,
 ) -> Result<Vec<u8>, MessengerError> {
+    let too_big = || {
+        MessengerError::Rejected(format!(
+            "the file {} is over the policy's media limit of {max_bytes} bytes",
+            media.file_name
+        ))
+    };
     if let Some(body) = &media.body {
-        if body.len() as u64 > max_bytes {
-            return Err(MessengerError::Rejected(format!(
-                "the file {} is over the policy's media limit of {max_bytes} bytes",
-                media.file_name
-            )));
-        }
-        return Ok(body.clone());
+        return if body.len() as u64 > max_bytes { Err(too_big()) } else { Ok(body.clone()) };
     }
     let failed = |e: String| MessengerError::Unavailable(format!("download {}: {e}", media.file_name));
     let mut resp = http.get(&media.url).send().await.map_err(|e| failed(e.to_string()))?;
@@ -352,12 +352,6 @@ pub async fn download_reply_file(
     if !status.is_success() {
         return Err(failed(status.to_string()));
     }
-    let too_big = || {
-        MessengerError::Rejected(format!(
-            "the file {} is over the policy's media limit of {max_bytes} bytes",
-            media.file_name
-        ))
-    };
     if resp.content_length().is_some_and(|n| n > max_bytes) {
         return Err(too_big());
     }

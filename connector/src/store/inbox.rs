@@ -121,7 +121,13 @@ impl Store {
 
     /// The chat of `account`'s stored message `message_id` (its inbox key), if any.
     pub async fn chat_of_message(&self, account: &str, message_id: &str) -> Result<Option<String>> {
-        self.chat_of_message_inner(account, message_id).await
+        Ok(sqlx::query_scalar(
+            "SELECT chat_id FROM inbox WHERE account = $1 AND event_key = $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(account)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// The stored event of message `message_id` in `chat` (what a reply quotes).
@@ -131,16 +137,6 @@ impl Store {
         )
         .bind(account)
         .bind(chat)
-        .bind(message_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn chat_of_message_inner(&self, account: &str, message_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT chat_id FROM inbox WHERE account = $1 AND event_key = $2 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(account)
         .bind(message_id)
         .fetch_optional(&self.pool)
         .await?)

@@ -149,16 +149,23 @@ fn bad_input_is_a_clear_error_and_exit_1_never_a_panic() {
     }
 }
 
-/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message is one span from the
-/// messenger event to the CRM write, named by its correlation id, exported over OTLP.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_message_is_one_span_exported_over_otlp() {
+/// A host's directory with the manifests of a shop on the amoCRM fake (a
+/// long-lived token) and the scripted messenger it talks to.
+async fn one_host() -> (tempfile::TempDir, FakeAmo, ScriptedMessenger) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
     let token = fake.issue_token_pair().access_token;
     write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+    (dir, fake, messenger)
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each message is one span from the
+/// messenger event to the CRM write, named by its correlation id, exported over OTLP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_one_span_exported_over_otlp() {
+    let (dir, fake, messenger) = one_host().await;
     let (otlp, mut spans) = crmessenger_testkit::otlp::span_receiver().await;
     let ports = Ports::free();
     let scripted = messenger.base_url();
@@ -238,12 +245,7 @@ async fn a_second_process_on_the_same_sqlite_waits_for_the_lock_and_takes_over_a
 /// restarted connector sends the rest, each part once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_reply_survives_a_sigkill_between_its_parts() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
-    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
-    let token = fake.issue_token_pair().access_token;
-    write_manifests(dir.path(), &fake.base_url(), &format!("  long_lived_token: {token}"), "h");
+    let (dir, fake, messenger) = one_host().await;
     let ports = Ports::free();
     let scripted = format!("home/shop={}", messenger.base_url());
     let args = ["--scripted-messenger", scripted.as_str()];

@@ -107,6 +107,17 @@ pub struct World {
     pub logged_out: bool,
 }
 
+impl World {
+    /// An account-wide update (an edit, a deletion, a read) at the next pts,
+    /// logged for getDifference's `other_updates`.
+    fn log_other(&mut self, make: impl FnOnce(i32) -> tl::enums::Update) -> tl::enums::Update {
+        self.pts += 1;
+        let u = make(self.pts);
+        self.other_log.push((self.pts, u.clone()));
+        u
+    }
+}
+
 /// The scripted Telegram.
 pub struct FakeTelegram {
     pub world: Mutex<World>,
@@ -625,16 +636,14 @@ impl FakeTelegram {
     pub fn customer_reads(&self, user_id: i64, max_id: i32) {
         let u = {
             let mut w = self.world.lock().unwrap();
-            w.pts += 1;
-            let u = tl::enums::Update::ReadHistoryOutbox(tl::types::UpdateReadHistoryOutbox {
-                peer: peer_enum(user_id),
-                max_id,
-                pts: w.pts,
-                pts_count: 1,
-            });
-            let pts = w.pts;
-            w.other_log.push((pts, u.clone()));
-            u
+            w.log_other(|pts| {
+                tl::enums::Update::ReadHistoryOutbox(tl::types::UpdateReadHistoryOutbox {
+                    peer: peer_enum(user_id),
+                    max_id,
+                    pts,
+                    pts_count: 1,
+                })
+            })
         };
         self.push_update(u, vec![], vec![]);
     }
@@ -643,13 +652,11 @@ impl FakeTelegram {
     pub fn customer_edits(&self, user_id: i64, id: i32, text: &str, live: bool) {
         let (u, users) = {
             let mut w = self.world.lock().unwrap();
-            w.pts += 1;
             let m = message(id, peer_enum(user_id), None, false, text, None, now() - 5, Some(now()));
             let users = w.users.get(&user_id).cloned().into_iter().collect::<Vec<_>>();
-            let u =
-                tl::enums::Update::EditMessage(tl::types::UpdateEditMessage { message: m, pts: w.pts, pts_count: 1 });
-            let pts = w.pts;
-            w.other_log.push((pts, u.clone()));
+            let u = w.log_other(|pts| {
+                tl::enums::Update::EditMessage(tl::types::UpdateEditMessage { message: m, pts, pts_count: 1 })
+            });
             (u, users)
         };
         if live {
@@ -662,15 +669,9 @@ impl FakeTelegram {
     pub fn customer_deletes(&self, ids: Vec<i32>, live: bool) {
         let update = {
             let mut w = self.world.lock().unwrap();
-            w.pts += 1;
-            let update = tl::enums::Update::DeleteMessages(tl::types::UpdateDeleteMessages {
-                messages: ids,
-                pts: w.pts,
-                pts_count: 1,
-            });
-            let pts = w.pts;
-            w.other_log.push((pts, update.clone()));
-            update
+            w.log_other(|pts| {
+                tl::enums::Update::DeleteMessages(tl::types::UpdateDeleteMessages { messages: ids, pts, pts_count: 1 })
+            })
         };
         if live {
             self.push_update(update, vec![], vec![]);
@@ -1001,15 +1002,10 @@ impl FakeTelegram {
                 }
                 let before = std::mem::replace(&mut sent.text, text.clone());
                 sent.edits.push(before);
-                w.pts += 1;
                 let m = message(r.id, peer_enum(chat), Some(ME), true, &text, None, now() - 1, Some(now()));
-                let u = tl::enums::Update::EditMessage(tl::types::UpdateEditMessage {
-                    message: m,
-                    pts: w.pts,
-                    pts_count: 1,
+                let u = w.log_other(|pts| {
+                    tl::enums::Update::EditMessage(tl::types::UpdateEditMessage { message: m, pts, pts_count: 1 })
                 });
-                let pts = w.pts;
-                w.other_log.push((pts, u.clone()));
                 tl::enums::Updates::Updates(tl::types::Updates {
                     updates: vec![u],
                     users: vec![],
