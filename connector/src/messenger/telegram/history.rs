@@ -3,13 +3,18 @@
 use super::*;
 
 impl Inner {
-    /// Waits until a history request may go (backfill never floods).
-    pub(super) async fn history_turn(&self) {
+    /// A history request, never sooner than the history interval after the
+    /// previous one finished (backfill never floods): counted from the answer, not
+    /// from when the previous request was handed over, so however long a request
+    /// takes to go out, Telegram sees them at least the interval apart.
+    async fn history_call<R: RemoteCall>(&self, req: &R) -> Result<R::Return, RpcFailure> {
         let mut last = self.history_at.lock().await;
         if let Some(at) = *last {
             tokio::time::sleep_until(at + self.s.history_interval).await;
         }
+        let answer = self.call(None, req).await;
         *last = Some(tokio::time::Instant::now());
+        answer
     }
 
     /// Chats whose last message is newer than `since_ms`, most recent first.
@@ -17,7 +22,6 @@ impl Inner {
         let mut out: Vec<String> = Vec::new();
         let (mut offset_date, mut offset_id, mut offset_peer) = (0, 0, tl::enums::InputPeer::Empty);
         loop {
-            self.history_turn().await;
             let req = tl::functions::messages::GetDialogs {
                 exclude_pinned: false,
                 folder_id: None,
@@ -27,7 +31,7 @@ impl Inner {
                 limit: 100,
                 hash: 0,
             };
-            let (dialogs, messages, users, chats) = match self.call(None, &req).await {
+            let (dialogs, messages, users, chats) = match self.history_call(&req).await {
                 Ok(tl::enums::messages::Dialogs::Dialogs(d)) => (d.dialogs, d.messages, d.users, d.chats),
                 Ok(tl::enums::messages::Dialogs::Slice(d)) => (d.dialogs, d.messages, d.users, d.chats),
                 Ok(tl::enums::messages::Dialogs::NotModified(_)) => return Ok(out),
@@ -76,7 +80,6 @@ impl Inner {
         offset_id: i32,
         limit: i32,
     ) -> Result<HistoryPage, RpcFailure> {
-        self.history_turn().await;
         let req = tl::functions::messages::GetHistory {
             peer,
             offset_id,
@@ -87,7 +90,7 @@ impl Inner {
             min_id: 0,
             hash: 0,
         };
-        Ok(match self.call(None, &req).await? {
+        Ok(match self.history_call(&req).await? {
             tl::enums::messages::Messages::Messages(m) => (m.messages, m.users, m.chats),
             tl::enums::messages::Messages::Slice(m) => (m.messages, m.users, m.chats),
             tl::enums::messages::Messages::ChannelMessages(m) => (m.messages, m.users, m.chats),
