@@ -58,6 +58,22 @@ pub struct CrmBindingSpec {
 
     /// The CRM account to sync with.
     pub crm: CrmSettings,
+
+    /// The language of what the connector writes in the CRM for its users: notes,
+    /// lead names of groups, escalation tasks. `en` (default) or `ru`.
+    #[serde(default)]
+    pub language: Language,
+}
+
+/// A language the connector writes the CRM's notes and tasks in.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Language {
+    /// English.
+    #[default]
+    En,
+    /// Russian.
+    Ru,
 }
 
 /// The CRM side of a binding.
@@ -147,11 +163,25 @@ pub struct AmoCrmSettings {
     )]
     pub responsible_user_ids: Vec<i64>,
 
+    /// The amoCRM user new leads go to when every user they would go to (the
+    /// rotation's, or the policy's fixed user) is deactivated in amoCRM. Unset:
+    /// the integration's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub fallback_user_id: Option<i64>,
+
     /// Custom fields of contacts where messenger identities are kept, so a returning
     /// customer is found instead of duplicated. Phone numbers use the built-in PHONE
     /// field.
     #[serde(default)]
     pub contact_fields: ContactFields,
+
+    /// The region (ISO 3166-1 alpha-2 in capitals: `RU`, `KZ`, `DE`, `US`, `BR`…)
+    /// whose way of writing phone numbers is assumed for a number given without its
+    /// country code, when customers' and contacts' numbers are compared in E.164.
+    #[serde(default = "default_phone_region")]
+    #[schemars(regex(pattern = "^[A-Z]{2}$"))]
+    pub phone_region: String,
 
     /// Use the installation's amoCRM Chats API channel (messages appear in the
     /// CRM's chat) instead of lead notes. The channel is configured once per
@@ -226,7 +256,7 @@ pub struct CrmBindingStatus {
     /// The generation of the spec the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Current conditions: Ready, CredentialsValid.
+    /// Current conditions: Ready, CredentialsValid, ContactFieldsReady.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -242,6 +272,10 @@ pub struct CrmBindingStatus {
     /// When the current access token expires (it is refreshed before then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_at: Option<Time>,
+    /// The identity fields of contacts the operator found or created in the CRM
+    /// (used where `spec.crm.amocrm.contactFields` sets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_fields: Option<ContactFields>,
 }
 
 /// Identity of the CRM account behind a binding.
@@ -257,4 +291,8 @@ pub struct CrmAccountStatus {
     /// The account's chat-service id (amoCRM `amojo_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_id: Option<String>,
+}
+
+fn default_phone_region() -> String {
+    "RU".into()
 }

@@ -76,6 +76,9 @@ pub mod conditions {
     pub const CRM_SYNCED: &str = "CrmSynced";
     /// The CRM credentials work (tokens valid or refreshable).
     pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+    /// The contacts' identity fields exist in the CRM and are known (found or
+    /// created by the operator, or named in the binding).
+    pub const CONTACT_FIELDS_READY: &str = "ContactFieldsReady";
 
     /// Reasons of the connector's `LoggedIn` condition (the connector writes them,
     /// the operator reads them to set the account's phase).

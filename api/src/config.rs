@@ -75,6 +75,9 @@ pub struct CrmConfig {
     pub amocrm: AmoCrmSettings,
     /// The operator-owned Secret key holding the current access token.
     pub token: SecretKeyRef,
+    /// The language notes and tasks are written in (the binding's `language`).
+    #[serde(default)]
+    pub language: crate::binding::Language,
 }
 
 /// Settings a connector applies without a restart.
@@ -158,7 +161,14 @@ pub fn render(
         Provider::Telegram => None,
     };
     let binding_id = id_of(&binding.metadata, "binding")?;
-    let amocrm = binding.spec.crm.amocrm.clone().ok_or(RenderError::MissingCrmSettings)?;
+    let mut amocrm = binding.spec.crm.amocrm.clone().ok_or(RenderError::MissingCrmSettings)?;
+    // Identity fields the spec leaves unset: the ones the operator created.
+    if let Some(created) = binding.status.as_ref().and_then(|s| s.contact_fields.as_ref()) {
+        let f = &mut amocrm.contact_fields;
+        f.telegram_user_id = f.telegram_user_id.or(created.telegram_user_id);
+        f.telegram_username = f.telegram_username.or(created.telegram_username);
+        f.whatsapp_id = f.whatsapp_id.or(created.whatsapp_id);
+    }
     Ok(ConnectorConfig {
         account: id_of(&account.metadata, "account")?,
         provider: spec.provider,
@@ -168,6 +178,7 @@ pub fn render(
             type_: binding.spec.crm.type_,
             amocrm,
             token: SecretKeyRef { name: token_secret_name(&binding_id.name), key: ACCESS_TOKEN_KEY.into() },
+            language: binding.spec.language,
         },
         binding: binding_id,
         policy: policy.spec.clone(),

@@ -232,10 +232,11 @@ pub struct Escalation {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("must be a duration between 1m and 168h, such as 15m"))]
     pub after: String,
-    /// Text of the task.
-    #[serde(default = "default_task_text")]
+    /// Text of the task; unset, it says that a customer is waiting for a reply,
+    /// in the binding's language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1000))]
-    pub task_text: String,
+    pub task_text: Option<String>,
     /// How long the manager has to complete the task (`5m` to `720h`).
     #[serde(default = "default_task_deadline")]
     #[schemars(length(max = 32))]
@@ -245,12 +246,7 @@ pub struct Escalation {
 
 impl Default for Escalation {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            after: default_escalate_after(),
-            task_text: default_task_text(),
-            deadline: default_task_deadline(),
-        }
+        Self { enabled: false, after: default_escalate_after(), task_text: None, deadline: default_task_deadline() }
     }
 }
 
@@ -351,9 +347,6 @@ fn default_media_size() -> i32 {
 }
 fn default_escalate_after() -> String {
     "15m".into()
-}
-fn default_task_text() -> String {
-    "A customer is waiting for a reply".into()
 }
 fn default_task_deadline() -> String {
     "1h".into()

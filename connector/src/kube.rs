@@ -284,6 +284,11 @@ impl StatusRenderer {
                 ),
                 None => ("SendingAllowed", true, "Allowed".into(), "replies go out as they come".into()),
             },
+            if state.not_applied.is_empty() {
+                ("PolicyApplied", true, "Applied".into(), "every setting of the policy applies".into())
+            } else {
+                ("PolicyApplied", false, "SettingNotApplicable".into(), state.not_applied.join("; "))
+            },
         ];
         let mut conditions = Vec::new();
         for (type_, ok, reason, message) in conds {

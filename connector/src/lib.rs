@@ -25,6 +25,7 @@ pub mod sidecar;
 pub mod standalone;
 pub mod state;
 pub mod store;
+pub mod texts;
 
 /// The API version this connector speaks.
 pub fn api_version() -> String {

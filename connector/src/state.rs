@@ -34,6 +34,9 @@ pub struct AccountState {
     /// The messenger restricted the account (spam limits): why, and what the
     /// owner can do. Replies are held until a later probe send succeeds.
     pub sending_restricted: Option<String>,
+    /// Settings of the policy that cannot apply to this account, each with why
+    /// (`backfill: …` for a Telegram bot, which has no history to import).
+    pub not_applied: Vec<String>,
 }
 
 /// Shared, observable account state.
@@ -58,6 +61,7 @@ impl StateCell {
             logout_reason: None,
             sending_paused_until_ms: None,
             sending_restricted: None,
+            not_applied: Vec::new(),
         });
         Self { tx, lock: Mutex::new(()) }
     }

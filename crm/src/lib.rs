@@ -27,6 +27,10 @@ use async_trait::async_trait;
 /// by the adapter (it looks for what it wrote) before it writes again.
 #[async_trait]
 pub trait Crm: CrmChat {
+    /// The ids of the CRM's users who are active (deactivated users cannot be
+    /// given leads).
+    async fn active_users(&self) -> Result<Vec<i64>, CrmError>;
+
     /// Finds the contact for `person` by the identities in `dedup` (in that order),
     /// adding identities it lacks, or creates it.
     async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError>;
@@ -34,6 +38,11 @@ pub trait Crm: CrmChat {
     /// The contact's open lead that `request` would reuse (`reuse_open`, never one
     /// of `not_reused`), if any.
     async fn open_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<Option<LeadRef>, CrmError>;
+
+    /// Makes an incoming lead amoCRM created itself (`LeadRef::incoming`) the
+    /// conversation's lead: accepts its Unsorted entry and gives it the request's
+    /// name, pipeline, stage, responsible user and tags, as a lead of ours.
+    async fn adopt_lead(&self, lead: &LeadRef, request: &LeadRequest) -> Result<(), CrmError>;
 
     /// Returns the contact's open lead when `request.reuse_open` is set and one
     /// exists, or creates a lead linked to the contact.

@@ -68,12 +68,16 @@ pub struct LeadRequest {
 }
 
 /// A lead in the CRM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeadRef {
     /// CRM id.
     pub id: i64,
     /// Whether this call created it.
     pub created: bool,
+    /// The uid of the Unsorted (incoming lead) entry when amoCRM made this lead
+    /// itself and nobody has accepted it yet: adopting it (`Crm::adopt_lead`) puts
+    /// it where the policy says instead of creating a second lead.
+    pub incoming: Option<String>,
 }
 
 /// A note to add to a lead.
@@ -178,6 +182,9 @@ pub struct ReplyCursor {
 pub struct ChatPost {
     /// The customer.
     pub person: Person,
+    /// The customer's contact when the conversation has one already (its lead was
+    /// made first); otherwise it is found or created from `person` and `dedup`.
+    pub contact_id: Option<i64>,
     /// Identities used to find the customer's contact.
     pub dedup: Vec<DedupKey>,
     /// Our id of the conversation (stable per messenger chat).

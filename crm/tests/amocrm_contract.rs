@@ -72,6 +72,7 @@ fn adapter(fake: &FakeAmo, ca_pem: &str, scope: Option<String>, limit: Limit) ->
         reply_prefix: ">>".into(),
         request_timeout: Duration::from_secs(2),
         chats,
+        phone_region: crmessenger_crm::phone::DEFAULT_REGION.into(),
     };
     AmoCrm::new(config, rest, clock).unwrap()
 }
@@ -488,6 +489,7 @@ async fn chats_link_the_contact_before_the_first_message() {
     let s = setup(chats_config(), true).await;
     let post = |i: u32| ChatPost {
         person: telegram_person(),
+        contact_id: None,
         dedup: all_keys(),
         conversation_id: "tg-555001".into(),
         user_id: "tg-user-555001".into(),
@@ -572,6 +574,7 @@ async fn an_in_doubt_chat_message_is_found_in_the_history_not_sent_twice() {
     let s = setup(chats_config(), true).await;
     let post = ChatPost {
         person: telegram_person(),
+        contact_id: None,
         dedup: all_keys(),
         conversation_id: "tg-777".into(),
         user_id: "tg-user-777".into(),
@@ -629,4 +632,74 @@ async fn a_note_webhook_from_amocrm_names_a_reply_that_is_re_read() {
     assert_eq!(hook.lead_notes, vec![(lead.id, note)]);
     let reply = s.crm.read_reply(lead.id, note).await.unwrap().expect("the note is a reply");
     assert_eq!((reply.text.as_str(), reply.author_id), ("Your order is ready", 1002));
+}
+
+/// A lead amoCRM opened itself (an Unsorted entry) is the contact's lead to adopt:
+/// offered even when open leads are not reused, accepted out of Unsorted and
+/// placed as asked, never duplicated; a lead of ours is not offered as incoming.
+#[tokio::test]
+async fn an_incoming_lead_is_adopted_instead_of_a_second_lead() {
+    use crmessenger_fake_amocrm::{SECOND_STAGE_ID, UNSORTED_STATUS_ID};
+    let s = setup(FakeConfig::default(), false).await;
+    let (contact_id, incoming) = s.fake.add_incoming_lead("Ivan Petrov", "+79991234567");
+    let contact = s.crm.find_or_create_contact(&telegram_person(), &all_keys()).await.unwrap();
+    assert_eq!(contact.id, contact_id, "found by phone");
+    let request = LeadRequest {
+        reuse_open: false,
+        status_id: Some(SECOND_STAGE_ID),
+        responsible_user_id: Some(1003),
+        ..lead_request()
+    };
+    let lead = s.crm.open_lead(&contact, &request).await.unwrap().expect("the incoming lead is offered");
+    assert_eq!(lead.id, incoming);
+    assert!(lead.incoming.is_some());
+    s.crm.adopt_lead(&lead, &request).await.unwrap();
+    // Adopting again (a retry after a lost answer) changes nothing.
+    s.crm.adopt_lead(&lead, &request).await.unwrap();
+    let snap = s.fake.snapshot();
+    assert!(snap.unsorted.is_empty(), "accepted: {:?}", snap.unsorted);
+    assert_eq!(snap.leads.len(), 1);
+    let l = &snap.leads[0];
+    assert_eq!((l.status_id, l.responsible_user_id, l.name.as_str()), (SECOND_STAGE_ID, 1003, "Telegram: Ivan Petrov"));
+    assert_ne!(l.status_id, UNSORTED_STATUS_ID);
+    assert_eq!(l.tags, vec!["Telegram".to_string()]);
+    // Now an ordinary lead: offered only when open leads are reused, not as incoming.
+    assert_eq!(s.crm.open_lead(&contact, &request).await.unwrap(), None);
+    let again = s.crm.open_lead(&contact, &lead_request()).await.unwrap().unwrap();
+    assert_eq!((again.id, again.incoming), (incoming, None));
+}
+
+/// The identity fields are found by their codes or created once; a token that
+/// may not create fields gets the list of fields to make instead.
+#[tokio::test]
+async fn identity_fields_are_created_once_or_named_for_an_administrator() {
+    use crmessenger_crm::amocrm::identity::{self, Outcome};
+    let s = setup(FakeConfig { identity_fields: false, ..FakeConfig::default() }, false).await;
+    let rest = || {
+        let budget = Budget::in_memory(Arc::new(SystemClock), "fields", Limit::AMOCRM_REST);
+        let token = Arc::new(StaticToken(s.fake.issue_token_pair().access_token));
+        Transport::new(&s.fake.base_url(), Some(&s.ca_pem), budget, token, Duration::from_secs(2)).unwrap()
+    };
+    let Outcome::Ready(first) = identity::ensure(&rest()).await.unwrap() else {
+        panic!("an admin's token creates them")
+    };
+    let Outcome::Ready(second) = identity::ensure(&rest()).await.unwrap() else { panic!("found again") };
+    assert_eq!(first, second, "found by code the second time, not created again");
+    assert_eq!(s.fake.snapshot_contact_fields().iter().filter(|(_, c)| c.starts_with("CRMESSENGER_")).count(), 3);
+
+    let m = setup(FakeConfig { identity_fields: false, token_is_admin: false, ..FakeConfig::default() }, false).await;
+    let budget = Budget::in_memory(Arc::new(SystemClock), "fields", Limit::AMOCRM_REST);
+    let token = Arc::new(StaticToken(m.fake.issue_token_pair().access_token));
+    let rest = Transport::new(&m.fake.base_url(), Some(&m.ca_pem), budget, token, Duration::from_secs(2)).unwrap();
+    let Outcome::AdminRequired(missing) = identity::ensure(&rest).await.unwrap() else { panic!("not an admin") };
+    assert_eq!(missing.len(), 3);
+}
+
+/// The CRM's user list says who is deactivated.
+#[tokio::test]
+async fn deactivated_users_are_not_active() {
+    let s = setup(FakeConfig::default(), false).await;
+    assert_eq!(s.crm.active_users().await.unwrap(), vec![1001, 1002, 1003]);
+    s.fake.deactivate_user(1002);
+    assert_eq!(s.crm.active_users().await.unwrap(), vec![1001, 1003]);
 }

@@ -241,6 +241,12 @@ pub fn build_account(
 ) -> anyhow::Result<AccountParts> {
     let key = format!("{}/{}", config.account.namespace, config.account.name);
     let amo = &config.crm.amocrm;
+    if !crmessenger_crm::phone::known_region(&amo.phone_region) {
+        bail!(
+            "spec.crm.amocrm.phoneRegion {:?} is not a region phone numbers are known for (use an ISO 3166-1 code such as RU, KZ, DE, US)",
+            amo.phone_region
+        );
+    }
     let budget = Budget::new(
         Arc::new(DbBudgetStore::new(store.clone())),
         clock.clone(),
@@ -261,6 +267,7 @@ pub fn build_account(
             reply_prefix: amo.replies.note_prefix.clone(),
             request_timeout: timeout,
             chats: None,
+            phone_region: amo.phone_region.clone(),
         },
         rest,
         clock.clone(),
@@ -291,9 +298,12 @@ pub fn build_account(
         pipeline_id: amo.pipeline_id,
         status_id: amo.status_id,
         responsible_user_ids: amo.responsible_user_ids.clone(),
+        fallback_user_id: amo.fallback_user_id,
         replies,
         chats: chats.is_some(),
         media_url: chats.as_ref().and_then(|c| c.media_url.clone()),
+        phone_region: amo.phone_region.clone(),
+        texts: crate::texts::of(config.crm.language),
     };
     let bridge = Arc::new(Bridge::new(
         settings,

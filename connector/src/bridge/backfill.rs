@@ -19,6 +19,7 @@ impl Bridge {
                     Ok(()) => failures = 0,
                     Err(MessengerError::Rejected(why)) => {
                         tracing::warn!(account = self.account(), "history import skipped: {why}");
+                        self.backfill_not_applied(&why);
                         let note = format!("skipped: {why}");
                         if let Err(e) = self.store.set_cursor(self.account(), "backfill", &note).await {
                             self.store_failed("recording a skipped history import", &e);
@@ -40,6 +41,16 @@ impl Bridge {
         }
     }
 
+    /// Shows on the account that its policy's history import cannot apply.
+    fn backfill_not_applied(&self, why: &str) {
+        let line = format!("backfill: {why}; history import skipped");
+        self.state.update(|s| {
+            if !s.not_applied.contains(&line) {
+                s.not_applied.push(line);
+            }
+        });
+    }
+
     /// Imports the policy's history once per account (`backfill.days` of the most
     /// recent `backfill.maxChats` chats), oldest first per chat, marked as history
     /// so nobody is notified. Messages the stream also brings are stored once.
@@ -49,6 +60,9 @@ impl Bridge {
             return Ok(());
         }
         let recorded = self.store.cursor(self.account(), "backfill").await.map_err(store_err)?;
+        if let Some(why) = recorded.as_deref().and_then(|c| c.strip_prefix("skipped: ")) {
+            self.backfill_not_applied(why);
+        }
         if recorded.as_deref().is_some_and(|c| c == "done" || c.starts_with("skipped")) {
             self.backfilled.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(());

@@ -73,7 +73,17 @@ impl Bridge {
                 .outgoing
                 .then(|| ChatAuthor { id: format!("{}:owner", short(self.account())), name: m.sender.name.clone() });
             let person = plan::customer(self.s.channel, chat, [m.as_ref()]).unwrap_or_default();
+            if conv.lead_id.is_none() {
+                // The lead first, as in notes mode: a chat linked to a contact with an
+                // open lead makes amoCRM create no incoming lead of its own.
+                self.chat_lead(chat, m, &person, &mut conv).await?;
+            }
+            if let (Some(lead_id), true) = (conv.lead_id, m.chat_kind == crate::messenger::ChatKind::Group) {
+                // Every sender of a group on the group's lead, as in notes mode.
+                self.link_members(chat, lead_id, &[m.as_ref()]).await?;
+            }
             let post = ChatPost {
+                contact_id: conv.contact_id,
                 person,
                 author,
                 dedup: self.s.policy.leads.deduplicate_by.clone(),
@@ -87,7 +97,7 @@ impl Bridge {
                 },
                 message_id,
                 sent_at_ms: m.sent_at_ms,
-                text: if media.is_some() { m.caption().to_string() } else { m.summary() },
+                text: if media.is_some() { m.caption().to_string() } else { m.summary(self.s.texts) },
                 media,
                 // History is recorded without notifying managers.
                 silent: m.history,
@@ -120,14 +130,43 @@ impl Bridge {
         Ok(())
     }
 
+    /// Gives the conversation its contact and its one lead, exactly as notes mode
+    /// does (a returning customer's open lead, the incoming lead amoCRM made, or a
+    /// new lead per the policy), and records them before the first post.
+    async fn chat_lead(
+        &self,
+        chat: &str,
+        m: &crate::messenger::Message,
+        person: &crmessenger_crm::Person,
+        conv: &mut Conversation,
+    ) -> Result<(), CrmError> {
+        let contact = match conv.contact_id {
+            Some(id) => crmessenger_crm::ContactRef { id, created: false },
+            None => self.crm.find_or_create_contact(person, &self.s.policy.leads.deduplicate_by).await?,
+        };
+        let group = plan::group(chat, [m]);
+        let lead = self.conversation_lead(&contact, person, group.as_ref()).await?;
+        conv.contact_id = Some(contact.id);
+        conv.lead_id = Some(lead.id);
+        self.store
+            .put_conversation(self.account(), chat, &self.s.crm_key, conv, self.clock.now_ms())
+            .await
+            .map_err(db)?;
+        if group.is_some() && !m.outgoing {
+            let member = [(m.sender.id.clone(), contact.id)];
+            self.store.add_chat_members(self.account(), chat, &member).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
     /// A customer's edit or deletion of a message already in the CRM's chat, made
     /// there with `edit_message` (amoCRM has no deletion event: the message then
     /// says it was deleted). `Some(what was done)` when the event was handled; an
     /// edit of a message the chat never got is posted as a message of its own.
     async fn edit_in_chat(&self, conversation_id: &str, event: &Event) -> Result<Option<String>, CrmError> {
         let (original, text) = match event {
-            Event::Message(m) if m.edited && !m.outgoing => (&m.message_id, m.summary()),
-            Event::Deleted { message_id, .. } => (message_id, "[the customer deleted this message]".to_string()),
+            Event::Message(m) if m.edited && !m.outgoing => (&m.message_id, m.summary(self.s.texts)),
+            Event::Deleted { message_id, .. } => (message_id, self.s.texts.deleted_in_chat.to_string()),
             _ => return Ok(None),
         };
         let msgid = format!("{conversation_id}:{original}");

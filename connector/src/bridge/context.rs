@@ -13,7 +13,7 @@ impl Bridge {
         let Some(reply) = m.reply_to.as_mut().filter(|r| r.quote.is_none()) else { return Ok(()) };
         let stored = self.store.message_payload(self.account(), chat, &reply.message_id).await?;
         if let Some(Event::Message(quoted)) = stored.and_then(|p| serde_json::from_str::<Event>(&p).ok()) {
-            let text = quoted.content_summary();
+            let text = quoted.content_summary(self.s.texts);
             let cut: String = text.chars().take(QUOTE_CHARS).collect();
             reply.quote = Some(if cut.len() < text.len() { format!("{cut}…") } else { cut });
         }

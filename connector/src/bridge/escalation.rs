@@ -16,7 +16,8 @@ impl Bridge {
                 Ok(list) => {
                     for (chat, conv) in list {
                         let (Some(lead_id), Some(since)) = (conv.lead_id, conv.unanswered_since_ms) else { continue };
-                        let task = plan::escalation_task(lead_id, &esc.task_text, now, deadline);
+                        let text = esc.task_text.as_deref().unwrap_or(self.s.texts.task_text);
+                        let task = plan::escalation_task(lead_id, text, now, deadline);
                         self.escalate(&chat, since, &task).await;
                     }
                 }

@@ -3,6 +3,10 @@
 //! per-chat isolation of a refused message.
 
 use super::*;
+use crmessenger_crm::{ContactRef, LeadRef, Person};
+
+/// How long the CRM's list of active users is trusted (ms).
+const USERS_TTL_MS: i64 = 5 * 60 * 1000;
 
 impl Bridge {
     /// Delivers what is due in the inbox. Returns whether anything was done.
@@ -177,27 +181,7 @@ impl Bridge {
                 return Ok(None);
             };
             let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
-            let place = plan::LeadPlace {
-                pipeline_id: self.s.pipeline_id,
-                status_id: self.s.status_id,
-                responsible_user_id: None,
-            };
-            let mut request = match &group {
-                Some(g) => plan::group_lead_request(&self.s.policy.leads, self.s.channel, g, place),
-                None => crmessenger_crm::LeadRequest {
-                    not_reused: self.store.group_leads(self.account()).await.map_err(db)?,
-                    ..plan::lead_request(&self.s.policy.leads, self.s.channel, &person, place)
-                },
-            };
-            let lead = match self.crm.open_lead(&contact, &request).await? {
-                // A returning customer's open lead: nobody new is assigned.
-                Some(lead) => lead,
-                None => {
-                    request.responsible_user_id = self.assign().await?;
-                    request.reuse_open = false;
-                    self.crm.find_or_create_lead(&contact, &request).await?
-                }
-            };
+            let lead = self.conversation_lead(&contact, &person, group.as_ref()).await?;
             conv.contact_id = Some(contact.id);
             conv.lead_id = Some(lead.id);
             self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
@@ -217,7 +201,7 @@ impl Bridge {
             .iter()
             .map(|(r, e)| {
                 let file = files.get(&r.seq).map(String::as_str);
-                (r.seq, plan::note(self.s.channel, &account, chat, &r.event_key, e, file))
+                (r.seq, plan::note(self.s.texts, self.s.channel, &account, chat, &r.event_key, e, file))
             })
             .collect();
         // Rows whose write may already have happened: look for their markers first.
@@ -257,15 +241,75 @@ impl Bridge {
         }))
     }
 
+    /// The conversation's lead: a returning customer's open lead (nobody new is
+    /// assigned), an incoming lead amoCRM made itself (adopted: accepted and put in
+    /// the policy's pipeline and stage, with the next responsible user and the
+    /// tags), or a new lead. A group's lead is always new: it is no member's.
+    pub(super) async fn conversation_lead(
+        &self,
+        contact: &ContactRef,
+        person: &Person,
+        group: Option<&plan::Group>,
+    ) -> Result<LeadRef, CrmError> {
+        let place =
+            plan::LeadPlace { pipeline_id: self.s.pipeline_id, status_id: self.s.status_id, responsible_user_id: None };
+        let mut request = match group {
+            Some(g) => plan::group_lead_request(self.s.texts, &self.s.policy.leads, self.s.channel, g, place),
+            None => crmessenger_crm::LeadRequest {
+                not_reused: self.store.group_leads(self.account()).await.map_err(db)?,
+                ..plan::lead_request(&self.s.policy.leads, self.s.channel, person, place)
+            },
+        };
+        if group.is_none() {
+            match self.crm.open_lead(contact, &request).await? {
+                Some(lead) if lead.incoming.is_some() => {
+                    request.responsible_user_id = self.assign().await?;
+                    self.crm.adopt_lead(&lead, &request).await?;
+                    tracing::info!(account = self.account(), lead = lead.id, "adopted the incoming lead amoCRM made");
+                    return Ok(LeadRef { incoming: None, ..lead });
+                }
+                Some(lead) => return Ok(lead),
+                None => {}
+            }
+        }
+        request.responsible_user_id = self.assign().await?;
+        request.reuse_open = false;
+        self.crm.find_or_create_lead(contact, &request).await
+    }
+
     /// The responsible user of a new lead: the fixed user, or the next turn of the
     /// binding's rotation (taken only for a lead about to be created; a crash
     /// before it is created skips that turn).
     async fn assign(&self) -> Result<Option<i64>, CrmError> {
+        let active = self.active_users().await;
         if !self.assigner.rotates() {
-            return Ok(self.assigner.user(0));
+            return Ok(self.assigner.user(0, active.as_deref()));
         }
         let turn = self.store.take_turn(&self.s.binding).await.map_err(db)?;
-        Ok(self.assigner.user(turn))
+        Ok(self.assigner.user(turn, active.as_deref()))
+    }
+
+    /// The CRM's active users, read again after [`USERS_TTL_MS`]; `None` when the
+    /// CRM would not say (then every configured user counts as active, and a
+    /// deactivated one shows as a refused lead).
+    async fn active_users(&self) -> Option<Vec<i64>> {
+        let now = self.clock.now_ms();
+        let mut cached = self.active_users.lock().await;
+        if let Some((at, users)) = cached.as_ref()
+            && now - at < USERS_TTL_MS
+        {
+            return Some(users.clone());
+        }
+        match self.crm.active_users().await {
+            Ok(users) => {
+                *cached = Some((now, users.clone()));
+                Some(users)
+            }
+            Err(e) => {
+                tracing::warn!(account = self.account(), "reading the CRM's users: {e}");
+                cached.as_ref().map(|(_, u)| u.clone())
+            }
+        }
     }
 
     /// In notes mode a message's file goes to the CRM's file storage and is linked
@@ -282,16 +326,17 @@ impl Bridge {
         let limit = self.s.policy.media.max_bytes();
         let mut lines = HashMap::new();
         let mut stored = Vec::new();
+        let t = self.s.texts;
         for (row, e) in events {
             let Event::Message(m) = e else { continue };
             let crate::messenger::Content::Media { media, .. } = &m.content else { continue };
             if self.s.policy.media.mode == crmessenger_api::policy::MediaMode::Skip {
-                lines.insert(row.seq, "not attached: the policy's media mode is skip".to_string());
+                lines.insert(row.seq, format!("{}: {}", t.not_attached, t.media_skipped));
                 continue;
             }
             if media.size > limit {
                 let mib = limit / (1024 * 1024);
-                lines.insert(row.seq, format!("not attached: over the policy's media limit of {mib} MiB"));
+                lines.insert(row.seq, format!("{}: {} {mib} MiB", t.not_attached, t.over_media_limit));
                 continue;
             }
             let known = self.store.kv_get(self.account(), NS, &row.event_key).await.map_err(db)?;
@@ -301,7 +346,7 @@ impl Bridge {
                     let bytes = match self.messenger.fetch_media(media).await {
                         Ok(b) => b,
                         Err(MessengerError::Rejected(why)) => {
-                            lines.insert(row.seq, format!("not attached: {why}"));
+                            lines.insert(row.seq, format!("{}: {why}", t.not_attached));
                             continue;
                         }
                         Err(e) => return Err(CrmError::Unavailable(format!("fetch media: {e}"))),
@@ -314,7 +359,7 @@ impl Bridge {
                     let f = match self.crm.upload_file(&upload).await {
                         Ok(f) => f,
                         Err(e) if e.class() == ErrorClass::Permanent => {
-                            lines.insert(row.seq, format!("not attached: the CRM refused the file: {e}"));
+                            lines.insert(row.seq, format!("{}: {}: {e}", t.not_attached, t.crm_refused_file));
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -324,7 +369,7 @@ impl Bridge {
                     f
                 }
             };
-            lines.insert(row.seq, format!("in the lead's files: {}", file.file_name));
+            lines.insert(row.seq, format!("{}: {}", t.in_lead_files, file.file_name));
             stored.push(file);
         }
         self.crm.link_files(lead_id, &stored).await?;
@@ -334,7 +379,7 @@ impl Bridge {
     /// Each sender of a group chat is a contact linked to the group's lead: the
     /// senders the lead does not have yet are found or created and linked, then
     /// recorded (a crash in between links them again, which changes nothing).
-    async fn link_members(&self, chat: &str, lead_id: i64, messages: &[&Message]) -> Result<(), CrmError> {
+    pub(super) async fn link_members(&self, chat: &str, lead_id: i64, messages: &[&Message]) -> Result<(), CrmError> {
         let known = self.store.chat_members(self.account(), chat).await.map_err(db)?;
         let senders = plan::new_members(messages.iter().copied(), &known);
         if senders.is_empty() {

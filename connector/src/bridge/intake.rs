@@ -180,14 +180,20 @@ impl Bridge {
         events
             .iter()
             .filter(|e| !matches!(e, Event::Status { .. } | Event::ReadUpTo { .. }) && self.wanted(e))
-            .filter_map(|e| Some((e.chat_id().to_string(), e.key(), serde_json::to_string(e).ok()?)))
+            .filter_map(|e| {
+                let mut e = e.clone();
+                if let Event::Message(m) = &mut e {
+                    plan::phones_in_e164(m, &self.s.phone_region);
+                }
+                Some((e.chat_id().to_string(), e.key(), serde_json::to_string(&e).ok()?))
+            })
             .collect()
     }
 
     /// Whether the policy lets this event's chat through.
     pub(super) fn wanted(&self, event: &Event) -> bool {
         match event {
-            Event::Message(m) => plan::chat_allowed(&self.s.policy.chats, m),
+            Event::Message(m) => plan::chat_allowed(&self.s.policy.chats, m, &self.s.phone_region),
             _ => true,
         }
     }

@@ -86,12 +86,19 @@ pub struct BridgeSettings {
     pub status_id: Option<i64>,
     /// Users new leads may be assigned to.
     pub responsible_user_ids: Vec<i64>,
+    /// Who gets new leads when every user they would go to is deactivated.
+    pub fallback_user_id: Option<i64>,
     /// How replies are noticed.
     pub replies: ReplySource,
     /// Messages go to the CRM's chat (Chats API) instead of lead notes.
     pub chats: bool,
     /// The gateway's public URL, for attachments in the CRM's chat.
     pub media_url: Option<String>,
+    /// The region phone numbers without a country code are read in (ISO 3166-1
+    /// alpha-2, the binding's `phoneRegion`).
+    pub phone_region: String,
+    /// The words of the binding's language.
+    pub texts: &'static crate::texts::Texts,
 }
 
 /// Why a pass of the work loop stopped early (it runs again on the next turn).
@@ -121,6 +128,8 @@ pub struct Bridge {
     webhook_url: std::sync::OnceLock<String>,
     /// While the messenger restricts the account: no send before this (Unix ms).
     restricted_until_ms: std::sync::atomic::AtomicI64,
+    /// The CRM's active users and when they were read (Unix ms).
+    active_users: tokio::sync::Mutex<Option<(i64, Vec<i64>)>>,
 }
 
 const BATCH: i64 = 1000;
@@ -173,7 +182,8 @@ impl Bridge {
         metrics: Arc<Metrics>,
         state: Arc<StateCell>,
     ) -> Self {
-        let assigner = Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids);
+        let assigner =
+            Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids, settings.fallback_user_id);
         let limits = &settings.policy.rate_limits;
         let send_rate = Mutex::new(SendRate::new(limits.messages_per_minute, limits.per_chat_per_minute));
         Self {
@@ -181,6 +191,7 @@ impl Bridge {
             backfilled: Default::default(),
             webhook_url: Default::default(),
             restricted_until_ms: Default::default(),
+            active_users: Default::default(),
             s: settings,
             store,
             crm,

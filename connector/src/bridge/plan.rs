@@ -7,6 +7,7 @@
 use super::retry::backoff;
 use crate::messenger::{Event, Identity, Message, MessengerError};
 use crate::store::InboxRow;
+use crate::texts::Texts;
 use crmessenger_api::policy::{ChatFilter, LeadSettings};
 use crmessenger_crm::{Channel, ErrorClass, LeadRequest, NoteRequest, Person, TaskRequest};
 use std::collections::HashMap;
@@ -98,11 +99,12 @@ pub fn in_doubt_since(rows: &[InboxRow], now_ms: i64) -> i64 {
 /// the customer's `@username` (with or without `@`), or — when it is written as a
 /// phone number, with `+` or separators (`+7 999 123-45-67`; a bare number is a
 /// chat id) — the customer's phone, compared in E.164.
-pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
+pub fn chat_allowed(filter: &ChatFilter, m: &Message, region: &str) -> bool {
     // The customer: the sender, or for the account's own message the person written to.
     let who = if m.outgoing { m.customer.as_ref() } else { Some(&m.sender) };
     let username = who.and_then(|w| w.username.clone());
-    let phone = who.and_then(|w| w.phone.as_deref()).and_then(crmessenger_crm::phone::normalize);
+    let e164 = |p: &str| crmessenger_crm::phone::normalize_in(p, region);
+    let phone = who.and_then(|w| w.phone.as_deref()).and_then(e164);
     let matches = |entry: &String| {
         let e = entry.trim();
         if e.eq_ignore_ascii_case(&m.chat_id) {
@@ -114,7 +116,7 @@ pub fn chat_allowed(filter: &ChatFilter, m: &Message) -> bool {
             return true;
         }
         let written_as_phone = e.starts_with('+') || e.chars().any(|c| " -().".contains(c));
-        written_as_phone && phone.is_some() && crmessenger_crm::phone::normalize(e) == phone
+        written_as_phone && phone.is_some() && e164(e) == phone
     };
     if filter.deny.iter().any(matches) {
         return false;
@@ -140,6 +142,17 @@ pub fn person(channel: Channel, who: &Identity) -> Person {
         Channel::Whatsapp => p.whatsapp_id = Some(who.id.clone()),
     }
     p
+}
+
+/// Writes the phone numbers a message carries (its sender's, and the customer's of
+/// an owner's message) in E.164, reading those without a country code as
+/// `region` writes them; one that is no phone number stays as it came.
+pub fn phones_in_e164(m: &mut Message, region: &str) {
+    for who in std::iter::once(&mut m.sender).chain(m.customer.as_mut()) {
+        if let Some(e164) = who.phone.as_deref().and_then(|p| crmessenger_crm::phone::normalize_in(p, region)) {
+            who.phone = Some(e164);
+        }
+    }
 }
 
 /// The customer a chat's conversation belongs to, from its due messages: the
@@ -202,10 +215,16 @@ pub fn group<'a>(chat: &str, messages: impl IntoIterator<Item = &'a Message>) ->
 /// The lead of a group chat: the policy's template filled with the group's title,
 /// its member count after it. Never a member's open lead: the group's
 /// conversation is not any one member's.
-pub fn group_lead_request(leads: &LeadSettings, channel: Channel, group: &Group, place: LeadPlace) -> LeadRequest {
+pub fn group_lead_request(
+    t: &Texts,
+    leads: &LeadSettings,
+    channel: Channel,
+    group: &Group,
+    place: LeadPlace,
+) -> LeadRequest {
     let mut request = lead_request(leads, channel, &Person { name: group.title.clone(), ..Person::default() }, place);
     if let Some(n) = group.members {
-        request.name = format!("{} · group of {n}", request.name);
+        request.name = format!("{} · {} {n}", request.name, t.group_of);
     }
     request.reuse_open = false;
     request
@@ -244,25 +263,34 @@ pub fn lead_name(template: &str, person: &Person, channel: &str) -> String {
 /// that finds it again after an interrupted write (`account` is the account's
 /// short id); `file` says where the message's file went (the lead's files, or why
 /// it is not there).
-pub fn note(channel: Channel, account: &str, chat: &str, key: &str, event: &Event, file: Option<&str>) -> NoteRequest {
+pub fn note(
+    t: &Texts,
+    channel: Channel,
+    account: &str,
+    chat: &str,
+    key: &str,
+    event: &Event,
+    file: Option<&str>,
+) -> NoteRequest {
     let marker = format!("[ref {account}:{chat}:{key}]");
+    let label = channel.label();
     let body = match event {
         Event::Message(m) => {
             let who = match (&m.sender.username, m.outgoing) {
-                (_, true) if m.sender.name.is_empty() => "the account owner".to_string(),
-                (_, true) => format!("the account owner, {}", m.sender.name),
+                (_, true) if m.sender.name.is_empty() => t.account_owner.to_string(),
+                (_, true) => format!("{}, {}", t.account_owner, m.sender.name),
                 (Some(u), false) => format!("{} (@{u})", m.sender.name),
                 (None, false) => m.sender.name.clone(),
             };
-            let place = m.chat_title.as_ref().map(|t| format!(" in {t}")).unwrap_or_default();
-            let edited = if m.edited { " (edited)" } else { "" };
+            let place = m.chat_title.as_ref().map(|title| format!(" {} {title}", t.in_chat)).unwrap_or_default();
+            let edited = if m.edited { format!(" {}", t.edited) } else { String::new() };
             let arrow = if m.outgoing { "→ " } else { "" };
             let file = file.map(|f| format!("\n({f})")).unwrap_or_default();
-            format!("{} · {arrow}{who}{place}{edited}:\n{}{file}", channel.label(), m.summary())
+            format!("{label} · {arrow}{who}{place}{edited}:\n{}{file}", m.summary(t))
         }
-        Event::Deleted { message_id, .. } => format!("{} · the customer deleted message {message_id}", channel.label()),
-        Event::Status { message_id, status, .. } => format!("{} · message {message_id}: {status}", channel.label()),
-        Event::ReadUpTo { message_id, .. } => format!("{} · read up to message {message_id}", channel.label()),
+        Event::Deleted { message_id, .. } => format!("{label} · {} {message_id}", t.customer_deleted_message),
+        Event::Status { message_id, status, .. } => format!("{label} · {} {message_id}: {status}", t.message),
+        Event::ReadUpTo { message_id, .. } => format!("{label} · {} {message_id}", t.read_up_to),
     };
     NoteRequest { text: format!("{body}\n{marker}"), marker }
 }
@@ -492,7 +520,7 @@ mod tests {
         let leads =
             LeadSettings { name_template: "{channel}: {name}".into(), reuse_open_lead: true, ..Default::default() };
         let place = LeadPlace { pipeline_id: None, status_id: None, responsible_user_id: None };
-        let lead = group_lead_request(&leads, Channel::Telegram, &g, place);
+        let lead = group_lead_request(&crate::texts::EN, &leads, Channel::Telegram, &g, place);
         assert_eq!(lead.name, "Telegram: Market · group of 12");
         assert!(!lead.reuse_open, "never a member's open lead");
         let mut known = HashMap::new();
@@ -514,20 +542,20 @@ mod tests {
         let mut anna = message(false);
         anna.sender.phone = Some("79991234567".into());
         // By phone, however it is written, in allow and in deny.
-        assert!(chat_allowed(&filter(&["+7 999 123-45-67"], &[]), &anna));
-        assert!(!chat_allowed(&filter(&["+7 (999) 000-00-00"], &[]), &anna));
-        assert!(!chat_allowed(&filter(&[], &["8 999 123 45 67"]), &anna));
+        assert!(chat_allowed(&filter(&["+7 999 123-45-67"], &[]), &anna, "RU"));
+        assert!(!chat_allowed(&filter(&["+7 (999) 000-00-00"], &[]), &anna, "RU"));
+        assert!(!chat_allowed(&filter(&[], &["8 999 123 45 67"]), &anna, "RU"));
         // By chat id and by username (with or without @); deny wins over allow.
-        assert!(chat_allowed(&filter(&["42"], &[]), &anna));
-        assert!(chat_allowed(&filter(&["@Anna_K"], &[]), &anna));
-        assert!(!chat_allowed(&filter(&["anna_k"], &["42"]), &anna));
+        assert!(chat_allowed(&filter(&["42"], &[]), &anna, "RU"));
+        assert!(chat_allowed(&filter(&["@Anna_K"], &[]), &anna, "RU"));
+        assert!(!chat_allowed(&filter(&["anna_k"], &["42"]), &anna, "RU"));
         // A bare number is a chat id, never a phone.
-        assert!(!chat_allowed(&filter(&["79991234567"], &[]), &anna));
+        assert!(!chat_allowed(&filter(&["79991234567"], &[]), &anna, "RU"));
         // The owner's message in that chat is judged by the customer written to.
         let mut own = owner("hi");
         own.customer = Some(Identity { phone: Some("+79991234567".into()), ..Identity::default() });
-        assert!(!chat_allowed(&filter(&[], &["+79991234567"]), &own));
-        assert!(chat_allowed(&filter(&[], &[]), &own));
+        assert!(!chat_allowed(&filter(&[], &["+79991234567"]), &own, "RU"));
+        assert!(chat_allowed(&filter(&[], &[]), &own, "RU"));
     }
 
     #[test]
@@ -549,15 +577,45 @@ mod tests {
 
     #[test]
     fn a_note_names_its_sender_and_ends_in_its_marker() {
-        let n = note(Channel::Telegram, "0badf00d", "42", "m7", &Event::Message(Box::new(message(false))), None);
+        let n = note(
+            &crate::texts::EN,
+            Channel::Telegram,
+            "0badf00d",
+            "42",
+            "m7",
+            &Event::Message(Box::new(message(false))),
+            None,
+        );
         assert_eq!(n.marker, "[ref 0badf00d:42:m7]");
         assert_eq!(n.text, "Telegram · Anna (@anna_k):\nhello\n[ref 0badf00d:42:m7]");
         let deleted = Event::Deleted { chat_id: "42".into(), message_id: "7".into() };
         assert!(
-            note(Channel::Whatsapp, "a", "42", "d7", &deleted, None)
+            note(&crate::texts::EN, Channel::Whatsapp, "a", "42", "d7", &deleted, None)
                 .text
                 .starts_with("WhatsApp · the customer deleted")
         );
+    }
+
+    #[test]
+    fn notes_and_group_leads_speak_the_bindings_language() {
+        let ru = &crate::texts::RU;
+        let mut m = message(false);
+        m.edited = true;
+        m.chat_title = Some("Рынок".into());
+        let n = note(ru, Channel::Telegram, "a", "42", "m7", &Event::Message(Box::new(m)), None);
+        assert!(n.text.starts_with("Telegram · Anna (@anna_k) в Рынок (изменено):\nhello"), "{}", n.text);
+        let deleted = Event::Deleted { chat_id: "42".into(), message_id: "7".into() };
+        assert!(
+            note(ru, Channel::Whatsapp, "a", "42", "d7", &deleted, None)
+                .text
+                .starts_with("WhatsApp · клиент удалил сообщение 7")
+        );
+        let owner_note = note(ru, Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(owner("Еду"))), None);
+        assert!(owner_note.text.contains("→ владелец аккаунта"), "{}", owner_note.text);
+        let g = Group { title: "Рынок".into(), members: Some(5) };
+        let place = LeadPlace { pipeline_id: None, status_id: None, responsible_user_id: None };
+        let lead = group_lead_request(ru, &LeadSettings::default(), Channel::Telegram, &g, place);
+        assert!(lead.name.ends_with("Рынок · группа из 5"), "{}", lead.name);
     }
 
     #[test]
@@ -599,12 +657,20 @@ mod tests {
 
     #[test]
     fn an_owner_message_is_noted_as_the_accounts_side() {
-        let n = note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(owner("On my way"))), None);
+        let n = note(
+            &crate::texts::EN,
+            Channel::Telegram,
+            "a",
+            "42",
+            "9",
+            &Event::Message(Box::new(owner("On my way"))),
+            None,
+        );
         assert_eq!(n.text, "Telegram · → the account owner:\nOn my way\n[ref a:42:9]");
         let mut named = owner("ok");
         named.sender.name = "Ivan".into();
         assert!(
-            note(Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(named)), None)
+            note(&crate::texts::EN, Channel::Telegram, "a", "42", "9", &Event::Message(Box::new(named)), None)
                 .text
                 .contains("→ the account owner, Ivan:")
         );

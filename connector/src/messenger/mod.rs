@@ -12,6 +12,7 @@ pub mod whatsapp;
 #[cfg(feature = "whatsapp-web")]
 pub mod whatsapp_web;
 
+use crate::texts::Texts;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -157,31 +158,34 @@ impl Message {
 
     /// The text of the message, or a description of what it carries, after where
     /// it was forwarded from and what it answers.
-    pub fn summary(&self) -> String {
+    pub fn summary(&self, t: &Texts) -> String {
         let mut out = String::new();
         if let Some(from) = &self.forwarded_from {
-            out.push_str(&format!("[forwarded from {from}]\n"));
+            out.push_str(&format!("[{} {from}]\n", t.forwarded_from));
         }
         if let Some(quote) = self.reply_to.as_ref().and_then(|r| r.quote.as_deref()) {
             for line in quote.lines() {
                 out.push_str(&format!("> {line}\n"));
             }
         }
-        out + &self.content_summary()
+        out + &self.content_summary(t)
     }
 
     /// What the message carries, without its context.
-    pub fn content_summary(&self) -> String {
+    pub fn content_summary(&self, t: &Texts) -> String {
         match &self.content {
             Content::Text { text } => text.clone(),
             Content::Media { media, caption } => {
-                let what = format!("[{}: {}, {} bytes]", media.kind, media.file_name, media.size);
+                let what = format!("[{}: {}, {} {}]", media.kind, media.file_name, media.size, t.bytes);
                 if caption.is_empty() { what } else { format!("{what} {caption}") }
             }
             Content::Location { latitude, longitude } => {
-                format!("[location: {latitude:.6}, {longitude:.6} https://maps.google.com/?q={latitude},{longitude}]")
+                format!(
+                    "[{}: {latitude:.6}, {longitude:.6} https://maps.google.com/?q={latitude},{longitude}]",
+                    t.location
+                )
             }
-            Content::Contact { name, phone } => format!("[contact: {name}, {phone}]"),
+            Content::Contact { name, phone } => format!("[{}: {name}, {phone}]", t.contact),
         }
     }
 }

@@ -158,8 +158,11 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
                 continue;
             }
         };
+        // No operator here: the connector finds or creates the identity fields.
+        let mut config = config.clone();
+        identity_fields(&mut config, token.clone(), ca_pem.as_deref(), &account).await;
         let parts = match build_account(
-            config,
+            &config,
             &store,
             token,
             ca_pem,
@@ -195,6 +198,51 @@ pub async fn standalone(s: StandaloneSettings) -> anyhow::Result<i32> {
         let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
     }
     Ok(0)
+}
+
+/// Fills the contacts' identity fields the binding does not name with the ones
+/// found or created in the CRM (as the operator does in a cluster); without an
+/// administrator's token it says which fields to create, and customers are then
+/// matched by phone only.
+async fn identity_fields(
+    config: &mut crmessenger_api::config::ConnectorConfig,
+    tokens: Arc<dyn crmessenger_crm::amocrm::TokenSource>,
+    ca_pem: Option<&str>,
+    account: &str,
+) {
+    use crmessenger_crm::amocrm::identity::{self, Outcome};
+    let amo = &mut config.crm.amocrm;
+    let f = &mut amo.contact_fields;
+    if f.telegram_user_id.is_some() && f.telegram_username.is_some() && f.whatsapp_id.is_some() {
+        return;
+    }
+    let budget = crmessenger_crm::budget::Budget::in_memory(
+        Arc::new(SystemClock),
+        format!("identity-fields:{}", amo.base_url),
+        crmessenger_crm::budget::Limit::AMOCRM_REST,
+    );
+    let looked =
+        match crmessenger_crm::amocrm::Transport::new(&amo.base_url, ca_pem, budget, tokens, Duration::from_secs(10)) {
+            Ok(rest) => identity::ensure(&rest).await,
+            Err(e) => Err(e),
+        };
+    match looked {
+        Ok(Outcome::Ready(ids)) => {
+            let f = &mut amo.contact_fields;
+            f.telegram_user_id = f.telegram_user_id.or(ids.telegram_user_id);
+            f.telegram_username = f.telegram_username.or(ids.telegram_username);
+            f.whatsapp_id = f.whatsapp_id.or(ids.whatsapp_id);
+        }
+        Ok(Outcome::AdminRequired(missing)) => {
+            let codes: Vec<&str> = missing.iter().map(|m| m.code).collect();
+            tracing::warn!(
+                account,
+                "the token may not create contact fields: create text fields of contacts with the codes {} or name fields in spec.crm.amocrm.contactFields; until then customers are matched by phone only",
+                codes.join(", ")
+            );
+        }
+        Err(e) => tracing::warn!(account, "looking up the contacts' identity fields: {e}"),
+    }
 }
 
 /// Serves one account until `stop`; a lost lock is waited for again (another

@@ -29,54 +29,72 @@ fn sign(body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// A shop in Chats API mode on PostgreSQL: the amoCRM fake with a channel whose
+/// hooks go to a gateway, the scripted messenger, and the account's bridge.
+struct ChatsShop {
+    fake: FakeAmo,
+    messenger: ScriptedMessenger,
+    store: Store,
+    clock: TestClock,
+    channel: ChatsChannel,
+    /// The gateway's base URL.
+    gw: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl ChatsShop {
+    async fn start(db_name: &str, fake_config: FakeConfig, policy: &str, binding_extra: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = Postgres::shared().database(db_name).unwrap();
+        let store = Store::connect(&db, POOL_SIZE).await.unwrap();
+        // The gateway's address must be known to the fake (the channel's hook URL).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw = format!("http://{}", listener.local_addr().unwrap());
+        let channel = ChatsChannel {
+            channel_id: "3f6e0c1a-0000-4000-8000-00000000c4a7".into(),
+            secret: SECRET.into(),
+            hook_url: Some(format!("{gw}/amocrm/chats/:scope_id")),
+            ..ChatsChannel::default()
+        };
+        let fake = FakeAmo::start(FakeConfig { chats: Some(channel.clone()), ..fake_config }).await.unwrap();
+        let gateway = Gateway::new(store.clone()).with_chats_secret(Some(SECRET.into())).router();
+        let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
+        let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
+        let extra = format!("chatsChannel: true, replies: {{ detection: poll, pollInterval: 10m }}{binding_extra}");
+        let yaml = common::shop_yaml(&fake.base_url(), policy, &extra);
+        let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
+        let config =
+            render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+                .unwrap();
+        let clock = TestClock::default();
+        let chats = ChatsSettings {
+            base_url: fake.base_url(),
+            channel_id: channel.channel_id.clone(),
+            secret: SECRET.into(),
+            bot_id: channel.bot_id.clone(),
+            media_url: Some(gw.clone()),
+        };
+        let parts = build_account(
+            &config,
+            &store,
+            Arc::new(StaticToken(fake.issue_token_pair().access_token)),
+            None,
+            Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
+            Some(&chats),
+            Arc::new(clock.clone()),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let stop = common::run_bridge(&parts, &store).await;
+        Self { fake, messenger, store, clock, channel, gw, server, stop }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_messages_and_answers_cross_the_chats_api() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = Postgres::shared().database("chats").unwrap();
-    let store = Store::connect(&db, POOL_SIZE).await.unwrap();
-    // The gateway's address must be known to the fake (the channel's hook URL).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = format!("http://{}", listener.local_addr().unwrap());
-    let channel = ChatsChannel {
-        channel_id: "3f6e0c1a-0000-4000-8000-00000000c4a7".into(),
-        secret: SECRET.into(),
-        hook_url: Some(format!("{gw}/amocrm/chats/:scope_id")),
-        ..ChatsChannel::default()
-    };
-    let fake = FakeAmo::start(FakeConfig { chats: Some(channel.clone()), ..FakeConfig::default() }).await.unwrap();
-    let gateway = Gateway::new(store.clone()).with_chats_secret(Some(SECRET.into())).router();
-    let server = tokio::spawn(async move { axum::serve(listener, gateway).await });
-    let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
-
-    let yaml = common::shop_yaml(
-        &fake.base_url(),
-        "{}",
-        "chatsChannel: true, replies: { detection: poll, pollInterval: 10m }",
-    );
-    let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
-    let config =
-        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
-            .unwrap();
-    let clock = TestClock::default();
-    let chats = ChatsSettings {
-        base_url: fake.base_url(),
-        channel_id: channel.channel_id.clone(),
-        secret: SECRET.into(),
-        bot_id: channel.bot_id.clone(),
-        media_url: Some(gw.clone()),
-    };
-    let parts = build_account(
-        &config,
-        &store,
-        Arc::new(StaticToken(fake.issue_token_pair().access_token)),
-        None,
-        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&messenger.base_url()).unwrap()),
-        Some(&chats),
-        Arc::new(clock.clone()),
-        Arc::new(Metrics::default()),
-    )
-    .unwrap();
-    let stop = common::run_bridge(&parts, &store).await;
+    let ChatsShop { fake, messenger, store, clock, channel, gw, server, stop, .. } =
+        ChatsShop::start("chats", FakeConfig::default(), "{}", "").await;
 
     // The customer writes: the message is in amoCRM's chat, the chat linked to a contact.
     messenger.push(vec![text("6001", "1", "Lena", "Can I pick it up today?")]);
@@ -241,4 +259,107 @@ async fn chat_messages_and_answers_cross_the_chats_api() {
     );
     assert!(!sent.iter().any(|m| m.text.contains("send money")), "a forged hook was acted on");
     let _ = stop.send(true);
+}
+
+/// Chats mode gives each conversation exactly one lead, placed as the policy says
+/// (pipeline, stage, the round-robin user, tags), whether or not amoCRM opens
+/// incoming leads for chats itself: the lead is made before the chat's first
+/// post, and a customer who already has an incoming lead amoCRM made (here from
+/// another channel) gets that lead adopted rather than a second one. Escalation
+/// fires on those leads and a manager's answer in the chat completes it.
+async fn one_lead_per_conversation(db_name: &str, incoming_leads_for_contacts: bool) {
+    use crmessenger_fake_amocrm::{MAIN_PIPELINE_ID, SECOND_STAGE_ID, UNSORTED_STATUS_ID};
+    let fake_config = FakeConfig { incoming_leads_for_contacts, ..FakeConfig::default() };
+    let binding = format!(
+        ", pipelineId: {MAIN_PIPELINE_ID}, statusId: {SECOND_STAGE_ID}, responsibleUserIds: [1001, 1002, 1003]"
+    );
+    let policy = "{ leads: { tags: [shop] }, escalation: { enabled: true, after: 1m, taskText: Answer the customer } }";
+    let shop = ChatsShop::start(db_name, fake_config, policy, &binding).await;
+    let (fake, messenger, clock) = (&shop.fake, &shop.messenger, &shop.clock);
+    // Anna wrote to another channel of the shop first: amoCRM made her an incoming lead.
+    let (anna_contact, incoming) = fake.add_incoming_lead("Anna", "+79161234501");
+    let with_phone = |mut u: crmessenger_fake_messenger::Update, phone: &str| {
+        u.sender.phone = Some(phone.into());
+        u
+    };
+    messenger.push(vec![
+        with_phone(text("7001", "1", "Anna", "Is the blue one in stock?"), "+79161234501"),
+        text("7002", "1", "Boris", "Do you deliver?"),
+        text("7003", "1", "Clara", "Hello"),
+    ]);
+    messenger.push(vec![
+        with_phone(text("7001", "2", "Anna", "Size M"), "+79161234501"),
+        text("7002", "2", "Boris", "To Tverskaya"),
+        text("7003", "2", "Clara", "Are you open on Sunday?"),
+    ]);
+    let s = eventually_some("six messages in amoCRM's chats", 60, || {
+        let s = fake.snapshot();
+        (s.chat_messages.len() == 6).then_some(s)
+    })
+    .await;
+    assert_eq!(s.leads.len(), 3, "one lead per conversation, none besides: {:?}", s.leads);
+    assert!(s.unsorted.is_empty(), "no incoming lead left unsorted: {:?}", s.unsorted);
+    let adopted = s.leads.iter().find(|l| l.id == incoming).expect("Anna's incoming lead is her conversation's lead");
+    assert!(adopted.contact_ids.contains(&anna_contact));
+    assert_eq!(s.contacts.len(), 3, "Anna's contact found by her phone, not made again");
+    let mut users: Vec<i64> = s.leads.iter().map(|l| l.responsible_user_id).collect();
+    users.sort();
+    assert_eq!(users, vec![1001, 1002, 1003], "one turn of the rotation each");
+    for l in &s.leads {
+        assert_eq!((l.pipeline_id, l.status_id), (MAIN_PIPELINE_ID, SECOND_STAGE_ID), "placed per the binding: {l:?}");
+        assert_ne!(l.status_id, UNSORTED_STATUS_ID);
+        assert!(l.tags.iter().any(|t| t == "shop"), "the policy's tag: {l:?}");
+        assert!(!l.name.starts_with("Новое обращение"), "named per the policy: {l:?}");
+    }
+    for name in ["Anna", "Boris", "Clara"] {
+        assert!(s.leads.iter().any(|l| l.name.contains(name)), "a lead named for {name}: {:?}", s.leads);
+    }
+
+    // Nobody answers for over a minute: one escalation task per lead.
+    for _ in 0..9 {
+        clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tasks = eventually_some("three escalation tasks", 60, || {
+        let t = fake.snapshot().tasks;
+        (t.len() >= 3).then_some(t)
+    })
+    .await;
+    let mut on: Vec<i64> = tasks.iter().map(|t| t.entity_id).collect();
+    on.sort();
+    let mut leads: Vec<i64> = s.leads.iter().map(|l| l.id).collect();
+    leads.sort();
+    assert_eq!(on, leads, "a task on each conversation's lead");
+    assert!(tasks.iter().all(|t| t.text == "Answer the customer"));
+
+    // A manager answers Anna in the chat: the answer goes out, her task is done.
+    let anna_chat = s.chat_messages.iter().find(|m| m.text == "Size M").unwrap().conversation_id.clone();
+    fake.manager_chat_reply(&anna_chat, 1002, "Yes, size M is here").await.unwrap();
+    eventually_some("Anna's task completed", 30, || {
+        fake.snapshot().tasks.iter().any(|t| t.entity_id == incoming && t.is_completed).then_some(())
+    })
+    .await;
+    assert!(messenger.sent().iter().any(|m| m.chat_id == "7001" && m.text == "Yes, size M is here"));
+
+    // Boris writes again: his conversation keeps its one lead.
+    messenger.push(vec![text("7002", "3", "Boris", "Any news?")]);
+    let s = eventually_some("Boris's third message", 30, || {
+        let s = fake.snapshot();
+        s.chat_messages.iter().any(|m| m.text == "Any news?").then_some(s)
+    })
+    .await;
+    assert_eq!(s.leads.len(), 3, "still one lead per conversation");
+    assert!(s.unsorted.is_empty());
+    let _ = shop.stop.send(true);
+    shop.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lead_per_conversation_in_chats_mode() {
+    one_lead_per_conversation("chats_leads", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lead_per_conversation_when_amocrm_opens_incoming_leads() {
+    one_lead_per_conversation("chats_incoming", true).await;
 }

@@ -101,30 +101,7 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     let db = Postgres::shared().database("crash").unwrap();
     let http = reqwest::Client::new();
 
-    // The two fakes, each its own process.
-    let amo_port = free_port().unwrap();
-    let amo = format!("http://127.0.0.1:{amo_port}");
-    let mut cmd = Command::new(workspace_bin("fake-amocrm"));
-    cmd.args(["--listen", &format!("127.0.0.1:{amo_port}"), "--rate-limit", "1000", "--abuse-threshold", "100000"]);
-    let amo_proc = Proc::start("fake-amocrm", cmd, dir.path()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let token = loop {
-        if let Some(line) = amo_proc.log().lines().find_map(|l| l.strip_prefix("access_token: ").map(str::to_string)) {
-            break line;
-        }
-        assert!(Instant::now() < deadline, "{}", amo_proc.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let msg_port = free_port().unwrap();
-    let messenger = format!("http://127.0.0.1:{msg_port}");
-    let mut cmd = Command::new(workspace_bin("fake-messenger"));
-    cmd.args(["--listen", &format!("127.0.0.1:{msg_port}"), "--dir"]).arg(dir.path().join("messenger"));
-    let msg_proc = Proc::start("fake-messenger", cmd, dir.path()).unwrap();
-    while http.get(format!("{messenger}/v1/session")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "{}", msg_proc.log_tail(20));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    let Fakes { amo, token, messenger, _procs } = Fakes::start(dir.path(), &http).await;
     write_manifests(dir.path(), &amo, &format!("  long_lived_token: {token}"), "h");
     let ports = Ports::free();
     let args = ["--database-url", &db, "--scripted-messenger", &messenger, "--crm-requests-per-second", "500"];
@@ -212,6 +189,101 @@ async fn every_message_arrives_once_and_in_order_across_sigkills() {
     assert_eq!(snap["leads"].as_array().unwrap().len(), CHATS, "one lead per chat");
     assert_eq!(withheld_writes(&snap), 2, "both in-doubt cases happened: a batch written, its answer withheld");
     println!("{kills} kills ({in_doubt_kills} with a batch written but unanswered), seed {seed}");
+}
+
+/// The two fakes, each its own process: amoCRM (a high rate limit) and the
+/// scripted messenger (a durable log in `DIR/messenger`).
+struct Fakes {
+    amo: String,
+    token: String,
+    messenger: String,
+    _procs: (Proc, Proc),
+}
+
+impl Fakes {
+    async fn start(dir: &std::path::Path, http: &reqwest::Client) -> Fakes {
+        let amo_port = free_port().unwrap();
+        let amo = format!("http://127.0.0.1:{amo_port}");
+        let mut cmd = Command::new(workspace_bin("fake-amocrm"));
+        cmd.args(["--listen", &format!("127.0.0.1:{amo_port}"), "--rate-limit", "1000", "--abuse-threshold", "100000"]);
+        let amo_proc = Proc::start("fake-amocrm", cmd, dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let token = loop {
+            if let Some(line) =
+                amo_proc.log().lines().find_map(|l| l.strip_prefix("access_token: ").map(str::to_string))
+            {
+                break line;
+            }
+            assert!(Instant::now() < deadline, "{}", amo_proc.log_tail(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let msg_port = free_port().unwrap();
+        let messenger = format!("http://127.0.0.1:{msg_port}");
+        let mut cmd = Command::new(workspace_bin("fake-messenger"));
+        cmd.args(["--listen", &format!("127.0.0.1:{msg_port}"), "--dir"]).arg(dir.join("messenger"));
+        let msg_proc = Proc::start("fake-messenger", cmd, dir).unwrap();
+        while http.get(format!("{messenger}/v1/session")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{}", msg_proc.log_tail(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Fakes { amo, token, messenger, _procs: (amo_proc, msg_proc) }
+    }
+}
+
+/// A kill -9 after amoCRM created a customer's contact and before the connector
+/// heard back (the fake withholds the answer) leaves one contact: the restarted
+/// connector finds it by the Telegram id kept in the identity field that the
+/// connector (standalone, where no operator runs) created in the CRM. The
+/// customer has no phone, so nothing else could have matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_creating_a_contact_and_recording_it_leaves_one_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Postgres::shared().database("crash_contact").unwrap();
+    let http = reqwest::Client::new();
+    let Fakes { amo, token, messenger, _procs } = Fakes::start(dir.path(), &http).await;
+    let manifests = write_manifests(dir.path(), &amo, &format!("  long_lived_token: {token}"), "h");
+    // The binding names no identity fields: the connector finds or makes them.
+    let shop = manifests.join("shop.yaml");
+    let yaml = std::fs::read_to_string(&shop).unwrap().replace(", contactFields: { telegramUserId: 201 }", "");
+    std::fs::write(&shop, yaml).unwrap();
+    let ports = Ports::free();
+    let args = ["--database-url", &db, "--scripted-messenger", &messenger, "--crm-requests-per-second", "500"];
+    let mut connector = start_standalone(dir.path(), &ports, &args);
+    // The connector makes its identity fields first (no operator here).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fields = http.get(format!("{amo}/api/v4/contacts/custom_fields")).bearer_auth(&token).send().await.unwrap();
+        if fields.text().await.unwrap().contains("CRMESSENGER_TELEGRAM_ID") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no identity fields\n{}", connector.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fault = json!({ "method": "POST", "path_prefix": "/api/v4/contacts", "drop_response": true, "times": 1 });
+    http.post(format!("{amo}/_fake/faults")).json(&fault).send().await.unwrap();
+    let hello = text("9501", "1", "Nadia", "hello, anyone?");
+    http.post(format!("{messenger}/_script/inbound")).json(&hello).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot(&http, &amo).await["contacts"].as_array().map_or(0, Vec::len) == 0 {
+        assert!(Instant::now() < deadline, "no contact created\n{}", connector.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    connector.kill();
+    let connector = start_standalone(dir.path(), &ports, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let snap = loop {
+        let snap = snapshot(&http, &amo).await;
+        if snap["notes"].as_array().is_some_and(|n| n.iter().any(|n| n.to_string().contains("hello, anyone?"))) {
+            break snap;
+        }
+        assert!(Instant::now() < deadline, "the note never came\n{}", connector.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let contacts = snap["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "one contact after the kill: {contacts:?}");
+    let fields = &contacts[0]["custom_fields_values"];
+    let field = fields.as_array().and_then(|f| f.iter().find(|f| f["field_code"] == "CRMESSENGER_TELEGRAM_ID"));
+    assert_eq!(field.map(|f| f["values"][0]["value"].clone()), Some(json!("9501")), "the identity field: {fields}");
 }
 
 /// What the proxy does with the bytes it carries.

@@ -448,6 +448,31 @@ async fn new_leads_go_round_robin_across_restarts_and_reused_leads_take_no_turn(
     let _ = stop.send(true);
 }
 
+/// A user who left (deactivated in amoCRM) gets no more leads: the rotation goes
+/// on among the others, and when nobody of it is active the binding's fallback
+/// user gets them. The CRM's user list is read again after five minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_user_is_skipped_and_the_fallback_takes_over() {
+    let shop = Shop::with(&pg("dialogue_fallback"), "responsibleUserIds: [1002, 1003], fallbackUserId: 1001").await;
+    shop.fake.deactivate_user(1002);
+    let stop = shop.start().await;
+    let batch: Vec<Update> = (0..4).map(|i| text(&format!("890{i}"), "m1", &format!("Customer {i}"), "hi")).collect();
+    shop.messenger.push(batch);
+    shop.notes_total(4).await;
+    let users: Vec<i64> = shop.fake.snapshot().leads.iter().map(|l| l.responsible_user_id).collect();
+    assert_eq!(users, [1003, 1003, 1003, 1003], "1002 left: the rotation is 1003 alone");
+    // 1003 leaves too; once the connector reads the users again, the fallback.
+    shop.fake.deactivate_user(1003);
+    shop.clock.advance(Duration::from_secs(301));
+    shop.messenger.push(vec![text("8910", "m1", "Late customer", "hello?")]);
+    shop.notes_total(5).await;
+    let s = shop.fake.snapshot();
+    assert_eq!(s.leads.len(), 5);
+    let late = s.leads.iter().find(|l| l.name.contains("Late customer")).unwrap();
+    assert_eq!(late.responsible_user_id, 1001, "the fallback user");
+    let _ = stop.send(true);
+}
+
 async fn futures_take(store: &Store, binding: &str, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     for _ in 0..n {

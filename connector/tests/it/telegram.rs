@@ -856,6 +856,12 @@ async fn a_bot_skips_the_history_import_and_live_messages_flow() {
     // Not retried: one getDialogs, however long the connector runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.fake.calls_of("getDialogs"), 1);
+    // The account says so: its policy's backfill does not apply.
+    let status = crmessenger_connector::kube::StatusRenderer::default().render(&w.parts.state.get(), "h", "pod", "qr");
+    let applied = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PolicyApplied").unwrap();
+    assert_eq!((applied["status"].as_str(), applied["reason"].as_str()), (Some("False"), Some("SettingNotApplicable")));
+    let message = applied["message"].as_str().unwrap();
+    assert!(message.starts_with("backfill: ") && message.contains("BOT_METHOD_INVALID"), "{message}");
     let _ = w.stop.send(true);
 }
 

@@ -345,7 +345,10 @@ fn user_json(message: &ChatPost) -> Value {
 /// has no contact makes amoCRM create its own contact and an unsorted lead.
 pub(super) async fn post(amo: &AmoCrm, message: &ChatPost) -> Result<ChatPostRef, CrmError> {
     let chats = amo.chats()?;
-    let contact = contacts::find_or_create(amo, &message.person, &message.dedup).await?;
+    let contact = match message.contact_id {
+        Some(id) => ContactRef { id, created: false },
+        None => contacts::find_or_create(amo, &message.person, &message.dedup).await?,
+    };
     let linked = amo.linked_chats.lock().ok().and_then(|m| m.get(&message.conversation_id).cloned());
     let chat_id = match linked {
         Some((chat_id, contact_id)) if contact_id == contact.id => chat_id,

@@ -13,7 +13,7 @@ const PHONE: &str = "PHONE";
 const CREATE_ATTEMPTS: usize = 3;
 
 pub(super) async fn find_or_create(amo: &AmoCrm, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError> {
-    let phone = person.phone.as_deref().and_then(phone::normalize);
+    let phone = person.phone.as_deref().and_then(|p| phone::normalize_in(p, &amo.config.phone_region));
     let mut last = None;
     for _ in 0..CREATE_ATTEMPTS {
         if let Some(contact) = find(amo, person, phone.as_deref(), dedup).await? {
@@ -85,7 +85,8 @@ async fn by_field(amo: &AmoCrm, field_id: i64, value: &str) -> Result<Option<Val
 async fn by_phone(amo: &AmoCrm, e164: &str) -> Result<Option<Value>, CrmError> {
     // The search matches stored text, and people store phones in many spellings:
     // search by the last ten digits, then compare normalised numbers.
-    let matches = |c: &Value| phones(c).iter().any(|p| phone::normalize(p).as_deref() == Some(e164));
+    let matches =
+        |c: &Value| phones(c).iter().any(|p| phone::normalize_in(p, &amo.config.phone_region).as_deref() == Some(e164));
     for key in phone::search_keys(e164) {
         if let Some(found) = oldest(search(amo, &key).await?.into_iter().filter(matches)) {
             return Ok(Some(found));
@@ -173,7 +174,7 @@ async fn complete_identities(
         .collect();
     if let Some(p) = phone {
         let existing = phones(contact);
-        if !existing.iter().any(|e| phone::normalize(e).as_deref() == Some(p)) {
+        if !existing.iter().any(|e| phone::normalize_in(e, &amo.config.phone_region).as_deref() == Some(p)) {
             // PATCH replaces a multitext field: send the existing numbers (with their
             // types) too.
             let mut values: Vec<Value> = contact

@@ -5,6 +5,7 @@ pub mod chats;
 mod contacts;
 mod files;
 pub mod grant;
+pub mod identity;
 mod leads;
 mod notes;
 pub mod oauth;
@@ -21,6 +22,7 @@ use crate::clock::Clock;
 use crate::model::*;
 use crate::{Crm, CrmChat, CrmError};
 use async_trait::async_trait;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +33,7 @@ pub const STATUS_WON: i64 = 142;
 pub const STATUS_LOST: i64 = 143;
 
 /// Custom fields of contacts that hold messenger identities (from the binding).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdentityFields {
     /// Field id for the Telegram user id.
     pub telegram_user_id: Option<i64>,
@@ -69,6 +71,9 @@ pub struct AmoConfig {
     pub request_timeout: Duration,
     /// The Chats API channel, when messages go to the CRM's chat.
     pub chats: Option<ChatsChannel>,
+    /// The region phone numbers without a country code are read in (the
+    /// binding's `phoneRegion`, such as `RU`).
+    pub phone_region: String,
 }
 
 /// The amoCRM adapter.
@@ -82,6 +87,8 @@ pub struct AmoCrm {
     linked_chats: Mutex<HashMap<String, (String, i64)>>,
     /// The file service's address (`with=drive_url`), once read.
     drive_url: tokio::sync::OnceCell<String>,
+    /// The account's Unsorted stages (status type 1, one per pipeline), once read.
+    incoming_stages: tokio::sync::OnceCell<Vec<i64>>,
 }
 
 /// What amoCRM support issues for an installation's Chats API channel.
@@ -117,6 +124,7 @@ impl AmoCrm {
             chats,
             linked_chats: Mutex::new(HashMap::new()),
             drive_url: tokio::sync::OnceCell::new(),
+            incoming_stages: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -208,6 +216,27 @@ impl Crm for AmoCrm {
 
     async fn open_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<Option<LeadRef>, CrmError> {
         leads::reusable(self, contact.id, request).await
+    }
+
+    async fn active_users(&self) -> Result<Vec<i64>, CrmError> {
+        let mut active = Vec::new();
+        for page in 1..=20 {
+            let query = [("limit", "250".to_string()), ("page", page.to_string())];
+            let Some(found) = self.rest.get("/api/v4/users", &query).await? else { break };
+            let users = transport::embedded(&found, "users");
+            active.extend(users.iter().filter_map(|u| {
+                let on = u.pointer("/rights/is_active").and_then(Value::as_bool).unwrap_or(true);
+                u.get("id").and_then(Value::as_i64).filter(|_| on)
+            }));
+            if users.len() < 250 {
+                break;
+            }
+        }
+        Ok(active)
+    }
+
+    async fn adopt_lead(&self, lead: &LeadRef, request: &LeadRequest) -> Result<(), CrmError> {
+        leads::adopt(self, lead, request).await
     }
 
     async fn find_or_create_lead(&self, contact: &ContactRef, request: &LeadRequest) -> Result<LeadRef, CrmError> {

@@ -107,11 +107,19 @@ const EMAIL_ENUMS: [FieldEnum; 3] = [
     FieldEnum { id: 10013, code: "OTHER" },
 ];
 
-/// Contact custom fields: PHONE 100, EMAIL 101, and text fields 201..203.
-pub const CONTACT_FIELDS: [Field; 5] = [
+/// Contact custom fields every account has: PHONE 100, EMAIL 101.
+pub const BUILT_IN_FIELDS: [Field; 2] = [
     Field { id: 100, name: "Телефон", code: Some("PHONE"), kind: "multitext", enums: &PHONE_ENUMS },
     Field { id: 101, name: "Email", code: Some("EMAIL"), kind: "multitext", enums: &EMAIL_ENUMS },
+];
+
+/// Text fields for messenger identities, 201..203, as an administrator would have
+/// made them by hand (present unless `FakeConfig::identity_fields` is off).
+pub const IDENTITY_FIELDS: [Field; 3] = [
     Field { id: 201, name: "Telegram ID", code: None, kind: "text", enums: &[] },
     Field { id: 202, name: "Telegram username", code: None, kind: "text", enums: &[] },
     Field { id: 203, name: "WhatsApp ID", code: None, kind: "text", enums: &[] },
 ];
+
+/// Custom fields created over the API get ids from here on.
+pub const CREATED_FIELD_IDS: i64 = 301;

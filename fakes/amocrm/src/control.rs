@@ -7,7 +7,6 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::account::CONTACT_FIELDS;
 use crate::limits::{Fault, FaultKind};
 use crate::respond::{self, Resp};
 use crate::rest::{contacts, fields, leads, notes};
@@ -85,13 +84,22 @@ pub(crate) fn set_lead_status(shared: &Shared, lead_id: i64, status_id: i64) {
 /// Seeds a contact; `custom_fields_values` is in request form and stored verbatim.
 pub(crate) fn add_contact(shared: &Shared, name: &str, custom_fields_values: &Value) -> i64 {
     let mut errors = Vec::new();
-    let updates = fields::parse(&CONTACT_FIELDS, custom_fields_values, &mut errors);
+    let updates = fields::parse(&shared.contact_fields(), custom_fields_values, &mut errors);
     for e in &errors {
         tracing::warn!(path = %e.path, detail = %e.detail, "ignored seeded custom field value");
     }
     let cfv = fields::apply(&Value::Null, updates);
     let mut state = shared.state();
     contacts::insert_contact(shared, &mut state, name, crate::account::TOKEN_USER_ID, cfv)
+}
+
+/// A contact with `phone` and an Unsorted lead of another channel's chat.
+pub(crate) fn add_incoming_lead(shared: &Shared, name: &str, phone: &str) -> (i64, i64) {
+    let cfv = serde_json::json!([{"field_code": "PHONE", "values": [{"value": phone, "enum_code": "MOB"}]}]);
+    let contact_id = add_contact(shared, name, &cfv);
+    let mut state = shared.state();
+    let lead_id = crate::chats::incoming_lead(shared, &mut state, name, contact_id, &format!("other-channel:{phone}"));
+    (contact_id, lead_id)
 }
 
 /// A fault as JSON: `{"method":"POST","path_prefix":"/api/v4/leads","times":1}` plus one of

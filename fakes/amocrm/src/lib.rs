@@ -105,6 +105,18 @@ pub struct FakeConfig {
     pub chats: Option<ChatsChannel>,
     /// De-duplicate inbound chat messages by msgid (amoCRM documents none).
     pub dedupe_chat_msgid: bool,
+    /// A chat's customer message also makes an incoming (Unsorted) lead when the
+    /// chat is linked to a contact that has no open lead, as accounts set to open
+    /// a lead for every new conversation do. Off: only a chat without a contact
+    /// gets one (amoCRM's documented behaviour).
+    pub incoming_leads_for_contacts: bool,
+    /// The account has text fields 201..203 for messenger identities, as if an
+    /// administrator made them by hand. Off: only PHONE and EMAIL, until the
+    /// custom fields API creates more.
+    pub identity_fields: bool,
+    /// The tokens belong to an administrator (the token user 1001 is one); off,
+    /// the calls only an administrator may make (creating custom fields) get 403.
+    pub token_is_admin: bool,
     /// Duplicate control on `/leads/complex` (reuses contacts, `merged: true`).
     pub duplicate_control: bool,
 }
@@ -124,6 +136,9 @@ impl Default for FakeConfig {
             abuse_threshold: 20,
             chats: Some(ChatsChannel::default()),
             dedupe_chat_msgid: false,
+            incoming_leads_for_contacts: false,
+            identity_fields: true,
+            token_is_admin: true,
             duplicate_control: false,
         }
     }
@@ -285,6 +300,24 @@ impl FakeAmo {
     /// recorded in the snapshot, not returned; an unknown conversation or user is an error.
     pub async fn manager_chat_reply(&self, conversation_id: &str, user_id: i64, text: &str) -> anyhow::Result<String> {
         chats::manager_reply(&self.shared, conversation_id, user_id, text).await
+    }
+
+    /// What another channel of the account does for a customer who writes there
+    /// first: a contact (with `phone`) and an incoming lead in Unsorted. Returns
+    /// the contact's and the lead's ids.
+    pub fn add_incoming_lead(&self, name: &str, phone: &str) -> (i64, i64) {
+        control::add_incoming_lead(&self.shared, name, phone)
+    }
+
+    /// The contact custom fields with a code: (id, code).
+    pub fn snapshot_contact_fields(&self) -> Vec<(i64, String)> {
+        self.shared.contact_fields().iter().filter_map(|f| Some((f.id, f.code?.to_string()))).collect()
+    }
+
+    /// Deactivates a user, as an admin does when someone leaves: the user list
+    /// says `is_active: false` and leads can no longer be given to them.
+    pub fn deactivate_user(&self, id: i64) {
+        self.shared.deactivate_user(id);
     }
 
     /// Moves a lead to `status_id`, as a manager would.

@@ -58,6 +58,10 @@ struct Args {
     /// De-duplicate chat messages by msgid.
     #[arg(long)]
     dedupe_chat_msgid: bool,
+    /// A chat's customer message makes an incoming lead also for a linked
+    /// contact without an open lead.
+    #[arg(long)]
+    incoming_leads_for_contacts: bool,
 }
 
 #[tokio::main]
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         duplicate_control: args.duplicate_control,
         dedupe_chat_msgid: args.dedupe_chat_msgid,
+        incoming_leads_for_contacts: args.incoming_leads_for_contacts,
         ..defaults
     };
     let fake = FakeAmo::start_with(config, StartOptions { listen: args.listen, hook_roots_pem: Vec::new() }).await?;

@@ -159,6 +159,10 @@ pub(crate) struct Shared {
     pub base_url: String,
     pub users: Vec<User>,
     pub http: reqwest::Client,
+    /// Users an admin deactivated (`rights.is_active: false`).
+    inactive_users: Mutex<std::collections::HashSet<i64>>,
+    /// The account's contact custom fields.
+    contact_fields: Mutex<Vec<crate::account::Field>>,
     state: Mutex<State>,
     limits: Mutex<Limits>,
     faults: Mutex<Faults>,
@@ -177,6 +181,10 @@ impl Shared {
         users: Vec<User>,
         http: reqwest::Client,
     ) -> Self {
+        let mut fields = crate::account::BUILT_IN_FIELDS.to_vec();
+        if config.identity_fields {
+            fields.extend(crate::account::IDENTITY_FIELDS);
+        }
         Self {
             config,
             clock,
@@ -184,10 +192,44 @@ impl Shared {
             base_url,
             users,
             http,
+            inactive_users: Mutex::default(),
+            contact_fields: Mutex::new(fields),
             state: Mutex::new(State::default()),
             limits: Mutex::new(Limits::default()),
             faults: Mutex::new(Faults::default()),
         }
+    }
+
+    /// Whether user `id` is active (not deactivated).
+    pub fn user_active(&self, id: i64) -> bool {
+        !relock(&self.inactive_users).contains(&id)
+    }
+
+    /// The account's contact custom fields.
+    pub fn contact_fields(&self) -> Vec<crate::account::Field> {
+        relock(&self.contact_fields).clone()
+    }
+
+    /// Creates a text field of contacts; refused when one with `code` exists.
+    pub fn create_contact_field(&self, name: &str, code: Option<&str>) -> Result<crate::account::Field, String> {
+        let mut fields = relock(&self.contact_fields);
+        if let Some(c) = code
+            && fields.iter().any(|f| f.code == Some(c))
+        {
+            return Err(format!("A field with code {c} already exists"));
+        }
+        let id = crate::account::CREATED_FIELD_IDS
+            + fields.iter().filter(|f| f.id >= crate::account::CREATED_FIELD_IDS).count() as i64;
+        // The fake's field table is 'static; an account creates a handful of fields.
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+        let field = crate::account::Field { id, name: leak(name), code: code.map(leak), kind: "text", enums: &[] };
+        fields.push(field);
+        Ok(field)
+    }
+
+    /// Deactivates user `id`, as an admin does when someone leaves.
+    pub fn deactivate_user(&self, id: i64) {
+        relock(&self.inactive_users).insert(id);
     }
 
     /// The state, locked. Never hold it across an await.

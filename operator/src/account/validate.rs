@@ -31,7 +31,31 @@ pub fn resolve<'a>(
             ),
         ));
     };
+    if !identity_fields_settled(binding) {
+        return Err(Verdict::no(
+            CONFIG_VALID,
+            "WaitingForBinding",
+            format!(
+                "CrmBinding {} has not looked up the contacts' identity fields yet (condition ContactFieldsReady)",
+                binding.name_any()
+            ),
+        ));
+    }
     Ok((binding, policy))
+}
+
+/// Whether the binding's identity fields are known — named in its spec, or looked
+/// up by the operator (whatever came of it) — so a connector is not started with
+/// a configuration that changes a moment later.
+fn identity_fields_settled(binding: &CrmBinding) -> bool {
+    let named = binding.spec.crm.amocrm.as_ref().is_some_and(|a| {
+        let f = &a.contact_fields;
+        f.telegram_user_id.is_some() && f.telegram_username.is_some() && f.whatsapp_id.is_some()
+    });
+    named
+        || binding.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == crmessenger_api::common::conditions::CONTACT_FIELDS_READY)
+        })
 }
 
 /// Whether connectors can be given a database (`runtime` holds what the operator

@@ -2,6 +2,7 @@
 //! checks its credentials Secret, owns the live OAuth token pair, and reports.
 
 pub mod credentials;
+pub mod fields;
 pub mod status;
 pub mod token;
 
@@ -33,6 +34,8 @@ pub struct Context {
     credentials: Mutex<HashMap<String, Checked>>,
     /// When each binding's status was last written (see [`Context::status_write_due`]).
     status_writes: Mutex<HashMap<String, Instant>>,
+    /// Recent failed looks for the contacts' identity fields, per `namespace/name`.
+    fields_checked: Mutex<HashMap<String, (Instant, Verdict)>>,
 }
 
 /// A successful credentials check.
@@ -47,7 +50,12 @@ struct Checked {
 impl Context {
     /// A context over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, credentials: Mutex::default(), status_writes: Mutex::default() }
+        Self {
+            shared,
+            credentials: Mutex::default(),
+            status_writes: Mutex::default(),
+            fields_checked: Mutex::default(),
+        }
     }
 
     /// Whether `key`'s status may be written now: at most one write per `every`,
@@ -97,14 +105,16 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
         .get(&kube::runtime::reflector::ObjectRef::new(&binding.spec.policy_ref.name).within(&ns))
         .is_some_and(|p| p.0.is_ok());
     let (credentials, expires_at, requeue) = credentials(&binding, &ctx, &ns).await?;
+    // An unreadable CA is CredentialsValid's to report; the lookup then goes without it.
+    let ca: Option<String> = ca_pem(&binding, &ctx, &ns).await?.unwrap_or_default();
+    let (fields, contact_fields) = fields::ensure(&binding, &ctx, &ns, credentials.ok, ca.as_deref()).await;
     let ready = status::ready(&binding, &credentials, policy_found, &selection);
     let previous = binding.status.clone().unwrap_or_default();
     if crate::conditions::newly_failed(&previous.conditions, &ready) {
         ctx.warn(binding.as_ref(), &ready.reason, ready.message.clone(), "Reconcile").await;
     }
-    let Some(next) =
-        status::status(&binding, &[credentials, ready], selection.bound, expires_at, jiff::Timestamp::now())
-    else {
+    let observed = status::Observed { bound: selection.bound, token_expires_at: expires_at, contact_fields };
+    let Some(next) = status::status(&binding, &[credentials, fields, ready], observed, jiff::Timestamp::now()) else {
         return Ok(Action::requeue(requeue));
     };
     // While accounts keep arriving, the list changes on every one of them: write it
@@ -141,6 +151,26 @@ async fn credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(V
     Ok(checked)
 }
 
+/// The extra CA certificate the binding names (`spec.crm.amocrm.caSecret`), or
+/// why it cannot be read.
+async fn ca_pem(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<std::result::Result<Option<String>, Verdict>> {
+    let Some(r) = binding.spec.crm.amocrm.as_ref().and_then(|a| a.ca_secret.as_ref()) else { return Ok(Ok(None)) };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(match secrets.get_opt(&r.name).await? {
+        Some(s) => match credentials::decode(&s).get(&r.key) {
+            Some(pem) => Ok(Some(pem.clone())),
+            None => {
+                let msg = format!("Secret {} (spec.crm.amocrm.caSecret) has no key {}", r.name, r.key);
+                Err(Verdict::no(CREDENTIALS_VALID, "SecretKeysMissing", msg))
+            }
+        },
+        None => {
+            let msg = format!("Secret {} (spec.crm.amocrm.caSecret) does not exist", r.name);
+            Err(Verdict::no(CREDENTIALS_VALID, "SecretNotFound", msg))
+        }
+    })
+}
+
 /// Reads the Secrets and makes sure a current token is stored.
 async fn check_credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Result<(Verdict, Option<i64>, Duration)> {
     let Some(amo) = &binding.spec.crm.amocrm else {
@@ -159,25 +189,9 @@ async fn check_credentials(binding: &CrmBinding, ctx: &Context, ns: &str) -> Res
         Ok(b) => b,
         Err(v) => return Ok((v, None, Duration::from_secs(30))),
     };
-    let ca_pem = match &amo.ca_secret {
-        Some(r) => match secrets.get_opt(&r.name).await? {
-            Some(s) => match credentials::decode(&s).get(&r.key) {
-                Some(pem) => Some(pem.clone()),
-                None => {
-                    let msg = format!("Secret {} (spec.crm.amocrm.caSecret) has no key {}", r.name, r.key);
-                    return Ok((
-                        Verdict::no(CREDENTIALS_VALID, "SecretKeysMissing", msg),
-                        None,
-                        Duration::from_secs(30),
-                    ));
-                }
-            },
-            None => {
-                let msg = format!("Secret {} (spec.crm.amocrm.caSecret) does not exist", r.name);
-                return Ok((Verdict::no(CREDENTIALS_VALID, "SecretNotFound", msg), None, Duration::from_secs(30)));
-            }
-        },
-        None => None,
+    let ca_pem = match ca_pem(binding, ctx, ns).await? {
+        Ok(ca) => ca,
+        Err(v) => return Ok((v, None, Duration::from_secs(30))),
     };
     let version = secret.resource_version().unwrap_or_default();
     Ok(match token::ensure(ctx, binding, &bootstrap, &version, ca_pem.as_deref()).await? {

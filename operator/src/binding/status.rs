@@ -2,6 +2,7 @@
 
 use crate::conditions::{Verdict, merge};
 use crate::selection;
+use crmessenger_api::binding::ContactFields;
 use crmessenger_api::common::conditions::READY;
 use crmessenger_api::{CrmBinding, CrmBindingStatus, MessengerAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -60,21 +61,32 @@ pub fn ready(binding: &CrmBinding, credentials: &Verdict, policy_found: bool, s:
     }
 }
 
+/// What a reconcile observed, besides the conditions.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The accounts served.
+    pub bound: Vec<String>,
+    /// When the access token expires (Unix seconds).
+    pub token_expires_at: Option<i64>,
+    /// The contacts' identity fields found or created in the CRM.
+    pub contact_fields: Option<ContactFields>,
+}
+
 /// The status to write, or `None` when it would change nothing.
 pub fn status(
     binding: &CrmBinding,
     verdicts: &[Verdict],
-    bound: Vec<String>,
-    token_expires_at: Option<i64>,
+    observed: Observed,
     now: jiff::Timestamp,
 ) -> Option<CrmBindingStatus> {
     let previous = binding.status.clone().unwrap_or_default();
     let conditions = merge(&previous.conditions, verdicts, binding.metadata.generation, now);
     let next = CrmBindingStatus {
         observed_generation: binding.metadata.generation,
-        bound_account_count: Some(bound.len() as i32),
-        bound_accounts: bound,
-        token_expires_at: token_expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()).map(Time),
+        bound_account_count: Some(observed.bound.len() as i32),
+        bound_accounts: observed.bound,
+        token_expires_at: observed.token_expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()).map(Time),
+        contact_fields: observed.contact_fields,
         conditions,
         ..Default::default()
     };
@@ -82,6 +94,7 @@ pub fn status(
         && previous.bound_accounts == next.bound_accounts
         && previous.bound_account_count == next.bound_account_count
         && previous.token_expires_at == next.token_expires_at
+        && previous.contact_fields == next.contact_fields
         && crate::conditions::unchanged(&previous.conditions, &next.conditions);
     (!same).then_some(next)
 }
@@ -143,19 +156,27 @@ mod tests {
         assert!(r.ok && r.message == "serves a", "{r:?}");
     }
 
+    fn observed(bound: &[&str], expires: i64) -> Observed {
+        Observed {
+            bound: bound.iter().map(|s| s.to_string()).collect(),
+            token_expires_at: Some(expires),
+            contact_fields: None,
+        }
+    }
+
     #[test]
     fn an_unchanged_status_is_not_written_again() {
         let mut b = binding("sales", "2026-01-01T00:00:00Z", json!({}));
         let now = jiff::Timestamp::from_second(1_000_000).unwrap();
         let verdicts = [Verdict::yes(READY, "Bound", "serves a")];
-        let first = status(&b, &verdicts, vec!["a".into()], Some(2_000_000), now).expect("a first status");
+        let first = status(&b, &verdicts, observed(&["a"], 2_000_000), now).expect("a first status");
         assert_eq!(first.bound_account_count, Some(1));
         assert_eq!(first.token_expires_at.as_ref().map(|t| t.0.as_second()), Some(2_000_000));
         b.status = Some(first);
         let later = jiff::Timestamp::from_second(1_000_100).unwrap();
-        assert_eq!(status(&b, &verdicts, vec!["a".into()], Some(2_000_000), later), None);
-        let lost = status(&b, &verdicts, vec![], Some(2_000_000), later).expect("the account left");
+        assert_eq!(status(&b, &verdicts, observed(&["a"], 2_000_000), later), None);
+        let lost = status(&b, &verdicts, observed(&[], 2_000_000), later).expect("the account left");
         assert_eq!((lost.bound_accounts.len(), lost.bound_account_count), (0, Some(0)));
-        assert!(status(&b, &verdicts, vec!["a".into()], Some(3_000_000), later).is_some(), "a new token expiry");
+        assert!(status(&b, &verdicts, observed(&["a"], 3_000_000), later).is_some(), "a new token expiry");
     }
 }

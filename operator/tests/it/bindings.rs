@@ -48,7 +48,12 @@ metadata: { name: second }
 spec:
   accountSelector: { matchLabels: { team: sales } }
   policyRef: { name: pol }
-  crm: { type: amocrm, amocrm: { baseUrl: "https://other.amocrm.ru", credentialsSecret: { name: amo-second } } }
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: "https://other.amocrm.ru"
+      credentialsSecret: { name: amo-second }
+      contactFields: { telegramUserId: 201, telegramUsername: 202, whatsappId: 203 }
 "#,
     );
     let second = ready_reason(cp, &ns, "crmbinding/second", "AccountAlreadyBound").await;
@@ -155,4 +160,72 @@ async fn a_policy_with_an_unknown_placeholder_is_not_ready() {
     );
     let p = ready_reason(cp, &ns, "syncpolicy/p", "InvalidNameTemplate").await;
     assert!(condition(&p, "Ready").unwrap()["message"].as_str().unwrap().contains("{customer}"));
+}
+
+/// A binding that names no identity fields gets them from the operator: found by
+/// their codes or created once with the binding's token, recorded in its status
+/// and given to its connectors. A token that may not create fields (not an
+/// administrator's) leaves the condition False, naming the fields to create.
+#[tokio::test]
+async fn the_operator_creates_the_identity_fields_or_names_them() {
+    use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+    let cp = cp();
+    let binding = |name: &str, fake: &FakeAmo| {
+        let token = fake.issue_token_pair().access_token;
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: amo-{name} }}
+stringData: {{ long_lived_token: {token} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: {name} }}
+spec:
+  accountNames: [acct-{name}]
+  policyRef: {{ name: pol }}
+  crm: {{ type: amocrm, amocrm: {{ baseUrl: "{}", credentialsSecret: {{ name: amo-{name} }} }} }}
+"#,
+            fake.base_url()
+        )
+    };
+    let fields_ready = |ns: String, name: &'static str, status: &'static str| async move {
+        eventually(&format!("{name} ContactFieldsReady={status}"), 30, || async {
+            let b = get(cp, &ns, &format!("crmbinding/{name}")).ok_or("absent")?;
+            match condition(&b, "ContactFieldsReady") {
+                Some(c) if c["status"] == status => Ok(b),
+                _ => Err(b["status"].to_string()),
+            }
+        })
+        .await
+    };
+
+    let admin = FakeAmo::start(FakeConfig { identity_fields: false, ..FakeConfig::default() }).await.unwrap();
+    let ns = cp.namespace("fields").await.unwrap();
+    apply(cp, &ns, &binding("made", &admin));
+    let b = fields_ready(ns.clone(), "made", "True").await;
+    assert_eq!(
+        b["status"]["contactFields"],
+        json!({ "telegramUserId": 301, "telegramUsername": 302, "whatsappId": 303 })
+    );
+    let created: Vec<String> = admin.snapshot_contact_fields().into_iter().map(|(_, code)| code).collect();
+    for code in ["CRMESSENGER_TELEGRAM_ID", "CRMESSENGER_TELEGRAM_USERNAME", "CRMESSENGER_WHATSAPP_ID"] {
+        assert_eq!(created.iter().filter(|c| *c == code).count(), 1, "{code} created once: {created:?}");
+    }
+
+    let manager = FakeAmo::start(FakeConfig { identity_fields: false, token_is_admin: false, ..FakeConfig::default() })
+        .await
+        .unwrap();
+    apply(cp, &ns, &binding("refused", &manager));
+    let b = fields_ready(ns.clone(), "refused", "False").await;
+    let c = condition(&b, "ContactFieldsReady").unwrap();
+    assert_eq!(c["reason"], "AdminTokenRequired");
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("CRMESSENGER_TELEGRAM_ID") && message.contains("spec.crm.amocrm.contactFields"),
+        "{message}"
+    );
+    assert!(b["status"].get("contactFields").is_none(), "nothing recorded: {b}");
+    assert!(manager.snapshot_contact_fields().iter().all(|(_, code)| !code.starts_with("CRMESSENGER")));
 }

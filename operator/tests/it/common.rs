@@ -133,6 +133,9 @@ spec:
       baseUrl: https://example.amocrm.ru
       credentialsSecret: {{ name: amo-{binding} }}
       responsibleUserIds: [1001, 1002]
+      # Named here: the host is not a CRM this machine can reach, so the operator
+      # must not look the fields up there.
+      contactFields: {{ telegramUserId: 201, telegramUsername: 202, whatsappId: 203 }}
 "#
     )
 }

@@ -63,13 +63,29 @@ fn profile_fields(user: &Participant) -> Value {
 /// a contact from the sender's profile and an Unsorted lead in the chats category.
 fn create_unsorted(shared: &Shared, state: &mut State, chat_idx: usize, sender: &Participant) {
     let contact_id = insert_contact(shared, state, &sender.name, 0, profile_fields(sender));
+    let conversation_id = state.chats[chat_idx].conversation_id.clone();
+    incoming_lead(shared, state, &sender.name, contact_id, &conversation_id);
+    let link_id = state.next_id();
+    state.chats[chat_idx].contact_id = Some(contact_id);
+    state.chats[chat_idx].link_id = Some(link_id);
+}
+
+/// An incoming lead of `contact_id` in the Unsorted stage of the main pipeline,
+/// with its Unsorted entry (chats category); returns the lead's id.
+pub(crate) fn incoming_lead(
+    shared: &Shared,
+    state: &mut State,
+    name: &str,
+    contact_id: i64,
+    conversation_id: &str,
+) -> i64 {
     let lead_id = state.next_id();
     let now = shared.now();
     state.leads.insert(
         lead_id,
         Lead {
             id: lead_id,
-            name: format!("Новое обращение: {}", sender.name),
+            name: format!("Новое обращение: {name}"),
             price: 0,
             status_id: UNSORTED_STATUS_ID,
             pipeline_id: MAIN_PIPELINE_ID,
@@ -85,19 +101,21 @@ fn create_unsorted(shared: &Shared, state: &mut State, chat_idx: usize, sender: 
         },
     );
     state.link(lead_id, contact_id);
-    let link_id = state.next_id();
-    let conversation_id = state.chats[chat_idx].conversation_id.clone();
-    state.chats[chat_idx].contact_id = Some(contact_id);
-    state.chats[chat_idx].link_id = Some(link_id);
     state.unsorted.push(Unsorted {
         uid: uuid::Uuid::new_v4().to_string(),
         lead_id,
         contact_id,
         category: "chats".into(),
-        conversation_id,
+        conversation_id: conversation_id.to_string(),
         pipeline_id: MAIN_PIPELINE_ID,
         created_at: now,
     });
+    lead_id
+}
+
+/// Whether the contact has a lead that is neither won, lost nor deleted.
+fn has_open_lead(state: &State, contact_id: i64) -> bool {
+    state.leads.values().any(|l| !l.is_deleted && l.closed_at.is_none() && l.contact_ids.contains(&contact_id))
 }
 
 fn new_message(shared: &Shared, m: NewMessage) -> Resp {
@@ -120,8 +138,13 @@ fn new_message(shared: &Shared, m: NewMessage) -> Resp {
     let id = uuid::Uuid::new_v4().to_string();
     if direction == Direction::Inbound && !m.silent {
         state.notifications += 1;
-        if state.chats[chat_idx].contact_id.is_none() {
-            create_unsorted(shared, &mut state, chat_idx, &m.sender);
+        match state.chats[chat_idx].contact_id {
+            None => create_unsorted(shared, &mut state, chat_idx, &m.sender),
+            Some(contact) if shared.config.incoming_leads_for_contacts && !has_open_lead(&state, contact) => {
+                let conversation_id = m.conversation_id.clone();
+                incoming_lead(shared, &mut state, &m.sender.name, contact, &conversation_id);
+            }
+            Some(_) => {}
         }
     }
     state.messages.push(ChatMessage {

@@ -4,7 +4,7 @@
 mod messages;
 mod payload;
 
-pub(crate) use messages::manager_reply;
+pub(crate) use messages::{incoming_lead, manager_reply};
 
 use http::{HeaderMap, Method, StatusCode, header};
 use md5::{Digest, Md5};

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::query::{opt_str, parse_batch};
 use super::{batch, fields, leads};
-use crate::account::{CONTACT_FIELDS, TOKEN_USER_ID};
+use crate::account::TOKEN_USER_ID;
 use crate::respond::{self, FieldError, Reply};
 use crate::rest::contacts::insert_contact;
 use crate::state::{Shared, State};
@@ -49,7 +49,12 @@ fn duplicate(state: &State, existing: &BTreeSet<i64>, cfv: &Value) -> Option<i64
         .map(|c| c.id)
 }
 
-fn plan_contact(state: &State, lead: &Map<String, Value>, errors: &mut Vec<FieldError>) -> ContactPlan {
+fn plan_contact(
+    shared: &Shared,
+    state: &State,
+    lead: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> ContactPlan {
     let Some(list) = lead.get("_embedded").and_then(|e| e.get("contacts")).and_then(Value::as_array) else {
         return ContactPlan::None;
     };
@@ -75,7 +80,7 @@ fn plan_contact(state: &State, lead: &Map<String, Value>, errors: &mut Vec<Field
     }
     let mut cf_errors = Vec::new();
     let cfv = c.get("custom_fields_values").cloned().unwrap_or(Value::Null);
-    let updates = fields::parse(&CONTACT_FIELDS, &cfv, &mut cf_errors);
+    let updates = fields::parse(&shared.contact_fields(), &cfv, &mut cf_errors);
     errors.extend(cf_errors.into_iter().map(|mut e| {
         e.path = format!("_embedded.contacts.0.{}", e.path);
         e
@@ -94,7 +99,7 @@ pub(crate) fn create(shared: &Shared, body: &[u8]) -> Reply {
     }
     let mut state = shared.state();
     let plans = batch::validate(&items, |item, errors| {
-        let contact = plan_contact(&state, item, errors);
+        let contact = plan_contact(shared, &state, item, errors);
         let companies =
             item.get("_embedded").and_then(|e| e.get("companies")).and_then(Value::as_array).map_or(0, Vec::len);
         if companies > 1 {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use super::batch::{self, Entity};
 use super::query::{self, Query, opt_int, opt_str, parse_batch, parse_object, request_id};
 use super::{Op, add_tags, embedded, fields, self_links, set_if_some, tags_of, user_known};
-use crate::account::{CONTACT_FIELDS, TOKEN_USER_ID};
+use crate::account::TOKEN_USER_ID;
 use crate::model::Contact;
 use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
@@ -65,7 +65,7 @@ fn parse_input(shared: &Shared, item: &Map<String, Value>, errors: &mut Vec<Fiel
         last_name: opt_str(item, "last_name", errors),
         responsible_user_id,
         created_by: opt_int(item, "created_by", errors),
-        fields: fields::parse(&CONTACT_FIELDS, &cfv, errors),
+        fields: fields::parse(&shared.contact_fields(), &cfv, errors),
         tags: tags_of(item, errors),
     }
 }

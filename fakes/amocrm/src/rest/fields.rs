@@ -8,22 +8,17 @@ use crate::respond::FieldError;
 /// New values for one field (`None` clears it).
 #[derive(Debug)]
 pub(crate) struct FieldUpdate {
-    field: &'static Field,
+    field: Field,
     values: Option<Vec<Value>>,
 }
 
-fn find_field(
-    fields: &'static [Field],
-    item: &Value,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<&'static Field> {
+fn find_field(fields: &[Field], item: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Field> {
     if let Some(id) = item.get("field_id").filter(|v| !v.is_null()) {
         let Some(id) = id.as_i64() else {
             errors.push(FieldError::new("InvalidType", format!("{path}.field_id"), "field_id must be an integer"));
             return None;
         };
-        let found = fields.iter().find(|f| f.id == id);
+        let found = fields.iter().find(|f| f.id == id).copied();
         if found.is_none() {
             errors.push(FieldError::new(
                 "NotSupportedChoice",
@@ -38,7 +33,7 @@ fn find_field(
             errors.push(FieldError::new("InvalidType", format!("{path}.field_code"), "field_code must be a string"));
             return None;
         };
-        let found = fields.iter().find(|f| f.code == Some(code));
+        let found = fields.iter().find(|f| f.code == Some(code)).copied();
         if found.is_none() {
             errors.push(FieldError::new(
                 "NotSupportedChoice",
@@ -52,7 +47,7 @@ fn find_field(
     None
 }
 
-fn parse_value(field: &'static Field, item: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Value> {
+fn parse_value(field: &Field, item: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Value> {
     let Some(obj) = item.as_object() else {
         errors.push(FieldError::new("InvalidType", path, "value must be an object"));
         return None;
@@ -112,7 +107,7 @@ fn parse_value(field: &'static Field, item: &Value, path: &str, errors: &mut Vec
 }
 
 /// Validates `custom_fields_values` of a request item against `fields`.
-pub(crate) fn parse(fields: &'static [Field], value: &Value, errors: &mut Vec<FieldError>) -> Vec<FieldUpdate> {
+pub(crate) fn parse(fields: &[Field], value: &Value, errors: &mut Vec<FieldError>) -> Vec<FieldUpdate> {
     let Some(items) = value.as_array() else {
         if !value.is_null() {
             errors.push(FieldError::new(
@@ -134,7 +129,7 @@ pub(crate) fn parse(fields: &'static [Field], value: &Value, errors: &mut Vec<Fi
             Some(Value::Array(vals)) => {
                 let mut parsed = Vec::new();
                 for (j, v) in vals.iter().enumerate() {
-                    if let Some(v) = parse_value(field, v, &format!("{path}.values.{j}"), errors) {
+                    if let Some(v) = parse_value(&field, v, &format!("{path}.values.{j}"), errors) {
                         parsed.push(v);
                     }
                 }

@@ -94,6 +94,10 @@ pub(crate) fn parse_input(
         && !user_known(shared, id)
     {
         errors.push(FieldError::new("NotSupportedChoice", "responsible_user_id", format!("User {id} not found")));
+    } else if let Some(id) = responsible_user_id
+        && !shared.user_active(id)
+    {
+        errors.push(FieldError::new("NotSupportedChoice", "responsible_user_id", format!("User {id} is deactivated")));
     }
     let cfv = item.get("custom_fields_values").cloned().unwrap_or(Value::Null);
     let _ = fields::parse(&[], &cfv, errors);

@@ -9,12 +9,13 @@ pub(crate) mod leads;
 pub(crate) mod notes;
 mod query;
 mod tasks;
+mod unsorted;
 mod webhooks;
 
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::account::{self, CONTACT_FIELDS, MAIN_PIPELINE_ID, STATUSES, TOKEN_USER_ID};
+use crate::account::{self, MAIN_PIPELINE_ID, STATUSES, TOKEN_USER_ID};
 use crate::respond::{self, FieldError, Reply, Resp};
 use crate::state::{Shared, State};
 use query::Query;
@@ -141,10 +142,13 @@ fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -
         "/users" if get => return Some(users(shared, q)),
         "/leads/pipelines" if get => return Some(Ok(pipelines(shared))),
         "/contacts/custom_fields" if get => return Some(Ok(custom_fields(shared))),
-        "/leads/unsorted" if get => return Some(unsorted(shared, q)),
+        "/contacts/custom_fields" if method == Method::POST => return Some(create_custom_fields(shared, body)),
         "/leads/complex" if method == Method::POST => return Some(complex::create(shared, body)),
         "/webhooks" => return webhooks::route(shared, method, q, body),
         _ => {}
+    }
+    if let Some(r) = rest.strip_prefix("/leads/unsorted") {
+        return unsorted::route(shared, method, r, q, body);
     }
     if let Some(r) = rest.strip_prefix("/users/") {
         let id: i64 = r.parse().ok()?;
@@ -218,7 +222,7 @@ fn user_json(shared: &Shared, u: &account::User, q: &Query) -> Value {
         "name": u.name,
         "email": u.email,
         "lang": "ru",
-        "rights": {"is_admin": u.is_admin, "is_free": false, "is_active": true, "group_id": null},
+        "rights": {"is_admin": u.is_admin, "is_free": false, "is_active": shared.user_active(u.id), "group_id": null},
         "_links": {"self": {"href": shared.url(&format!("/api/v4/users/{}", u.id))}},
     });
     if q.with("amojo_id") {
@@ -260,8 +264,43 @@ fn pipelines(shared: &Shared) -> Resp {
     )
 }
 
+/// `POST /api/v4/contacts/custom_fields [{name, type, code?}]`: an administrator's
+/// call; this fake creates text fields.
+fn create_custom_fields(shared: &Shared, body: &[u8]) -> Reply {
+    if !shared.config.token_is_admin {
+        return Err(respond::problem(StatusCode::FORBIDDEN, "Only an account administrator can create custom fields"));
+    }
+    let items = query::parse_batch(body)?;
+    let mut v = respond::Validation::default();
+    for (i, item) in items.iter().enumerate() {
+        let mut errors = Vec::new();
+        if item.get("name").and_then(Value::as_str).is_none_or(|n| n.trim().is_empty()) {
+            errors.push(FieldError::new("NotBlank", "name", "This value should not be blank."));
+        }
+        if item.get("type").and_then(Value::as_str) != Some("text") {
+            errors.push(FieldError::new("NotSupportedChoice", "type", "This fake creates text fields only"));
+        }
+        v.add(&query::request_id(item, i), errors);
+    }
+    if !v.is_empty() {
+        return Err(v.into_response());
+    }
+    let mut created = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+        let code = item.get("code").and_then(Value::as_str);
+        let field = shared.create_contact_field(name, code).map_err(|e| {
+            respond::invalid(&query::request_id(item, i), vec![FieldError::new("NotUnique", "code", e)])
+        })?;
+        created.push(json!({"id": field.id, "name": field.name, "code": field.code, "type": field.kind,
+            "entity_type": "contacts", "request_id": query::request_id(item, i)}));
+    }
+    Ok(respond::hal(StatusCode::OK, &json!({"_total_items": created.len(), "_embedded": {"custom_fields": created}})))
+}
+
 fn custom_fields(shared: &Shared) -> Resp {
-    let items: Vec<Value> = CONTACT_FIELDS
+    let items: Vec<Value> = shared
+        .contact_fields()
         .iter()
         .enumerate()
         .map(|(i, f)| {
@@ -290,21 +329,4 @@ fn custom_fields(shared: &Shared) -> Resp {
             "_embedded": {"custom_fields": items},
         }),
     )
-}
-
-fn unsorted(shared: &Shared, q: &Query) -> Reply {
-    let paging = q.paging()?;
-    let category = q.all("filter[category]");
-    let state = shared.state();
-    let found =
-        state.unsorted.iter().filter(|u| category.is_empty() || category.contains(&u.category.as_str())).collect();
-    let path = "/api/v4/leads/unsorted";
-    Ok(query::list_reply(shared, path, q, "unsorted", paging, found, |u| {
-        json!({
-            "uid": u.uid, "source_uid": u.conversation_id, "source_name": "Chats API",
-            "category": u.category, "pipeline_id": u.pipeline_id, "created_at": u.created_at,
-            "metadata": {"from": "chat"}, "account_id": shared.config.account_id,
-            "_embedded": {"leads": [{"id": u.lead_id}], "contacts": [{"id": u.contact_id}], "companies": []},
-        })
-    }))
 }
