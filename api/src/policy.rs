@@ -115,7 +115,9 @@ pub enum DedupKey {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadSettings {
-    /// Create a lead for a new conversation. When false, messages go to the contact.
+    /// Create a lead for a new conversation. When false, no lead is made: the
+    /// conversation is kept on the customer's contact (its notes, files, escalation
+    /// tasks, and managers' `>>` notes there as replies).
     #[serde(default = "yes")]
     pub create: bool,
     /// A returning customer's message goes to their open lead instead of a new one.

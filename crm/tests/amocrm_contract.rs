@@ -73,6 +73,7 @@ fn adapter(fake: &FakeAmo, ca_pem: &str, scope: Option<String>, limit: Limit) ->
         request_timeout: Duration::from_secs(2),
         chats,
         phone_region: crmessenger_crm::phone::DEFAULT_REGION.into(),
+        records: Default::default(),
     };
     AmoCrm::new(config, rest, clock).unwrap()
 }

@@ -268,6 +268,11 @@ pub fn build_account(
             request_timeout: timeout,
             chats: None,
             phone_region: amo.phone_region.clone(),
+            records: if config.policy.leads.create {
+                crmessenger_crm::amocrm::RecordKind::Leads
+            } else {
+                crmessenger_crm::amocrm::RecordKind::Contacts
+            },
         },
         rest,
         clock.clone(),

@@ -78,7 +78,8 @@ impl Bridge {
                 // open lead makes amoCRM create no incoming lead of its own.
                 self.chat_lead(chat, m, &person, &mut conv).await?;
             }
-            if let (Some(lead_id), true) = (conv.lead_id, m.chat_kind == crate::messenger::ChatKind::Group) {
+            let group = m.chat_kind == crate::messenger::ChatKind::Group && self.s.policy.leads.create;
+            if let (Some(lead_id), true) = (conv.lead_id, group) {
                 // Every sender of a group on the group's lead, as in notes mode.
                 self.link_members(chat, lead_id, &[m.as_ref()]).await?;
             }

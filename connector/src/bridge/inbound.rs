@@ -3,10 +3,6 @@
 //! per-chat isolation of a refused message.
 
 use super::*;
-use crmessenger_crm::{ContactRef, LeadRef, Person};
-
-/// How long the CRM's list of active users is trusted (ms).
-const USERS_TTL_MS: i64 = 5 * 60 * 1000;
 
 impl Bridge {
     /// Delivers what is due in the inbox. Returns whether anything was done.
@@ -192,7 +188,7 @@ impl Bridge {
             }
         }
         let lead_id = conv.lead_id.unwrap_or_default();
-        if group.is_some() {
+        if group.is_some() && self.s.policy.leads.create {
             self.link_members(chat, lead_id, &messages).await?;
         }
         let files = self.customer_files(lead_id, &events).await?;
@@ -239,77 +235,6 @@ impl Bridge {
             done,
             todo,
         }))
-    }
-
-    /// The conversation's lead: a returning customer's open lead (nobody new is
-    /// assigned), an incoming lead amoCRM made itself (adopted: accepted and put in
-    /// the policy's pipeline and stage, with the next responsible user and the
-    /// tags), or a new lead. A group's lead is always new: it is no member's.
-    pub(super) async fn conversation_lead(
-        &self,
-        contact: &ContactRef,
-        person: &Person,
-        group: Option<&plan::Group>,
-    ) -> Result<LeadRef, CrmError> {
-        let place =
-            plan::LeadPlace { pipeline_id: self.s.pipeline_id, status_id: self.s.status_id, responsible_user_id: None };
-        let mut request = match group {
-            Some(g) => plan::group_lead_request(self.s.texts, &self.s.policy.leads, self.s.channel, g, place),
-            None => crmessenger_crm::LeadRequest {
-                not_reused: self.store.group_leads(self.account()).await.map_err(db)?,
-                ..plan::lead_request(&self.s.policy.leads, self.s.channel, person, place)
-            },
-        };
-        if group.is_none() {
-            match self.crm.open_lead(contact, &request).await? {
-                Some(lead) if lead.incoming.is_some() => {
-                    request.responsible_user_id = self.assign().await?;
-                    self.crm.adopt_lead(&lead, &request).await?;
-                    tracing::info!(account = self.account(), lead = lead.id, "adopted the incoming lead amoCRM made");
-                    return Ok(LeadRef { incoming: None, ..lead });
-                }
-                Some(lead) => return Ok(lead),
-                None => {}
-            }
-        }
-        request.responsible_user_id = self.assign().await?;
-        request.reuse_open = false;
-        self.crm.find_or_create_lead(contact, &request).await
-    }
-
-    /// The responsible user of a new lead: the fixed user, or the next turn of the
-    /// binding's rotation (taken only for a lead about to be created; a crash
-    /// before it is created skips that turn).
-    async fn assign(&self) -> Result<Option<i64>, CrmError> {
-        let active = self.active_users().await;
-        if !self.assigner.rotates() {
-            return Ok(self.assigner.user(0, active.as_deref()));
-        }
-        let turn = self.store.take_turn(&self.s.binding).await.map_err(db)?;
-        Ok(self.assigner.user(turn, active.as_deref()))
-    }
-
-    /// The CRM's active users, read again after [`USERS_TTL_MS`]; `None` when the
-    /// CRM would not say (then every configured user counts as active, and a
-    /// deactivated one shows as a refused lead).
-    async fn active_users(&self) -> Option<Vec<i64>> {
-        let now = self.clock.now_ms();
-        let mut cached = self.active_users.lock().await;
-        if let Some((at, users)) = cached.as_ref()
-            && now - at < USERS_TTL_MS
-        {
-            return Some(users.clone());
-        }
-        match self.crm.active_users().await {
-            Ok(users) => {
-                *cached = Some((now, users.clone()));
-                Some(users)
-            }
-            Err(e) => {
-                tracing::warn!(account = self.account(), "reading the CRM's users: {e}");
-                cached.as_ref().map(|(_, u)| u.clone())
-            }
-        }
     }
 
     /// In notes mode a message's file goes to the CRM's file storage and is linked

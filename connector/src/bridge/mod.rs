@@ -37,6 +37,7 @@ mod context;
 mod escalation;
 mod inbound;
 mod intake;
+mod lead;
 mod outbound;
 mod own;
 pub mod plan;

@@ -36,12 +36,18 @@ impl Shop {
 
     /// A shop whose binding also has `binding_extra` (flow-style fields).
     async fn with(db_url: &str, binding_extra: &str) -> Self {
+        Self::configured(db_url, "{ chats: { groups: true }, escalation: { enabled: true, after: 1m } }", binding_extra)
+            .await
+    }
+
+    /// A shop with its policy's spec (flow style) and `binding_extra`.
+    async fn configured(db_url: &str, policy: &str, binding_extra: &str) -> Self {
         let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
         let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
         let extra = if binding_extra.is_empty() { String::new() } else { format!(", {binding_extra}") };
         let yaml = common::shop_yaml(
             &fake.base_url(),
-            "{ chats: { groups: true }, escalation: { enabled: true, after: 1m } }",
+            policy,
             &format!(
                 "replies: {{ detection: poll, pollInterval: 1s }}, contactFields: {{ telegramUserId: 201 }}{extra}"
             ),
@@ -470,6 +476,54 @@ async fn a_deactivated_user_is_skipped_and_the_fallback_takes_over() {
     assert_eq!(s.leads.len(), 5);
     let late = s.leads.iter().find(|l| l.name.contains("Late customer")).unwrap();
     assert_eq!(late.responsible_user_id, 1001, "the fallback user");
+    let _ = stop.send(true);
+}
+
+/// `leads.create: false`: no lead at all; the conversation is kept on the
+/// customer's contact — its notes, its escalation task — and a manager's `>>` note
+/// on the contact is the reply that goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leads_the_conversation_is_kept_on_the_contact() {
+    let policy = "{ leads: { create: false }, escalation: { enabled: true, after: 1m } }";
+    let shop = Shop::configured(&pg("dialogue_contacts"), policy, "").await;
+    let stop = shop.start().await;
+    shop.messenger
+        .push(vec![text("8801", "c1", "Olga", "Is it still for sale?"), text("8801", "c2", "Olga", "The red one")]);
+    let contact_notes = |s: &crmessenger_fake_amocrm::Snapshot| -> Vec<String> {
+        s.notes
+            .iter()
+            .filter(|n| n.entity_type == "contacts")
+            .filter_map(|n| n.params["text"].as_str().map(str::to_string))
+            .filter(|t| t.contains("[ref "))
+            .collect()
+    };
+    let s = eventually_some("two notes on the contact", 60, || {
+        let s = shop.fake.snapshot();
+        (contact_notes(&s).len() == 2).then_some(s)
+    })
+    .await;
+    assert!(s.leads.is_empty(), "no lead: {:?}", s.leads);
+    assert_eq!(s.contacts.len(), 1);
+    let contact = s.contacts[0].id;
+    assert!(s.notes.iter().filter(|n| n.params["text"].to_string().contains("[ref ")).all(|n| n.entity_id == contact));
+    // Nobody answers for over a minute: the task is on the contact.
+    for _ in 0..9 {
+        shop.clock.advance(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let task = eventually_some("the escalation task", 30, || shop.fake.snapshot().tasks.into_iter().next()).await;
+    assert_eq!((task.entity_type.as_str(), task.entity_id), ("contacts", contact));
+    // The manager answers on the contact: it goes out, and the task is done.
+    shop.fake.add_manager_contact_note(contact, 1002, ">> Yes, the red one is here");
+    eventually_some("the reply in the messenger", 30, || {
+        shop.messenger.sent().iter().any(|m| m.chat_id == "8801" && m.text == "Yes, the red one is here").then_some(())
+    })
+    .await;
+    eventually_some("the task completed", 30, || {
+        shop.fake.snapshot().tasks.iter().any(|t| t.is_completed).then_some(())
+    })
+    .await;
+    assert!(shop.fake.snapshot().leads.is_empty(), "still no lead");
     let _ = stop.send(true);
 }
 

@@ -78,7 +78,7 @@ pub(super) async fn link(amo: &AmoCrm, lead_id: i64, files: &[StoredFile]) -> Re
         return Ok(());
     }
     let body: Vec<Value> = files.iter().map(|f| json!({ "file_uuid": f.uuid })).collect();
-    amo.rest.put(&format!("/api/v4/leads/{lead_id}/files"), &json!(body)).await?;
+    amo.rest.put(&format!("/api/v4/{}/{lead_id}/files", amo.config.records.plural()), &json!(body)).await?;
     Ok(())
 }
 

@@ -74,6 +74,30 @@ pub struct AmoConfig {
     /// The region phone numbers without a country code are read in (the
     /// binding's `phoneRegion`, such as `RU`).
     pub phone_region: String,
+    /// Where a conversation's notes, files, tasks and replies live: its lead, or
+    /// its contact when the policy creates no leads. The "lead" ids of the
+    /// notes, files, tasks and replies calls are then contact ids.
+    pub records: RecordKind,
+}
+
+/// The kind of CRM record a conversation is kept on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordKind {
+    /// Its lead (the default).
+    #[default]
+    Leads,
+    /// Its contact (`leads.create: false`).
+    Contacts,
+}
+
+impl RecordKind {
+    /// The REST path segment and entity type: `leads` or `contacts`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RecordKind::Leads => "leads",
+            RecordKind::Contacts => "contacts",
+        }
+    }
 }
 
 /// The amoCRM adapter.
@@ -207,7 +231,11 @@ impl AmoCrm {
 #[async_trait]
 impl Crm for AmoCrm {
     async fn subscribe_reply_webhook(&self, destination: &str) -> Result<(), CrmError> {
-        self.subscribe_webhook(destination, &["note_lead"]).await
+        let event = match self.config.records {
+            RecordKind::Leads => "note_lead",
+            RecordKind::Contacts => "note_contact",
+        };
+        self.subscribe_webhook(destination, &[event]).await
     }
 
     async fn find_or_create_contact(&self, person: &Person, dedup: &[DedupKey]) -> Result<ContactRef, CrmError> {

@@ -42,7 +42,7 @@ async fn add_batch(amo: &AmoCrm, batch: &[(i64, NoteRequest)]) -> Result<Vec<Not
             .enumerate()
             .map(|(i, (lead_id, n))| json!({ "entity_id": lead_id, "note_type": "common", "params": { "text": n.text }, "request_id": i.to_string() }))
             .collect();
-        match amo.rest.post("/api/v4/leads/notes", &Value::Array(items)).await {
+        match amo.rest.post(&format!("/api/v4/{}/notes", amo.config.records.plural()), &Value::Array(items)).await {
             Ok(created) => {
                 let ids = created_ids(&created, "notes", pending.len())?;
                 for ((_, n), id) in pending.iter().zip(ids) {
@@ -98,7 +98,9 @@ async fn find_markers(
             ("limit", MAX_BATCH.to_string()),
             ("page", page.to_string()),
         ];
-        let Some(list) = amo.rest.get(&format!("/api/v4/leads/{lead_id}/notes"), &query).await? else {
+        let Some(list) =
+            amo.rest.get(&format!("/api/v4/{}/{lead_id}/notes", amo.config.records.plural()), &query).await?
+        else {
             break;
         };
         for note in embedded(&list, "notes") {

@@ -25,7 +25,7 @@ pub(super) async fn poll(amo: &AmoCrm, cursor: &ReplyCursor) -> Result<(Vec<Repl
             ("limit", MAX_BATCH.to_string()),
             ("page", page.to_string()),
         ];
-        let Some(list) = amo.rest.get("/api/v4/leads/notes", &query).await? else {
+        let Some(list) = amo.rest.get(&format!("/api/v4/{}/notes", amo.config.records.plural()), &query).await? else {
             break;
         };
         for note in embedded(&list, "notes") {
@@ -58,7 +58,7 @@ pub(super) async fn poll(amo: &AmoCrm, cursor: &ReplyCursor) -> Result<(Vec<Repl
 }
 
 pub(super) async fn read(amo: &AmoCrm, lead_id: i64, note_id: i64) -> Result<Option<Reply>, CrmError> {
-    let note = amo.rest.get(&format!("/api/v4/leads/{lead_id}/notes/{note_id}"), &[]).await?;
+    let note = amo.rest.get(&format!("/api/v4/{}/{lead_id}/notes/{note_id}", amo.config.records.plural()), &[]).await?;
     match note.as_ref().and_then(|n| as_reply(n, &amo.config.reply_prefix)) {
         Some(reply) => Ok(Some(with_files(amo, reply).await?)),
         None => Ok(None),
@@ -80,7 +80,9 @@ async fn with_files(amo: &AmoCrm, mut reply: Reply) -> Result<Reply, CrmError> {
         ("filter[updated_at][from]", (reply.created_at - REPLY_FILES_WINDOW_SECS).to_string()),
         ("limit", MAX_BATCH.to_string()),
     ];
-    let Some(list) = amo.rest.get(&format!("/api/v4/leads/{}/notes", reply.lead_id), &query).await? else {
+    let Some(list) =
+        amo.rest.get(&format!("/api/v4/{}/{}/notes", amo.config.records.plural(), reply.lead_id), &query).await?
+    else {
         return Ok(reply);
     };
     reply.files = files_for(embedded(&list, "notes"), reply_id, &reply, &amo.config.reply_prefix);

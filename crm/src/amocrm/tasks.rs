@@ -12,7 +12,7 @@ pub(super) async fn add(amo: &AmoCrm, task: &TaskRequest) -> Result<TaskRef, Crm
         "text": task.text,
         "complete_till": task.complete_till,
         "entity_id": task.lead_id,
-        "entity_type": "leads",
+        "entity_type": amo.config.records.plural(),
         "task_type_id": 1,
         "request_id": "0",
     });
@@ -24,7 +24,7 @@ pub(super) async fn add(amo: &AmoCrm, task: &TaskRequest) -> Result<TaskRef, Crm
         Err(e @ CrmError::InDoubt(_)) => {
             // Find the open task this attempt may have created before anyone retries.
             let query = [
-                ("filter[entity_type]", "leads".to_string()),
+                ("filter[entity_type]", amo.config.records.plural().to_string()),
                 ("filter[entity_id][]", task.lead_id.to_string()),
                 ("filter[is_completed]", "0".to_string()),
             ];

@@ -10,7 +10,8 @@ pub struct RestWebhook {
     pub account_id: Option<i64>,
     /// `account[subdomain]`.
     pub subdomain: Option<String>,
-    /// Notes added to leads: (lead id, note id).
+    /// Notes added to leads (or to contacts, where conversations are kept on
+    /// contacts): (record id, note id).
     pub lead_notes: Vec<(i64, i64)>,
 }
 
@@ -19,14 +20,14 @@ pub fn parse(body: &[u8]) -> Result<RestWebhook, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_bytes(body).map_err(|e| format!("not a form-encoded body: {e}"))?;
     let mut hook = RestWebhook::default();
-    // leads[note][N][note][FIELD] = value, grouped by N.
+    // leads[note][N][note][FIELD] = value (contacts[note]… alike), grouped by N.
     let mut notes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (key, value) in pairs {
         match key.as_str() {
             "account[id]" => hook.account_id = value.parse().ok(),
             "account[subdomain]" => hook.subdomain = Some(value),
             _ => {
-                if let Some(rest) = key.strip_prefix("leads[note][")
+                if let Some(rest) = key.strip_prefix("leads[note][").or_else(|| key.strip_prefix("contacts[note]["))
                     && let Some((index, field)) = rest.split_once("][note][")
                 {
                     notes.entry(index.to_string()).or_default().insert(field.trim_end_matches(']').to_string(), value);
@@ -60,6 +61,12 @@ mod tests {
             hook,
             RestWebhook { account_id: Some(31000001), subdomain: Some("example".into()), lead_notes: vec![(12, 77)] }
         );
+    }
+
+    #[test]
+    fn a_note_on_a_contact_names_the_contact_and_the_note() {
+        let body = "contacts%5Bnote%5D%5B0%5D%5Bnote%5D%5Bid%5D=78&contacts%5Bnote%5D%5B0%5D%5Bnote%5D%5Belement_id%5D=13&account%5Bid%5D=31000001";
+        assert_eq!(parse(body.as_bytes()).expect("parses").lead_notes, vec![(13, 78)]);
     }
 
     #[test]

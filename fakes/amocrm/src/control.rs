@@ -27,6 +27,13 @@ pub(crate) fn add_manager_note(shared: &Shared, lead_id: i64, user_id: i64, text
     id
 }
 
+/// A manager writes a note on a contact (no webhook: this fake sends note
+/// webhooks for leads only; reply polling finds it).
+pub(crate) fn add_manager_contact_note(shared: &Shared, contact_id: i64, user_id: i64, text: &str) -> i64 {
+    let mut state = shared.state();
+    notes::insert_note(shared, &mut state, "contacts", contact_id, "common", json!({"text": text}), user_id)
+}
+
 /// A manager attaches a file to a lead: the file is put in the file service,
 /// linked to the lead, and an attachment note by the manager names it. Returns the
 /// note's ID and the file's UUID.
@@ -48,6 +55,7 @@ pub(crate) fn add_manager_attachment(
         created_by: user_id,
         created_at: shared.now(),
         leads: vec![lead_id],
+        contacts: Vec::new(),
     };
     let params = json!({
         "file_uuid": file.uuid,

@@ -142,6 +142,7 @@ fn upload_part(shared: &Shared, token: &str, body: &[u8]) -> Resp {
         created_by: done.created_by,
         created_at: shared.now(),
         leads: Vec::new(),
+        contacts: Vec::new(),
     };
     let mut doc = file_json(shared, &file);
     doc["session_id"] = json!(id);

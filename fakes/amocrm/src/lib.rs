@@ -314,6 +314,11 @@ impl FakeAmo {
         self.shared.contact_fields().iter().filter_map(|f| Some((f.id, f.code?.to_string()))).collect()
     }
 
+    /// A manager writes a note on a contact; returns its ID.
+    pub fn add_manager_contact_note(&self, contact_id: i64, user_id: i64, text: &str) -> i64 {
+        control::add_manager_contact_note(&self.shared, contact_id, user_id, text)
+    }
+
     /// Deactivates a user, as an admin does when someone leaves: the user list
     /// says `is_active: false` and leads can no longer be given to them.
     pub fn deactivate_user(&self, id: i64) {

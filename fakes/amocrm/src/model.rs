@@ -310,6 +310,9 @@ pub struct DriveFile {
     pub created_at: i64,
     /// Leads it is linked to.
     pub leads: Vec<i64>,
+    /// Contacts it is linked to.
+    #[serde(default)]
+    pub contacts: Vec<i64>,
 }
 
 /// Everything that exists in the fake, for assertions.

@@ -142,6 +142,14 @@ fn links(shared: &Shared, id: i64) -> Value {
 
 /// Routes `/api/v4/contacts...`; `rest` is the path after `/api/v4/contacts`.
 pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -> Option<Reply> {
+    if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/files")) {
+        let id: i64 = id.parse().ok()?;
+        return match *method {
+            Method::PUT => Some(super::leads::link_files(shared, "contacts", id, body)),
+            Method::GET => Some(Ok(super::leads::files(shared, "contacts", id))),
+            _ => None,
+        };
+    }
     match (method.as_str(), rest) {
         ("POST", "/chats") => return Some(super::chats_link::link(shared, body)),
         ("GET", "/chats") => return Some(super::chats_link::list(shared, q)),

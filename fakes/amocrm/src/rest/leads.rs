@@ -202,8 +202,8 @@ pub(crate) fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, bod
     if let Some(id) = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/files")) {
         let id: i64 = id.parse().ok()?;
         return match *method {
-            Method::PUT => Some(link_files(shared, id, body)),
-            Method::GET => Some(Ok(files(shared, id))),
+            Method::PUT => Some(link_files(shared, "leads", id, body)),
+            Method::GET => Some(Ok(files(shared, "leads", id))),
             _ => None,
         };
     }
@@ -314,10 +314,15 @@ fn links_of_link(shared: &Shared, id: i64) -> Value {
 /// `PUT /api/v4/leads/{id}/files`: links files of the file service to the lead
 /// (`[{"file_uuid": …}]`); 202 with no body. Linking a linked file again changes
 /// nothing.
-fn link_files(shared: &Shared, id: i64, body: &[u8]) -> Reply {
+/// `PUT /api/v4/{entity}/{id}/files` (leads or contacts).
+pub(crate) fn link_files(shared: &Shared, entity: &str, id: i64, body: &[u8]) -> Reply {
     let items = query::parse_batch(body)?;
     let mut state = shared.state();
-    if state.leads.get(&id).is_none_or(|l| l.is_deleted) {
+    let exists = match entity {
+        "leads" => state.leads.get(&id).is_some_and(|l| !l.is_deleted),
+        _ => state.contacts.get(&id).is_some_and(|c| !c.is_deleted),
+    };
+    if !exists {
         return Err(respond::problem(http::StatusCode::NOT_FOUND, "Entity not found"));
     }
     let mut v = respond::Validation::default();
@@ -335,26 +340,28 @@ fn link_files(shared: &Shared, id: i64, body: &[u8]) -> Reply {
         return Err(v.into_response());
     }
     for u in uuids {
-        if let Some(f) = state.files.get_mut(&u)
-            && !f.leads.contains(&id)
-        {
-            f.leads.push(id);
+        if let Some(f) = state.files.get_mut(&u) {
+            let linked = if entity == "leads" { &mut f.leads } else { &mut f.contacts };
+            if !linked.contains(&id) {
+                linked.push(id);
+            }
         }
     }
     Ok(respond::empty(http::StatusCode::ACCEPTED))
 }
 
 /// `GET /api/v4/leads/{id}/files`: the files linked to the lead (204 without any).
-fn files(shared: &Shared, id: i64) -> Resp {
+/// `GET /api/v4/{entity}/{id}/files`.
+pub(crate) fn files(shared: &Shared, entity: &str, id: i64) -> Resp {
     let state = shared.state();
     let linked: Vec<Value> = state
         .files
         .values()
-        .filter(|f| f.leads.contains(&id))
+        .filter(|f| if entity == "leads" { f.leads.contains(&id) } else { f.contacts.contains(&id) })
         .enumerate()
         .map(|(i, f)| json!({"file_uuid": f.uuid, "id": i + 1}))
         .collect();
     respond::found((!linked.is_empty()).then(
-        || json!({"_links": self_links(shared, &format!("/api/v4/leads/{id}/files")), "_embedded": {"files": linked}}),
+        || json!({"_links": self_links(shared, &format!("/api/v4/{entity}/{id}/files")), "_embedded": {"files": linked}}),
     ))
 }
