@@ -176,6 +176,13 @@ pub struct AmoCrmSettings {
     #[serde(default)]
     pub contact_fields: ContactFields,
 
+    /// Make each bound account a lead source in amoCRM (Sources API: an
+    /// administrator's token and the integration's widget with the `lead_sources`
+    /// location), so reports split leads by account; where amoCRM refuses, and
+    /// when this is false, each account's leads are tagged with its name instead.
+    #[serde(default = "yes")]
+    pub lead_sources: bool,
+
     /// The region (ISO 3166-1 alpha-2 in capitals: `RU`, `KZ`, `DE`, `US`, `BR`…)
     /// whose way of writing phone numbers is assumed for a number given without its
     /// country code, when customers' and contacts' numbers are compared in E.164.
@@ -256,7 +263,7 @@ pub struct CrmBindingStatus {
     /// The generation of the spec the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Current conditions: Ready, CredentialsValid, ContactFieldsReady.
+    /// Current conditions: Ready, CredentialsValid, ContactFieldsReady, LeadSourcesReady.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -276,6 +283,21 @@ pub struct CrmBindingStatus {
     /// (used where `spec.crm.amocrm.contactFields` sets none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact_fields: Option<ContactFields>,
+    /// The accounts whose lead source exists in the CRM (condition
+    /// `LeadSourcesReady`); the others' leads carry the account's name as a tag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lead_sources: Vec<String>,
+}
+
+impl CrmBindingStatus {
+    /// Whether the CRM refused the accounts' lead sources (or could not be asked),
+    /// so their leads are tagged instead: `LeadSourcesReady=False` for another
+    /// reason than still waiting for credentials or accounts.
+    pub fn lead_sources_refused(&self) -> bool {
+        self.conditions.iter().any(|c| {
+            c.type_ == crate::common::conditions::LEAD_SOURCES_READY && c.status == "False" && c.reason != "Waiting"
+        })
+    }
 }
 
 /// Identity of the CRM account behind a binding.
@@ -291,6 +313,10 @@ pub struct CrmAccountStatus {
     /// The account's chat-service id (amoCRM `amojo_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_phone_region() -> String {

@@ -79,6 +79,8 @@ pub mod conditions {
     /// The contacts' identity fields exist in the CRM and are known (found or
     /// created by the operator, or named in the binding).
     pub const CONTACT_FIELDS_READY: &str = "ContactFieldsReady";
+    /// Each bound account is a lead source in the CRM (else its leads are tagged).
+    pub const LEAD_SOURCES_READY: &str = "LeadSourcesReady";
 
     /// Reasons of the connector's `LoggedIn` condition (the connector writes them,
     /// the operator reads them to set the account's phase).

@@ -78,6 +78,27 @@ pub struct CrmConfig {
     /// The language notes and tasks are written in (the binding's `language`).
     #[serde(default)]
     pub language: crate::binding::Language,
+    /// The account's lead source (its external id), when the CRM has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_source: Option<String>,
+    /// Otherwise a tag every new lead of the account carries (the account's name),
+    /// so reports can still split leads by account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tag: Option<String>,
+}
+
+/// Whether the binding asks for lead sources (`spec.crm.amocrm.leadSources`).
+fn amocrm_spec_sources(binding: &CrmBinding) -> bool {
+    binding.spec.crm.amocrm.as_ref().is_none_or(|a| a.lead_sources)
+}
+
+/// The external id of an account's lead source: `crm-` and 32 hex digits of the
+/// SHA-256 of `namespace/name` (36 characters, as amoCRM allows; stable; the
+/// account's name does not show).
+pub fn lead_source_id(namespace: &str, name: &str) -> String {
+    let digest = sha256(format!("{namespace}/{name}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("crm-{}", &hex[..32])
 }
 
 /// Settings a connector applies without a restart.
@@ -161,6 +182,14 @@ pub fn render(
         Provider::Telegram => None,
     };
     let binding_id = id_of(&binding.metadata, "binding")?;
+    let account_id = id_of(&account.metadata, "account")?;
+    // The account's lead source when the operator made it; a tag when the CRM
+    // cannot have sources (the binding says so in LeadSourcesReady=False).
+    let status = binding.status.as_ref();
+    let sourced = status.is_some_and(|s| s.lead_sources.contains(&account_id.name));
+    let unavailable = status.is_some_and(|s| s.lead_sources_refused());
+    let lead_source = sourced.then(|| lead_source_id(&account_id.namespace, &account_id.name));
+    let source_tag = (!sourced && (unavailable || !amocrm_spec_sources(binding))).then(|| account_id.name.clone());
     let mut amocrm = binding.spec.crm.amocrm.clone().ok_or(RenderError::MissingCrmSettings)?;
     // Identity fields the spec leaves unset: the ones the operator created.
     if let Some(created) = binding.status.as_ref().and_then(|s| s.contact_fields.as_ref()) {
@@ -170,7 +199,7 @@ pub fn render(
         f.whatsapp_id = f.whatsapp_id.or(created.whatsapp_id);
     }
     Ok(ConnectorConfig {
-        account: id_of(&account.metadata, "account")?,
+        account: account_id,
         provider: spec.provider,
         telegram,
         whatsapp,
@@ -179,6 +208,8 @@ pub fn render(
             amocrm,
             token: SecretKeyRef { name: token_secret_name(&binding_id.name), key: ACCESS_TOKEN_KEY.into() },
             language: binding.spec.language,
+            lead_source,
+            source_tag,
         },
         binding: binding_id,
         policy: policy.spec.clone(),

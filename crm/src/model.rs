@@ -65,6 +65,8 @@ pub struct LeadRequest {
     /// Leads never reused for this one (the leads of group chats the contact
     /// writes in: a private chat gets its own).
     pub not_reused: Vec<i64>,
+    /// The lead source's external id (the account's source, when the CRM has it).
+    pub source: Option<String>,
 }
 
 /// A lead in the CRM.

@@ -309,6 +309,8 @@ pub fn build_account(
         media_url: chats.as_ref().and_then(|c| c.media_url.clone()),
         phone_region: amo.phone_region.clone(),
         texts: crate::texts::of(config.crm.language),
+        lead_source: config.crm.lead_source.clone(),
+        source_tag: config.crm.source_tag.clone(),
     };
     let bridge = Arc::new(Bridge::new(
         settings,

@@ -35,6 +35,9 @@ impl Bridge {
                 ..plan::lead_request(&self.s.policy.leads, self.s.channel, person, place)
             },
         };
+        // Reports split leads by account: its lead source, or its tag.
+        request.source = self.s.lead_source.clone();
+        request.tags.extend(self.s.source_tag.clone());
         if group.is_none() {
             match self.crm.open_lead(contact, &request).await? {
                 Some(lead) if lead.incoming.is_some() => {

@@ -100,6 +100,10 @@ pub struct BridgeSettings {
     pub phone_region: String,
     /// The words of the binding's language.
     pub texts: &'static crate::texts::Texts,
+    /// The account's lead source (external id) new leads name, when the CRM has it.
+    pub lead_source: Option<String>,
+    /// Otherwise a tag new leads carry (the account's name), when sources are refused.
+    pub source_tag: Option<String>,
 }
 
 /// Why a pass of the work loop stopped early (it runs again on the next turn).

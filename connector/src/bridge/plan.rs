@@ -193,6 +193,7 @@ pub fn lead_request(leads: &LeadSettings, channel: Channel, person: &Person, pla
         tags: std::iter::once(channel.label().to_string()).chain(leads.tags.iter().cloned()).collect(),
         reuse_open: leads.reuse_open_lead,
         not_reused: Vec::new(),
+        source: None,
     }
 }
 

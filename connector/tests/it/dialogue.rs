@@ -527,6 +527,32 @@ async fn without_leads_the_conversation_is_kept_on_the_contact() {
     let _ = stop.send(true);
 }
 
+/// A new lead names the account's lead source when the CRM has it, and carries
+/// the account's name as a tag when sources were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leads_name_the_accounts_source_or_carry_its_tag() {
+    let mut shop = Shop::new(&pg("dialogue_source")).await;
+    let external = crmessenger_api::config::lead_source_id(&shop.config.account.namespace, &shop.config.account.name);
+    shop.fake.add_source(&external, "shop");
+    shop.config.crm.lead_source = Some(external);
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("8701", "m1", "Rita", "hello")]);
+    shop.notes_total(1).await;
+    let lead = shop.fake.snapshot().leads.remove(0);
+    let source = shop.fake.snapshot().sources.remove(0);
+    assert_eq!(lead.source_id, Some(source.id), "the account's source");
+    let _ = stop.send(true);
+
+    let mut tagged = Shop::new(&pg("dialogue_source_tag")).await;
+    tagged.config.crm.source_tag = Some("shop".into());
+    let stop = tagged.start().await;
+    tagged.messenger.push(vec![text("8702", "m1", "Sara", "hello")]);
+    tagged.notes_total(1).await;
+    let lead = tagged.fake.snapshot().leads.remove(0);
+    assert_eq!((lead.source_id, lead.tags), (None, vec!["Telegram".to_string(), "shop".to_string()]));
+    let _ = stop.send(true);
+}
+
 async fn futures_take(store: &Store, binding: &str, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     for _ in 0..n {

@@ -182,6 +182,9 @@ async fn create(amo: &AmoCrm, contact_id: i64, request: &LeadRequest) -> Result<
         },
     });
     place(&mut lead, request);
+    if let Some(source) = &request.source {
+        lead["_embedded"]["source"] = json!({ "external_id": source, "type": "widget" });
+    }
     let created = amo.rest.post("/api/v4/leads", &json!([lead])).await?;
     Ok(created_ids(&created, "leads", 1)?[0])
 }

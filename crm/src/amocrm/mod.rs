@@ -10,6 +10,7 @@ mod leads;
 mod notes;
 pub mod oauth;
 mod replies;
+pub mod sources;
 mod tasks;
 mod transport;
 pub mod webhook;

@@ -38,7 +38,7 @@ pub use account::{
 };
 pub use limits::{Fault, FaultKind};
 pub use model::{
-    Chat, ChatMessage, Contact, Direction, HookDelivery, Lead, Note, RequestRecord, Snapshot, Task, TokenPair,
+    Chat, ChatMessage, Contact, Direction, HookDelivery, Lead, Note, RequestRecord, Snapshot, Source, Task, TokenPair,
     Unsorted, WebhookDelivery, WebhookSubscription,
 };
 
@@ -117,6 +117,10 @@ pub struct FakeConfig {
     /// The tokens belong to an administrator (the token user 1001 is one); off,
     /// the calls only an administrator may make (creating custom fields) get 403.
     pub token_is_admin: bool,
+    /// The integration has an uploaded widget whose manifest lists the
+    /// `lead_sources` location, which the Sources API requires. Off (the default,
+    /// as for an integration without a widget): creating a source is refused.
+    pub sources_widget: bool,
     /// Duplicate control on `/leads/complex` (reuses contacts, `merged: true`).
     pub duplicate_control: bool,
 }
@@ -139,6 +143,7 @@ impl Default for FakeConfig {
             incoming_leads_for_contacts: false,
             identity_fields: true,
             token_is_admin: true,
+            sources_widget: false,
             duplicate_control: false,
         }
     }
@@ -312,6 +317,22 @@ impl FakeAmo {
     /// The contact custom fields with a code: (id, code).
     pub fn snapshot_contact_fields(&self) -> Vec<(i64, String)> {
         self.shared.contact_fields().iter().filter_map(|f| Some((f.id, f.code?.to_string()))).collect()
+    }
+
+    /// An administrator adds a lead source for the integration (as the Sources
+    /// API does with the widget); returns its ID.
+    pub fn add_source(&self, external_id: &str, name: &str) -> i64 {
+        let mut state = self.shared.state();
+        let id = state.next_id();
+        let pipeline_id = MAIN_PIPELINE_ID;
+        state.sources.push(Source {
+            id,
+            name: name.into(),
+            external_id: external_id.into(),
+            pipeline_id,
+            default: false,
+        });
+        id
     }
 
     /// A manager writes a note on a contact; returns its ID.

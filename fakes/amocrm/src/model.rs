@@ -32,6 +32,21 @@ pub struct Contact {
     pub is_deleted: bool,
 }
 
+/// A lead source of the integration (Sources API).
+#[derive(Clone, Debug, Serialize)]
+pub struct Source {
+    /// Source ID.
+    pub id: i64,
+    /// Its name in reports.
+    pub name: String,
+    /// The integration's own id for it (≤ 36 printable ASCII, immutable).
+    pub external_id: String,
+    /// The pipeline its incoming leads go to.
+    pub pipeline_id: i64,
+    /// The integration's default source.
+    pub default: bool,
+}
+
 /// A lead (`/api/v4/leads`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Lead {
@@ -63,6 +78,9 @@ pub struct Lead {
     pub closed_at: Option<i64>,
     /// Whether it was deleted.
     pub is_deleted: bool,
+    /// The lead source it was created with (`_embedded.source.external_id`).
+    #[serde(default)]
+    pub source_id: Option<i64>,
 }
 
 /// A note on a lead or a contact.
@@ -334,6 +352,8 @@ pub struct Snapshot {
     pub chat_messages: Vec<ChatMessage>,
     /// Unsorted entries created by inbound chat messages.
     pub unsorted: Vec<Unsorted>,
+    /// The integration's lead sources.
+    pub sources: Vec<Source>,
     /// Manager notifications (one per non-silent inbound message).
     pub notifications: u32,
     /// REST webhook subscriptions.

@@ -65,6 +65,7 @@ pub(crate) struct State {
     pub chats: Vec<Chat>,
     pub messages: Vec<ChatMessage>,
     pub unsorted: Vec<Unsorted>,
+    pub sources: Vec<crate::model::Source>,
     pub notifications: u32,
     pub webhooks: Vec<WebhookSubscription>,
     /// Fake-clock ms of invalid replies, per subscription ID.
@@ -140,6 +141,7 @@ impl State {
             chats: self.chats.clone(),
             chat_messages: self.messages.clone(),
             unsorted: self.unsorted.clone(),
+            sources: self.sources.clone(),
             notifications: self.notifications,
             webhooks: self.webhooks.clone(),
             webhook_deliveries: self.webhook_deliveries.clone(),

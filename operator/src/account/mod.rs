@@ -103,7 +103,7 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     // Validate, build, apply.
     let runtime =
         RuntimeSettings { crm_requests_per_second: ctx.settings.crm_requests_per_second, token_version: None };
-    let (config_valid, desired_hash) = match validate::resolve(binding, policy.as_ref()) {
+    let (config_valid, desired_hash) = match validate::resolve(&account.name_any(), binding, policy.as_ref()) {
         Ok((binding, policy)) => match render(&account, binding, policy, runtime) {
             Ok(config) => connector(&ctx, &account, &namespace, binding, &config).await?,
             Err(e) => (Verdict::no(CONFIG_VALID, "InvalidSpec", e.to_string()), None),

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 
 /// The binding and policy an account runs under, or why it cannot run.
 pub fn resolve<'a>(
+    account: &str,
     binding: Option<&'a CrmBinding>,
     policy: Option<&'a SyncPolicy>,
 ) -> Result<(&'a CrmBinding, &'a SyncPolicy), Verdict> {
@@ -41,7 +42,33 @@ pub fn resolve<'a>(
             ),
         ));
     }
+    if !lead_source_settled(binding, account) {
+        return Err(Verdict::no(
+            CONFIG_VALID,
+            "WaitingForBinding",
+            format!(
+                "CrmBinding {} has not made this account's lead source yet (condition LeadSourcesReady)",
+                binding.name_any()
+            ),
+        ));
+    }
     Ok((binding, policy))
+}
+
+/// Whether the account's lead source is settled: made, refused by the CRM, not
+/// asked for, or not to be made while the binding's credentials do not work (the
+/// connector's configuration names the source or the tag).
+fn lead_source_settled(binding: &CrmBinding, account: &str) -> bool {
+    if binding.spec.crm.amocrm.as_ref().is_some_and(|a| !a.lead_sources) {
+        return true;
+    }
+    binding.status.as_ref().is_some_and(|s| {
+        let credentials_failed = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crmessenger_api::common::conditions::CREDENTIALS_VALID && c.status == "False");
+        s.lead_sources.iter().any(|a| a == account) || s.lead_sources_refused() || credentials_failed
+    })
 }
 
 /// Whether the binding's identity fields are known — named in its spec, or looked

@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod fields;
+pub mod sources;
 pub mod status;
 pub mod token;
 
@@ -36,6 +37,8 @@ pub struct Context {
     status_writes: Mutex<HashMap<String, Instant>>,
     /// Recent failed looks for the contacts' identity fields, per `namespace/name`.
     fields_checked: Mutex<HashMap<String, (Instant, Verdict)>>,
+    /// Recent failed attempts to add lead sources, per binding and accounts.
+    sources_checked: Mutex<HashMap<String, (Instant, Verdict)>>,
 }
 
 /// A successful credentials check.
@@ -55,6 +58,7 @@ impl Context {
             credentials: Mutex::default(),
             status_writes: Mutex::default(),
             fields_checked: Mutex::default(),
+            sources_checked: Mutex::default(),
         }
     }
 
@@ -108,13 +112,17 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
     // An unreadable CA is CredentialsValid's to report; the lookup then goes without it.
     let ca: Option<String> = ca_pem(&binding, &ctx, &ns).await?.unwrap_or_default();
     let (fields, contact_fields) = fields::ensure(&binding, &ctx, &ns, credentials.ok, ca.as_deref()).await;
+    let (sources, lead_sources) =
+        sources::ensure(&binding, &ctx, &ns, &selection.bound, credentials.ok, ca.as_deref()).await;
     let ready = status::ready(&binding, &credentials, policy_found, &selection);
     let previous = binding.status.clone().unwrap_or_default();
     if crate::conditions::newly_failed(&previous.conditions, &ready) {
         ctx.warn(binding.as_ref(), &ready.reason, ready.message.clone(), "Reconcile").await;
     }
-    let observed = status::Observed { bound: selection.bound, token_expires_at: expires_at, contact_fields };
-    let Some(next) = status::status(&binding, &[credentials, fields, ready], observed, jiff::Timestamp::now()) else {
+    let observed =
+        status::Observed { bound: selection.bound, token_expires_at: expires_at, contact_fields, lead_sources };
+    let verdicts = [credentials, fields, sources, ready];
+    let Some(next) = status::status(&binding, &verdicts, observed, jiff::Timestamp::now()) else {
         return Ok(Action::requeue(requeue));
     };
     // While accounts keep arriving, the list changes on every one of them: write it

@@ -70,6 +70,8 @@ pub struct Observed {
     pub token_expires_at: Option<i64>,
     /// The contacts' identity fields found or created in the CRM.
     pub contact_fields: Option<ContactFields>,
+    /// The accounts whose lead source exists in the CRM.
+    pub lead_sources: Vec<String>,
 }
 
 /// The status to write, or `None` when it would change nothing.
@@ -87,6 +89,7 @@ pub fn status(
         bound_accounts: observed.bound,
         token_expires_at: observed.token_expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok()).map(Time),
         contact_fields: observed.contact_fields,
+        lead_sources: observed.lead_sources,
         conditions,
         ..Default::default()
     };
@@ -95,6 +98,7 @@ pub fn status(
         && previous.bound_account_count == next.bound_account_count
         && previous.token_expires_at == next.token_expires_at
         && previous.contact_fields == next.contact_fields
+        && previous.lead_sources == next.lead_sources
         && crate::conditions::unchanged(&previous.conditions, &next.conditions);
     (!same).then_some(next)
 }
@@ -161,6 +165,7 @@ mod tests {
             bound: bound.iter().map(|s| s.to_string()).collect(),
             token_expires_at: Some(expires),
             contact_fields: None,
+            lead_sources: Vec::new(),
         }
     }
 

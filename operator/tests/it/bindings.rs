@@ -54,6 +54,7 @@ spec:
       baseUrl: "https://other.amocrm.ru"
       credentialsSecret: { name: amo-second }
       contactFields: { telegramUserId: 201, telegramUsername: 202, whatsappId: 203 }
+      leadSources: false
 "#,
     );
     let second = ready_reason(cp, &ns, "crmbinding/second", "AccountAlreadyBound").await;
@@ -228,4 +229,84 @@ spec:
     );
     assert!(b["status"].get("contactFields").is_none(), "nothing recorded: {b}");
     assert!(manager.snapshot_contact_fields().iter().all(|(_, code)| !code.starts_with("CRMESSENGER")));
+}
+
+/// Each bound account becomes a lead source in the CRM, recorded in the binding's
+/// status; where the CRM refuses (here: the integration has no widget with the
+/// lead_sources location) the condition says so and the account's connector is
+/// configured to tag its leads with the account's name instead.
+#[tokio::test]
+async fn each_account_is_a_lead_source_or_its_leads_are_tagged() {
+    use crmessenger_fake_amocrm::{FakeAmo, FakeConfig};
+    let cp = cp();
+    let set = |name: &str, fake: &FakeAmo| {
+        let token = fake.issue_token_pair().access_token;
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: amo-{name} }}
+stringData: {{ long_lived_token: {token} }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: tg-api }}
+stringData: {{ api_id: "12345", api_hash: canary-api-hash-0123456789 }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: MessengerAccount
+metadata: {{ name: acct-{name} }}
+spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api }} }} }}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: SyncPolicy
+metadata: {{ name: pol }}
+spec: {{}}
+---
+apiVersion: crmessenger.io/v1alpha1
+kind: CrmBinding
+metadata: {{ name: {name} }}
+spec:
+  accountNames: [acct-{name}]
+  policyRef: {{ name: pol }}
+  crm:
+    type: amocrm
+    amocrm:
+      baseUrl: "{}"
+      credentialsSecret: {{ name: amo-{name} }}
+      contactFields: {{ telegramUserId: 201, telegramUsername: 202, whatsappId: 203 }}
+"#,
+            fake.base_url()
+        )
+    };
+    let sources_ready = |ns: String, name: &'static str, status: &'static str| async move {
+        eventually(&format!("{name} LeadSourcesReady={status}"), 30, || async {
+            let b = get(cp, &ns, &format!("crmbinding/{name}")).ok_or("absent")?;
+            match condition(&b, "LeadSourcesReady") {
+                Some(c) if c["status"] == status && c["reason"] != "Waiting" => Ok(b),
+                _ => Err(b["status"].to_string()),
+            }
+        })
+        .await
+    };
+
+    let widget = FakeAmo::start(FakeConfig { sources_widget: true, ..FakeConfig::default() }).await.unwrap();
+    let ns = cp.namespace("sources").await.unwrap();
+    apply(cp, &ns, &set("src", &widget));
+    let b = sources_ready(ns.clone(), "src", "True").await;
+    assert_eq!(b["status"]["leadSources"], json!(["acct-src"]));
+    let made = widget.snapshot().sources;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0].external_id, crmessenger_api::config::lead_source_id(&ns, "acct-src"));
+    assert_eq!(made[0].name, "acct-src");
+
+    let plain = FakeAmo::start(FakeConfig::default()).await.unwrap();
+    let ns2 = cp.namespace("sources-refused").await.unwrap();
+    apply(cp, &ns2, &set("tagged", &plain));
+    let b = sources_ready(ns2.clone(), "tagged", "False").await;
+    let c = condition(&b, "LeadSourcesReady").unwrap();
+    assert_eq!(c["reason"], "SourcesUnavailable");
+    let message = c["message"].as_str().unwrap();
+    assert!(message.contains("lead_sources") && message.contains("tagged"), "{message}");
+    assert!(plain.snapshot().sources.is_empty());
 }

@@ -136,6 +136,7 @@ spec:
       # Named here: the host is not a CRM this machine can reach, so the operator
       # must not look the fields up there.
       contactFields: {{ telegramUserId: 201, telegramUsername: 202, whatsappId: 203 }}
+      leadSources: false
 "#
     )
 }

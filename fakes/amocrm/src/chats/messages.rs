@@ -98,6 +98,7 @@ pub(crate) fn incoming_lead(
             created_by: 0,
             closed_at: None,
             is_deleted: false,
+            source_id: None,
         },
     );
     state.link(lead_id, contact_id);

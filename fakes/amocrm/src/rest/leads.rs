@@ -44,6 +44,7 @@ pub(crate) fn lead_json(shared: &Shared, state: &State, l: &Lead, with_contacts:
         "score": null,
         "account_id": shared.config.account_id,
         "labor_cost": null,
+        "source_id": l.source_id,
         "_links": links(shared, l.id),
         "_embedded": embedded(state, &l.tags, contacts),
     })
@@ -58,6 +59,7 @@ pub(crate) struct Input {
     pub created_by: Option<i64>,
     pub contact_ids: Vec<i64>,
     pub tags: Vec<String>,
+    pub source_id: Option<i64>,
 }
 
 /// Validates the lead fields shared by `/leads` and `/leads/complex`.
@@ -117,7 +119,23 @@ pub(crate) fn parse_input(
             }
         }
     }
+    let source_id = match item.get("_embedded").and_then(|e| e.get("source")) {
+        None | Some(Value::Null) => None,
+        Some(source) => {
+            let external = source.get("external_id").and_then(Value::as_str).unwrap_or_default();
+            let found = state.sources.iter().find(|s| s.external_id == external).map(|s| s.id);
+            if found.is_none() {
+                errors.push(FieldError::new(
+                    "NotFound",
+                    "_embedded.source.external_id",
+                    format!("Source {external:?} not found"),
+                ));
+            }
+            found
+        }
+    };
     Input {
+        source_id,
         name: opt_str(item, "name", errors),
         price: opt_int(item, "price", errors),
         status_id,
@@ -153,6 +171,7 @@ pub(crate) fn insert(shared: &Shared, state: &mut State, input: Input) -> i64 {
             created_by: input.created_by.unwrap_or(TOKEN_USER_ID),
             closed_at: closed_at(status_id, now),
             is_deleted: false,
+            source_id: input.source_id,
         },
     );
     for c in input.contact_ids {

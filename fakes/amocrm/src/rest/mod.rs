@@ -8,6 +8,7 @@ pub(crate) mod fields;
 pub(crate) mod leads;
 pub(crate) mod notes;
 mod query;
+mod sources;
 mod tasks;
 mod unsorted;
 mod webhooks;
@@ -145,6 +146,7 @@ fn route(shared: &Shared, method: &Method, rest: &str, q: &Query, body: &[u8]) -
         "/contacts/custom_fields" if method == Method::POST => return Some(create_custom_fields(shared, body)),
         "/leads/complex" if method == Method::POST => return Some(complex::create(shared, body)),
         "/webhooks" => return webhooks::route(shared, method, q, body),
+        "/sources" => return sources::route(shared, method, body),
         _ => {}
     }
     if let Some(r) = rest.strip_prefix("/leads/unsorted") {
