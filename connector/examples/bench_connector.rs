@@ -10,7 +10,9 @@
 //! - `latency`: p50/p99 from the messenger event to the CRM write at 20 msg/s;
 //! - `rss`: idle RSS of `gateway`, `sidecar`, a one-account `standalone`, and the
 //!   RSS each further account adds to `standalone` (100 accounts);
-//! - `commits`: inbox and outbox commits per second on PostgreSQL and SQLite.
+//! - `commits`: inbox and outbox commits per second on PostgreSQL and SQLite;
+//! - `backfill`: the `latency` figures for one chat with and without a
+//!   2,000-message history import running beside the live messages.
 //!
 //! Needs the binaries beside this example (`--bins` above) and PostgreSQL installed
 //! (as for the tests). PostgreSQL runs durable here (its defaults: `fsync`,
@@ -62,6 +64,10 @@ struct Rig {
 }
 
 fn account_yaml(name: &str, binding_selects: &str, base_url: &str) -> String {
+    account_yaml_with(name, binding_selects, base_url, "{}")
+}
+
+fn account_yaml_with(name: &str, binding_selects: &str, base_url: &str, policy: &str) -> String {
     format!(
         r#"
 apiVersion: crmessenger.io/v1alpha1
@@ -72,7 +78,7 @@ spec: {{ provider: telegram, telegram: {{ apiCredentials: {{ secretName: tg-api 
 apiVersion: crmessenger.io/v1alpha1
 kind: SyncPolicy
 metadata: {{ name: p }}
-spec: {{}}
+spec: {policy}
 ---
 apiVersion: crmessenger.io/v1alpha1
 kind: CrmBinding
@@ -87,11 +93,17 @@ spec:
 
 /// One account bridged in process, on `db_url`, to a fresh fake at 7 requests/s.
 async fn rig(db_url: &str) -> Rig {
+    rig_with(db_url, "{}", Vec::new()).await
+}
+
+/// [`rig`] with the policy's spec and `history`: messages from before the account
+/// was connected, which the policy's backfill imports beside the live stream.
+async fn rig_with(db_url: &str, policy: &str, history: Vec<crmessenger_fake_messenger::Update>) -> Rig {
     let fake = FakeAmo::start(FakeConfig { chats: None, ..FakeConfig::default() }).await.unwrap();
     let messenger = ScriptedMessenger::start(Options::default()).await.unwrap();
-    let mut m =
-        crmessenger_api::manifests::parse(&account_yaml("shop", "accountNames: [shop]", &fake.base_url()), "bench")
-            .unwrap();
+    messenger.push_history(history);
+    let yaml = account_yaml_with("shop", "accountNames: [shop]", &fake.base_url(), policy);
+    let mut m = crmessenger_api::manifests::parse(&yaml, "bench").unwrap();
     let config =
         render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
             .unwrap();
@@ -243,6 +255,80 @@ async fn latency_run(chats: usize, total: usize) -> Vec<f64> {
     }
     ms.sort_by(f64::total_cmp);
     ms
+}
+
+/// Notes whose text contains `marker`.
+fn marked_notes(fake: &FakeAmo, marker: &str) -> usize {
+    fake.snapshot().notes.iter().filter(|n| n.params["text"].as_str().is_some_and(|t| t.contains(marker))).count()
+}
+
+async fn backfill() {
+    const HISTORY: usize = 2000;
+    println!("== live latency with and without a {HISTORY}-message history import (PostgreSQL, durable)");
+    println!("(20 msg/s live in one chat; the history: 40 chats of 50 messages, imported by the policy's backfill)");
+    println!("| run | p50 ms | p99 ms | max ms | history written after s |  (median (range) of {RUNS} runs)");
+    println!("|---|---|---|---|---|");
+    for history in [0usize, HISTORY] {
+        let (mut p50, mut p99, mut max, mut import) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let (ms, imported) = backfill_run(history).await;
+            p50.push(percentile(&ms, 0.5));
+            p99.push(percentile(&ms, 0.99));
+            max.push(ms[ms.len() - 1]);
+            import.push(imported);
+        }
+        let label = if history == 0 { "live only".to_string() } else { format!("live + {history} history") };
+        let import = if history == 0 { "-".to_string() } else { spread(&import, 1) };
+        println!("| {label} | {} | {} | {} | {import} |", spread(&p50, 0), spread(&p99, 0), spread(&max, 0));
+    }
+}
+
+/// Live messages at 20/s for 30 s while `history` older messages are imported;
+/// returns the live messages' latencies (ms, sorted) and when the last history
+/// note was written (s after the start).
+async fn backfill_run(history: usize) -> (Vec<f64>, f64) {
+    let hour_ago = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let past: Vec<_> = (0..history)
+        .map(|i| {
+            let mut u = text(&format!("h{}", i % 40), &format!("h{i}"), "Past", &format!("hist-{i:05}"));
+            u.sent_at_ms = hour_ago + i as i64;
+            u
+        })
+        .collect();
+    let policy = "{ backfill: { days: 1, maxChats: 100 } }";
+    let r = rig_with(&durable().database("benchbackfill").unwrap(), policy, past).await;
+    let start = Instant::now();
+    let mut pushed: HashMap<String, Instant> = HashMap::new();
+    let total = 600;
+    for next in 0..total {
+        tokio::time::sleep_until((start + Duration::from_millis(50 * next as u64)).into()).await;
+        let marker = format!("lat-{next:04}");
+        r.messenger.push(vec![text("live", &format!("m{next}"), "Bench", &marker)]);
+        pushed.insert(marker, Instant::now());
+    }
+    let t0 = Instant::now();
+    while marked_notes(&r.fake, "lat-") < total || marked_notes(&r.fake, "hist-") < history {
+        assert!(t0.elapsed() < Duration::from_secs(600), "not everything was written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let origin = r.fake.started_at();
+    let notes = r.fake.snapshot().notes;
+    let written = |n: &crmessenger_fake_amocrm::Note| origin + Duration::from_micros(n.written_us);
+    let mut ms: Vec<f64> = notes
+        .iter()
+        .filter_map(|n| {
+            let t = n.params["text"].as_str().unwrap_or_default();
+            let i = t.find("lat-")?;
+            Some(written(n).saturating_duration_since(pushed[&t[i..i + 8]]).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let last_history = notes
+        .iter()
+        .filter(|n| n.params["text"].as_str().is_some_and(|t| t.contains("hist-")))
+        .map(|n| written(n).saturating_duration_since(start).as_secs_f64())
+        .fold(0.0, f64::max);
+    ms.sort_by(f64::total_cmp);
+    (ms, last_history)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -404,5 +490,8 @@ async fn main() {
     }
     if all || what == "rss" {
         rss().await;
+    }
+    if all || what == "backfill" {
+        backfill().await;
     }
 }

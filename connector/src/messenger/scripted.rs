@@ -79,6 +79,14 @@ impl Scripted {
     }
 }
 
+/// A read that may not have been answered is simply read again.
+fn read_again(e: MessengerError) -> MessengerError {
+    match e {
+        MessengerError::InDoubt(m) => MessengerError::Unavailable(m),
+        e => e,
+    }
+}
+
 fn to_message(u: wire::Update) -> Message {
     let content = if let Some(m) = u.media {
         Content::Media {
@@ -146,11 +154,7 @@ impl Messenger for Scripted {
         self.connected().await?;
         let after: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
         let url = format!("{}/v1/updates?after={after}&timeout_ms={}", self.base, wait.as_millis());
-        let resp = Self::check(self.http.get(url).send().await).await.map_err(|e| match e {
-            // Reading is always safe to repeat.
-            MessengerError::InDoubt(m) => MessengerError::Unavailable(m),
-            e => e,
-        })?;
+        let resp = Self::check(self.http.get(url).send().await).await.map_err(read_again)?;
         let page: wire::Updates = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
         let cursor = page.updates.last().map(|u| u.seq).unwrap_or(after).to_string();
         let events = page
@@ -164,6 +168,24 @@ impl Messenger for Scripted {
             })
             .collect();
         Ok(Batch { events, cursor })
+    }
+
+    async fn recent_chats(&self, since_ms: i64, limit: u32) -> Result<Vec<String>, MessengerError> {
+        self.connected().await?;
+        let url = format!("{}/v1/dialogs?since_ms={since_ms}&limit={limit}", self.base);
+        let resp = Self::check(self.http.get(url).send().await).await.map_err(read_again)?;
+        resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))
+    }
+
+    async fn backfill(&self, chat_id: &str, before: Option<&str>, limit: u32) -> Result<Vec<Message>, MessengerError> {
+        self.connected().await?;
+        let mut query = vec![("chat_id", chat_id.to_string()), ("limit", limit.to_string())];
+        query.extend(before.map(|b| ("before", b.to_string())));
+        let resp = Self::check(self.http.get(format!("{}/v1/history", self.base)).query(&query).send().await)
+            .await
+            .map_err(read_again)?;
+        let page: wire::Updates = resp.json().await.map_err(|e| MessengerError::Unavailable(e.to_string()))?;
+        Ok(page.updates.into_iter().map(|u| Message { history: true, ..to_message(u) }).collect())
     }
 
     async fn send(&self, message: &Outgoing) -> Result<SentRef, MessengerError> {

@@ -49,7 +49,7 @@ impl Shop {
             &fake.base_url(),
             policy,
             &format!(
-                "replies: {{ detection: poll, pollInterval: 1s }}, contactFields: {{ telegramUserId: 201 }}{extra}"
+                "replies: {{ detection: poll, pollInterval: 1s }}, contactFields: {{ telegramUserId: 201, telegramUsername: 202 }}{extra}"
             ),
         );
         let mut m = crmessenger_api::manifests::parse(&yaml, "shop").unwrap();
@@ -550,6 +550,52 @@ async fn new_leads_name_the_accounts_source_or_carry_its_tag() {
     tagged.notes_total(1).await;
     let lead = tagged.fake.snapshot().leads.remove(0);
     assert_eq!((lead.source_id, lead.tags), (None, vec!["Telegram".to_string(), "shop".to_string()]));
+    let _ = stop.send(true);
+}
+
+/// The scripted messenger's history (messages from before the account was
+/// connected, never in its update stream) is imported by the policy's backfill,
+/// in order and marked as history, beside a live message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scripted_messengers_history_is_imported() {
+    let shop = Shop::configured(&pg("dialogue_history"), "{ backfill: { days: 1, maxChats: 10 } }", "").await;
+    let hour_ago = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let old = (0..3)
+        .map(|i| {
+            let mut u = text("8601", &format!("old{i}"), "Pavel", &format!("from before {i}"));
+            u.sent_at_ms = hour_ago + i;
+            u
+        })
+        .collect();
+    shop.messenger.push_history(old);
+    let stop = shop.start().await;
+    shop.messenger.push(vec![text("8601", "live1", "Pavel", "and now live")]);
+    let notes = shop.notes(4).await;
+    let bodies: Vec<String> = notes.iter().map(|n| body(n)).collect();
+    // Live messages never wait behind the import, so the live one may come first.
+    let old: Vec<&String> = bodies.iter().filter(|b| b.starts_with("from before")).collect();
+    assert_eq!(old, ["from before 0", "from before 1", "from before 2"], "history in order: {notes:?}");
+    assert!(bodies.iter().any(|b| b == "and now live"), "{notes:?}");
+    let _ = stop.send(true);
+}
+
+/// A link a manager makes in the CRM: a contact they keep (from a phone call)
+/// gets the customer's Telegram username typed into its identity field; when that
+/// customer writes, the message goes to that contact — no second contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_a_manager_linked_to_a_username_gets_that_customers_messages() {
+    let shop = Shop::new(&pg("dialogue_link")).await;
+    let cfv = serde_json::json!([{ "field_id": 202, "values": [{ "value": "@irina_k" }] }]);
+    let linked = shop.fake.add_contact("Irina Kovaleva (called on Monday)", cfv);
+    let stop = shop.start().await;
+    let mut hello = text("8501", "m1", "Ira", "Hi, it's me from the call");
+    hello.sender.username = Some("irina_k".into());
+    shop.messenger.push(vec![hello]);
+    shop.notes(1).await;
+    let s = shop.fake.snapshot();
+    assert_eq!(s.contacts.len(), 1, "the manager's contact, not a new one: {:?}", s.contacts);
+    assert_eq!(s.contacts[0].id, linked);
+    assert_eq!(s.leads[0].contact_ids, vec![linked]);
     let _ = stop.send(true);
 }
 

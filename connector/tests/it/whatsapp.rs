@@ -468,3 +468,43 @@ async fn what_the_owner_sends_from_the_business_app_is_the_accounts_side_and_ope
     assert_eq!(sent.kind, "template");
     let _ = r.stop.send(true);
 }
+
+/// One person on two messengers through two connectors of one CRM: Maria writes
+/// on WhatsApp, then from Telegram with her phone in another spelling; the
+/// Telegram account's connector finds her contact by phone and her open lead, so
+/// both chats are on one contact and one lead.
+#[tokio::test]
+async fn one_person_on_whatsapp_and_telegram_is_one_contact_and_one_lead() {
+    use crmessenger_fake_messenger::{Options, ScriptedMessenger, text};
+    let r = rig("wa_and_tg", false, WindowError::Sync).await;
+    let lead = customer_writes(&r, "Hello from WhatsApp").await;
+    let telegram = ScriptedMessenger::start(Options::default()).await.unwrap();
+    let yaml = common::shop_yaml(&r.amo.base_url(), "{}", "replies: { detection: poll, pollInterval: 1s }");
+    let mut m = crmessenger_api::manifests::parse(&yaml, "shop-telegram").unwrap();
+    let config =
+        render(&m.accounts.remove(0), &m.bindings.remove(0), &m.policies.remove(0), RuntimeSettings::default())
+            .unwrap();
+    let parts = build_account(
+        &config,
+        &r.store,
+        Arc::new(crmessenger_crm::amocrm::StaticToken(r.amo.issue_token_pair().access_token)),
+        None,
+        Arc::new(crmessenger_connector::messenger::scripted::Scripted::new(&telegram.base_url()).unwrap()),
+        None,
+        Arc::new(r.clock.clone()) as Arc<dyn Clock>,
+        Arc::new(crmessenger_connector::metrics::Metrics::default()),
+    )
+    .unwrap();
+    let stop = common::run_bridge(&parts, &r.store).await;
+    let mut hello = text("7001", "t1", "Maria S.", "And hello from Telegram");
+    hello.sender.phone = Some(format!("+1 ({}) {}-{}", &CUSTOMER[1..4], &CUSTOMER[4..7], &CUSTOMER[7..]));
+    telegram.push(vec![hello]);
+    eventually("the Telegram note", async || has_note(&r.amo, "And hello from Telegram")).await;
+    let s = r.amo.snapshot();
+    assert_eq!(s.contacts.len(), 1, "one contact: {:?}", s.contacts);
+    assert_eq!(s.leads.len(), 1, "her open lead, not a second");
+    let on_lead = |t: &str| s.notes.iter().any(|n| n.entity_id == lead && n.params["text"].to_string().contains(t));
+    assert!(on_lead("Hello from WhatsApp") && on_lead("And hello from Telegram"));
+    let _ = stop.send(true);
+    let _ = r.stop.send(true);
+}

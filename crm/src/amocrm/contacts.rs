@@ -74,10 +74,12 @@ async fn search(amo: &AmoCrm, query: &str) -> Result<Vec<Value>, CrmError> {
 }
 
 async fn by_field(amo: &AmoCrm, field_id: i64, value: &str) -> Result<Option<Value>, CrmError> {
+    // As a manager types it: spaces around, a username with its `@`.
+    let bare = |v: &str| v.trim().trim_start_matches('@').to_string();
     let matches = |c: &Value| {
         field_values(c, |f| f.get("field_id").and_then(Value::as_i64) == Some(field_id))
             .iter()
-            .any(|v| v.eq_ignore_ascii_case(value))
+            .any(|v| bare(v).eq_ignore_ascii_case(&bare(value)))
     };
     Ok(oldest(search(amo, value).await?.into_iter().filter(matches)))
 }

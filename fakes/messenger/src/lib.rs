@@ -21,10 +21,14 @@
 //! - `GET /v1/session`, `POST /v1/logout` — login state (QR, or code then password);
 //! - `POST /v1/login` `{code?, password?}` — a typed code or password;
 //! - `GET /v1/media/{id}` — an attachment's bytes ([`media_bytes`]);
-//! - `POST /_script/inbound` (one message or a list), `GET /_script/sent`,
+//! - `GET /v1/dialogs?since_ms=T&limit=N`, `GET /v1/history?chat_id=C&before=M&limit=N`
+//!   — chats with history and a chat's messages before `M`, newest first;
+//! - `POST /_script/inbound` (one message or a list), `POST /_script/history`
+//!   (messages from before the connection), `GET /_script/sent`,
 //!   `POST /_script/scan` (the phone scans the QR code), `POST /_script/fault`.
 
 mod api;
+mod history;
 mod script;
 mod updates;
 
@@ -120,6 +124,8 @@ impl Drop for ConnectionGuard {
 struct Inner {
     connections: Vec<Connection>,
     updates: Vec<Update>,
+    /// Messages from before the account was connected (not in the stream).
+    history: Vec<Update>,
     sent: Vec<Sent>,
     faults: Vec<Fault>,
     logged_in: bool,
@@ -192,6 +198,14 @@ impl ScriptedMessenger {
     /// Appends customer messages to the log; returns their `seq`s.
     pub fn push(&self, updates: Vec<Update>) -> Vec<u64> {
         push(&self.shared, updates)
+    }
+
+    /// Adds messages from before the account was connected (oldest first): the
+    /// connector's history import reads them; the update stream never carries them.
+    pub fn push_history(&self, updates: Vec<Update>) {
+        if let Ok(mut i) = self.shared.inner.lock() {
+            i.history.extend(updates);
+        }
     }
 
     /// Everything the connector sent, in order.

@@ -15,12 +15,18 @@ pub(crate) enum OneOrMany {
     One(Box<Update>),
 }
 
+impl OneOrMany {
+    /// The updates, as a list.
+    pub(crate) fn into_vec(self) -> Vec<Update> {
+        match self {
+            OneOrMany::Many(v) => v,
+            OneOrMany::One(u) => vec![*u],
+        }
+    }
+}
+
 pub(crate) async fn inbound(State(s): State<Arc<Shared>>, Json(body): Json<OneOrMany>) -> Json<Vec<u64>> {
-    let updates = match body {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(u) => vec![*u],
-    };
-    Json(push(&s, updates))
+    Json(push(&s, body.into_vec()))
 }
 
 pub(crate) async fn script_sent(State(s): State<Arc<Shared>>) -> Json<Vec<Sent>> {
