@@ -283,9 +283,10 @@ async fn backfill() {
     }
 }
 
-/// Live messages at 20/s for 30 s while `history` older messages are imported;
-/// returns the live messages' latencies (ms, sorted) and when the last history
-/// note was written (s after the start).
+/// Live messages at 20/s for 30 s, after a first one shows the connector up,
+/// while `history` older messages are imported; returns the live messages'
+/// latencies (ms, sorted) and when the last history note was written (s after
+/// the connector started).
 async fn backfill_run(history: usize) -> (Vec<f64>, f64) {
     let hour_ago = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let past: Vec<_> = (0..history)
@@ -297,11 +298,19 @@ async fn backfill_run(history: usize) -> (Vec<f64>, f64) {
         .collect();
     let policy = "{ backfill: { days: 1, maxChats: 100 } }";
     let r = rig_with(&durable().database("benchbackfill").unwrap(), policy, past).await;
+    // The connector is up once a first live message is written (the import has
+    // begun by then: it starts with the stream).
     let start = Instant::now();
+    r.messenger.push(vec![text("live", "w", "Bench", "warm-up")]);
+    while marked_notes(&r.fake, "warm-up") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the connector did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut pushed: HashMap<String, Instant> = HashMap::new();
     let total = 600;
+    let live = Instant::now();
     for next in 0..total {
-        tokio::time::sleep_until((start + Duration::from_millis(50 * next as u64)).into()).await;
+        tokio::time::sleep_until((live + Duration::from_millis(50 * next as u64)).into()).await;
         let marker = format!("lat-{next:04}");
         r.messenger.push(vec![text("live", &format!("m{next}"), "Bench", &marker)]);
         pushed.insert(marker, Instant::now());
@@ -450,7 +459,7 @@ async fn commits() {
             let mut k = 0u64;
             while t0.elapsed() < Duration::from_secs(2) {
                 let row = ("chat".to_string(), format!("k{n}"), "{}".to_string());
-                store.ingest("bench/a", &[row], "messenger", &n.to_string(), 0).await.unwrap();
+                store.ingest("bench/a", &[row], "messenger", &n.to_string(), 0, false).await.unwrap();
                 n += 1;
                 k += 1;
             }

@@ -102,7 +102,7 @@ impl Bridge {
             }
             imported += 1;
             self.store
-                .ingest(self.account(), &rows, "backfill-chat", &chat, self.clock.now_ms())
+                .ingest(self.account(), &rows, "backfill-chat", &chat, self.clock.now_ms(), true)
                 .await
                 .map_err(store_err)?;
             self.store.wakeups().wake(self.account());

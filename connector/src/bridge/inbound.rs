@@ -18,7 +18,7 @@ impl Bridge {
             rows = self.store.inbox_pending(self.account(), BATCH).await?;
         }
         let now = self.clock.now_ms();
-        let grouped = plan::by_chat(rows);
+        let grouped = plan::with_history_capped(plan::by_chat(rows), plan::HISTORY_CHATS_PER_PASS);
         let chats: Vec<String> = grouped.iter().map(|(chat, _)| chat.clone()).collect();
         let mut worked = false;
         let mut ready: Vec<Prepared> = Vec::new();

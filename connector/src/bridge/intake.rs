@@ -82,7 +82,7 @@ impl Bridge {
         }
         let new = self
             .store
-            .ingest(self.account(), &rows, "messenger", &batch.cursor, self.clock.now_ms())
+            .ingest(self.account(), &rows, "messenger", &batch.cursor, self.clock.now_ms(), false)
             .await
             .map_err(store_err)?;
         if new > 0 {

@@ -36,6 +36,22 @@ pub fn by_chat(rows: Vec<InboxRow>) -> Vec<(String, Vec<InboxRow>)> {
     order
 }
 
+/// How many chats with only imported history a pass without live messages takes
+/// on: one chat's contact, lead and notes are a few CRM requests, so a live
+/// message that comes meanwhile waits at most that long.
+pub const HISTORY_CHATS_PER_PASS: usize = 1;
+
+/// Of chats grouped for a pass: every chat with a live row (a chat's own history
+/// goes with it, before its live rows); only when there is none, at most `cap`
+/// chats with only imported history.
+pub fn with_history_capped(grouped: Vec<(String, Vec<InboxRow>)>, cap: usize) -> Vec<(String, Vec<InboxRow>)> {
+    let live = |rows: &[InboxRow]| rows.iter().any(|r| !r.history);
+    if grouped.iter().any(|(_, rows)| live(rows)) {
+        return grouped.into_iter().filter(|(_, rows)| live(rows)).collect();
+    }
+    grouped.into_iter().take(cap).collect()
+}
+
 /// Which chats share a request: consecutive chats whose notes together stay
 /// within `limit`; a chat is never split, and a chat with more than `limit` notes
 /// goes alone (the CRM client pages it).
@@ -407,7 +423,20 @@ mod tests {
             attempt_started_ms: None,
             next_attempt_ms: 0,
             received_ms: 0,
+            history: false,
         }
+    }
+
+    #[test]
+    fn a_pass_takes_every_live_chat_and_a_few_history_chats() {
+        let old = |seq, chat: &str| InboxRow { history: true, ..row(seq, chat) };
+        let grouped =
+            by_chat(vec![row(9, "live"), old(1, "h1"), old(2, "h2"), old(3, "h3"), old(4, "mixed"), row(10, "mixed")]);
+        let kept: Vec<String> = with_history_capped(grouped, 2).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(kept, ["live", "mixed"], "live chats only, a chat's own history with it");
+        let quiet = by_chat(vec![old(1, "h1"), old(2, "h2"), old(3, "h3")]);
+        let kept: Vec<String> = with_history_capped(quiet, 2).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(kept, ["h1", "h2"], "without live messages, a few history chats");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use super::*;
 
 impl Store {
     /// Stores events and the messenger cursor after them in one transaction;
-    /// events already stored are ignored. Returns how many were new.
+    /// events already stored are ignored. Returns how many were new. `history`
+    /// marks the rows of a history import.
     pub async fn ingest(
         &self,
         account: &str,
@@ -13,12 +14,14 @@ impl Store {
         cursor_name: &str,
         cursor: &str,
         now_ms: i64,
+        history: bool,
     ) -> Result<u64> {
         let mut tx = self.begin().await?;
         let mut new = 0;
         for (chat_id, key, payload) in events {
             let r = sqlx::query(
-                "INSERT INTO inbox (account, chat_id, event_key, payload, received_ms) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO inbox (account, chat_id, event_key, payload, received_ms, history)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (account, chat_id, event_key) DO NOTHING",
             )
             .bind(account)
@@ -26,6 +29,7 @@ impl Store {
             .bind(key)
             .bind(payload)
             .bind(now_ms)
+            .bind(i64::from(history))
             .execute(&mut *tx)
             .await?;
             new += r.rows_affected();
@@ -35,11 +39,17 @@ impl Store {
         Ok(new)
     }
 
-    /// Pending inbox rows, oldest first.
+    /// Pending inbox rows: first every row of the chats with a live row pending
+    /// (a chat's history comes before its live rows, in arrival order), then the
+    /// chats with only imported history, oldest first.
     pub async fn inbox_pending(&self, account: &str, limit: i64) -> Result<Vec<InboxRow>> {
         let rows = sqlx::query(
-            "SELECT seq, chat_id, event_key, payload, attempts, attempt_started_ms, next_attempt_ms, received_ms
-             FROM inbox WHERE account = $1 AND state = 'pending' ORDER BY seq LIMIT $2",
+            "SELECT seq, chat_id, event_key, payload, attempts, attempt_started_ms, next_attempt_ms, received_ms,
+                    history
+             FROM inbox i WHERE account = $1 AND state = 'pending'
+             ORDER BY CASE WHEN EXISTS (SELECT 1 FROM inbox j WHERE j.account = i.account
+                 AND j.chat_id = i.chat_id AND j.state = 'pending' AND j.history = 0) THEN 0 ELSE 1 END, seq
+             LIMIT $2",
         )
         .bind(account)
         .bind(limit)
@@ -56,6 +66,7 @@ impl Store {
                     attempt_started_ms: opt_i64(r, "attempt_started_ms")?,
                     next_attempt_ms: i64_col(r, "next_attempt_ms")?,
                     received_ms: i64_col(r, "received_ms")?,
+                    history: i64_col(r, "history")? != 0,
                 })
             })
             .collect()

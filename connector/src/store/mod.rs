@@ -125,6 +125,8 @@ pub struct InboxRow {
     pub next_attempt_ms: i64,
     /// When it was received.
     pub received_ms: i64,
+    /// From a history import.
+    pub history: bool,
 }
 
 /// A reply to queue.
