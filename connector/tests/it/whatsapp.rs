@@ -97,8 +97,10 @@ async fn rig_with(db: &str, template: bool, base: GraphConfig, token: Option<&st
     Rig { amo, graph, store, parts, clock, gateway: gw, stop }
 }
 
+/// Waits up to 90 s: under load a send can time out and stay in doubt for up to
+/// a minute (`IN_DOUBT_MS`) while its status webhook may still come.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..300 {
+    for _ in 0..900 {
         if f().await {
             return;
         }
