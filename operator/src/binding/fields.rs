@@ -9,14 +9,6 @@ use crmessenger_api::CrmBinding;
 use crmessenger_api::binding::ContactFields;
 use crmessenger_api::common::conditions::CONTACT_FIELDS_READY;
 use crmessenger_crm::amocrm::identity::{self, Outcome};
-use crmessenger_crm::amocrm::{StaticToken, Transport};
-use crmessenger_crm::budget::{Budget, Limit};
-use crmessenger_crm::clock::SystemClock;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long a failed look is trusted before the CRM is asked again.
-const RETRY: Duration = Duration::from_secs(300);
 
 /// `ContactFieldsReady` and the field ids to record in the status.
 pub async fn ensure(
@@ -45,13 +37,15 @@ pub async fn ensure(
         let msg = "waiting for valid credentials to look up the identity fields of contacts";
         return (Verdict::no(CONTACT_FIELDS_READY, "WaitingForCredentials", msg), recorded);
     }
-    let key = format!("{ns}/{}", binding.metadata.name.clone().unwrap_or_default());
-    if let Some((at, v)) = ctx.fields_checked.lock().ok().and_then(|m| m.get(&key).cloned())
-        && at.elapsed() < RETRY
-    {
+    let key = format!("fields:{ns}/{}", binding.metadata.name.clone().unwrap_or_default());
+    if let Some(v) = ctx.recent_failure(&key) {
         return (v, recorded);
     }
-    let verdict = match look(ctx, binding, &amo.base_url, ca_pem).await {
+    let looked = match ctx.crm_rest(binding, &amo.base_url, ca_pem).await {
+        Ok(rest) => identity::ensure(&rest).await,
+        Err(e) => Err(e),
+    };
+    let verdict = match looked {
         Ok(Outcome::Ready(f)) => {
             let ids = ContactFields {
                 telegram_user_id: f.telegram_user_id,
@@ -74,26 +68,8 @@ pub async fn ensure(
         }
         Err(e) => Verdict::no(CONTACT_FIELDS_READY, "CrmUnavailable", format!("looking up contact fields: {e}")),
     };
-    if let Ok(mut m) = ctx.fields_checked.lock() {
-        m.insert(key, (Instant::now(), verdict.clone()));
-    }
+    ctx.remember_failure(key, &verdict);
     (verdict, recorded)
-}
-
-async fn look(
-    ctx: &Context,
-    binding: &CrmBinding,
-    base_url: &str,
-    ca_pem: Option<&str>,
-) -> Result<Outcome, crmessenger_crm::CrmError> {
-    let stored = super::token::load(ctx, binding)
-        .await
-        .map_err(|e| crmessenger_crm::CrmError::Config(e.to_string()))?
-        .ok_or_else(|| crmessenger_crm::CrmError::Config("no token stored yet".into()))?;
-    let budget = Budget::in_memory(Arc::new(SystemClock), format!("operator:{base_url}"), Limit::AMOCRM_REST);
-    let tokens = Arc::new(StaticToken(stored.pair.access_token));
-    let rest = Transport::new(base_url, ca_pem, budget, tokens, Duration::from_secs(10))?;
-    identity::ensure(&rest).await
 }
 
 fn complete(f: &ContactFields) -> bool {

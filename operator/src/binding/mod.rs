@@ -35,11 +35,12 @@ pub struct Context {
     credentials: Mutex<HashMap<String, Checked>>,
     /// When each binding's status was last written (see [`Context::status_write_due`]).
     status_writes: Mutex<HashMap<String, Instant>>,
-    /// Recent failed looks for the contacts' identity fields, per `namespace/name`.
-    fields_checked: Mutex<HashMap<String, (Instant, Verdict)>>,
-    /// Recent failed attempts to add lead sources, per binding and accounts.
-    sources_checked: Mutex<HashMap<String, (Instant, Verdict)>>,
+    /// Recent failed CRM lookups (identity fields, lead sources), per key.
+    failed_lookups: Mutex<HashMap<String, (Instant, Verdict)>>,
 }
+
+/// How long a failed CRM lookup is trusted before the CRM is asked again.
+const LOOKUP_RETRY: Duration = Duration::from_secs(300);
 
 /// A successful credentials check.
 #[derive(Clone)]
@@ -57,8 +58,7 @@ impl Context {
             shared,
             credentials: Mutex::default(),
             status_writes: Mutex::default(),
-            fields_checked: Mutex::default(),
-            sources_checked: Mutex::default(),
+            failed_lookups: Mutex::default(),
         }
     }
 
@@ -76,6 +76,42 @@ impl Context {
         }
         writes.insert(key.to_string(), now);
         Ok(())
+    }
+}
+
+impl Context {
+    /// The verdict of a CRM lookup under `key` that failed less than
+    /// [`LOOKUP_RETRY`] ago.
+    fn recent_failure(&self, key: &str) -> Option<Verdict> {
+        let m = self.failed_lookups.lock().ok()?;
+        m.get(key).filter(|(at, _)| at.elapsed() < LOOKUP_RETRY).map(|(_, v)| v.clone())
+    }
+
+    /// Remembers a failed CRM lookup's verdict under `key`.
+    fn remember_failure(&self, key: String, verdict: &Verdict) {
+        if let Ok(mut m) = self.failed_lookups.lock() {
+            m.insert(key, (Instant::now(), verdict.clone()));
+        }
+    }
+
+    /// A REST client for the binding's CRM with its stored access token (for the
+    /// operator's few lookups: a budget of its own, amoCRM's rate).
+    async fn crm_rest(
+        &self,
+        binding: &CrmBinding,
+        base_url: &str,
+        ca_pem: Option<&str>,
+    ) -> std::result::Result<crmessenger_crm::amocrm::Transport, crmessenger_crm::CrmError> {
+        use crmessenger_crm::CrmError;
+        use crmessenger_crm::budget::{Budget, Limit};
+        let stored = token::load(self, binding)
+            .await
+            .map_err(|e| CrmError::Config(e.to_string()))?
+            .ok_or_else(|| CrmError::Config("no token stored yet".into()))?;
+        let clock = Arc::new(crmessenger_crm::clock::SystemClock);
+        let budget = Budget::in_memory(clock, format!("operator:{base_url}"), Limit::AMOCRM_REST);
+        let tokens = Arc::new(crmessenger_crm::amocrm::StaticToken(stored.pair.access_token));
+        crmessenger_crm::amocrm::Transport::new(base_url, ca_pem, budget, tokens, Duration::from_secs(10))
     }
 }
 

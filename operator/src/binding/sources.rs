@@ -10,14 +10,6 @@ use crmessenger_api::CrmBinding;
 use crmessenger_api::common::conditions::LEAD_SOURCES_READY;
 use crmessenger_api::config::lead_source_id;
 use crmessenger_crm::amocrm::sources::{self, Outcome, Wanted};
-use crmessenger_crm::amocrm::{StaticToken, Transport};
-use crmessenger_crm::budget::{Budget, Limit};
-use crmessenger_crm::clock::SystemClock;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long a failed look is trusted before the CRM is asked again.
-const RETRY: Duration = Duration::from_secs(300);
 
 /// `LeadSourcesReady` and the accounts whose source exists.
 pub async fn ensure(
@@ -41,15 +33,17 @@ pub async fn ensure(
         let msg = "waiting for valid credentials and a bound account";
         return (Verdict::no(LEAD_SOURCES_READY, "Waiting", msg), recorded);
     };
-    let key = format!("{ns}/{}/{}", binding.metadata.name.clone().unwrap_or_default(), bound.join(","));
-    if let Some((at, v)) = ctx.sources_checked.lock().ok().and_then(|m| m.get(&key).cloned())
-        && at.elapsed() < RETRY
-    {
+    let key = format!("sources:{ns}/{}/{}", binding.metadata.name.clone().unwrap_or_default(), bound.join(","));
+    if let Some(v) = ctx.recent_failure(&key) {
         return (v, recorded);
     }
     let wanted: Vec<Wanted> =
         bound.iter().map(|a| Wanted { external_id: lead_source_id(ns, a), name: a.clone() }).collect();
-    let verdict = match make(ctx, binding, &amo.base_url, ca_pem, &wanted, amo.pipeline_id).await {
+    let made = match ctx.crm_rest(binding, &amo.base_url, ca_pem).await {
+        Ok(rest) => sources::ensure(&rest, &wanted, amo.pipeline_id).await,
+        Err(e) => Err(e),
+    };
+    let verdict = match made {
         Ok(Outcome::Ready) => {
             let msg = format!("lead sources in the CRM for {}", bound.join(", "));
             return (Verdict::yes(LEAD_SOURCES_READY, "Created", msg), bound.to_vec());
@@ -63,28 +57,8 @@ pub async fn ensure(
         ),
         Err(e) => Verdict::no(LEAD_SOURCES_READY, "CrmUnavailable", format!("adding lead sources: {e}")),
     };
-    if let Ok(mut m) = ctx.sources_checked.lock() {
-        m.insert(key, (Instant::now(), verdict.clone()));
-    }
+    ctx.remember_failure(key, &verdict);
     (verdict, recorded)
-}
-
-async fn make(
-    ctx: &Context,
-    binding: &CrmBinding,
-    base_url: &str,
-    ca_pem: Option<&str>,
-    wanted: &[Wanted],
-    pipeline_id: Option<i64>,
-) -> Result<Outcome, crmessenger_crm::CrmError> {
-    let stored = super::token::load(ctx, binding)
-        .await
-        .map_err(|e| crmessenger_crm::CrmError::Config(e.to_string()))?
-        .ok_or_else(|| crmessenger_crm::CrmError::Config("no token stored yet".into()))?;
-    let budget = Budget::in_memory(Arc::new(SystemClock), format!("operator:{base_url}"), Limit::AMOCRM_REST);
-    let tokens = Arc::new(StaticToken(stored.pair.access_token));
-    let rest = Transport::new(base_url, ca_pem, budget, tokens, Duration::from_secs(10))?;
-    sources::ensure(&rest, wanted, pipeline_id).await
 }
 
 #[cfg(test)]
