@@ -141,23 +141,9 @@ impl Bridge {
         person: &crmessenger_crm::Person,
         conv: &mut Conversation,
     ) -> Result<(), CrmError> {
-        let contact = match conv.contact_id {
-            Some(id) => crmessenger_crm::ContactRef { id, created: false },
-            None => self.crm.find_or_create_contact(person, &self.s.policy.leads.deduplicate_by).await?,
-        };
         let group = plan::group(chat, [m]);
-        let lead = self.conversation_lead(&contact, person, group.as_ref()).await?;
-        conv.contact_id = Some(contact.id);
-        conv.lead_id = Some(lead.id);
-        self.store
-            .put_conversation(self.account(), chat, &self.s.crm_key, conv, self.clock.now_ms())
-            .await
-            .map_err(db)?;
-        if group.is_some() && !m.outgoing {
-            let member = [(m.sender.id.clone(), contact.id)];
-            self.store.add_chat_members(self.account(), chat, &member).await.map_err(db)?;
-        }
-        Ok(())
+        let first = (!m.outgoing).then_some(m);
+        self.give_lead(chat, person, conv.contact_id, group.as_ref(), first, conv).await
     }
 
     /// A customer's edit or deletion of a message already in the CRM's chat, made

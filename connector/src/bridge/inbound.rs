@@ -176,16 +176,8 @@ impl Bridge {
                 self.store.inbox_done(&done, now).await.map_err(db)?;
                 return Ok(None);
             };
-            let contact = self.crm.find_or_create_contact(&person, &self.s.policy.leads.deduplicate_by).await?;
-            let lead = self.conversation_lead(&contact, &person, group.as_ref()).await?;
-            conv.contact_id = Some(contact.id);
-            conv.lead_id = Some(lead.id);
-            self.store.put_conversation(self.account(), chat, &self.s.crm_key, &conv, now).await.map_err(db)?;
-            // The group's lead was created with its first sender's contact.
-            if let Some(first) = group.as_ref().and_then(|_| messages.iter().find(|m| !m.outgoing)) {
-                let member = [(first.sender.id.clone(), contact.id)];
-                self.store.add_chat_members(self.account(), chat, &member).await.map_err(db)?;
-            }
+            let first = messages.iter().copied().find(|m| !m.outgoing);
+            self.give_lead(chat, &person, None, group.as_ref(), first, &mut conv).await?;
         }
         let lead_id = conv.lead_id.unwrap_or_default();
         if group.is_some() && self.s.policy.leads.create {

@@ -11,6 +11,35 @@ use crmessenger_crm::{ContactRef, LeadRef, Person};
 const USERS_TTL_MS: i64 = 5 * 60 * 1000;
 
 impl Bridge {
+    /// Gives a conversation without a lead its contact (`known`, or found or
+    /// created for `person`) and its one lead, and records them; a group's first
+    /// sender (`first`) becomes its first member.
+    pub(super) async fn give_lead(
+        &self,
+        chat: &str,
+        person: &Person,
+        known: Option<i64>,
+        group: Option<&plan::Group>,
+        first: Option<&crate::messenger::Message>,
+        conv: &mut Conversation,
+    ) -> Result<(), CrmError> {
+        let contact = match known {
+            Some(id) => ContactRef { id, created: false },
+            None => self.crm.find_or_create_contact(person, &self.s.policy.leads.deduplicate_by).await?,
+        };
+        let lead = self.conversation_lead(&contact, person, group).await?;
+        conv.contact_id = Some(contact.id);
+        conv.lead_id = Some(lead.id);
+        let now = self.clock.now_ms();
+        self.store.put_conversation(self.account(), chat, &self.s.crm_key, conv, now).await.map_err(db)?;
+        // The group's lead was created with its first sender's contact.
+        if let Some(first) = first.filter(|_| group.is_some()) {
+            let member = [(first.sender.id.clone(), contact.id)];
+            self.store.add_chat_members(self.account(), chat, &member).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
     /// The conversation's lead: a returning customer's open lead (nobody new is
     /// assigned), an incoming lead amoCRM made itself (adopted: accepted and put in
     /// the policy's pipeline and stage, with the next responsible user and the
