@@ -3,7 +3,7 @@
 //! on SQLite (standalone's store).
 
 use crate::common;
-use crmessenger_testkit::checks::eventually_some;
+use crmessenger_testkit::checks::{eventually, eventually_some};
 
 use crmessenger_api::config::{RuntimeSettings, render};
 use crmessenger_connector::app::build_account;
@@ -136,8 +136,14 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
         "30 notes, the manager's and the marker"
     );
     assert_eq!(r.messenger.sent().len(), 1, "the reply was sent once");
-    let counts = r.store.counts(&r.account).await.unwrap();
-    assert_eq!((counts.inbox_pending, counts.inbox_dead, counts.outbox_pending), (0, 0, 0));
+    // The marker's note is in the CRM a moment before its inbox row is marked
+    // delivered: wait for the store to settle rather than read it once.
+    eventually("nothing pending or dead", 30, || async {
+        let c = r.store.counts(&r.account).await.map_err(|e| e.to_string())?;
+        let got = (c.inbox_pending, c.inbox_dead, c.outbox_pending);
+        if got == (0, 0, 0) { Ok(()) } else { Err(format!("(inbox pending, dead, outbox pending) = {got:?}")) }
+    })
+    .await;
     let _ = r.stop.send(true);
 }
 
