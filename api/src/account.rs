@@ -37,6 +37,12 @@ use std::collections::BTreeMap;
         json_path = ".status.identity.summary"
     ),
     printcolumn(
+        name = "Dead",
+        type_ = "integer",
+        json_path = ".status.queues.deadLetters",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
@@ -249,8 +255,8 @@ pub struct ConnectorOverrides {
 
 /// Observed state of a MessengerAccount. The operator owns `phase`,
 /// `observedGeneration` and the conditions Ready, ConfigValid and
-/// ConnectorAvailable; the connector owns `login`, `identity`, `connector` and the
-/// conditions LoggedIn, MessengerConnected and CrmSynced.
+/// ConnectorAvailable; the connector owns `login`, `identity`, `connector`, `queues`
+/// and the conditions LoggedIn, MessengerConnected and CrmSynced.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MessengerAccountStatus {
@@ -277,6 +283,36 @@ pub struct MessengerAccountStatus {
     /// What the connector reports about itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector: Option<ConnectorStatus>,
+    /// The account's queues, as the connector last saw them (refreshed every few
+    /// seconds while they change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueueStatus>,
+}
+
+/// The account's queues: what waits, what failed, and when traffic last moved.
+/// `kubectl crmessenger dead-letters` lists the dead letters; `replay` retries them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Customer messages not yet in the CRM.
+    #[serde(default)]
+    pub inbound_pending: i64,
+    /// Replies not yet sent to the messenger.
+    #[serde(default)]
+    pub outbound_pending: i64,
+    /// Messages and replies that failed for good and wait for a replay.
+    #[serde(default)]
+    pub dead_letters: i64,
+    /// Why the oldest dead letter failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub oldest_dead_letter_reason: Option<String>,
+    /// When the last customer message reached the CRM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_inbound_at: Option<Time>,
+    /// When the last reply was sent to the messenger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outbound_at: Option<Time>,
 }
 
 /// A one-word summary of an account's state.

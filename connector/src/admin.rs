@@ -7,7 +7,10 @@
 //! - `GET /readyz`: the process works (its database answers) — never "logged in";
 //! - `GET /status`: every account's state, queue sizes and dead letters (loopback);
 //! - `GET /login?account=NS/NAME`: login progress (loopback);
-//! - `POST /login?account=NS/NAME` with `code` or `password` (loopback).
+//! - `POST /login?account=NS/NAME` with `code` or `password` (loopback);
+//! - `GET /dead-letters?account=NS/NAME`: the dead letters with their ids (loopback);
+//! - `POST /replay?account=NS/NAME` with `{"ids": [...]}` or nothing (every one):
+//!   puts dead letters back in their queues (loopback).
 
 use crate::messenger::{LoginState, Messenger};
 use crate::metrics::Metrics;
@@ -54,6 +57,8 @@ impl Admin {
             .route("/readyz", get(ready))
             .route("/status", get(status))
             .route("/login", get(login_state).post(login_submit))
+            .route("/dead-letters", get(dead_letters))
+            .route("/replay", axum::routing::post(replay))
             .with_state(self)
     }
 
@@ -105,6 +110,82 @@ async fn status(State(a): State<Admin>, ConnectInfo(peer): ConnectInfo<SocketAdd
 #[derive(Deserialize)]
 struct AccountQuery {
     account: Option<String>,
+}
+
+/// The account's dead letters, oldest first, each with the id `replay` takes.
+async fn dead_letters(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AccountQuery>,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let Some(h) = a.account(q.account.as_deref()) else {
+        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    };
+    match a.store.dead_letters(&h.key).await {
+        Ok(dead) => {
+            let list: Vec<_> = dead
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.id(), "queue": d.queue, "chatId": d.chat_id, "reason": d.reason, "queuedMs": d.queued_ms,
+                    })
+                })
+                .collect();
+            Json(serde_json::json!({ "account": h.key, "deadLetters": list })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ReplayRequest {
+    /// Only these (`inbox/SEQ`, `outbox/SEQ`); every dead letter when absent.
+    ids: Option<Vec<String>>,
+}
+
+/// Puts dead letters back in their queues: `{"ids": [...]}` or every one.
+async fn replay(
+    State(a): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<AccountQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = loopback_only(&peer) {
+        return r;
+    }
+    let Some(h) = a.account(q.account.as_deref()) else {
+        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    };
+    let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("expected {{\"ids\": [\"inbox/SEQ\", …]}}: {e}\n"))
+                    .into_response();
+            }
+        }
+    };
+    if let Some(bad) = request.ids.iter().flatten().find(|id| !valid_dead_letter_id(id)) {
+        return (StatusCode::BAD_REQUEST, format!("{bad:?} is not a dead letter id (inbox/SEQ or outbox/SEQ)\n"))
+            .into_response();
+    }
+    match a.store.replay_dead_only(&h.key, request.ids.as_deref()).await {
+        Ok(n) => {
+            tracing::info!(account = h.key, replayed = n, "dead letters put back in their queues");
+            Json(serde_json::json!({ "account": h.key, "replayed": n })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
+    }
+}
+
+fn valid_dead_letter_id(id: &str) -> bool {
+    let seq = id.strip_prefix("inbox/").or_else(|| id.strip_prefix("outbox/"));
+    seq.is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n > 0))
 }
 
 async fn login_state(

@@ -333,6 +333,18 @@ impl StatusRenderer {
             }
             _ => status["login"] = json!({ "method": method }),
         }
+        if let Some(q) = &state.queues {
+            let at = |ms: Option<i64>| ms.and_then(|t| jiff::Timestamp::from_millisecond(t).ok()).map(Time);
+            let queues = crmessenger_api::account::QueueStatus {
+                inbound_pending: q.inbound_pending,
+                outbound_pending: q.outbound_pending,
+                dead_letters: q.dead_letters,
+                oldest_dead_letter_reason: q.oldest_dead_letter_reason.clone(),
+                last_inbound_at: at(q.last_inbound_ms),
+                last_outbound_at: at(q.last_outbound_ms),
+            };
+            status["queues"] = serde_json::to_value(queues).unwrap_or_default();
+        }
         status
     }
 }
@@ -395,5 +407,27 @@ mod tests {
         state.sending_paused_until_ms = Some(jiff::Timestamp::now().as_millisecond() - 1);
         let status = r.render(&state, "h", "p", "qr");
         assert_eq!(status["conditions"][3]["status"], "True");
+    }
+
+    #[test]
+    fn the_queues_show_in_the_status_without_empty_fields() {
+        let mut r = StatusRenderer::default();
+        let mut state = crate::state::StateCell::new("shop/tg").get();
+        assert!(r.render(&state, "h", "p", "qr").get("queues").is_none(), "nothing before the first count");
+        state.queues = Some(crate::state::Queues {
+            inbound_pending: 3,
+            outbound_pending: 1,
+            dead_letters: 2,
+            oldest_dead_letter_reason: Some("amoCRM refused the note: 400".into()),
+            last_inbound_ms: Some(1_764_000_000_000),
+            last_outbound_ms: None,
+        });
+        let q = r.render(&state, "h", "p", "qr")["queues"].clone();
+        assert_eq!(
+            q,
+            json!({ "inboundPending": 3, "outboundPending": 1, "deadLetters": 2,
+                    "oldestDeadLetterReason": "amoCRM refused the note: 400",
+                    "lastInboundAt": "2025-11-24T16:00:00Z" })
+        );
     }
 }

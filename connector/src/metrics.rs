@@ -25,6 +25,15 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// An account and its messenger, for joining per-account series by channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// `namespace/name`.
+    pub account: String,
+    /// `telegram` or `whatsapp`.
+    pub channel: String,
+}
+
 /// The connector's metrics (one process may serve many accounts in standalone mode).
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -55,6 +64,15 @@ pub struct Metrics {
     pub crm_errors: Family<AccountLabel, Counter>,
     /// Storage writes that failed (the work is retried; a growing count needs a look).
     pub store_errors: Family<AccountLabel, Counter>,
+    /// 1 per account, labelled with its channel (`telegram`, `whatsapp`): join
+    /// other series on `account` to sum them by channel.
+    pub account_info: Family<ChannelLabel, Gauge>,
+    /// Leads this connector created (or adopted from amoCRM's Unsorted).
+    pub leads_created: Family<AccountLabel, Counter>,
+    /// Conversations whose customer waits for an answer.
+    pub conversations_waiting: Family<AccountLabel, Gauge>,
+    /// Seconds from a customer's first unanswered message to the answer.
+    pub first_answer_seconds: Family<AccountLabel, Histogram>,
     /// Escalation checks completed (each looks for conversations past the
     /// policy's delay); a count that stops growing means escalation is stuck.
     pub escalation_checks: Family<AccountLabel, Counter>,
@@ -62,6 +80,10 @@ pub struct Metrics {
 
 fn lag_histogram() -> Histogram {
     Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+}
+
+fn answer_histogram() -> Histogram {
+    Histogram::new([30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0])
 }
 
 impl Default for Metrics {
@@ -83,6 +105,10 @@ impl Default for Metrics {
             crm_errors: Family::default(),
             store_errors: Family::default(),
             escalation_checks: Family::default(),
+            account_info: Family::default(),
+            leads_created: Family::default(),
+            conversations_waiting: Family::default(),
+            first_answer_seconds: Family::new_with_constructor(answer_histogram),
         };
         r.register("messages_in", "Customer messages delivered to the CRM", m.messages_in.clone());
         r.register("messages_out", "Replies delivered to the messenger", m.messages_out.clone());
@@ -106,6 +132,18 @@ impl Default for Metrics {
         r.register("store_errors", "Storage writes that failed", m.store_errors.clone());
         r.register("crm_errors", "Failed CRM calls", m.crm_errors.clone());
         r.register("escalation_checks", "Escalation checks completed", m.escalation_checks.clone());
+        r.register("account_info", "1 per account, labelled with its channel", m.account_info.clone());
+        r.register("leads_created", "Leads created or adopted from Unsorted", m.leads_created.clone());
+        r.register(
+            "conversations_waiting",
+            "Conversations whose customer waits for an answer",
+            m.conversations_waiting.clone(),
+        );
+        r.register(
+            "first_answer_seconds",
+            "Seconds from a customer's first unanswered message to the answer",
+            m.first_answer_seconds.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }

@@ -4,7 +4,9 @@
 //! state and no credentials of its own.
 //!
 //! `GET /login` (HTML, refreshed before the QR code expires), `/login/qr.svg`,
-//! `/login/qr.png`, `POST /login` (code or password form) and `/status` (JSON) are
+//! `/login/qr.png`, `POST /login` (code or password form), `/status` (JSON) and
+//! what `kubectl crmessenger` reads — `/login/state`, `/dead-letters`, `POST /replay`
+//! (the admin port's JSON) — are
 //! served only to what `port-forward` looks like inside the pod: a loopback peer,
 //! a `Host` that names loopback (no DNS rebinding), and for a form a same-origin
 //! `Origin` when there is one (no cross-site posts). Anything else is 403, so the
@@ -50,11 +52,14 @@ impl Sidecar {
             .route("/login", get(page).post(submit))
             .route("/login/qr.svg", get(qr_svg))
             .route("/login/qr.png", get(qr_png))
-            .route("/status", get(|s: State<Sidecar>| proxy(s, "/status")))
+            .route("/status", get(forward))
+            .route("/login/state", get(forward))
+            .route("/dead-letters", get(forward))
+            .route("/replay", axum::routing::post(forward))
             .route_layer(middleware::from_fn(port_forward_only));
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(|s: State<Sidecar>| proxy(s, "/readyz")))
+            .route("/readyz", get(forward))
             .merge(local)
             .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
             .with_state(self)
@@ -147,8 +152,25 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("the connector is not answering: {e}\n")).into_response()
 }
 
-async fn proxy(State(s): State<Sidecar>, path: &str) -> Response {
-    match s.http.get(format!("{}{path}", s.admin)).send().await {
+/// Passes a request on to the same path of the admin port (`/login/state` is the
+/// admin's `/login`), with its query and body: what `kubectl crmessenger` reads.
+async fn forward(State(s): State<Sidecar>, req: Request) -> Response {
+    let path = match req.uri().path() {
+        "/login/state" => "/login",
+        other => other,
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("{}{path}{query}", s.admin);
+    let method = req.method().clone();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")).into_response(),
+    };
+    let mut out = s.http.request(method, url);
+    if !body.is_empty() {
+        out = out.header("content-type", "application/json").body(body);
+    }
+    match out.send().await {
         Ok(r) => {
             let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();

@@ -37,6 +37,26 @@ pub struct AccountState {
     /// Settings of the policy that cannot apply to this account, each with why
     /// (`backfill: …` for a Telegram bot, which has no history to import).
     pub not_applied: Vec<String>,
+    /// The queues, as last counted (`None` until the bridge has counted them).
+    pub queues: Option<Queues>,
+}
+
+/// The account's queues for its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Queues {
+    /// Customer messages not yet in the CRM.
+    pub inbound_pending: i64,
+    /// Replies not yet sent.
+    pub outbound_pending: i64,
+    /// Dead letters.
+    pub dead_letters: i64,
+    /// Why the oldest dead letter failed.
+    pub oldest_dead_letter_reason: Option<String>,
+    /// When the last customer message reached the CRM (Unix ms).
+    pub last_inbound_ms: Option<i64>,
+    /// When the last reply was sent (Unix ms).
+    pub last_outbound_ms: Option<i64>,
 }
 
 /// Shared, observable account state.
@@ -62,6 +82,7 @@ impl StateCell {
             sending_paused_until_ms: None,
             sending_restricted: None,
             not_applied: Vec::new(),
+            queues: None,
         });
         Self { tx, lock: Mutex::new(()) }
     }

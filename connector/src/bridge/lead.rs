@@ -72,6 +72,7 @@ impl Bridge {
                 Some(lead) if lead.incoming.is_some() => {
                     request.responsible_user_id = self.assign().await?;
                     self.crm.adopt_lead(&lead, &request).await?;
+                    self.metrics.leads_created.get_or_create(&Metrics::label(self.account())).inc();
                     tracing::info!(account = self.account(), lead = lead.id, "adopted the incoming lead amoCRM made");
                     return Ok(LeadRef { incoming: None, ..lead });
                 }
@@ -81,7 +82,11 @@ impl Bridge {
         }
         request.responsible_user_id = self.assign().await?;
         request.reuse_open = false;
-        self.crm.find_or_create_lead(contact, &request).await
+        let lead = self.crm.find_or_create_lead(contact, &request).await?;
+        if lead.created {
+            self.metrics.leads_created.get_or_create(&Metrics::label(self.account())).inc();
+        }
+        Ok(lead)
     }
 
     /// The responsible user of a new lead: the fixed user, or the next turn of the

@@ -45,8 +45,8 @@ mod replies;
 pub mod retry;
 
 use crate::messenger::{Event, Message, Messenger, MessengerError, Outgoing};
-use crate::metrics::Metrics;
-use crate::state::StateCell;
+use crate::metrics::{ChannelLabel, Metrics};
+use crate::state::{Queues, StateCell};
 use crate::store::lock::{AccountLock, Duties};
 use crate::store::{Conversation, DeliveryUpdate, InboxRow, NewReply, Store, StoreError};
 use crmessenger_api::policy::SyncPolicySpec;
@@ -191,6 +191,14 @@ impl Bridge {
             Assigner::new(&settings.policy.assignment, &settings.responsible_user_ids, settings.fallback_user_id);
         let limits = &settings.policy.rate_limits;
         let send_rate = Mutex::new(SendRate::new(limits.messages_per_minute, limits.per_chat_per_minute));
+        let channel = match settings.channel {
+            Channel::Telegram => "telegram",
+            Channel::Whatsapp => "whatsapp",
+        };
+        metrics
+            .account_info
+            .get_or_create(&ChannelLabel { account: settings.account.clone(), channel: channel.into() })
+            .set(1);
         Self {
             send_rate,
             backfilled: Default::default(),
@@ -306,6 +314,26 @@ impl Bridge {
         }
         let open = self.breaker.lock().map(|b| b.is_open()).unwrap_or(false);
         self.metrics.crm_circuit_open.get_or_create(&label).set(i64::from(open));
+        self.metrics.conversations_waiting.get_or_create(&label).set(c.waiting_conversations);
+        let dead = c.inbox_dead + c.outbox_dead;
+        // The reason is read only while there are dead letters (and then kept
+        // while their number holds): the common case costs no query.
+        let known =
+            self.state.get().queues.filter(|q| q.dead_letters == dead).and_then(|q| q.oldest_dead_letter_reason);
+        let reason = match (dead, known) {
+            (0, _) => None,
+            (_, Some(r)) => Some(r),
+            _ => self.store.oldest_dead_reason(self.account()).await.ok().flatten(),
+        };
+        let queues = Queues {
+            inbound_pending: c.inbox_pending,
+            outbound_pending: c.outbox_pending,
+            dead_letters: dead,
+            oldest_dead_letter_reason: reason.map(|r| r.chars().take(1000).collect()),
+            last_inbound_ms: c.last_inbound_ms,
+            last_outbound_ms: c.last_outbound_ms,
+        };
+        self.state.update(|s| s.queues = Some(queues));
     }
 
     /// What the bridge was built with.

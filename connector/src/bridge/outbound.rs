@@ -159,7 +159,13 @@ impl Bridge {
     /// kept for the next answer when the CRM cannot be told now).
     pub(super) async fn answered(&self, chat: &str) {
         let task = match self.store.take_answered(self.account(), chat).await {
-            Ok(task) => task,
+            Ok((task, since)) => {
+                if let Some(since) = since {
+                    let waited = (self.clock.now_ms() - since).max(0) as f64 / 1000.0;
+                    self.metrics.first_answer_seconds.get_or_create(&Metrics::label(self.account())).observe(waited);
+                }
+                task
+            }
             Err(e) => return self.store_failed("recording an answered conversation", &e),
         };
         if let Some(task) = task

@@ -130,9 +130,10 @@ impl Store {
     /// escalation task to complete, taken off the conversation in the same step
     /// (compare-and-set, so a task the escalation loop records meanwhile is
     /// either returned here or sees the answer and completes itself).
-    pub async fn take_answered(&self, account: &str, chat_id: &str) -> Result<Option<i64>> {
+    /// Also returns since when the customer had waited, if they had.
+    pub async fn take_answered(&self, account: &str, chat_id: &str) -> Result<(Option<i64>, Option<i64>)> {
         loop {
-            let Some(conv) = self.conversation(account, chat_id).await? else { return Ok(None) };
+            let Some(conv) = self.conversation(account, chat_id).await? else { return Ok((None, None)) };
             let done = sqlx::query(
                 "UPDATE conversations SET unanswered_since_ms = NULL, task_id = NULL
                  WHERE account = $1 AND chat_id = $2 AND task_id IS NOT DISTINCT FROM $3",
@@ -143,7 +144,7 @@ impl Store {
             .run(self)
             .await?;
             if done.rows_affected() > 0 {
-                return Ok(conv.task_id);
+                return Ok((conv.task_id, conv.unanswered_since_ms));
             }
         }
     }

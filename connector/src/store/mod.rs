@@ -213,6 +213,12 @@ pub struct Counts {
     pub replies: ReplyCounts,
     /// Arrival time of the oldest undelivered inbox row.
     pub oldest_pending_ms: Option<i64>,
+    /// When the last customer message reached the CRM.
+    pub last_inbound_ms: Option<i64>,
+    /// When the last reply was sent to the messenger.
+    pub last_outbound_ms: Option<i64>,
+    /// Conversations whose customer waits for an answer.
+    pub waiting_conversations: i64,
 }
 
 /// Sent replies by delivery state.
@@ -237,6 +243,15 @@ pub struct DeadLetter {
     pub chat_id: String,
     /// Why.
     pub reason: String,
+    /// When it was queued (Unix ms): the message's arrival or the reply's creation.
+    pub queued_ms: i64,
+}
+
+impl DeadLetter {
+    /// How `replay --id` names it: `inbox/SEQ` or `outbox/SEQ`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.queue, self.seq)
+    }
 }
 
 fn i64_col(row: &AnyRow, col: &str) -> Result<i64> {

@@ -170,14 +170,19 @@ async fn a_permanent_error_dead_letters_one_message_and_replay_delivers_it(db_ur
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
     assert!(!notes_of(&r.fake, lead).iter().any(|t| t.contains("second")));
-    // Fixed: replay delivers it, once.
-    assert_eq!(r.store.replay_dead(&r.account).await.unwrap(), 1);
+    assert_eq!(r.store.oldest_dead_reason(&r.account).await.unwrap().as_deref(), Some(dead[0].reason.as_str()));
+    // Fixed: replay delivers it, once — named by its id (an id of nothing, or of
+    // the other queue, replays nothing).
+    let others = [format!("outbox/{}", dead[0].seq), format!("inbox/{}", dead[0].seq + 1000)];
+    assert_eq!(r.store.replay_dead_only(&r.account, Some(&others)).await.unwrap(), 0);
+    assert_eq!(r.store.replay_dead_only(&r.account, Some(&[dead[0].id()])).await.unwrap(), 1);
     eventually_some("second note", 30, || notes_of(&r.fake, lead).iter().any(|t| t.contains("second")).then_some(()))
         .await;
     drained(&r, "2001", "marker-after-replay").await;
     let texts = notes_of(&r.fake, lead);
     assert_eq!(texts.iter().filter(|t| t.contains("second")).count(), 1);
     assert!(r.store.dead_letters(&r.account).await.unwrap().is_empty());
+    assert_eq!(r.store.oldest_dead_reason(&r.account).await.unwrap(), None);
 
     // Two chats share one request; it is refused, and so is the first chat's
     // message alone: that one is dead-lettered, the other chat's goes through.

@@ -104,11 +104,19 @@ fn get(path: &str, host: &str) -> String {
 }
 
 fn post(path: &str, host: &str, origin: Option<&str>, form: &str) -> String {
+    post_typed(path, host, origin, "application/x-www-form-urlencoded", form)
+}
+
+fn json_post(path: &str, host: &str, origin: Option<&str>, body: &str) -> String {
+    post_typed(path, host, origin, "application/json", body)
+}
+
+fn post_typed(path: &str, host: &str, origin: Option<&str>, content_type: &str, body: &str) -> String {
     let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
     format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
 }
 
@@ -168,12 +176,13 @@ async fn the_login_page_answers_only_port_forward() {
         let ns = &ns;
         tokio::task::block_in_place(|| ns.request(port, raw))
     };
-    for path in ["/login", "/login/qr.svg", "/login/qr.png", "/status"] {
+    for path in ["/login", "/login/qr.svg", "/login/qr.png", "/status", "/login/state", "/dead-letters"] {
         let reply = from_ns(get(path, &here));
         assert!(reply.body.contains("port-forward"), "{path}: the refusal says how to get in: {reply:?}");
         check(&format!("GET {path} from the network"), reply, 403);
     }
     check("POST /login from the network", from_ns(post("/login", &here, None, "code=24680")), 403);
+    check("POST /replay from the network", from_ns(json_post("/replay", &here, None, "{}")), 403);
     check("GET /healthz from the network", from_ns(get("/healthz", &here)), 200);
     check("GET /metrics from the network", from_ns(get("/metrics", &here)), 404);
 
@@ -184,6 +193,25 @@ async fn the_login_page_answers_only_port_forward() {
     check("GET /login over loopback", page, 200);
     check("GET /status over loopback", locally(get("/status", &here)), 200);
     check("GET /readyz over loopback", locally(get("/readyz", &here)), 200);
+    // What `kubectl crmessenger` reads: the login state and the dead letters as
+    // JSON, and the replay (a bad id is refused by name; another site cannot post).
+    let state_json = locally(get("/login/state", &here));
+    assert!(state_json.body.contains(r#""account":"shop/tg""#), "{state_json:?}");
+    check("GET /login/state over loopback", state_json, 200);
+    let dead = locally(get("/dead-letters", &here));
+    assert!(dead.body.contains(r#""deadLetters":[]"#), "{dead:?}");
+    check("GET /dead-letters over loopback", dead, 200);
+    let bad = locally(json_post("/replay", &here, None, r#"{"ids":["inbox/x"]}"#));
+    assert!(bad.body.contains("\"inbox/x\" is not a dead letter id"), "{bad:?}");
+    check("POST /replay with a bad id", bad, 400);
+    check(
+        "POST /replay from a foreign origin",
+        locally(json_post("/replay", &here, Some("http://crm.example.com"), "{}")),
+        403,
+    );
+    let replayed = locally(json_post("/replay", &here, None, "{}"));
+    assert!(replayed.body.contains(r#""replayed":0"#), "{replayed:?}");
+    check("POST /replay over loopback", replayed, 200);
     check("GET /metrics over loopback", locally(get("/metrics", &here)), 404);
     // A name that resolves to loopback for someone else's page (DNS rebinding).
     check("GET /login for a foreign Host", locally(get("/login", &format!("crm.example.com:{port}"))), 403);

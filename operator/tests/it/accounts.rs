@@ -198,46 +198,20 @@ async fn a_heartbeat_makes_it_ready_and_its_absence_takes_that_back() {
     })
     .await;
     // Act as the connector: renew the Lease and report status as its field manager.
-    let renew = || {
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let patch = json!({ "spec": { "holderIdentity": "beat-connector-0", "renewTime": now } });
-        cp.kubectl_ok(&["patch", "lease", "beat-connector", "-n", &ns, "--type=merge", "-p", &patch.to_string()])
-            .unwrap();
-    };
+    let renew = || renew_lease(cp, &ns, "beat");
     renew();
-    let status = json!({
-        "apiVersion": "crmessenger.io/v1alpha1", "kind": "MessengerAccount", "metadata": { "name": "beat" },
-        "status": {
+    connector_reports(
+        cp,
+        &ns,
+        "beat",
+        json!({
             "connector": { "configHash": hash },
             "conditions": [
                 { "type": "LoggedIn", "status": "True", "reason": "LoggedIn", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z" },
                 { "type": "MessengerConnected", "status": "True", "reason": "Connected", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z" },
             ],
-        },
-    });
-    let out = cp
-        .kubectl()
-        .args([
-            "apply",
-            "--server-side",
-            "--field-manager=crmessenger-connector",
-            "--subresource=status",
-            "-n",
-            &ns,
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(status.to_string().as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }),
+    );
 
     eventually("Ready=True while the heartbeat is fresh", 20, || async {
         renew();

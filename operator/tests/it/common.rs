@@ -140,3 +140,36 @@ spec:
 "#
     )
 }
+
+/// Renews the connector Lease of `account` as its connector would.
+pub fn renew_lease(cp: &ControlPlane, ns: &str, account: &str) {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let patch = serde_json::json!({ "spec": { "holderIdentity": format!("{account}-connector-0"), "renewTime": now } });
+    cp.kubectl_ok(&[
+        "patch",
+        "lease",
+        &format!("{account}-connector"),
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .unwrap();
+}
+
+/// Writes `status` into the account's status as the connector does: server-side
+/// apply with the connector's field manager.
+pub fn connector_reports(cp: &ControlPlane, ns: &str, account: &str, status: serde_json::Value) {
+    let doc = serde_json::json!({
+        "apiVersion": "crmessenger.io/v1alpha1", "kind": "MessengerAccount", "metadata": { "name": account },
+        "status": status,
+    });
+    let out = cp
+        .kubectl_apply_output(
+            &doc.to_string(),
+            &["--server-side", "--field-manager=crmessenger-connector", "--subresource=status", "-n", ns],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

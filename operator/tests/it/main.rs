@@ -9,3 +9,4 @@ mod accounts;
 mod admission;
 mod bindings;
 mod common;
+mod plugin;
