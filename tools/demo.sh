@@ -24,5 +24,5 @@ done
 echo "demo.sh: building the image (tools/image.sh --variant whatsapp-web)" >&2
 "$root/tools/image.sh" --variant whatsapp-web >/dev/null
 export CRMESSENGER_IMAGE_ARCHIVE="$CARGO_TARGET_DIR/image/whatsapp-web-dev/crmessenger.oci.tar"
-cargo build --quiet --manifest-path "$root/Cargo.toml" -p crmessenger-demo
+cargo build --quiet --manifest-path "$root/Cargo.toml" -p crmessenger-demo -p crmessenger-kubectl
 exec "$CARGO_TARGET_DIR/debug/crmessenger-demo" "$@"

@@ -31,9 +31,10 @@ step "system packages"
 # Chromium checks the pages a person looks at (the amoCRM sandbox); the image tests
 # (tools/ocimage/tests/image.rs) build the Containerfile with Buildah and run the
 # image's binaries under runc; the real test node runs containers with runc and
-# kube-proxy programs iptables (inside the node's network namespace only).
+# kube-proxy programs iptables (inside the node's network namespace only); tmux is
+# the terminal `kubectl crmessenger login` draws its QR code in.
 missing=()
-for tool in chromium buildah runc iptables conntrack; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in chromium buildah runc iptables conntrack tmux; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing the Debian packages ${missing[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

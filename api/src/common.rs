@@ -212,3 +212,10 @@ mod duration_tests {
         }
     }
 }
+
+/// Whether `id` names a dead letter as the connector lists them (`inbox/SEQ` or
+/// `outbox/SEQ`): what `kubectl crmessenger replay --id` takes.
+pub fn valid_dead_letter_id(id: &str) -> bool {
+    let seq = id.strip_prefix("inbox/").or_else(|| id.strip_prefix("outbox/"));
+    seq.is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n > 0))
+}

@@ -170,7 +170,7 @@ async fn replay(
             }
         }
     };
-    if let Some(bad) = request.ids.iter().flatten().find(|id| !valid_dead_letter_id(id)) {
+    if let Some(bad) = request.ids.iter().flatten().find(|id| !crmessenger_api::common::valid_dead_letter_id(id)) {
         return (StatusCode::BAD_REQUEST, format!("{bad:?} is not a dead letter id (inbox/SEQ or outbox/SEQ)\n"))
             .into_response();
     }
@@ -181,11 +181,6 @@ async fn replay(
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}\n")).into_response(),
     }
-}
-
-fn valid_dead_letter_id(id: &str) -> bool {
-    let seq = id.strip_prefix("inbox/").or_else(|| id.strip_prefix("outbox/"));
-    seq.is_some_and(|s| s.parse::<i64>().is_ok_and(|n| n > 0))
 }
 
 async fn login_state(

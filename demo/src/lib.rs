@@ -436,6 +436,12 @@ impl Demo {
         .await?;
         say(&format!("-- {SHOP}/{TELEGRAM} shows a QR code ({qr}); the sandbox phone scans it"));
         self.telegram.scan();
+        self.wait_ready().await
+    }
+
+    /// Both accounts become Ready.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let cp = &self.cp;
         for account in [TELEGRAM, WHATSAPP] {
             until(&format!("{account} to be Ready"), 180, || {
                 let a = get(cp, SHOP, &format!("messengeraccount/{account}"))?;
@@ -520,6 +526,23 @@ impl Demo {
         match self.cp.kubectl_output(&["get", "crmessenger", "-n", SHOP, "-o", "wide"]) {
             Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
             Err(e) => say(&format!("   ({e})")),
+        }
+        // The plugin, built beside this binary by tools/demo.sh.
+        let plugin = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("kubectl-crmessenger")));
+        if let Some(plugin) = plugin.filter(|p| p.exists()) {
+            say("== kubectl crmessenger status -n shop");
+            match std::process::Command::new(&plugin)
+                .args(["status", "-n", SHOP])
+                .env("KUBECONFIG", self.cp.kubeconfig())
+                .output()
+            {
+                Ok(out) => print!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                Err(e) => say(&format!("   ({e})")),
+            }
+            say(&format!(
+                "   (the plugin: PATH={}:$PATH kubectl crmessenger status|login|dead-letters|replay|doctor)",
+                plugin.parent().map(|d| d.display().to_string()).unwrap_or_default()
+            ));
         }
         say("== kubectl get pods -A -o wide");
         match self.cp.kubectl_output(&["get", "pods", "-A", "-o", "wide"]) {

@@ -55,6 +55,11 @@ fn the_main_job_plays_the_whole_conversation() {
     assert!(stdout.contains("messengeraccount.crmessenger.io/shop-telegram"), "{stdout}");
     assert!(stdout.contains("login page of shop/shop-telegram: http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("[sandbox] amoCRM, as a manager sees it"), "{stdout}");
+    // The plugin's tree: the binding, both accounts Running and Ready.
+    assert!(stdout.contains("== kubectl crmessenger status -n shop"), "{stdout}");
+    for account in ["shop/shop-telegram  telegram", "shop/shop-whatsapp  whatsapp"] {
+        assert!(stdout.contains(&format!("MessengerAccount {account}  Running  Ready=True")), "{account}:\n{stdout}");
+    }
     if with_chromium {
         let png = std::fs::read(&shot).expect("the screenshot");
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());

@@ -3,9 +3,29 @@
 //! conversation, the login page answers through `kubectl port-forward`, the pods
 //! run as 65532 with a read-only root filesystem in namespaces that enforce the
 //! `restricted` Pod Security level, and deleting a connector pod in the middle of a
-//! conversation brings a new one without losing or repeating anything.
+//! conversation brings a new one without losing or repeating anything. A person
+//! signs the Telegram account in with `kubectl crmessenger login` in a terminal,
+//! and lists and replays a dead letter with the plugin.
 
-use crmessenger_demo::{Demo, SHOP, TELEGRAM, TG_CUSTOMER, telegram_message, until};
+use crmessenger_demo::{Demo, SHOP, TELEGRAM, TG_CUSTOMER, WHATSAPP, get, telegram_message, until};
+use crmessenger_fake_amocrm::{Fault, FaultKind};
+use crmessenger_testkit::qr::decode_terminal;
+use crmessenger_testkit::terminal::Terminal;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// The `kubectl-crmessenger` binary.
+fn plugin() -> PathBuf {
+    crmessenger_testkit::process::workspace_binary("crmessenger-kubectl", "kubectl-crmessenger").unwrap()
+}
+
+/// Runs the plugin against the cluster; its output (it must succeed).
+fn run_plugin(d: &Demo, args: &[&str]) -> String {
+    let out = std::process::Command::new(plugin()).args(args).env("KUBECONFIG", d.cp.kubeconfig()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl crmessenger {args:?}: {text}");
+    text
+}
 
 /// The processes of this node's containers whose command starts with `prefix`:
 /// (pid, command line).
@@ -68,10 +88,85 @@ async fn the_chart_runs_from_the_image_on_a_real_node() {
         assert!(body.contains("<title>CRMessenger login"), "{account}: {body}");
     }
 
-    d.sign_in_and_wait_ready().await.unwrap();
+    // A person signs the Telegram account in with `kubectl crmessenger login` in a
+    // terminal: the QR code it draws reads back as the account's login URL; once
+    // the phone scans it, the plugin says so and exits 0.
+    let kubeconfig = d.cp.kubeconfig().display().to_string();
+    let login = Terminal::start(
+        &plugin(),
+        &["login", TELEGRAM, "-n", SHOP, "--timeout", "300"],
+        &[("KUBECONFIG", &kubeconfig)],
+        120,
+        60,
+    )
+    .unwrap();
+    let url = until("a QR code in the terminal that reads as the account's login URL", 180, || {
+        let screen = login.screen();
+        let drawn = decode_terminal(&screen, true).ok_or_else(|| format!("no QR code on the screen:\n{screen}"))?;
+        let account = get(&d.cp, SHOP, &format!("messengeraccount/{TELEGRAM}"))?;
+        let wanted = account["status"]["login"]["qrUrl"].as_str().unwrap_or_default().to_string();
+        (drawn == wanted).then_some(drawn.clone()).ok_or(format!("drawn {drawn}, status {wanted}"))
+    })
+    .await
+    .unwrap();
+    assert!(url.contains("://login?token="), "{url}");
+    d.telegram.scan();
+    until("the plugin to say the account is signed in and exit 0", 120, || {
+        let screen = login.screen();
+        (screen.contains(&format!("{SHOP}/{TELEGRAM} is signed in as")) && login.exit_code() == Some(0))
+            .then_some(())
+            .ok_or(screen)
+    })
+    .await
+    .unwrap();
+    drop(login);
+    d.wait_ready().await.unwrap();
     let summary = d.conversation().await.unwrap();
     assert_eq!(summary["contacts"], 2, "{summary}");
     assert_eq!(summary["whatsapp_delivery"], "read", "{summary}");
+    let status = run_plugin(&d, &["status", "-n", SHOP]);
+    assert!(status.contains(&format!("MessengerAccount {SHOP}/{TELEGRAM}  telegram  Running  Ready=True")), "{status}");
+    assert!(status.contains(&format!("MessengerAccount {SHOP}/{WHATSAPP}  whatsapp  Running  Ready=True")), "{status}");
+
+    // amoCRM refuses a note for good: the message becomes a dead letter, which
+    // `kubectl crmessenger` lists and replays (through the sidecar, no database
+    // credentials); the replayed message reaches the CRM once.
+    d.amo.inject(Fault {
+        method: Some(http::Method::POST),
+        path_prefix: "/api/v4/leads/notes".into(),
+        kind: FaultKind::Status(400),
+        times: 1,
+    });
+    let refused = "Please call me back after six";
+    d.telegram.push(vec![telegram_message("dead-1", "Olga", refused)]);
+    let listed = until("one dead letter in `kubectl crmessenger dead-letters`", 120, || {
+        let v: Value = serde_json::from_str(&run_plugin(&d, &["dead-letters", TELEGRAM, "-n", SHOP, "-o", "json"]))
+            .map_err(|e| e.to_string())?;
+        (v["deadLetters"].as_array().map(Vec::len) == Some(1)).then_some(v.clone()).ok_or(v.to_string())
+    })
+    .await
+    .unwrap();
+    let id = listed["deadLetters"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("inbox/"), "{listed}");
+    assert!(listed["deadLetters"][0]["reason"].as_str().unwrap().contains("400"), "{listed}");
+    until("the dead letter in the account's status", 60, || {
+        let shown = run_plugin(&d, &["status", "-n", SHOP, TELEGRAM]);
+        (shown.contains(", 1 dead") && shown.contains("oldest dead letter:")).then_some(()).ok_or(shown)
+    })
+    .await
+    .unwrap();
+    assert_eq!(notes_with(&d, refused), 0);
+    let replayed = run_plugin(&d, &["replay", TELEGRAM, "-n", SHOP, "--id", &id]);
+    assert!(replayed.contains("1 dead letter(s) put back"), "{replayed}");
+    until("the replayed message in the CRM", 60, || (notes_with(&d, refused) == 1).then_some(()).ok_or(String::new()))
+        .await
+        .unwrap();
+    until("no dead letters in the status", 60, || {
+        let shown = run_plugin(&d, &["status", "-n", SHOP, TELEGRAM]);
+        shown.contains(", 0 dead").then_some(()).ok_or(shown)
+    })
+    .await
+    .unwrap();
 
     // Every process of the project runs from the image as 65532, with no
     // capabilities, no new privileges and a read-only root filesystem.

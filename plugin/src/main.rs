@@ -135,6 +135,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { account, ids } => {
+            if let Some(bad) = ids.iter().find(|id| !crmessenger_api::common::valid_dead_letter_id(id)) {
+                anyhow::bail!(
+                    "{bad:?} is not a dead letter id: `kubectl crmessenger dead-letters {account}` lists them (inbox/SEQ, outbox/SEQ)"
+                );
+            }
             let sidecar = Sidecar::connect(client, &namespace, &account).await?;
             let body = if ids.is_empty() { serde_json::json!({}) } else { serde_json::json!({ "ids": ids }) };
             let v = sidecar.post_json("/replay", &body).await?;

@@ -59,4 +59,13 @@ mod tests {
             assert_eq!(drawn.len(), size.div_ceil(2));
         }
     }
+
+    #[test]
+    fn what_is_drawn_reads_back_as_the_content() {
+        let url = "tg://login?token=AQAbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdEfGhIjKlMn";
+        for (terminal, light) in [(Terminal::Dark, true), (Terminal::Light, false)] {
+            let screen = format!("scan this\n\n{}\n\nthe same page…\n", lines(url, terminal).unwrap().join("\n"));
+            assert_eq!(crmessenger_testkit::qr::decode_terminal(&screen, light).as_deref(), Some(url), "{terminal:?}");
+        }
+    }
 }

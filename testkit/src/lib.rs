@@ -2,7 +2,7 @@
 //! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok as a
 //! fake kubelet), a test certificate authority, and child processes that never
 //! outlive the test process, a real PostgreSQL server, and headless Chromium for
-//! pages a person looks at.
+//! pages a person looks at, and a reader for QR codes drawn in a terminal.
 //!
 //! The suite runs under `cargo test`: every test binary is one process, so
 //! [`ControlPlane::shared`] starts one control plane per test binary and each test
@@ -17,6 +17,8 @@ pub mod node;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod qr;
+pub mod terminal;
 
 pub use certs::TestCa;
 pub use clock::TestClock;

@@ -186,22 +186,18 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
 }
 
 /// The path of the workspace binary `name` of `package`, built beside the running
-/// test binary (`target/<profile>/NAME`). `cargo test --workspace` builds it with
-/// its package's tests; when this test runs alone it is built here with the same
-/// cargo and target directory.
+/// test binary (`target/<profile>/NAME`): `cargo test --workspace` builds it for its
+/// package's integration tests. (Not built here: the running `cargo test` may hold
+/// the build directory's lock.)
 pub fn workspace_binary(package: &str, name: &str) -> io::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(Path::parent).ok_or_else(|| io::Error::other("no target directory"))?;
     let path = profile_dir.join(name);
     if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-q", "--locked", "-p", package, "--bin", name]).status()?;
-        if !status.success() || !path.exists() {
-            return Err(io::Error::other(format!(
-                "cargo build -p {package} --bin {name} did not make {}",
-                path.display()
-            )));
-        }
+        return Err(io::Error::other(format!(
+            "{} is not built: run `cargo build -p {package} --bin {name}` first (cargo test --workspace builds it)",
+            path.display()
+        )));
     }
     Ok(path)
 }

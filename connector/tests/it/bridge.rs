@@ -127,6 +127,12 @@ async fn messages_reach_the_crm_once_in_order_and_replies_come_back(db_url: &str
     .await;
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].text, "Thanks, we are on it");
+    // The account's status says when traffic last moved each way.
+    eventually("the last reply's time in the counts", 30, || async {
+        let c = r.store.counts(&r.account).await.map_err(|e| e.to_string())?;
+        if c.last_inbound_ms.is_some() && c.last_outbound_ms.is_some() { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
     // Replaying the same messages (the messenger redelivering) changes nothing.
     r.messenger.push(vec![text("1001", "m0", "Customer 1001", "hello 0 from 1001")]);
     drained(&r, "1001", "marker-after-redelivery").await;
