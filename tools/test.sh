@@ -32,15 +32,21 @@ step "system packages"
 # (tools/ocimage/tests/image.rs) build the Containerfile with Buildah and run the
 # image's binaries under runc; the real test node runs containers with runc and
 # kube-proxy programs iptables (inside the node's network namespace only); tmux is
-# the terminal `kubectl crmessenger login` draws its QR code in.
+# the terminal `kubectl crmessenger login` draws its QR code in; promtool (Debian's
+# prometheus package, whose service is not started) checks and unit-tests the
+# chart's alert rules.
 missing=()
 for tool in chromium buildah runc iptables conntrack tmux; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing the Debian packages ${missing[*]}"
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-chromium --version; buildah --version; runc --version | sed -n 1p; iptables --version
+if ! command -v promtool >/dev/null; then
+  echo "installing the Debian package prometheus (for promtool)"
+  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+chromium --version; buildah --version; runc --version | sed -n 1p; iptables --version; promtool --version | sed -n 1p
 
 step "node binaries"
 # The real test node: kubelet, kube-proxy, containerd, CNI plugins, CoreDNS and the

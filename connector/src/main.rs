@@ -118,6 +118,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "CRMESSENGER_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// Address of the metrics port (`GET /metrics`).
+        #[arg(long, env = "CRMESSENGER_GATEWAY_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+        metrics_addr: SocketAddr,
         /// Chats API channel secret (verifies the signature of Chats hooks).
         #[arg(long, env = "CRMESSENGER_CHATS_SECRET", hide_env_values = true)]
         chats_secret: Option<String>,
@@ -259,8 +262,8 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Sidecar { listen, admin_url } => app::sidecar(&admin_url, listen).await,
-            Command::Gateway { database_url, listen, chats_secret, whatsapp } => {
-                app::gateway(&database_url, listen, chats_secret, whatsapp.app()).await
+            Command::Gateway { database_url, listen, metrics_addr, chats_secret, whatsapp } => {
+                app::gateway(&database_url, listen, metrics_addr, chats_secret, whatsapp.app()).await
             }
             Command::Replay { database_url, account } => app::replay(&database_url, &account).await,
         }

@@ -317,7 +317,11 @@ impl Demo {
     pub fn port_forward(&self, ns: &str, target: &str, port: u16) -> Result<(String, Proc)> {
         let mut cmd = self.cp.kubectl();
         cmd.args(["port-forward", "-n", ns, "--address", "127.0.0.1", target, &format!(":{port}")]);
-        let name = format!("port-forward-{}-{}", ns, target.replace('/', "-"));
+        // A log of its own for each forward: another one's "Forwarding from" line
+        // must not be taken for this one's.
+        static FORWARDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FORWARDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("port-forward-{}-{}-{port}-{n}", ns, target.replace('/', "-"));
         let proc = Proc::start(&name, cmd, &self.cp.dir().join("logs"))?;
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         loop {

@@ -7,8 +7,9 @@
 //! signs the Telegram account in with `kubectl crmessenger login` in a terminal,
 //! and lists and replays a dead letter with the plugin.
 
-use crmessenger_demo::{Demo, SHOP, TELEGRAM, TG_CUSTOMER, WHATSAPP, get, telegram_message, until};
+use crmessenger_demo::{Demo, RELEASE_NS, SHOP, TELEGRAM, TG_CUSTOMER, WHATSAPP, get, telegram_message, until};
 use crmessenger_fake_amocrm::{Fault, FaultKind};
+use crmessenger_testkit::metrics;
 use crmessenger_testkit::qr::decode_terminal;
 use crmessenger_testkit::terminal::Terminal;
 use serde_json::Value;
@@ -127,6 +128,47 @@ async fn the_chart_runs_from_the_image_on_a_real_node() {
     let status = run_plugin(&d, &["status", "-n", SHOP]);
     assert!(status.contains(&format!("MessengerAccount {SHOP}/{TELEGRAM}  telegram  Running  Ready=True")), "{status}");
     assert!(status.contains(&format!("MessengerAccount {SHOP}/{WHATSAPP}  whatsapp  Running  Ready=True")), "{status}");
+
+    // Every metric the chart's alerts and dashboard use is served by the running
+    // operator, gateway or connector (their /metrics, through port-forward).
+    let mut exposed = std::collections::BTreeSet::new();
+    let connector = format!("pod/{TELEGRAM}-connector-0");
+    for (ns, target, port) in [
+        (RELEASE_NS, "deployment/crmessenger-operator", 8080),
+        (RELEASE_NS, "deployment/crmessenger-gateway", 9091),
+        (SHOP, connector.as_str(), 9091),
+    ] {
+        let (addr, _forward) = d.port_forward(ns, target, port).unwrap();
+        let (status, page) = crmessenger_testkit::checks::http_get(&addr, "/metrics").unwrap();
+        assert_eq!(status, 200, "{target}: {page}");
+        let names = metrics::exposed(&page);
+        assert!(!names.is_empty(), "{target} serves no metrics: {page}");
+        exposed.extend(names);
+    }
+    let chart = crmessenger_testkit::controlplane::repo_root().join("charts/crmessenger");
+    let out =
+        d.cp.helm()
+            .args(["template", "mon", &chart.display().to_string(), "--show-only", "templates/monitoring.yaml"])
+            .args(["--set", "metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let used = metrics::used(&String::from_utf8_lossy(&out.stdout));
+    assert!(used.len() >= 15, "{used:?}");
+    let missing: Vec<&String> = used.difference(&exposed).collect();
+    assert!(missing.is_empty(), "used by the rules or the dashboard but served by nothing: {missing:?}");
+    // Labels name the account, never a chat or a person.
+    let (addr, _forward) = d.port_forward(SHOP, &connector, 9091).unwrap();
+    let (_, page) = crmessenger_testkit::checks::http_get(&addr, "/metrics").unwrap();
+    for sample in page.lines().filter(|l| !l.starts_with('#')) {
+        let labels =
+            sample.split_once('{').map(|(_, rest)| rest.split('}').next().unwrap_or_default()).unwrap_or_default();
+        for label in labels.split(',').filter(|l| !l.is_empty()) {
+            let name = label.split('=').next().unwrap_or_default();
+            assert!(["account", "channel", "status", "le"].contains(&name), "label {name} in {sample}");
+        }
+        assert!(!sample.contains(TG_CUSTOMER), "a customer in {sample}");
+    }
 
     // amoCRM refuses a note for good: the message becomes a dead letter, which
     // `kubectl crmessenger` lists and replays (through the sidecar, no database

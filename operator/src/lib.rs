@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crdgen;
 pub mod error;
+pub mod gauges;
 pub mod generated;
 pub mod labels;
 pub mod metrics;

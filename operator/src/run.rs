@@ -71,6 +71,7 @@ pub async fn run(client: Client, settings: Settings, options: RunOptions, metric
 
     let stores = Stores::start(&client).await?;
     let shared = Arc::new(Shared::new(client.clone(), settings, metrics.clone(), stores));
+    tokio::spawn(crate::gauges::run(shared.clone()));
     let shutdown = async move {
         match lost_leadership {
             Some((mut is_leader, _task)) => {

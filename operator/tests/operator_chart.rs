@@ -420,3 +420,82 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
 fn hex_len(text: &str) -> Option<usize> {
     hex::decode(text).ok().map(|bytes| bytes.len())
 }
+
+/// The monitoring toggles, all on (with a database, so the gateway is rendered).
+const MONITORING: &[&str] = &[
+    "postgres.bundled.enabled=true",
+    "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true",
+];
+
+#[tokio::test]
+async fn the_alert_rules_pass_promtool_and_the_dashboard_queries_parse() {
+    let cp = ControlPlane::shared();
+    let chart = chart();
+    let set = values(MONITORING);
+    let mut args = vec!["template", "mon", &chart, "-n", RELEASE_NS];
+    args.extend(set.iter().map(String::as_str));
+    let rendered = helm(cp, &args);
+    let docs: Vec<serde_yaml::Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str(d).ok())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect();
+    let of_kind = |kind: &str| docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).cloned().collect::<Vec<_>>();
+    assert_eq!(of_kind("ServiceMonitor").len(), 1);
+    assert_eq!(of_kind("PodMonitor").len(), 1);
+    let services: Vec<String> =
+        of_kind("Service").iter().filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string)).collect();
+    assert!(services.contains(&"mon-crmessenger-operator-metrics".to_string()), "{services:?}");
+    assert!(services.contains(&"mon-crmessenger-gateway-metrics".to_string()), "{services:?}");
+
+    // Prometheus' own tool checks the rules and runs the unit tests beside them.
+    let promtool = std::process::Command::new("promtool").arg("--version").output();
+    if promtool.is_err() {
+        assert!(std::env::var_os("CI").is_none(), "promtool is missing on CI (tools/test.sh installs prometheus)");
+        eprintln!("skipped the promtool half: promtool is not installed (Debian's prometheus package has it)");
+    } else {
+        let rule = &of_kind("PrometheusRule")[0];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+        let tests = crmessenger_testkit::controlplane::repo_root().join("charts/tests/alerts.test.yaml");
+        std::fs::copy(&tests, dir.path().join("alerts.test.yaml")).unwrap();
+        for args in [&["check", "rules", "rules.yaml"][..], &["test", "rules", "alerts.test.yaml"][..]] {
+            let out = std::process::Command::new("promtool").args(args).current_dir(dir.path()).output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "promtool {args:?}:\n{text}");
+            assert!(text.contains("SUCCESS"), "{text}");
+        }
+        // Every alert of the rules has a test.
+        let alerts: Vec<String> = rule["spec"]["groups"][0]["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["alert"].as_str().map(str::to_string))
+            .collect();
+        let tested = std::fs::read_to_string(&tests).unwrap();
+        assert_eq!(alerts.len(), 8, "{alerts:?}");
+        for a in &alerts {
+            assert!(tested.contains(&format!("alertname: {a}")), "no test for {a}");
+        }
+    }
+
+    // The dashboard: a ConfigMap Grafana's sidecar picks up, whose every panel queries.
+    let cm = &of_kind("ConfigMap").into_iter().find(|c| c["metadata"]["name"] == "mon-crmessenger-dashboard").unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(cm["data"]["crmessenger.json"].as_str().unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 15, "{} panels", panels.len());
+    for p in panels {
+        let exprs: Vec<&str> = p["targets"].as_array().unwrap().iter().filter_map(|t| t["expr"].as_str()).collect();
+        assert!(!exprs.is_empty() && exprs.iter().all(|e| e.contains("crmessenger_")), "{}", p["title"]);
+    }
+    for title in [
+        "Time to first answer",
+        "Conversations waiting for an answer",
+        "New leads per channel (per hour)",
+        "Customer messages per channel (/s)",
+    ] {
+        assert!(panels.iter().any(|p| p["title"] == title), "no panel {title}");
+    }
+}

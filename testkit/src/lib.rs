@@ -13,6 +13,7 @@ pub mod certs;
 pub mod checks;
 pub mod clock;
 pub mod controlplane;
+pub mod metrics;
 pub mod node;
 pub mod otlp;
 pub mod postgres;

@@ -322,6 +322,7 @@ async fn serve_admin(
 pub async fn gateway(
     database_url: &str,
     listen: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
     chats_secret: Option<String>,
     whatsapp: Option<crate::gateway::WhatsAppApp>,
 ) -> anyhow::Result<i32> {
@@ -329,7 +330,11 @@ pub async fn gateway(
         Store::connect(database_url, crate::store::GATEWAY_POOL_SIZE).await.context("connect to the database")?;
     let listener = tokio::net::TcpListener::bind(listen).await.context("bind the gateway address")?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let router = Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp).router();
+    let gateway = Gateway::new(store).with_chats_secret(chats_secret).with_whatsapp(whatsapp);
+    let metrics = tokio::net::TcpListener::bind(metrics_addr).await.context("bind the gateway's metrics address")?;
+    tracing::info!(addr = %metrics.local_addr()?, "gateway metrics listening");
+    tokio::spawn(crate::http::serve(metrics, gateway.metrics().router(), crate::http::Limits::default()));
+    let router = gateway.router();
     crate::http::serve_until(listener, router, crate::http::Limits::default(), terminated()).await?;
     Ok(0)
 }

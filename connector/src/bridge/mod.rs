@@ -199,6 +199,23 @@ impl Bridge {
             .account_info
             .get_or_create(&ChannelLabel { account: settings.account.clone(), channel: channel.into() })
             .set(1);
+        // Every series of the account from the start (counters at 0), so rates and
+        // alerts see it before its first event.
+        let label = Metrics::label(&settings.account);
+        for counter in [
+            &metrics.messages_in,
+            &metrics.messages_out,
+            &metrics.crm_errors,
+            &metrics.store_errors,
+            &metrics.leads_created,
+        ] {
+            let _ = counter.get_or_create(&label);
+        }
+        for status in ["delivered", "read", "failed"] {
+            let _ = metrics.reply_statuses.get_or_create(&Metrics::status_label(&settings.account, status));
+        }
+        let _ = metrics.lag_seconds.get_or_create(&label);
+        let _ = metrics.first_answer_seconds.get_or_create(&label);
         Self {
             send_rate,
             backfilled: Default::default(),

@@ -21,6 +21,9 @@
 //!   expiring after a day; a bad signature is 403, an expired URL 410.
 //! - `GET /healthz`, `/readyz`.
 //!
+//! Metrics (requests by route pattern and code, and their durations) are served
+//! on a port of their own ([`metrics::GatewayMetrics::router`]).
+//!
 //! Bad input never has a side effect: an unknown token is 404, a malformed body 400,
 //! a replayed hook is stored once, a media URL with a bad signature writes nothing.
 //! A write that cannot finish within the sender's deadline is answered 503, so the
@@ -33,6 +36,7 @@
 
 mod amocrm;
 mod media;
+pub mod metrics;
 mod whatsapp;
 
 pub use whatsapp::verify_hub_signature;
@@ -105,12 +109,18 @@ pub struct Gateway {
     store: Store,
     chats_secret: Option<std::sync::Arc<str>>,
     whatsapp: Option<std::sync::Arc<WhatsAppApp>>,
+    metrics: std::sync::Arc<metrics::GatewayMetrics>,
 }
 
 impl Gateway {
     /// A gateway writing into `store`.
     pub fn new(store: Store) -> Self {
-        Self { store, chats_secret: None, whatsapp: None }
+        Self { store, chats_secret: None, whatsapp: None, metrics: Default::default() }
+    }
+
+    /// Its metrics (serve them with [`metrics::GatewayMetrics::router`] on a port of their own).
+    pub fn metrics(&self) -> std::sync::Arc<metrics::GatewayMetrics> {
+        self.metrics.clone()
     }
 
     /// Accepts WhatsApp webhooks of this Meta app (none: the route answers 404).
@@ -145,6 +155,7 @@ impl Gateway {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .merge(retried)
+            .route_layer(axum::middleware::from_fn_with_state(self.metrics.clone(), metrics::count))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }

@@ -34,7 +34,9 @@ async fn bad_hooks_are_refused_and_good_ones_are_stored_once() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, Gateway::new(store).router()).await });
+    let gateway = Gateway::new(store);
+    let metrics = gateway.metrics();
+    tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
     let http = reqwest::Client::new();
     let post = |path: String, body: String| {
         let http = http.clone();
@@ -72,6 +74,20 @@ async fn bad_hooks_are_refused_and_good_ones_are_stored_once() {
     // Still serving after all that.
     let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // Its metrics port: requests by route pattern and code, never the secret token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, metrics.router()).await });
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    for line in [
+        r#"crmessenger_gateway_requests_total{route="/amocrm/webhook/{token}",code="200"} 3"#,
+        r#"crmessenger_gateway_requests_total{route="/amocrm/webhook/{token}",code="404"} 1"#,
+        r#"crmessenger_gateway_requests_total{route="/amocrm/webhook/{token}",code="400"} 2"#,
+        r#"crmessenger_gateway_request_seconds_count{route="/readyz"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(!text.contains(&token), "the token is not a label:\n{text}");
 }
 
 const CHATS_SECRET: &str = "gateway-test-chats-secret";
