@@ -111,6 +111,8 @@ async fn the_chart_runs_from_the_image_on_a_real_node() {
     .await
     .unwrap();
     assert!(url.contains("://login?token="), "{url}");
+    let waiting = get(&d.cp, SHOP, &format!("messengeraccount/{TELEGRAM}")).unwrap();
+    crmessenger_testkit::capture::save("messengeraccount-progressing-waiting-for-qr-scan", &waiting);
     d.telegram.scan();
     until("the plugin to say the account is signed in and exit 0", 120, || {
         let screen = login.screen();
@@ -125,6 +127,13 @@ async fn the_chart_runs_from_the_image_on_a_real_node() {
     let summary = d.conversation().await.unwrap();
     assert_eq!(summary["contacts"], 2, "{summary}");
     assert_eq!(summary["whatsapp_delivery"], "read", "{summary}");
+    for (what, state) in [
+        (format!("messengeraccount/{TELEGRAM}"), "messengeraccount-healthy-on-a-node"),
+        (format!("crmbinding/{SHOP}"), "crmbinding-healthy-on-a-node"),
+        ("syncpolicy/shop".to_string(), "syncpolicy-healthy"),
+    ] {
+        crmessenger_testkit::capture::save(state, &get(&d.cp, SHOP, &what).unwrap());
+    }
     let status = run_plugin(&d, &["status", "-n", SHOP]);
     assert!(status.contains(&format!("MessengerAccount {SHOP}/{TELEGRAM}  telegram  Running  Ready=True")), "{status}");
     assert!(status.contains(&format!("MessengerAccount {SHOP}/{WHATSAPP}  whatsapp  Running  Ready=True")), "{status}");

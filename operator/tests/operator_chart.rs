@@ -255,7 +255,25 @@ async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
         if events.contains("InvalidObject") { Ok(()) } else { Err(events) }
     })
     .await;
+    crmessenger_testkit::capture::save("messengeraccount-degraded-no-database", &account);
     stop(first);
+    // A change while no operator runs: the status still speaks of the generation before.
+    cp.kubectl_ok(&[
+        "patch",
+        "messengeraccount",
+        "via-chart",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"connector":{"resources":{"requests":{"cpu":"10m"}}}}}"#,
+    ])
+    .unwrap();
+    let behind = get(cp, &ns, "messengeraccount/via-chart").unwrap();
+    assert_ne!(behind["status"]["observedGeneration"], behind["metadata"]["generation"], "{behind}");
+    crmessenger_testkit::capture::save("messengeraccount-progressing-generation", &behind);
+    let binding = get(cp, &ns, "crmbinding/via-chart").unwrap();
+    crmessenger_testkit::capture::save("crmbinding-healthy", &binding);
 
     // An upgrade to a bundled database, a pinned digest, a pull secret and extra
     // environment (traces to an OTLP/HTTP receiver, for every pod).

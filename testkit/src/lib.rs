@@ -9,6 +9,7 @@
 //! takes a namespace of its own with [`ControlPlane::namespace`].
 
 pub mod browser;
+pub mod capture;
 pub mod certs;
 pub mod checks;
 pub mod clock;

@@ -58,6 +58,7 @@ spec:
 "#,
     );
     let second = ready_reason(cp, &ns, "crmbinding/second", "AccountAlreadyBound").await;
+    crmessenger_testkit::capture::save("crmbinding-degraded-account-already-bound", &second);
     let message = condition(&second, "Ready").unwrap()["message"].as_str().unwrap().to_string();
     assert!(message.contains("shared (bound by first)"), "{message}");
     assert_eq!(second["status"]["boundAccountCount"], 0);
@@ -122,12 +123,17 @@ spec:
 "#,
     );
     let b = ready_reason(cp, &ns, "crmbinding/nosecret", "SecretNotFound").await;
+    crmessenger_testkit::capture::save("crmbinding-degraded-credentials-missing", &b);
     assert!(condition(&b, "CredentialsValid").unwrap()["message"].as_str().unwrap().contains("does-not-exist"));
     let b = ready_reason(cp, &ns, "crmbinding/halfsecret", "SecretKeysMissing").await;
     let msg = condition(&b, "CredentialsValid").unwrap()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("client_secret") && msg.contains("authorization_code or refresh_token"), "{msg}");
     ready_reason(cp, &ns, "crmbinding/empty", "NoAccounts").await;
     ready_reason(cp, &ns, "crmbinding/nopolicy", "PolicyNotFound").await;
+    crmessenger_testkit::capture::save(
+        "crmbinding-degraded-no-accounts",
+        &ready_reason(cp, &ns, "crmbinding/empty", "NoAccounts").await,
+    );
     let all = events(cp, &ns);
     for reason in ["SecretNotFound", "SecretKeysMissing", "NoAccounts", "PolicyNotFound"] {
         assert!(all.contains(reason), "no Warning event with reason {reason}");
@@ -160,6 +166,7 @@ async fn a_policy_with_an_unknown_placeholder_is_not_ready() {
         "apiVersion: crmessenger.io/v1alpha1\nkind: SyncPolicy\nmetadata: { name: p }\nspec: { leads: { nameTemplate: '{channel}: {customer}' } }\n",
     );
     let p = ready_reason(cp, &ns, "syncpolicy/p", "InvalidNameTemplate").await;
+    crmessenger_testkit::capture::save("syncpolicy-degraded-invalid-template", &p);
     assert!(condition(&p, "Ready").unwrap()["message"].as_str().unwrap().contains("{customer}"));
 }
 

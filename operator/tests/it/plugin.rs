@@ -104,6 +104,10 @@ async fn status_shows_a_ready_a_logged_out_and_a_suspended_account() {
         }
     })
     .await;
+    for (name, state) in [("gone", "degraded-logged-out"), ("sleepy", "suspended"), ("shop", "healthy")] {
+        let object = get(cp, &ns, &format!("messengeraccount/{name}")).unwrap();
+        crmessenger_testkit::capture::save(&format!("messengeraccount-{state}"), &object);
+    }
     // Each account sits under its binding.
     let shop_binding = tree["bindings"].as_array().unwrap().iter().find(|b| b["name"] == "shop").unwrap();
     assert_eq!(shop_binding["accounts"][0]["name"], "shop");
