@@ -45,6 +45,9 @@ pub fn step_of(v: &Value) -> Step {
                 id["username"].as_str().map(|u| format!("@{u}")).or_else(|| id["name"].as_str().map(str::to_string));
             Step::Done(who.unwrap_or_default())
         }
+        // The connector's word before it has asked the messenger (or right after a
+        // code or password went in).
+        "logged_out" if login["reason"] == "starting" => Step::Wait("the connector is asking the messenger".into()),
         "logged_out" => Step::Wait(format!("the session ended: {}", login["reason"].as_str().unwrap_or("unknown"))),
         other => Step::Wait(format!("login state {other:?}")),
     }

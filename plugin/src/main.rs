@@ -15,6 +15,10 @@ struct Cli {
     /// The namespace (default: the kubeconfig context's).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// For login, dead-letters and replay: the account's sidecar at this URL (a
+    /// port-forward of your own, e.g. http://127.0.0.1:8080) instead of opening one.
+    #[arg(long, global = true)]
+    sidecar_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,12 +94,28 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+/// The cluster of the kubeconfig, and the namespace to work in.
+async fn cluster(namespace: Option<String>) -> Result<(Client, String)> {
     let config = kube::Config::infer().await.context("read the kubeconfig")?;
-    let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config)?;
+    let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    Ok((Client::try_from(config)?, namespace))
+}
+
+/// The account's sidecar (through a port-forward of our own unless `url` names
+/// one), and how to name the account.
+async fn sidecar(url: Option<&str>, namespace: Option<String>, account: &str) -> Result<(Sidecar, String)> {
+    if let Some(url) = url {
+        return Ok((Sidecar::at(url)?, account.to_string()));
+    }
+    let (client, namespace) = cluster(namespace).await?;
+    Ok((Sidecar::connect(client, &namespace, account).await?, format!("{namespace}/{account}")))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let url = cli.sidecar_url.as_deref();
     match cli.command {
         Command::Status { account, all_namespaces, output } => {
+            let (client, namespace) = cluster(cli.namespace).await?;
             let scope = (!all_namespaces).then_some(namespace.as_str());
             let (accounts, bindings) = lists(&client, scope).await?;
             let mut tree = status::tree(&bindings, &accounts);
@@ -117,16 +137,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Login { account, background, timeout } => {
-            let sidecar = Sidecar::connect(client, &namespace, &account).await?;
+            let (sidecar, name) = sidecar(url, cli.namespace, &account).await?;
             let terminal = match background {
                 Background::Dark => qr::Terminal::Dark,
                 Background::Light => qr::Terminal::Light,
             };
-            login::run(&sidecar, &format!("{namespace}/{account}"), terminal, Duration::from_secs(timeout)).await?;
+            login::run(&sidecar, &name, terminal, Duration::from_secs(timeout)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetters { account, output } => {
-            let sidecar = Sidecar::connect(client, &namespace, &account).await?;
+            let (sidecar, _) = sidecar(url, cli.namespace, &account).await?;
             let v = sidecar.get("/dead-letters").await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -140,13 +160,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "{bad:?} is not a dead letter id: `kubectl crmessenger dead-letters {account}` lists them (inbox/SEQ, outbox/SEQ)"
                 );
             }
-            let sidecar = Sidecar::connect(client, &namespace, &account).await?;
+            let (sidecar, name) = sidecar(url, cli.namespace, &account).await?;
             let body = if ids.is_empty() { serde_json::json!({}) } else { serde_json::json!({ "ids": ids }) };
             let v = sidecar.post_json("/replay", &body).await?;
-            println!("{namespace}/{account}: {} dead letter(s) put back in their queues", v["replayed"]);
+            println!("{name}: {} dead letter(s) put back in their queues", v["replayed"]);
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { all_namespaces, output } => {
+            let (client, namespace) = cluster(cli.namespace).await?;
             let scope = (!all_namespaces).then_some(namespace.as_str());
             let facts = doctor::gather(&client, scope).await?;
             let list = doctor::checks(&facts);

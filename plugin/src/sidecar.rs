@@ -15,7 +15,7 @@ pub const SIDECAR_PORT: u16 = 8080;
 pub struct Sidecar {
     base: String,
     http: reqwest::Client,
-    _forward: Forward,
+    _forward: Option<Forward>,
 }
 
 /// The pod that serves `account`: the one its status names, else the
@@ -42,11 +42,13 @@ impl Sidecar {
         }
         let pod = pod_of(&account);
         let fwd = forward::open(client, namespace, &pod, SIDECAR_PORT).await?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(20))
-            .build()?;
-        Ok(Sidecar { base: format!("http://{}", fwd.addr), http, _forward: fwd })
+        Ok(Sidecar { base: format!("http://{}", fwd.addr), http: http()?, _forward: Some(fwd) })
+    }
+
+    /// A sidecar at `url` (a port-forward of the caller's own, say): no
+    /// port-forward is opened, and the cluster is not asked.
+    pub fn at(url: &str) -> Result<Sidecar> {
+        Ok(Sidecar { base: url.trim_end_matches('/').to_string(), http: http()?, _forward: None })
     }
 
     /// The local address people can open in a browser while this runs.
@@ -84,4 +86,11 @@ impl Sidecar {
         }
         bail!("the sidecar refused the {field}: {status} {}", resp.text().await.unwrap_or_default().trim())
     }
+}
+
+fn http() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(20))
+        .build()?)
 }

@@ -48,6 +48,12 @@ impl Terminal {
             .unwrap_or_default()
     }
 
+    /// Types `text` and Enter, as a person at the keyboard.
+    pub fn type_line(&self, text: &str) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "send-keys", "-l", text]).status();
+        let _ = Command::new("tmux").args(["-L", &self.socket, "send-keys", "Enter"]).status();
+    }
+
     /// The program's exit code, once it has ended.
     pub fn exit_code(&self) -> Option<i32> {
         let screen = self.screen();

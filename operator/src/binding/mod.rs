@@ -35,12 +35,33 @@ pub struct Context {
     credentials: Mutex<HashMap<String, Checked>>,
     /// When each binding's status was last written (see [`Context::status_write_due`]).
     status_writes: Mutex<HashMap<String, Instant>>,
-    /// Recent failed CRM lookups (identity fields, lead sources), per key.
-    failed_lookups: Mutex<HashMap<String, (Instant, Verdict)>>,
+    /// Recent failed CRM lookups (identity fields, lead sources), per key: when,
+    /// the verdict, and how many failed in a row.
+    failed_lookups: Mutex<HashMap<String, (Instant, Verdict, u32)>>,
 }
 
-/// How long a failed CRM lookup is trusted before the CRM is asked again.
+/// How long the first failed CRM lookup is trusted before the CRM is asked again;
+/// each further failure in a row doubles it, up to [`LOOKUP_RETRY`].
+const LOOKUP_FIRST_RETRY: Duration = Duration::from_secs(10);
+/// The longest a failed CRM lookup is trusted.
 const LOOKUP_RETRY: Duration = Duration::from_secs(300);
+
+/// How long a lookup that failed `failures` times in a row is not repeated.
+fn lookup_wait(failures: u32) -> Duration {
+    LOOKUP_FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(LOOKUP_RETRY)
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_lookup_is_asked_again_sooner_the_first_times() {
+        let waits: Vec<u64> = (1..=7).map(|n| lookup_wait(n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(lookup_wait(1000), LOOKUP_RETRY);
+    }
+}
 
 /// A successful credentials check.
 #[derive(Clone)]
@@ -80,18 +101,31 @@ impl Context {
 }
 
 impl Context {
-    /// The verdict of a CRM lookup under `key` that failed less than
-    /// [`LOOKUP_RETRY`] ago.
+    /// The verdict of a CRM lookup under `key` that failed too recently to ask
+    /// again ([`lookup_wait`]).
     fn recent_failure(&self, key: &str) -> Option<Verdict> {
         let m = self.failed_lookups.lock().ok()?;
-        m.get(key).filter(|(at, _)| at.elapsed() < LOOKUP_RETRY).map(|(_, v)| v.clone())
+        m.get(key).filter(|(at, _, n)| at.elapsed() < lookup_wait(*n)).map(|(_, v, _)| v.clone())
     }
 
     /// Remembers a failed CRM lookup's verdict under `key`.
     fn remember_failure(&self, key: String, verdict: &Verdict) {
         if let Ok(mut m) = self.failed_lookups.lock() {
-            m.insert(key, (Instant::now(), verdict.clone()));
+            let failures = m.get(&key).map_or(0, |(_, _, n)| *n) + 1;
+            m.insert(key, (Instant::now(), verdict.clone(), failures));
         }
+    }
+
+    /// How soon a failed lookup of binding `ns/name` may be asked again, if one waits.
+    fn next_lookup(&self, ns: &str, name: &str) -> Option<Duration> {
+        let me = format!("{ns}/{name}");
+        let m = self.failed_lookups.lock().ok()?;
+        m.iter()
+            .filter(|(k, _)| {
+                k.split_once(':').is_some_and(|(_, rest)| rest == me || rest.starts_with(&format!("{me}/")))
+            })
+            .map(|(_, (at, _, n))| lookup_wait(*n).saturating_sub(at.elapsed()))
+            .min()
     }
 
     /// A REST client for the binding's CRM with its stored access token (for the
@@ -144,12 +178,16 @@ pub async fn reconcile(binding: Arc<CrmBinding>, ctx: Arc<Context>) -> Result<Ac
         .policies
         .get(&kube::runtime::reflector::ObjectRef::new(&binding.spec.policy_ref.name).within(&ns))
         .is_some_and(|p| p.0.is_ok());
-    let (credentials, expires_at, requeue) = credentials(&binding, &ctx, &ns).await?;
+    let (credentials, expires_at, mut requeue) = credentials(&binding, &ctx, &ns).await?;
     // An unreadable CA is CredentialsValid's to report; the lookup then goes without it.
     let ca: Option<String> = ca_pem(&binding, &ctx, &ns).await?.unwrap_or_default();
     let (fields, contact_fields) = fields::ensure(&binding, &ctx, &ns, credentials.ok, ca.as_deref()).await;
     let (sources, lead_sources) =
         sources::ensure(&binding, &ctx, &ns, &selection.bound, credentials.ok, ca.as_deref()).await;
+    // A failed lookup is asked again when its wait ends, not at the next token check.
+    if let Some(wait) = ctx.next_lookup(&ns, &name) {
+        requeue = requeue.min(wait + Duration::from_millis(200));
+    }
     let ready = status::ready(&binding, &credentials, policy_found, &selection);
     let previous = binding.status.clone().unwrap_or_default();
     if crate::conditions::newly_failed(&previous.conditions, &ready) {
