@@ -294,7 +294,7 @@ pub struct MessengerAccountStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStatus {
-    /// Customer messages not yet in the CRM.
+    /// Messages not yet in the CRM.
     #[serde(default)]
     pub inbound_pending: i64,
     /// Replies not yet sent to the messenger.
@@ -307,7 +307,8 @@ pub struct QueueStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub oldest_dead_letter_reason: Option<String>,
-    /// When the last customer message reached the CRM.
+    /// When the inbox last delivered to the CRM (a customer's message, an edit, or
+    /// what the owner wrote from their own phone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_inbound_at: Option<Time>,
     /// When the last reply was sent to the messenger.

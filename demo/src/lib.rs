@@ -509,6 +509,15 @@ impl Demo {
         .await
         .map_err(anyhow::Error::msg)?;
         say("   WhatsApp reports the answer delivered and read");
+        // The connectors report their queues every few seconds: the answers show there too.
+        for account in [TELEGRAM, WHATSAPP] {
+            until(&format!("{account}'s last reply in its status"), 30, || {
+                let a = get(&self.cp, SHOP, &format!("messengeraccount/{account}"))?;
+                let q = &a["status"]["queues"];
+                (q["lastOutboundAt"].is_string() && q["outboundPending"] == 0).then_some(()).ok_or(q.to_string())
+            })
+            .await?;
+        }
         Ok(summary_of(self, delivery))
     }
 

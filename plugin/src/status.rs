@@ -204,7 +204,7 @@ fn write_account(out: &mut String, a: &AccountView, last: bool, now: jiff::Times
         let last_out = q.last_outbound_at.as_ref().map(|t| ms_ago(t, now)).unwrap_or_else(|| "never".into());
         let _ = writeln!(
             out,
-            "{pad}   queues: {} to the CRM, {} to the messenger, {} dead · last message in {last_in}, last reply out {last_out}",
+            "{pad}   queues: {} to the CRM, {} to the messenger, {} dead · last delivered to the CRM {last_in}, last reply sent {last_out}",
             q.inbound_pending, q.outbound_pending, q.dead_letters
         );
         if let Some(r) = &q.oldest_dead_letter_reason {
