@@ -133,10 +133,39 @@ async fn manager_answers(r: &Rig, lead: i64, text: &str) -> crmessenger_fake_wha
 }
 
 async fn final_delivery(r: &Rig, wamid: &str, expected: &str) {
-    eventually(&format!("delivery {expected}"), async || {
-        r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref() == Some(expected)
-    })
-    .await;
+    for _ in 0..900 {
+        if r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref() == Some(expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if r.store.outbox_delivery_of(&r.parts.key, wamid).await.unwrap().as_deref() != Some(expected) {
+        // What a reader of a failed run needs: the reply's row, what was parked,
+        // what the gateway stored and what the fake still holds.
+        let q = |sql: &'static str| async move {
+            let rows = sqlx::query(sql).bind(&r.parts.key).fetch_all(r.store.pool()).await.unwrap();
+            rows.iter()
+                .map(|row| {
+                    (0..sqlx::Row::len(row))
+                        .map(|i| {
+                            let v: Option<String> = sqlx::Row::try_get(row, i).ok().flatten();
+                            v.unwrap_or_else(|| "NULL".into())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                })
+                .collect::<Vec<_>>()
+        };
+        let statuses: Vec<(u16, String)> =
+            r.graph.deliveries().iter().map(|d| (d.status, d.body.chars().take(160).collect())).collect();
+        panic!(
+            "timed out waiting for delivery {expected} of {wamid}\noutbox: {:?}\nearly: {:?}\nstream: {:?}\nfake pending {} deliveries {statuses:?}",
+            q("SELECT state, COALESCE(message_id, ''), COALESCE(delivery, ''), CAST(attempts AS TEXT), COALESCE(last_error, '') FROM outbox WHERE account = $1").await,
+            q("SELECT message_id, status FROM early_statuses WHERE account = $1").await,
+            q("SELECT state, kind FROM events WHERE account = $1").await,
+            r.graph.pending_webhooks(),
+        );
+    }
     // Nothing moves it afterwards (late or duplicated statuses): judged once every
     // status webhook Meta sent was answered 200 and the connector consumed every
     // stored webhook, the positive signal that no status is still on its way.
