@@ -13,6 +13,9 @@ cd "$root"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/crmessenger/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Each clean clone is a new path, and incremental caches are kept per path: they
+# would only pile up in the shared target directory (tens of GB), not be reused.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
