@@ -30,6 +30,8 @@ use std::time::Duration;
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How often an account waiting for the database Secret is looked at.
 const DATABASE_RECHECK: Duration = Duration::from_secs(30);
+/// How soon an account waiting for its binding's lookups is looked at again.
+const BINDING_RECHECK: Duration = Duration::from_secs(3);
 
 /// The account controller's context: the shared state, plus what it remembers
 /// between reconciles.
@@ -132,9 +134,15 @@ pub async fn reconcile(account: Arc<MessengerAccount>, ctx: Arc<Context>) -> Res
     // Secrets in the operator's namespace are not watched: while the database Secret
     // is missing, look again soon, so one created by hand is noticed.
     let waiting_for_secret = config_valid.reason == validate::DATABASE_SECRET_MISSING;
+    // The binding's status change wakes this reconcile, but the binding read here
+    // comes from another watch, which may not have that change yet: look again soon.
+    let waiting_for_binding = config_valid.reason == validate::WAITING_FOR_BINDING;
     write_status(&ctx, &account, &[config_valid, available, ready], phase, binding_ref).await?;
     if waiting_for_secret {
         return Ok(Action::requeue(DATABASE_RECHECK));
+    }
+    if waiting_for_binding {
+        return Ok(Action::requeue(BINDING_RECHECK));
     }
     Ok(Action::requeue(next_check(lease.as_ref(), ctx.settings.heartbeat_timeout)))
 }

@@ -35,7 +35,7 @@ pub fn resolve<'a>(
     if !identity_fields_settled(binding) {
         return Err(Verdict::no(
             CONFIG_VALID,
-            "WaitingForBinding",
+            WAITING_FOR_BINDING,
             format!(
                 "CrmBinding {} has not looked up the contacts' identity fields yet (condition ContactFieldsReady)",
                 binding.name_any()
@@ -45,7 +45,7 @@ pub fn resolve<'a>(
     if !lead_source_settled(binding, account) {
         return Err(Verdict::no(
             CONFIG_VALID,
-            "WaitingForBinding",
+            WAITING_FOR_BINDING,
             format!(
                 "CrmBinding {} has not made this account's lead source yet (condition LeadSourcesReady)",
                 binding.name_any()
@@ -74,6 +74,9 @@ fn lead_source_settled(binding: &CrmBinding, account: &str) -> bool {
 /// Whether the binding's identity fields are known — named in its spec, or looked
 /// up by the operator (whatever came of it) — so a connector is not started with
 /// a configuration that changes a moment later.
+/// The account waits for its binding's lookups (seconds).
+pub const WAITING_FOR_BINDING: &str = "WaitingForBinding";
+
 fn identity_fields_settled(binding: &CrmBinding) -> bool {
     let named = binding.spec.crm.amocrm.as_ref().is_some_and(|a| {
         let f = &a.contact_fields;
