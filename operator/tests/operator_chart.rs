@@ -46,8 +46,13 @@ fn documents_of_kind<'a>(rendered: &'a str, kind: &str) -> Vec<&'a str> {
     rendered.split("\n---").filter(|doc| doc.lines().any(|l| l == format!("kind: {kind}"))).collect()
 }
 
+/// The dry run creates the CRDs (server side) while the install test may be
+/// installing them: one at a time, or the dry run meets `AlreadyExists`.
+static CRDS_IN_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn the_chart_renders_the_same_twice_lints_and_passes_a_server_side_dry_run() {
+    let _one_at_a_time = CRDS_IN_USE.lock().await;
     let cp = ControlPlane::shared();
     let chart = chart();
     // Nothing in the templates asks the cluster or the dice: Argo CD renders without
@@ -146,6 +151,7 @@ fn env_names(container: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_chart_installs_runs_with_its_own_rbac_upgrades_and_uninstalls() {
+    let _one_at_a_time = CRDS_IN_USE.lock().await;
     let cp = ControlPlane::shared();
     let chart = chart();
     // Before the chart: the operator refuses to start without a connector image,
