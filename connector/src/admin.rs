@@ -76,6 +76,14 @@ impl Admin {
     }
 }
 
+/// The account a loopback peer (the sidecar) asks about, or the answer refusing it.
+fn local_account(a: &Admin, peer: &SocketAddr, account: Option<&str>) -> Result<AccountHandle, Response> {
+    if let Some(r) = loopback_only(peer) {
+        return Err(r);
+    }
+    a.account(account).ok_or_else(|| (StatusCode::NOT_FOUND, "no such account\n").into_response())
+}
+
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {
     (!peer.ip().is_loopback())
         .then(|| (StatusCode::FORBIDDEN, "only the sidecar (loopback) may read this\n").into_response())
@@ -118,11 +126,9 @@ async fn dead_letters(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AccountQuery>,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
-        return r;
-    }
-    let Some(h) = a.account(q.account.as_deref()) else {
-        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    let h = match local_account(&a, &peer, q.account.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r,
     };
     match a.store.dead_letters(&h.key).await {
         Ok(dead) => {
@@ -153,11 +159,9 @@ async fn replay(
     Query(q): Query<AccountQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
-        return r;
-    }
-    let Some(h) = a.account(q.account.as_deref()) else {
-        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    let h = match local_account(&a, &peer, q.account.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r,
     };
     let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
@@ -188,11 +192,9 @@ async fn login_state(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<AccountQuery>,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
-        return r;
-    }
-    let Some(h) = a.account(q.account.as_deref()) else {
-        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    let h = match local_account(&a, &peer, q.account.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r,
     };
     let login = h.state.get().login.unwrap_or(LoginState::LoggedOut { reason: "starting".into() });
     Json(serde_json::json!({ "account": h.key, "login": login })).into_response()
@@ -210,11 +212,9 @@ async fn login_submit(
     Query(q): Query<AccountQuery>,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    if let Some(r) = loopback_only(&peer) {
-        return r;
-    }
-    let Some(h) = a.account(q.account.as_deref()) else {
-        return (StatusCode::NOT_FOUND, "no such account\n").into_response();
+    let h = match local_account(&a, &peer, q.account.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r,
     };
     // Only the lock holder may talk to the messenger (one connection per account).
     if !h.state.get().holds_lock {
