@@ -77,11 +77,11 @@ impl Admin {
 }
 
 /// The account a loopback peer (the sidecar) asks about, or the answer refusing it.
-fn local_account(a: &Admin, peer: &SocketAddr, account: Option<&str>) -> Result<AccountHandle, Response> {
+fn local_account(a: &Admin, peer: &SocketAddr, account: Option<&str>) -> Result<AccountHandle, Box<Response>> {
     if let Some(r) = loopback_only(peer) {
-        return Err(r);
+        return Err(Box::new(r));
     }
-    a.account(account).ok_or_else(|| (StatusCode::NOT_FOUND, "no such account\n").into_response())
+    a.account(account).ok_or_else(|| Box::new((StatusCode::NOT_FOUND, "no such account\n").into_response()))
 }
 
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {
@@ -128,7 +128,7 @@ async fn dead_letters(
 ) -> Response {
     let h = match local_account(&a, &peer, q.account.as_deref()) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match a.store.dead_letters(&h.key).await {
         Ok(dead) => {
@@ -161,7 +161,7 @@ async fn replay(
 ) -> Response {
     let h = match local_account(&a, &peer, q.account.as_deref()) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
@@ -194,7 +194,7 @@ async fn login_state(
 ) -> Response {
     let h = match local_account(&a, &peer, q.account.as_deref()) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let login = h.state.get().login.unwrap_or(LoginState::LoggedOut { reason: "starting".into() });
     Json(serde_json::json!({ "account": h.key, "login": login })).into_response()
@@ -214,7 +214,7 @@ async fn login_submit(
 ) -> Response {
     let h = match local_account(&a, &peer, q.account.as_deref()) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // Only the lock holder may talk to the messenger (one connection per account).
     if !h.state.get().holds_lock {
