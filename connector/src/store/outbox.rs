@@ -228,22 +228,34 @@ impl Store {
     }
 
     /// Records what the messenger says of a sent reply, forward only (sent →
-    /// delivered → read; failed ends it).
+    /// delivered → read; failed ends it). Two statuses of one reply may be applied
+    /// at once (the intake's and a parked one the send's record claims): the move
+    /// is made only from the value it was judged against, and judged again when
+    /// the other moved it first, so a lower status never overwrites a higher one.
     pub async fn outbox_delivery(&self, account: &str, message_id: &str, status: &str) -> Result<DeliveryUpdate> {
-        let row =
-            sqlx::query("SELECT seq, crm_message_id, delivery FROM outbox WHERE account = $1 AND message_id = $2")
-                .bind(account)
-                .bind(message_id)
-                .fetch_optional(&self.pool)
+        loop {
+            let row =
+                sqlx::query("SELECT seq, crm_message_id, delivery FROM outbox WHERE account = $1 AND message_id = $2")
+                    .bind(account)
+                    .bind(message_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let Some(row) = row else { return Ok(DeliveryUpdate::UnknownMessage) };
+            let seq = i64_col(&row, "seq")?;
+            let current: Option<String> = row.try_get("delivery")?;
+            if delivery_rank(Some(status)) <= delivery_rank(current.as_deref()) {
+                return Ok(DeliveryUpdate::Unchanged);
+            }
+            let moved = sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1 AND COALESCE(delivery, '') = $3")
+                .bind(seq)
+                .bind(status)
+                .bind(current.unwrap_or_default())
+                .run(self)
                 .await?;
-        let Some(row) = row else { return Ok(DeliveryUpdate::UnknownMessage) };
-        let seq = i64_col(&row, "seq")?;
-        let current: Option<String> = row.try_get("delivery")?;
-        if delivery_rank(Some(status)) <= delivery_rank(current.as_deref()) {
-            return Ok(DeliveryUpdate::Unchanged);
+            if moved.rows_affected() == 1 {
+                return Ok(DeliveryUpdate::Moved { seq, crm_message_id: row.try_get("crm_message_id")? });
+            }
         }
-        sqlx::query("UPDATE outbox SET delivery = $2 WHERE seq = $1").bind(seq).bind(status).run(self).await?;
-        Ok(DeliveryUpdate::Moved { seq, crm_message_id: row.try_get("crm_message_id")? })
     }
 
     /// Keeps a status that names no recorded send — it may have overtaken the

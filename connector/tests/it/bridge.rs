@@ -700,3 +700,54 @@ async fn a_deletion_that_names_no_chat_lands_on_the_chat_of_the_message_it_delet
     assert_eq!(deleted.len(), 1, "one deletion reported, the unknown one dropped: {deleted:?}");
     let _ = r.stop.send(true);
 }
+
+/// Statuses of one reply applied at the same moment (the intake's and a parked
+/// one that the send's record claims) end at the furthest of them: a lower one
+/// judged against a stale value never overwrites a higher one.
+async fn concurrent_statuses_of_one_reply_end_at_the_furthest(db_url: &str) {
+    let store = Store::connect(db_url, POOL_SIZE).await.unwrap();
+    let store = &store;
+    let sources: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    for source in &sources {
+        let reply = crmessenger_connector::store::NewReply {
+            source_id: source,
+            chat_id: "15550001111",
+            text: "until six",
+            crm_message_id: None,
+            media: None,
+            edit_of: None,
+        };
+        assert!(store.outbox_add("race", &reply, 1).await.unwrap());
+    }
+    for row in store.outbox_pending("race", 100).await.unwrap() {
+        store.outbox_sent(row.seq, &format!("wamid.{}", row.source_id), 2).await.unwrap();
+    }
+    for (i, source) in sources.iter().enumerate() {
+        let id = format!("wamid.{source}");
+        // Every order of the three, one per reply in turn.
+        let mut order = ["read", "delivered", "sent"];
+        order.rotate_left(i % 3);
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        let [a, b, c] = order.map(|s| store.outbox_delivery("race", &id, s));
+        let (a, b, c) = tokio::join!(a, b, c);
+        let moved = [a, b, c]
+            .into_iter()
+            .filter(|u| matches!(u, Ok(crmessenger_connector::store::DeliveryUpdate::Moved { .. })))
+            .count();
+        assert!(moved >= 1, "{id}: nothing moved");
+        assert_eq!(store.outbox_delivery_of("race", &id).await.unwrap().as_deref(), Some("read"), "{id} ({order:?})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_statuses() {
+    concurrent_statuses_of_one_reply_end_at_the_furthest(&pg("statusrace")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_statuses_of_one_reply_end_at_the_furthest(&sqlite(&dir)).await;
+}
