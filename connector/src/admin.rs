@@ -16,8 +16,9 @@ use crate::messenger::{LoginState, Messenger};
 use crate::metrics::Metrics;
 use crate::state::StateCell;
 use crate::store::Store;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
@@ -76,12 +77,25 @@ impl Admin {
     }
 }
 
-/// The account a loopback peer (the sidecar) asks about, or the answer refusing it.
-fn local_account(a: &Admin, peer: &SocketAddr, account: Option<&str>) -> Result<AccountHandle, Box<Response>> {
-    if let Some(r) = loopback_only(peer) {
-        return Err(Box::new(r));
+/// The account a loopback peer (the sidecar) asks about (`?account=NS/NAME`, the
+/// first when absent); anyone else, or an account not served here, is refused.
+struct LocalAccount(AccountHandle);
+
+impl FromRequestParts<Admin> for LocalAccount {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, a: &Admin) -> Result<Self, Response> {
+        let Query(q) =
+            Query::<AccountQuery>::from_request_parts(parts, a).await.map_err(IntoResponse::into_response)?;
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, a).await.map_err(IntoResponse::into_response)?;
+        if let Some(r) = loopback_only(&peer) {
+            return Err(r);
+        }
+        a.account(q.account.as_deref())
+            .map(LocalAccount)
+            .ok_or_else(|| (StatusCode::NOT_FOUND, "no such account\n").into_response())
     }
-    a.account(account).ok_or_else(|| Box::new((StatusCode::NOT_FOUND, "no such account\n").into_response()))
 }
 
 fn loopback_only(peer: &SocketAddr) -> Option<Response> {
@@ -121,15 +135,7 @@ struct AccountQuery {
 }
 
 /// The account's dead letters, oldest first, each with the id `replay` takes.
-async fn dead_letters(
-    State(a): State<Admin>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<AccountQuery>,
-) -> Response {
-    let h = match local_account(&a, &peer, q.account.as_deref()) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
+async fn dead_letters(State(a): State<Admin>, LocalAccount(h): LocalAccount) -> Response {
     match a.store.dead_letters(&h.key).await {
         Ok(dead) => {
             let list: Vec<_> = dead
@@ -153,16 +159,7 @@ struct ReplayRequest {
 }
 
 /// Puts dead letters back in their queues: `{"ids": [...]}` or every one.
-async fn replay(
-    State(a): State<Admin>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<AccountQuery>,
-    body: axum::body::Bytes,
-) -> Response {
-    let h = match local_account(&a, &peer, q.account.as_deref()) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
+async fn replay(State(a): State<Admin>, LocalAccount(h): LocalAccount, body: axum::body::Bytes) -> Response {
     let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayRequest::default()
     } else {
@@ -187,15 +184,7 @@ async fn replay(
     }
 }
 
-async fn login_state(
-    State(a): State<Admin>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<AccountQuery>,
-) -> Response {
-    let h = match local_account(&a, &peer, q.account.as_deref()) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
+async fn login_state(LocalAccount(h): LocalAccount) -> Response {
     let login = h.state.get().login.unwrap_or(LoginState::LoggedOut { reason: "starting".into() });
     Json(serde_json::json!({ "account": h.key, "login": login })).into_response()
 }
@@ -206,16 +195,7 @@ struct LoginForm {
     password: Option<String>,
 }
 
-async fn login_submit(
-    State(a): State<Admin>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<AccountQuery>,
-    Form(f): Form<LoginForm>,
-) -> Response {
-    let h = match local_account(&a, &peer, q.account.as_deref()) {
-        Ok(h) => h,
-        Err(r) => return *r,
-    };
+async fn login_submit(LocalAccount(h): LocalAccount, Form(f): Form<LoginForm>) -> Response {
     // Only the lock holder may talk to the messenger (one connection per account).
     if !h.state.get().holds_lock {
         return (StatusCode::CONFLICT, "this connector is waiting for the account lock; try again shortly\n")
