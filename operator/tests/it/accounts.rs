@@ -129,17 +129,7 @@ async fn a_policy_change_rolls_the_pod_and_a_token_change_does_not() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(hash_of().await.unwrap(), first, "a token change must not roll the pod");
 
-    cp.kubectl_ok(&[
-        "patch",
-        "syncpolicy",
-        "roll",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"media":{"maxSizeMiB":5}}}"#,
-    ])
-    .unwrap();
+    merge_patch(cp, &ns, "syncpolicy/roll", r#"{"spec":{"media":{"maxSizeMiB":5}}}"#);
     let second = eventually("a new hash", 30, || async {
         let h = hash_of().await?;
         if h != first { Ok(h) } else { Err(h) }
@@ -159,17 +149,7 @@ async fn suspend_scales_to_zero() {
         get(cp, &ns, "statefulset/sleepy-connector").ok_or("absent".to_string())
     })
     .await;
-    cp.kubectl_ok(&[
-        "patch",
-        "messengeraccount",
-        "sleepy",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ])
-    .unwrap();
+    merge_patch(cp, &ns, "messengeraccount/sleepy", r#"{"spec":{"suspend":true}}"#);
     eventually("0 replicas and phase Suspended", 30, || async {
         let sts = get(cp, &ns, "statefulset/sleepy-connector").ok_or("no sts")?;
         let a = get(cp, &ns, "messengeraccount/sleepy").ok_or("no account")?;
@@ -363,17 +343,7 @@ async fn a_pod_that_never_becomes_ready_does_not_block_the_next_config() {
     })
     .await;
     // A fixed config must still roll out.
-    cp.kubectl_ok(&[
-        "patch",
-        "syncpolicy",
-        "stuck",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"media":{"mode":"skip"}}}"#,
-    ])
-    .unwrap();
+    merge_patch(cp, &ns, "syncpolicy/stuck", r#"{"spec":{"media":{"mode":"skip"}}}"#);
     eventually("a pod running the new config", 60, || async {
         let p = get(cp, &ns, "pod/stuck-connector-0").ok_or("no pod")?;
         let hash = p["metadata"]["annotations"]["crmessenger.io/config-hash"].as_str().unwrap_or_default().to_string();

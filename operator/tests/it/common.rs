@@ -145,17 +145,12 @@ spec:
 pub fn renew_lease(cp: &ControlPlane, ns: &str, account: &str) {
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let patch = serde_json::json!({ "spec": { "holderIdentity": format!("{account}-connector-0"), "renewTime": now } });
-    cp.kubectl_ok(&[
-        "patch",
-        "lease",
-        &format!("{account}-connector"),
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ])
-    .unwrap();
+    merge_patch(cp, ns, &format!("lease/{account}-connector"), &patch.to_string());
+}
+
+/// `kubectl patch KIND/NAME -n ns --type=merge -p patch`, which must succeed.
+pub fn merge_patch(cp: &ControlPlane, ns: &str, object: &str, patch: &str) {
+    cp.kubectl_ok(&["patch", object, "-n", ns, "--type=merge", "-p", patch]).unwrap();
 }
 
 /// Writes `status` into the account's status as the connector does: server-side

@@ -54,17 +54,7 @@ async fn status_shows_a_ready_a_logged_out_and_a_suspended_account() {
         apply(cp, &ns, &account_set(name, name, name));
     }
     let (shop_hash, gone_hash) = (config_hash(&ns, "shop").await, config_hash(&ns, "gone").await);
-    cp.kubectl_ok(&[
-        "patch",
-        "messengeraccount",
-        "sleepy",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ])
-    .unwrap();
+    merge_patch(cp, &ns, "messengeraccount/sleepy", r#"{"spec":{"suspend":true}}"#);
     // "shop" works and has one dead letter; "gone" was logged out from the phone.
     connector_reports(
         cp,
